@@ -11,7 +11,8 @@
 //    steady state a push or pop touches no line the other side writes;
 //  * the slot array is padded by a cache line at both ends so that neither end
 //    shares a line with neighbouring heap data.
-// Indices are free-running 64-bit counters; (tail - head) is the fill level.
+// Indices are free-running 64-bit counters; (tail - head) is the fill level,
+// and tail/head are the sent/received counts that stats() reports.
 // Cost: a push or pop is a few instructions plus, when the cached index says
 // full/empty, one acquire load of the other side's index.
 #pragma once
@@ -27,6 +28,7 @@
 #include <utility>
 
 #include "core/cache.hpp"
+#include "core/queue_stats.hpp"
 
 namespace keyway::core {
 
@@ -39,14 +41,14 @@ class spsc_ring {
   /// capacity is rounded up to a power of two (at least 2).
   explicit spsc_ring(std::size_t capacity) : capacity_(round_up(capacity)), mask_(capacity_ - 1) {
     storage_ = static_cast<T*>(::operator new[]((capacity_ + 2 * pad_) * sizeof(T),
-                                                std::align_val_t{alignof(slot_align)}));
+                                                std::align_val_t{storage_align_}));
   }
   spsc_ring(const spsc_ring&) = delete;
   spsc_ring& operator=(const spsc_ring&) = delete;
   ~spsc_ring() {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed);
     for (std::uint64_t i = head_.load(std::memory_order_relaxed); i != tail; ++i) slot(i)->~T();
-    ::operator delete[](storage_, std::align_val_t{alignof(slot_align)});
+    ::operator delete[](storage_, std::align_val_t{storage_align_});
   }
 
   std::size_t capacity() const noexcept { return capacity_; }
@@ -122,18 +124,31 @@ class spsc_ring {
   }
 
   /// Calls fn(T&) for every item present now, then frees them all at once.
-  /// Returns the count. fn must not touch this ring.
+  /// Returns the count. fn must not touch this ring. If fn throws, the item it
+  /// was given and those before it are consumed, the rest stay in the ring.
   template <class Fn>
   std::size_t consume_all(Fn&& fn) {
     const std::uint64_t head = head_.load(std::memory_order_relaxed);
     tail_cache_ = tail_.load(std::memory_order_acquire);
     const std::uint64_t tail = tail_cache_;
-    for (std::uint64_t i = head; i != tail; ++i) {
-      T* s = slot(i);
+    // Destroys the current item and publishes the new head even when fn
+    // throws; otherwise the destroyed items would be destroyed again later.
+    struct advance {
+      spsc_ring& ring;
+      std::uint64_t i;
+      ~advance() {
+        if (i != ring.head_.load(std::memory_order_relaxed))
+          ring.head_.store(i, std::memory_order_release);
+      }
+    } done{*this, head};
+    while (done.i != tail) {
+      T* s = slot(done.i++);  // consumed from here on, whatever fn does
+      struct destroy {
+        T* s;
+        ~destroy() { s->~T(); }
+      } d{s};
       fn(*s);
-      s->~T();
     }
-    if (tail != head) head_.store(tail, std::memory_order_release);
     return static_cast<std::size_t>(tail - head);
   }
 
@@ -146,8 +161,12 @@ class spsc_ring {
   }
   bool empty_approx() const noexcept { return size_approx() == 0; }
 
+  /// Sent/received counts (the two indices). Any thread.
+  queue_stats stats() const noexcept { return load_queue_stats(tail_, head_); }
+
  private:
-  struct alignas(cache_line) slot_align {};
+  // At least a cache line, more if T asks for it.
+  static constexpr std::size_t storage_align_ = alignof(T) > cache_line ? alignof(T) : cache_line;
   static constexpr std::size_t pad_ = (cache_line + sizeof(T) - 1) / sizeof(T);
 
   static std::size_t round_up(std::size_t n) {
