@@ -1,0 +1,269 @@
+#include "proto/decoder.hpp"
+
+#include <kj/exception.h>
+
+#include <algorithm>
+#include <bit>
+#include <cassert>
+#include <cstring>
+#include <string>
+
+namespace keyway::proto {
+
+static_assert(std::endian::native == std::endian::little,
+              "the segment table is read with memcpy; big-endian hosts need byte swaps");
+
+namespace {
+
+std::size_t round_up8(std::size_t n) noexcept { return (n + 7) & ~std::size_t{7}; }
+
+// kj descriptions read "expected <condition> [values]; <what is wrong>": keep
+// the part a person can act on.
+std::string describe(const kj::Exception& e) {
+  std::string d = e.getDescription().cStr();
+  if (d.rfind("expected ", 0) == 0) {
+    if (auto pos = d.find("; "); pos != std::string::npos) d.erase(0, pos + 2);
+  }
+  return d;
+}
+
+std::uint32_t load_u32(const std::byte* p) noexcept {
+  std::uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Reads every field of the known frame kinds once, with its schema type, so
+// that bad pointers, missing NUL terminators, nesting and traversal bombs
+// throw here (inside next()'s try) rather than later in the consumer.
+void read_headers(capnp::List<wire::Header>::Reader headers) {
+  for (auto h : headers) {
+    (void)h.getName();
+    (void)h.getValue();
+  }
+}
+
+void read_all(wire::Frame::Reader f) {
+  using W = wire::Frame;
+  switch (f.which()) {
+    case W::HELLO: {
+      auto h = f.getHello();
+      (void)h.getClientName();
+      (void)h.getAuthToken();
+      break;
+    }
+    case W::WELCOME: {
+      auto w = f.getWelcome();
+      (void)w.getServerId();
+      (void)w.getServerVersion();
+      (void)w.getLimits();
+      break;
+    }
+    case W::PUBLISH: {
+      auto p = f.getPublish();
+      (void)p.getSubject();
+      (void)p.getKey();
+      (void)p.getPayload();
+      read_headers(p.getHeaders());
+      (void)p.getReplyTo();
+      break;
+    }
+    case W::SUBSCRIBE: {
+      auto s = f.getSubscribe();
+      (void)s.getPattern();
+      (void)s.getQueueGroup();
+      break;
+    }
+    case W::UNSUBSCRIBE: (void)f.getUnsubscribe(); break;
+    case W::MESSAGE: {
+      auto m = f.getMessage();
+      (void)m.getSubject();
+      (void)m.getKey();
+      (void)m.getPayload();
+      read_headers(m.getHeaders());
+      (void)m.getReplyTo();
+      break;
+    }
+    case W::ACK: (void)f.getAck(); break;
+    case W::ERROR: {
+      auto e = f.getError();
+      (void)e.getMessage();
+      (void)e.getReplyTo();
+      break;
+    }
+    case W::PING: (void)f.getPing(); break;
+    case W::PONG: (void)f.getPong(); break;
+    default: break;  // a newer peer's kind: left unread, validation decides
+  }
+}
+
+}  // namespace
+
+std::string_view kind_name(wire::Frame::Which kind) noexcept {
+  using W = wire::Frame;
+  switch (kind) {
+    case W::HELLO: return "hello";
+    case W::WELCOME: return "welcome";
+    case W::PUBLISH: return "publish";
+    case W::SUBSCRIBE: return "subscribe";
+    case W::UNSUBSCRIBE: return "unsubscribe";
+    case W::MESSAGE: return "message";
+    case W::ACK: return "ack";
+    case W::ERROR: return "error";
+    case W::PING: return "ping";
+    case W::PONG: return "pong";
+  }
+  return "unknown";
+}
+
+decoder::decoder(const limits& lim, std::size_t initial_capacity)
+    : limits_(lim),
+      capacity_(round_up8(std::max<std::size_t>(initial_capacity, 64))),
+      segments_(std::max<std::uint32_t>(lim.max_segments, 1)) {
+  buffer_ = std::make_unique_for_overwrite<capnp::word[]>(capacity_ / 8);
+}
+
+decoder::~decoder() = default;
+
+void decoder::release_current() noexcept {
+  if (reader_) reader_.reset();
+  begin_ += current_;
+  current_ = 0;
+  if (begin_ == end_) begin_ = end_ = 0;  // everything consumed: restart at the front for free
+}
+
+decoder::header_state decoder::parse_header(header_info& out) const noexcept {
+  const std::size_t avail = end_ - begin_;
+  if (avail < 8) return header_state::need_more;
+  const std::byte* p = bytes() + begin_;
+  const std::uint64_t count = std::uint64_t{load_u32(p)} + 1;
+  out.segments = count > limits_.max_segments ? 0 : static_cast<std::uint32_t>(count);
+  if (count > limits_.max_segments) return header_state::bad;
+  out.table_bytes = round_up8(4 + 4 * static_cast<std::size_t>(count));
+  if (avail < out.table_bytes) return header_state::need_more;
+  std::uint64_t words = 0;
+  for (std::uint64_t i = 0; i < count; ++i) words += load_u32(p + 4 + 4 * i);
+  const std::uint64_t total = out.table_bytes + words * 8;  // at most 2^9 * 2^32 * 8: no overflow
+  out.frame_bytes = static_cast<std::size_t>(std::min<std::uint64_t>(total, SIZE_MAX));
+  return total > limits_.max_frame ? header_state::bad : header_state::ok;
+}
+
+std::size_t decoder::wanted() const noexcept {
+  header_info h;
+  if (parse_header(h) != header_state::ok) return 0;
+  const std::size_t avail = end_ - begin_;
+  return avail < h.frame_bytes ? h.frame_bytes - avail : 0;
+}
+
+void decoder::make_room(std::size_t bytes_needed) {
+  if (capacity_ - end_ >= bytes_needed) return;
+  if (begin_ > 0) {
+    // Slide the unread tail (a partial frame) to the front. begin_ is a
+    // multiple of 8, so frames stay word-aligned.
+    std::memmove(bytes(), bytes() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+    if (capacity_ - end_ >= bytes_needed) return;
+  }
+  const std::size_t new_capacity = round_up8(std::max(capacity_ * 2, end_ + bytes_needed));
+  auto fresh = std::make_unique_for_overwrite<capnp::word[]>(new_capacity / 8);
+  std::memcpy(fresh.get(), buffer_.get(), end_);
+  buffer_ = std::move(fresh);
+  capacity_ = new_capacity;
+}
+
+std::span<std::byte> decoder::prepare(std::size_t min_bytes) {
+  release_current();
+  make_room(std::max({min_bytes, wanted(), std::size_t{1}}));
+  return {bytes() + end_, capacity_ - end_};
+}
+
+void decoder::commit(std::size_t n) noexcept {
+  assert(n <= capacity_ - end_);
+  end_ += n;
+}
+
+void decoder::feed(std::span<const std::byte> data) {
+  release_current();
+  if (data.empty()) return;
+  auto room = prepare(data.size());
+  std::memcpy(room.data(), data.data(), data.size());
+  commit(data.size());
+}
+
+unexpected decoder::fail(errc code, std::string message) {
+  error_ = status(code, std::move(message));
+  return unexpected(error_.error_code());
+}
+
+result<std::optional<frame>> decoder::next() noexcept {
+  release_current();
+  if (failed()) return unexpected(error_.error_code());
+
+  header_info h;
+  switch (parse_header(h)) {
+    case header_state::need_more: return std::optional<frame>{};
+    case header_state::bad:
+      if (h.segments == 0) {
+        const std::uint64_t count = std::uint64_t{load_u32(bytes() + begin_)} + 1;
+        return fail(errc::frame_too_large,
+                    "frame announces " + std::to_string(count) + " segments, over limits.max_segments (" +
+                        std::to_string(limits_.max_segments) +
+                        "); the peer is not speaking this protocol or builds oversized messages");
+      }
+      return fail(errc::frame_too_large,
+                  "frame of " + format_size(h.frame_bytes) + " exceeds limits.max_frame (" +
+                      format_size(limits_.max_frame) + "); raise it in keyway.toml or send smaller payloads");
+    case header_state::ok: break;
+  }
+  if (end_ - begin_ < h.frame_bytes) return std::optional<frame>{};
+
+  const auto* base = buffer_.get() + begin_ / 8;
+  std::size_t offset = h.table_bytes / 8;
+  for (std::uint32_t i = 0; i < h.segments; ++i) {
+    const std::size_t words = load_u32(bytes() + begin_ + 4 + 4 * std::size_t{i});
+    segments_[i] = kj::arrayPtr(base + offset, words);
+    offset += words;
+  }
+
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = limits_.traversal_limit_words(h.frame_bytes);
+  options.nestingLimit = limits_.nesting_limit;
+  try {
+    reader_.emplace(kj::arrayPtr(segments_.data(), h.segments), options);
+    auto root = reader_->getRoot<wire::Frame>();
+    read_all(root);
+    current_ = h.frame_bytes;
+    return std::optional<frame>(frame(root, h.frame_bytes, h.segments));
+  } catch (const kj::Exception& e) {
+    reader_.reset();
+    return fail(errc::protocol, "malformed frame of " + format_size(h.frame_bytes) + ": " +
+                                    describe(e) +
+                                    " The peer is not sending valid Cap'n Proto Frame messages.");
+  } catch (const std::exception& e) {
+    reader_.reset();
+    return fail(errc::internal, std::string("decoding failed: ") + e.what());
+  }
+}
+
+bool decoder::shrink(std::size_t target) {
+  release_current();
+  const std::size_t size = end_ - begin_;
+  const std::size_t new_capacity = round_up8(std::max({target, size, std::size_t{64}}));
+  if (capacity_ <= new_capacity) return false;
+  auto fresh = std::make_unique_for_overwrite<capnp::word[]>(new_capacity / 8);
+  std::memcpy(fresh.get(), bytes() + begin_, size);
+  buffer_ = std::move(fresh);
+  capacity_ = new_capacity;
+  begin_ = 0;
+  end_ = size;
+  return true;
+}
+
+void decoder::reset() noexcept {
+  reader_.reset();
+  begin_ = end_ = current_ = 0;
+  error_ = status();
+}
+
+}  // namespace keyway::proto

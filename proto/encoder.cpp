@@ -1,0 +1,209 @@
+#include "proto/encoder.hpp"
+
+#include <kj/exception.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <new>
+
+namespace keyway::proto {
+namespace {
+
+const kj::byte* kj_bytes(std::span<const std::byte> s) noexcept { return reinterpret_cast<const kj::byte*>(s.data()); }
+
+// Text fields are set with init + memcpy: capnp's Text::Reader would want a
+// NUL after the string_view's last byte. Empty values stay null pointers.
+template <class Init>
+void set_text(std::string_view s, Init&& init) {
+  if (s.empty()) return;
+  auto b = init(static_cast<unsigned>(s.size()));
+  std::memcpy(b.begin(), s.data(), s.size());
+}
+
+capnp::Data::Reader data(std::span<const std::byte> s) noexcept { return {kj_bytes(s), s.size()}; }
+
+void set_headers(capnp::List<wire::Header>::Builder list, std::span<const header> headers) {
+  for (std::size_t i = 0; i < headers.size(); ++i) {
+    auto h = list[static_cast<unsigned>(i)];
+    set_text(headers[i].name, [&](unsigned n) { return h.initName(n); });
+    if (!headers[i].value.empty()) h.setValue(data(headers[i].value));
+  }
+}
+
+// Everything of a delivery but the payload.
+void fill_delivery(wire::Message::Builder m, const delivery_fields& f) {
+  m.setSid(f.sid);
+  set_text(f.subject, [&](unsigned n) { return m.initSubject(n); });
+  if (!f.key.empty()) m.setKey(data(f.key));
+  if (!f.headers.empty()) set_headers(m.initHeaders(static_cast<unsigned>(f.headers.size())), f.headers);
+  set_text(f.reply_to, [&](unsigned n) { return m.initReplyTo(n); });
+  m.setOwnerCore(f.owner_core);
+  m.setSeq(f.seq);
+}
+
+}  // namespace
+
+encoder::encoder(const limits& lim, std::size_t ref_threshold)
+    : max_frame_(lim.max_frame),
+      ref_threshold_(std::max<std::size_t>(ref_threshold, 8)),
+      scratch_words_(lim.max_frame / sizeof(capnp::word) + 16),
+      scratch_(static_cast<capnp::word*>(std::calloc(scratch_words_, sizeof(capnp::word)))) {
+  if (!scratch_) throw std::bad_alloc();
+}
+
+result<std::size_t> encoder::emit(out_buffer& out, capnp::MessageBuilder& msg, std::span<const std::byte> external) {
+  const auto segments = msg.getSegmentsForOutput();
+  const std::size_t count = segments.size();
+  const std::size_t table_bytes = (4 + 4 * count + 7) & ~std::size_t{7};
+  std::size_t total = table_bytes;
+  for (auto s : segments) total += s.size() * sizeof(capnp::word);
+  if (total > max_frame_) return unexpected(errc::frame_too_large);
+
+  const std::size_t owned = total - external.size();
+  out.reserve(owned, count + 2);  // from here on nothing allocates or throws
+
+  auto table = out.prepare(table_bytes);
+  std::memset(table.data(), 0, table_bytes);
+  const auto put = [&](std::size_t i, std::size_t v) {
+    const auto u = static_cast<std::uint32_t>(v);
+    std::memcpy(table.data() + 4 * i, &u, 4);
+  };
+  static_assert(std::endian::native == std::endian::little);
+  put(0, count - 1);
+  for (std::size_t i = 0; i < count; ++i) put(i + 1, segments[i].size());
+  out.commit(table_bytes);
+
+  for (auto s : segments) {
+    const auto* p = reinterpret_cast<const std::byte*>(s.begin());
+    const std::size_t bytes = s.size() * sizeof(capnp::word);
+    if (!external.empty() && p == external.data()) {
+      // The referenced payload: its own bytes, then our zeros instead of
+      // whatever follows it in the caller's memory.
+      out.append_external(external);
+      out.append_zeros(bytes - external.size());
+    } else {
+      out.append({p, bytes});
+    }
+  }
+  return total;
+}
+
+result<std::size_t> encoder::hello(out_buffer& out, const hello_fields& f) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto h = fr.initHello();
+    h.setProtocolVersion(f.protocol_version);
+    set_text(f.client_name, [&](unsigned n) { return h.initClientName(n); });
+    set_text(f.auth_token, [&](unsigned n) { return h.initAuthToken(n); });
+  });
+}
+
+result<std::size_t> encoder::welcome(out_buffer& out, const welcome_fields& f) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto w = fr.initWelcome();
+    set_text(f.server_id, [&](unsigned n) { return w.initServerId(n); });
+    set_text(f.server_version, [&](unsigned n) { return w.initServerVersion(n); });
+    w.setProtocolVersion(f.protocol_version);
+    w.setWorkerCount(f.worker_count);
+    auto l = w.initLimits();
+    const limits& s = f.server_limits;
+    l.setMaxPayload(s.max_payload);
+    l.setMaxFrame(s.max_frame);
+    l.setMaxSubject(s.max_subject);
+    l.setMaxKey(s.max_key);
+    l.setMaxHeaders(s.max_headers);
+    l.setMaxHeaderBytes(s.max_header_bytes);
+    l.setMaxSubscriptions(f.max_subscriptions);
+    l.setMaxSegments(s.max_segments);
+    l.setMaxPendingBytes(f.max_pending_bytes);
+  });
+}
+
+result<std::size_t> encoder::publish(out_buffer& out, const publish_fields& f) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto p = fr.initPublish();
+    set_text(f.subject, [&](unsigned n) { return p.initSubject(n); });
+    if (!f.key.empty()) p.setKey(data(f.key));
+    if (!f.payload.empty()) p.setPayload(data(f.payload));
+    if (!f.headers.empty()) set_headers(p.initHeaders(static_cast<unsigned>(f.headers.size())), f.headers);
+    set_text(f.reply_to, [&](unsigned n) { return p.initReplyTo(n); });
+    p.setAckId(f.ack_id);
+  });
+}
+
+result<std::size_t> encoder::subscribe(out_buffer& out, const subscribe_fields& f) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto s = fr.initSubscribe();
+    s.setSid(f.sid);
+    set_text(f.pattern, [&](unsigned n) { return s.initPattern(n); });
+    set_text(f.queue_group, [&](unsigned n) { return s.initQueueGroup(n); });
+    s.setRequestId(f.request_id);
+  });
+}
+
+result<std::size_t> encoder::unsubscribe(out_buffer& out, std::uint32_t sid, std::uint64_t request_id) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto u = fr.initUnsubscribe();
+    u.setSid(sid);
+    u.setRequestId(request_id);
+  });
+}
+
+result<std::size_t> encoder::message(out_buffer& out, const delivery_fields& f) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto m = fr.initMessage();
+    fill_delivery(m, f);
+    if (!f.payload.empty()) m.setPayload(data(f.payload));
+  });
+}
+
+result<std::size_t> encoder::message_ref(out_buffer& out, const delivery_fields& f) noexcept {
+  const auto address = reinterpret_cast<std::uintptr_t>(f.payload.data());
+  if (f.payload.size() < ref_threshold_ || address % sizeof(capnp::word) != 0) return message(out, f);
+  try {
+    capnp::MallocMessageBuilder msg(scratch());
+    auto m = msg.initRoot<wire::Frame>().initMessage();
+    fill_delivery(m, f);
+    m.adoptPayload(msg.getOrphanage().referenceExternalData(data(f.payload)));
+    return emit(out, msg, f.payload);
+  } catch (...) {
+    return unexpected(errc::internal);
+  }
+}
+
+result<std::size_t> encoder::ack(out_buffer& out, std::uint64_t request_id, std::uint32_t delivered) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto a = fr.initAck();
+    a.setRequestId(request_id);
+    a.setDelivered(delivered);
+  });
+}
+
+result<std::size_t> encoder::error(out_buffer& out, const error_fields& f) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto e = fr.initError();
+    e.setCode(to_wire(f.code));
+    set_text(f.message, [&](unsigned n) { return e.initMessage(n); });
+    e.setRequestId(f.request_id);
+    e.setFatal(f.fatal);
+    set_text(f.reply_to, [&](unsigned n) { return e.initReplyTo(n); });
+  });
+}
+
+result<std::size_t> encoder::error(out_buffer& out, const status& st, std::uint64_t request_id) noexcept {
+  return error(out, error_fields{.code = st.code(),
+                                 .message = st.message(),
+                                 .request_id = request_id,
+                                 .fatal = fatal_by_default(st.code()),
+                                 .reply_to = {}});
+}
+
+result<std::size_t> encoder::ping(out_buffer& out, std::uint64_t id) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) { fr.initPing().setId(id); });
+}
+
+result<std::size_t> encoder::pong(out_buffer& out, std::uint64_t id) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) { fr.initPong().setId(id); });
+}
+
+}  // namespace keyway::proto

@@ -1,0 +1,155 @@
+// proto::encoder: plain C++ values in, framed Frame messages appended to an
+// out_buffer. The daemon and the client library never touch capnp builders.
+//
+// Threading: one encoder per thread (a worker, or a client connection); it
+// is not thread-safe. Encoding into different out_buffers is fine.
+//
+// Cost: each frame is built by a capnp::MallocMessageBuilder whose first
+// segment is the encoder's reused, zeroed scratch array (sized from
+// limits.max_frame), then copied once into the out_buffer behind its segment
+// table; the builder zeroes the used scratch on the way out. A frame within
+// max_frame therefore does not allocate. message_ref() writes large payloads
+// by reference instead (no copy at all); that path allocates Cap'n Proto's
+// small multi-segment bookkeeping once per frame, which is why it is only
+// used above `ref_threshold` bytes.
+//
+// Errors: every function returns the frame's wire size, or errc::frame_too_large
+// (the frame would exceed limits.max_frame; nothing is appended) or
+// errc::internal (Cap'n Proto refused the input, e.g. a list over 2^29
+// entries; nothing is appended). Never throws.
+#pragma once
+
+#include "core/result.hpp"
+#include "proto/errc.hpp"
+#include "proto/keyway.capnp.h"
+#include "proto/limits.hpp"
+#include "proto/out_buffer.hpp"
+
+#include <capnp/message.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <span>
+#include <string_view>
+
+namespace keyway::proto {
+
+struct header {
+  std::string_view name{};
+  std::span<const std::byte> value{};
+};
+
+struct hello_fields {
+  std::uint32_t protocol_version = proto::protocol_version;
+  std::string_view client_name{};
+  std::string_view auth_token{};  // empty = none
+};
+
+struct welcome_fields {
+  std::string_view server_id{};
+  std::string_view server_version{};
+  std::uint32_t protocol_version = proto::protocol_version;
+  std::uint32_t worker_count = 0;
+  limits server_limits;                 // announced in welcome.limits
+  std::uint32_t max_subscriptions = 0;  // 0 = not announced
+  std::uint64_t max_pending_bytes = 0;  // 0 = not announced
+};
+
+struct publish_fields {
+  std::string_view subject{};
+  std::span<const std::byte> key{};
+  std::span<const std::byte> payload{};
+  std::span<const header> headers{};
+  std::string_view reply_to{};  // empty = none
+  std::uint64_t ack_id = 0;   // 0 = no ack wanted
+};
+
+struct subscribe_fields {
+  std::uint32_t sid = 0;
+  std::string_view pattern{};
+  std::string_view queue_group{};  // empty = none
+  std::uint64_t request_id = 0;  // 0 = no ack wanted
+};
+
+struct delivery_fields {
+  std::uint32_t sid = 0;
+  std::string_view subject{};
+  std::span<const std::byte> key{};
+  std::span<const std::byte> payload{};
+  std::span<const header> headers{};
+  std::string_view reply_to{};
+  std::uint32_t owner_core = 0;
+  std::uint64_t seq = 0;
+};
+
+struct error_fields {
+  errc code = errc::internal;
+  std::string_view message{};
+  std::uint64_t request_id = 0;
+  bool fatal = false;
+  std::string_view reply_to{};  // no_responders: the request's reply_to
+};
+
+class encoder {
+ public:
+  static constexpr std::size_t default_ref_threshold = 8 * 1024;
+
+  /// `lim.max_frame` bounds every frame encoded and sizes the scratch segment
+  /// (allocated zeroed with calloc, so untouched pages cost no memory).
+  explicit encoder(const limits& lim = {}, std::size_t ref_threshold = default_ref_threshold);
+  encoder(const encoder&) = delete;
+  encoder& operator=(const encoder&) = delete;
+
+  result<std::size_t> hello(out_buffer& out, const hello_fields& f) noexcept;
+  result<std::size_t> welcome(out_buffer& out, const welcome_fields& f) noexcept;
+  result<std::size_t> publish(out_buffer& out, const publish_fields& f) noexcept;
+  result<std::size_t> subscribe(out_buffer& out, const subscribe_fields& f) noexcept;
+  result<std::size_t> unsubscribe(out_buffer& out, std::uint32_t sid, std::uint64_t request_id = 0) noexcept;
+  /// One delivery; the payload is copied into `out`.
+  result<std::size_t> message(out_buffer& out, const delivery_fields& f) noexcept;
+  /// One delivery whose payload is appended by reference when it is at least
+  /// ref_threshold bytes and 8-byte aligned (else it is copied, as message()).
+  /// The payload must outlive its consumption from `out` (see out_buffer).
+  /// On the wire it is segment 1 of a two-segment frame, zero padded.
+  result<std::size_t> message_ref(out_buffer& out, const delivery_fields& f) noexcept;
+  result<std::size_t> ack(out_buffer& out, std::uint64_t request_id, std::uint32_t delivered) noexcept;
+  result<std::size_t> error(out_buffer& out, const error_fields& f) noexcept;
+  /// An error frame from a failed status, fatal per fatal_by_default(code).
+  result<std::size_t> error(out_buffer& out, const status& st, std::uint64_t request_id = 0) noexcept;
+  result<std::size_t> ping(out_buffer& out, std::uint64_t id) noexcept;
+  result<std::size_t> pong(out_buffer& out, std::uint64_t id) noexcept;
+
+  /// Any frame, filled in by `build(wire::Frame::Builder)`: for tests and for
+  /// kinds added later. Exceptions from `build` become errc::internal.
+  template <class Build>
+  result<std::size_t> encode(out_buffer& out, Build&& build) noexcept {
+    try {
+      capnp::MallocMessageBuilder msg(scratch());
+      build(msg.initRoot<wire::Frame>());
+      return emit(out, msg, {});
+    } catch (...) {
+      return unexpected(errc::internal);
+    }
+  }
+
+  std::size_t max_frame() const noexcept { return max_frame_; }
+
+ private:
+  struct free_deleter {
+    void operator()(capnp::word* p) const noexcept { std::free(p); }
+  };
+
+  kj::ArrayPtr<capnp::word> scratch() noexcept { return {scratch_.get(), scratch_words_}; }
+  /// Appends the segment table and segments of `msg`; `external` is the
+  /// payload segment to append by reference, if any.
+  result<std::size_t> emit(out_buffer& out, capnp::MessageBuilder& msg, std::span<const std::byte> external);
+
+  std::size_t max_frame_;
+  std::size_t ref_threshold_;
+  std::size_t scratch_words_;
+  std::unique_ptr<capnp::word[], free_deleter> scratch_;
+};
+
+}  // namespace keyway::proto

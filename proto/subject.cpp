@@ -1,0 +1,108 @@
+#include "proto/subject.hpp"
+
+#include <string>
+
+namespace keyway::proto {
+namespace {
+
+bool forbidden_byte(unsigned char c) noexcept { return c <= 0x20 || c == 0x7f; }
+
+std::string at_byte(std::size_t i) { return "at byte " + std::to_string(i); }
+
+std::string hex_byte(unsigned char c) {
+  static constexpr char digits[] = "0123456789abcdef";
+  return {'(', '0', 'x', digits[c >> 4], digits[c & 0xf], ')'};
+}
+
+// Checks shared by subjects and patterns: emptiness, length, bad bytes, empty
+// tokens. Returns ok when the remaining (wildcard) rules should run.
+status check_common(std::string_view s, const limits& lim, std::string_view field) {
+  const std::string f(field);
+  if (s.empty()) {
+    return {errc::invalid_subject,
+            f + " is empty; a subject is one or more dot-separated tokens, like 'orders.eu'"};
+  }
+  if (s.size() > lim.max_subject) {
+    return {errc::invalid_subject, f + " of " + format_size(s.size()) + " exceeds limits.max_subject (" +
+                                       format_size(lim.max_subject) + "); use a shorter subject"};
+  }
+  std::size_t token_start = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (forbidden_byte(c)) {
+      return {errc::invalid_subject, f + " " + quote(s) + " has a space or control character " +
+                                         hex_byte(c) + " " + at_byte(i) + "; subjects may not contain whitespace or control characters"};
+    }
+    if (c == '.') {
+      if (i == token_start) {
+        return {errc::invalid_subject, f + " " + quote(s) + " has an empty token " + at_byte(i) +
+                                           "; tokens between dots must be non-empty"};
+      }
+      token_start = i + 1;
+    }
+  }
+  if (token_start == s.size()) {
+    return {errc::invalid_subject, f + " " + quote(s) + " ends with '.'; tokens between dots must be non-empty"};
+  }
+  return {};
+}
+
+}  // namespace
+
+bool is_literal_subject(std::string_view subject) noexcept {
+  return subject.find_first_of("*>") == std::string_view::npos;
+}
+
+status validate_publish_subject(std::string_view subject, const limits& lim, std::string_view field) {
+  if (auto st = check_common(subject, lim, field); !st.ok()) return st;
+  if (auto pos = subject.find_first_of("*>"); pos != std::string_view::npos) {
+    return {errc::invalid_subject,
+            std::string(field) + " " + quote(subject) + " contains the wildcard '" + subject[pos] + "' " +
+                at_byte(pos) + "; publish subjects must be literal (wildcards are for subscriptions)"};
+  }
+  return {};
+}
+
+status validate_pattern(std::string_view pattern, const limits& lim, std::string_view field) {
+  if (auto st = check_common(pattern, lim, field); !st.ok()) return st;
+  std::size_t token = 0;
+  std::size_t start = 0;
+  while (start <= pattern.size()) {
+    std::size_t end = pattern.find('.', start);
+    if (end == std::string_view::npos) end = pattern.size();
+    const std::string_view tok = pattern.substr(start, end - start);
+    ++token;
+    const bool last = end == pattern.size();
+    if (tok.size() > 1 && tok.find_first_of("*>") != std::string_view::npos) {
+      return {errc::invalid_subject, std::string(field) + " " + quote(pattern) + " has a wildcard inside token " +
+                                         std::to_string(token) + " (" + quote(tok) +
+                                         "); '*' and '>' must be whole tokens, like 'a.*.c' or 'a.>'"};
+    }
+    if (tok == ">" && !last) {
+      return {errc::invalid_subject, std::string(field) + " " + quote(pattern) + " has '>' in token " +
+                                         std::to_string(token) + " but more tokens follow; '>' must be the last token"};
+    }
+    start = end + 1;
+  }
+  return {};
+}
+
+status validate_queue_group(std::string_view group, const limits& lim, std::string_view field) {
+  if (group.empty()) return {};
+  const std::string f(field);
+  if (group.size() > lim.max_subject) {
+    return {errc::invalid_subject, f + " of " + format_size(group.size()) + " exceeds limits.max_subject (" +
+                                       format_size(lim.max_subject) + "); use a shorter queue group name"};
+  }
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    auto c = static_cast<unsigned char>(group[i]);
+    if (forbidden_byte(c) || c == '*' || c == '>') {
+      return {errc::invalid_subject, f + " " + quote(group) + " has a forbidden character " + hex_byte(c) + " " + at_byte(i) +
+                                         "; queue group names may not contain whitespace, control characters, "
+                                         "'*' or '>'"};
+    }
+  }
+  return {};
+}
+
+}  // namespace keyway::proto

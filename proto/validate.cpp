@@ -1,0 +1,171 @@
+#include "proto/validate.hpp"
+
+#include "proto/decoder.hpp"
+#include "proto/subject.hpp"
+
+#include <kj/exception.h>
+
+#include <string>
+
+namespace keyway::proto {
+namespace {
+
+using W = wire::Frame;
+
+status check_headers(capnp::List<wire::Header>::Reader headers, const limits& lim, std::string_view kind) {
+  const std::string f = std::string(kind) + ".headers";
+  if (headers.size() > lim.max_headers) {
+    return {errc::payload_too_large, f + " has " + std::to_string(headers.size()) +
+                                         " entries, over limits.max_headers (" + std::to_string(lim.max_headers) +
+                                         "); send fewer headers"};
+  }
+  std::uint64_t bytes = 0;
+  std::uint32_t i = 0;
+  for (auto h : headers) {
+    const auto name = h.getName();
+    if (name.size() == 0) {
+      return {errc::protocol, f + "[" + std::to_string(i) + "] has an empty name; header names must be non-empty"};
+    }
+    bytes += name.size() + h.getValue().size();
+    ++i;
+  }
+  if (bytes > lim.max_header_bytes) {
+    return {errc::payload_too_large, f + " of " + format_size(bytes) + " exceeds limits.max_header_bytes (" +
+                                         format_size(lim.max_header_bytes) + "); send smaller headers"};
+  }
+  return {};
+}
+
+status check_reply_to(capnp::Text::Reader reply_to, const limits& lim, std::string_view field) {
+  if (reply_to.size() == 0) return {};
+  return validate_publish_subject(as_string_view(reply_to), lim, field);
+}
+
+status check_publish(wire::Publish::Reader p, const limits& lim) {
+  if (auto st = validate_publish_subject(as_string_view(p.getSubject()), lim, "publish.subject"); !st.ok()) {
+    return st;
+  }
+  if (const auto key = p.getKey().size(); key > lim.max_key) {
+    return {errc::invalid_key, "publish.key of " + format_size(key) + " exceeds limits.max_key (" +
+                                   format_size(lim.max_key) + "); use a shorter key, e.g. a hash of it"};
+  }
+  if (const auto payload = p.getPayload().size(); payload > lim.max_payload) {
+    return {errc::payload_too_large, "payload of " + format_size(payload) + " exceeds limits.max_payload (" +
+                                         format_size(lim.max_payload) +
+                                         "); raise it in keyway.toml or send smaller payloads"};
+  }
+  if (auto st = check_headers(p.getHeaders(), lim, "publish"); !st.ok()) return st;
+  return check_reply_to(p.getReplyTo(), lim, "publish.replyTo");
+}
+
+status check_subscribe(wire::Subscribe::Reader s, const limits& lim) {
+  if (s.getSid() == 0) {
+    return {errc::protocol, "subscribe.sid is 0; choose a non-zero sid, unique on this connection"};
+  }
+  if (auto st = validate_pattern(as_string_view(s.getPattern()), lim, "subscribe.pattern"); !st.ok()) return st;
+  return validate_queue_group(as_string_view(s.getQueueGroup()), lim, "subscribe.queueGroup");
+}
+
+status check_hello(wire::Hello::Reader h, const limits& lim) {
+  if (const auto n = h.getClientName().size(); n > lim.max_client_name) {
+    return {errc::protocol, "hello.clientName of " + format_size(n) + " exceeds limits.max_client_name (" +
+                                format_size(lim.max_client_name) + "); use a shorter client name"};
+  }
+  if (const auto n = h.getAuthToken().size(); n > lim.max_auth_token) {
+    return {errc::protocol, "hello.authToken of " + format_size(n) + " exceeds limits.max_auth_token (" +
+                                format_size(lim.max_auth_token) + ")"};
+  }
+  return {};
+}
+
+status not_allowed(W::Which kind, std::string_view who, std::string_view allowed) {
+  const auto name = kind_name(kind);
+  if (name == "unknown") {
+    return {errc::protocol, "unknown frame kind " + std::to_string(static_cast<unsigned>(kind)) +
+                                " (this build speaks protocol version " + std::to_string(protocol_version) +
+                                "); a " + std::string(who) + " may send " + std::string(allowed)};
+  }
+  return {errc::protocol, "a " + std::string(who) + " may not send '" + std::string(name) + "' frames; it may send " +
+                              std::string(allowed)};
+}
+
+status client_frame(W::Reader f, const limits& lim) {
+  switch (f.which()) {
+    case W::HELLO: return check_hello(f.getHello(), lim);
+    case W::PUBLISH: return check_publish(f.getPublish(), lim);
+    case W::SUBSCRIBE: return check_subscribe(f.getSubscribe(), lim);
+    case W::UNSUBSCRIBE:
+      if (f.getUnsubscribe().getSid() == 0) return {errc::protocol, "unsubscribe.sid is 0; sids are non-zero"};
+      return {};
+    case W::PING:
+    case W::PONG: return {};
+    default: return not_allowed(f.which(), "client", "hello, publish, subscribe, unsubscribe, ping and pong");
+  }
+}
+
+status server_frame(W::Reader f, const limits& lim) {
+  switch (f.which()) {
+    case W::WELCOME:
+    case W::ACK:
+    case W::ERROR:
+    case W::PING:
+    case W::PONG: return {};
+    case W::MESSAGE: {
+      auto m = f.getMessage();
+      if (auto st = validate_publish_subject(as_string_view(m.getSubject()), lim, "message.subject"); !st.ok()) {
+        return st;
+      }
+      if (const auto key = m.getKey().size(); key > lim.max_key) {
+        return {errc::invalid_key, "message.key of " + format_size(key) + " exceeds limits.max_key (" +
+                                       format_size(lim.max_key) + ")"};
+      }
+      if (const auto payload = m.getPayload().size(); payload > lim.max_payload) {
+        return {errc::payload_too_large, "message.payload of " + format_size(payload) +
+                                             " exceeds limits.max_payload (" + format_size(lim.max_payload) + ")"};
+      }
+      if (auto st = check_headers(m.getHeaders(), lim, "message"); !st.ok()) return st;
+      return check_reply_to(m.getReplyTo(), lim, "message.replyTo");
+    }
+    case W::HELLO:
+    case W::PUBLISH:
+    case W::SUBSCRIBE:
+    case W::UNSUBSCRIBE: return not_allowed(f.which(), "server", "welcome, message, ack, error, ping and pong");
+  }
+  return {};  // a newer server's kind: ignore
+}
+
+template <class F>
+status guarded(F&& check) noexcept {
+  try {
+    return check();
+  } catch (const kj::Exception& e) {
+    return {errc::protocol, "malformed frame: " + std::string(e.getDescription().cStr())};
+  } catch (const std::exception& e) {
+    return {errc::internal, std::string("frame validation failed: ") + e.what()};
+  }
+}
+
+}  // namespace
+
+status validate_client_frame(wire::Frame::Reader frame, const limits& lim) noexcept {
+  return guarded([&] { return client_frame(frame, lim); });
+}
+
+status validate_server_frame(wire::Frame::Reader frame, const limits& lim) noexcept {
+  return guarded([&] { return server_frame(frame, lim); });
+}
+
+std::uint64_t request_id_of(wire::Frame::Reader frame) noexcept {
+  try {
+    switch (frame.which()) {
+      case W::PUBLISH: return frame.getPublish().getAckId();
+      case W::SUBSCRIBE: return frame.getSubscribe().getRequestId();
+      case W::UNSUBSCRIBE: return frame.getUnsubscribe().getRequestId();
+      default: return 0;
+    }
+  } catch (...) {
+    return 0;
+  }
+}
+
+}  // namespace keyway::proto
