@@ -1,0 +1,375 @@
+#include "daemon/connection.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <asio/write.hpp>
+
+#include "daemon/router.hpp"
+#include "proto/validate.hpp"
+
+namespace keyway::daemon {
+
+namespace wire = proto::wire;
+
+connection::connection(router& r, socket_type socket, std::uint64_t id, bool unix_socket)
+    : router_(r),
+      socket_(std::move(socket)),
+      id_(id),
+      unix_(unix_socket),
+      decoder_(r.options().limits),
+      handshake_timer_(r.worker().io()) {}
+
+connection::~connection() = default;
+
+void connection::start() {
+  router_.worker().assert_owner();
+  handshake_timer_.expires_after(router_.options().handshake_timeout);
+  handshake_timer_.async_wait([self = shared_from_this()](std::error_code ec) {
+    if (ec || self->state_ != state::handshake) return;
+    self->send_error(proto::errc::timeout,
+                     "no hello within limits.handshake_timeout (" +
+                         std::to_string(self->router_.options().handshake_timeout.count()) +
+                         " ms); send hello first",
+                     0, true);
+  });
+  read_more();
+}
+
+void connection::read_more() {
+  if (reading_ || state_ == state::closing || state_ == state::closed || blocked_) return;
+  if (router_.draining()) return;
+  reading_ = true;
+  auto buf = decoder_.prepare(4096);
+  socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
+                          [self = shared_from_this()](std::error_code ec, std::size_t n) {
+                            self->on_read(ec, n);
+                          });
+}
+
+void connection::on_read(std::error_code ec, std::size_t n) {
+  reading_ = false;
+  if (state_ == state::closed) return;
+  if (ec) {
+    // EOF or reset: nothing more will come. Queued output is lost with the peer.
+    abort();
+    return;
+  }
+  if (router_.draining()) return;  // read after the drain began: not accepted
+  decoder_.commit(n);
+  router_.stats().bytes_in.add(n);
+  process();
+}
+
+void connection::process() {
+  while (state_ == state::handshake || state_ == state::open) {
+    auto next = decoder_.next();
+    if (!next) {
+      send_error(decoder_.error().code(), decoder_.error().message(), 0, true);
+      return;
+    }
+    if (!next->has_value()) break;
+    router_.stats().frames_in.add();
+    if (!handle(**next)) return;  // paused: resume() continues from here
+  }
+  read_more();
+}
+
+bool connection::handle(const proto::frame& f) {
+  const wire::Frame::Reader root = f.root();
+  if (state_ == state::handshake && root.which() != wire::Frame::HELLO) {
+    send_error(proto::errc::protocol,
+               std::string("the first frame must be hello, got ") + std::string(proto::kind_name(root.which())), 0,
+               true);
+    return true;
+  }
+  if (auto st = proto::validate_client_frame(root, router_.options().limits); !st) {
+    fail(st, proto::request_id_of(root));
+    return true;
+  }
+  switch (root.which()) {
+    case wire::Frame::HELLO:
+      on_hello(root.getHello());
+      return true;
+    case wire::Frame::PUBLISH:
+      return on_publish(root.getPublish());
+    case wire::Frame::SUBSCRIBE:
+      on_subscribe(root.getSubscribe());
+      return true;
+    case wire::Frame::UNSUBSCRIBE:
+      on_unsubscribe(root.getUnsubscribe());
+      return true;
+    case wire::Frame::PING:
+      (void)router_.encoder().pong(out_, root.getPing().getId());
+      queued();
+      return true;
+    case wire::Frame::PONG:
+      return true;
+    default:
+      send_error(proto::errc::protocol, "frame kind not accepted from a client", 0, true);
+      return true;
+  }
+}
+
+void connection::fail(const proto::status& st, std::uint64_t request_id) {
+  send_error(st.code(), st.message(), request_id, proto::fatal_by_default(st.code()));
+}
+
+void connection::on_hello(wire::Hello::Reader h) {
+  if (state_ != state::handshake) {
+    send_error(proto::errc::protocol, "hello sent twice; send it once, as the first frame", 0, true);
+    return;
+  }
+  if (h.getProtocolVersion() != proto::protocol_version) {
+    send_error(proto::errc::unsupported_version,
+               "protocol version " + std::to_string(h.getProtocolVersion()) + " is not supported; this server speaks " +
+                   std::to_string(proto::protocol_version),
+               0, true);
+    return;
+  }
+  client_name_ = std::string(proto::as_string_view(h.getClientName()));
+  state_ = state::open;
+  handshake_timer_.cancel();
+  const server_options& o = router_.options();
+  proto::welcome_fields wf;
+  wf.server_id = router_.context().server_id;
+  wf.server_version = KEYWAY_VERSION;
+  wf.worker_count = static_cast<std::uint32_t>(router_.context().workers);
+  wf.server_limits = o.limits;
+  wf.max_subscriptions = o.max_subscriptions;
+  wf.max_pending_bytes = o.max_pending_bytes;
+  (void)router_.encoder().welcome(out_, wf);
+  queued();
+}
+
+bool connection::on_publish(wire::Publish::Reader p) {
+  headers_.clear();
+  for (auto h : p.getHeaders())
+    headers_.push_back({proto::as_string_view(h.getName()), proto::as_bytes(h.getValue())});
+  publish_op op;
+  op.msg = message_ref(shared_message::make(proto::as_string_view(p.getSubject()), proto::as_bytes(p.getKey()),
+                                            proto::as_bytes(p.getPayload()), proto::as_string_view(p.getReplyTo()),
+                                            headers_));
+  op.conn = id_;
+  op.ack_id = p.getAckId();
+  op.from = router_.worker().id();
+  router_.stats().published.add();
+  if (router_.route(op)) return true;
+  blocked_owner_ = router_.owner_of(*op.msg);
+  blocked_.emplace(std::move(op));
+  router_.stats().paused_reads.add();
+  router_.mark_paused(this);
+  return false;
+}
+
+bool connection::resume() {
+  if (!blocked_) return true;
+  if (state_ == state::closed) {
+    blocked_.reset();
+    return true;
+  }
+  if (!router_.route(*blocked_)) return false;
+  blocked_.reset();
+  process();
+  return !blocked_;
+}
+
+void connection::on_subscribe(wire::Subscribe::Reader s) {
+  const server_options& o = router_.options();
+  const std::uint32_t sid = s.getSid();
+  const std::uint64_t rid = s.getRequestId();
+  if (subs_.count(sid) != 0) {
+    send_error(proto::errc::protocol, "subscription id " + std::to_string(sid) +
+                                          " is already in use on this connection; unsubscribe it or pick another",
+               rid, false);
+    return;
+  }
+  if (subs_.size() >= o.max_subscriptions) {
+    send_error(proto::errc::too_many_subscriptions,
+               "connection has " + std::to_string(subs_.size()) + " subscriptions, limits.max_subscriptions is " +
+                   std::to_string(o.max_subscriptions) + "; unsubscribe some or raise the limit",
+               rid, false);
+    return;
+  }
+  sub_spec spec;
+  spec.add = true;
+  spec.pattern = std::string(proto::as_string_view(s.getPattern()));
+  spec.group = std::string(proto::as_string_view(s.getQueueGroup()));
+  spec.ref = sub_ref{router_.alloc_uid(), router_.worker().id(), id_, sid};
+  spec.request_id = rid;
+  subs_.emplace(sid, subscription{spec.ref.uid});
+  router_.stats().subscriptions.add();
+  if (rid != 0) pending_acks_[rid] = static_cast<std::uint32_t>(router_.context().workers);
+  std::vector<sub_spec> changes;
+  changes.push_back(std::move(spec));
+  router_.broadcast(std::move(changes));
+}
+
+void connection::on_unsubscribe(wire::Unsubscribe::Reader u) {
+  const std::uint64_t rid = u.getRequestId();
+  auto it = subs_.find(u.getSid());
+  if (it == subs_.end()) {
+    send_error(proto::errc::protocol,
+               "unsubscribe of subscription id " + std::to_string(u.getSid()) + ", which is not subscribed", rid, false);
+    return;
+  }
+  sub_spec spec;
+  spec.add = false;
+  spec.ref = sub_ref{it->second.uid, router_.worker().id(), id_, it->first};
+  spec.request_id = rid;
+  subs_.erase(it);
+  router_.stats().subscriptions.set(router_.stats().subscriptions.get() - 1);
+  if (rid != 0) pending_acks_[rid] = static_cast<std::uint32_t>(router_.context().workers);
+  std::vector<sub_spec> changes;
+  changes.push_back(std::move(spec));
+  router_.broadcast(std::move(changes));
+  // The uid is freed once every worker applied the removal (router::on_sub_change
+  // on this worker is enough: later adds travel the same FIFO rings).
+}
+
+void connection::sub_applied(std::uint64_t request_id) {
+  auto it = pending_acks_.find(request_id);
+  if (it == pending_acks_.end()) return;
+  if (--it->second != 0) return;
+  pending_acks_.erase(it);
+  send_ack(request_id, 0);
+}
+
+void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq) {
+  if (state_ != state::open) {
+    router_.stats().drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
+    return;
+  }
+  const server_options& o = router_.options();
+  if (pending_bytes() >= o.max_pending_bytes) {
+    router_.stats().drops[static_cast<std::size_t>(drop_reason::slow_consumer)].add();
+    if (!slow_logged_) {
+      slow_logged_ = true;
+      router_.stats().slow_consumers.add();
+      spdlog::warn("slow consumer: connection {} ({}) has {} bytes pending, limits.max_pending_bytes is {}; {}", id_,
+                   client_name_, pending_bytes(), o.max_pending_bytes,
+                   o.slow_consumer == slow_consumer_policy::disconnect ? "disconnecting" : "dropping its messages");
+    }
+    if (o.slow_consumer == slow_consumer_policy::disconnect) {
+      send_error(proto::errc::slow_consumer,
+                 "outbound queue of " + proto::format_size(pending_bytes()) + " reached limits.max_pending_bytes (" +
+                     proto::format_size(o.max_pending_bytes) + "); read faster or raise the limit",
+                 0, true);
+    }
+    return;
+  }
+  slow_logged_ = false;
+  headers_.clear();
+  m.for_each_header([&](const header_view& h) { headers_.push_back(h); });
+  proto::delivery_fields f;
+  f.sid = sid;
+  f.subject = m.subject();
+  f.key = m.key();
+  f.payload = m.payload();
+  f.headers = headers_;
+  f.reply_to = m.reply_to();
+  f.owner_core = core;
+  f.seq = seq;
+  auto r = router_.encoder().message_ref(out_, f);
+  if (!r) {
+    spdlog::error("connection {}: cannot encode a delivery: {}", id_, r.error().message());
+    return;
+  }
+  // A payload appended by reference must outlive the write; keep the message.
+  if (m.payload().size() >= proto::encoder::default_ref_threshold) out_refs_.push_back(message_ref::share(m));
+  router_.stats().delivered.add();
+  queued();
+}
+
+void connection::send_ack(std::uint64_t request_id, std::uint32_t delivered) {
+  if (state_ != state::open) return;
+  (void)router_.encoder().ack(out_, request_id, delivered);
+  router_.stats().acks_sent.add();
+  queued();
+}
+
+void connection::send_error(proto::errc code, std::string_view message, std::uint64_t request_id, bool fatal,
+                            std::string_view reply_to) {
+  if (state_ == state::closing || state_ == state::closed) return;
+  if (code == proto::errc::slow_consumer) {
+    // What is queued but not yet on the wire will not be read in time; drop it
+    // so the error frame is next in line.
+    out_.clear();
+    out_refs_.clear();
+  }
+  (void)router_.encoder().error(out_, {code, message, request_id, fatal, reply_to});
+  router_.stats().errors_sent.add();
+  if (fatal) {
+    spdlog::info("closing connection {} ({}): {}: {}", id_, client_name_, proto::to_string(code), message);
+    state_ = state::closing;
+    // The peer gets a bounded time to read the error; a peer that does not
+    // read at all (a slow consumer) is closed when it runs out.
+    handshake_timer_.cancel();
+    handshake_timer_.expires_after(close_grace);
+    handshake_timer_.async_wait([self = shared_from_this()](std::error_code ec) {
+      if (!ec) self->abort();
+    });
+  }
+  queued();
+}
+
+void connection::queued() {
+  if (!dirty_) {
+    dirty_ = true;
+    router_.mark_dirty(this);
+  }
+}
+
+void connection::flush() {
+  dirty_ = false;
+  if (state_ == state::closed) return;
+  if (writing_now_) return;  // the completion handler continues
+  if (writing_.empty() && out_.empty()) {
+    if (state_ == state::closing) finish_close();
+    return;
+  }
+  if (writing_.empty()) {
+    std::swap(out_, writing_);
+    std::swap(out_refs_, writing_refs_);
+  }
+  write_some();
+}
+
+void connection::write_some() {
+  std::span<const std::byte> pieces[max_iov];
+  const std::size_t n = writing_.gather(pieces);
+  for (std::size_t i = 0; i < n; ++i) iov_[i] = asio::buffer(pieces[i].data(), pieces[i].size());
+  writing_now_ = true;
+  // iov_ is a member: the operation keeps pointing at it until it completes.
+  socket_.async_write_some(std::span<const asio::const_buffer>(iov_.data(), n),
+                           [self = shared_from_this()](std::error_code ec, std::size_t written) {
+                             self->writing_now_ = false;
+                             if (self->state_ == state::closed) return;
+                             if (ec) {
+                               self->abort();
+                               return;
+                             }
+                             self->router_.stats().bytes_out.add(written);
+                             self->writing_.consume(written);
+                             if (self->writing_.empty()) self->writing_refs_.clear();
+                             if (!self->writing_.empty() || !self->out_.empty() || self->state_ == state::closing)
+                               self->queued();
+                           });
+}
+
+void connection::finish_close() {
+  std::error_code ignored;
+  socket_.shutdown(asio::socket_base::shutdown_both, ignored);
+  abort();
+}
+
+void connection::abort() {
+  if (state_ == state::closed) return;
+  state_ = state::closed;
+  handshake_timer_.cancel();
+  std::error_code ignored;
+  socket_.close(ignored);
+  blocked_.reset();
+  router_.forget(*this);
+}
+
+}  // namespace keyway::daemon

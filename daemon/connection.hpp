@@ -1,0 +1,119 @@
+// connection: one client socket (TCP or Unix) on one worker, for its whole
+// life. It reads into its decoder, handles each frame, and queues outbound
+// frames in a buffer that the router writes once per loop turn.
+//
+// States: handshake (only hello allowed, under handshake_timeout) → open →
+// closing (an error or drain: stop reading, write what is queued, close) →
+// closed. A fatal error answers an error frame, then closes this connection
+// only.
+//
+// Backpressure: when the key owner has no credit, the publish is kept in
+// `blocked_`, reading stops, and the router calls resume() when credit
+// returns. Slow consumers: outbound bytes over max_pending_bytes trigger the
+// configured policy (disconnect after a slow_consumer error, or drop).
+//
+// Threads: the owning worker's only (asserted). Completion handlers hold a
+// shared_ptr so the object outlives its pending socket operations.
+#pragma once
+
+#include <asio/generic/stream_protocol.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "daemon/route.hpp"
+#include "proto/decoder.hpp"
+#include "proto/encoder.hpp"
+
+namespace keyway::daemon {
+
+class router;
+
+class connection : public std::enable_shared_from_this<connection> {
+ public:
+  using socket_type = asio::generic::stream_protocol::socket;
+
+  connection(router& r, socket_type socket, std::uint64_t id, bool unix_socket);
+  ~connection();
+
+  std::uint64_t id() const noexcept { return id_; }
+  bool unix_socket() const noexcept { return unix_; }
+  bool closed() const noexcept { return state_ == state::closed; }
+  std::size_t pending_bytes() const noexcept { return out_.size() + writing_.size(); }
+  std::size_t subscription_count() const noexcept { return subs_.size(); }
+
+  void start();
+  /// Queue one delivery. Applies the slow-consumer policy.
+  void deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq);
+  void send_ack(std::uint64_t request_id, std::uint32_t delivered);
+  void send_error(proto::errc code, std::string_view message, std::uint64_t request_id, bool fatal,
+                  std::string_view reply_to = {});
+  /// Router: one worker applied a subscription change this connection asked for.
+  void sub_applied(std::uint64_t request_id);
+  /// Router: credit came back. Returns true if the connection is no longer paused.
+  bool resume();
+  /// Router, end of turn: start a socket write of everything queued.
+  void flush();
+  /// Close now (socket error, shutdown). Idempotent.
+  void abort();
+
+ private:
+  enum class state { handshake, open, closing, closed };
+  /// How long a connection closing after a fatal error may take to read it.
+  static constexpr std::chrono::seconds close_grace{2};
+
+  void read_more();
+  void on_read(std::error_code ec, std::size_t n);
+  /// Handles buffered frames until none is left, the connection pauses or closes.
+  void process();
+  /// Returns false if this frame paused the connection.
+  bool handle(const proto::frame& f);
+  void on_hello(proto::wire::Hello::Reader h);
+  bool on_publish(proto::wire::Publish::Reader p);
+  void on_subscribe(proto::wire::Subscribe::Reader s);
+  void on_unsubscribe(proto::wire::Unsubscribe::Reader u);
+  void fail(const proto::status& st, std::uint64_t request_id);
+  void queued();
+  void write_some();
+  void finish_close();
+
+  router& router_;
+  socket_type socket_;
+  const std::uint64_t id_;
+  const bool unix_;
+  state state_ = state::handshake;
+  bool reading_ = false;
+  bool writing_now_ = false;
+  bool dirty_ = false;
+  proto::decoder decoder_;
+  // Two buffers: frames are appended to out_ while writing_ is on the wire.
+  // Payloads appended by reference are kept alive by the matching refs.
+  proto::out_buffer out_;
+  proto::out_buffer writing_;
+  std::vector<message_ref> out_refs_;
+  std::vector<message_ref> writing_refs_;
+  static constexpr std::size_t max_iov = 64;
+  std::array<asio::const_buffer, max_iov> iov_;
+  asio::steady_timer handshake_timer_;  // the handshake deadline, then the close deadline
+  std::optional<publish_op> blocked_;  // a publish waiting for credit
+  std::uint32_t blocked_owner_ = 0;
+  struct subscription {
+    std::uint32_t uid;
+  };
+  std::unordered_map<std::uint32_t, subscription> subs_;        // by sid
+  std::unordered_map<std::uint64_t, std::uint32_t> pending_acks_;  // request id → workers left
+  std::vector<header_view> headers_;  // scratch for on_publish
+  std::string client_name_;
+  bool slow_logged_ = false;
+
+  friend class router;
+};
+
+}  // namespace keyway::daemon

@@ -1,0 +1,52 @@
+// server_options: everything keywayd needs to run, with safe defaults, so the
+// daemon runs with no config file at all. Filled from the command line (and,
+// later, keyway.toml). Plain value type; read-only once the server starts.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/partitioner.hpp"
+#include "proto/limits.hpp"
+
+namespace keyway::daemon {
+
+/// tcp://HOST:PORT (HOST may be [v6]) or unix:///absolute/path.
+struct listen_address {
+  enum class kind { tcp, unix_path };
+  kind type = kind::tcp;
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 7400;
+  std::string path;
+  std::string to_string() const;
+};
+
+/// Throws std::invalid_argument with a message naming the URL and the rule.
+listen_address parse_listen_url(std::string_view url);
+
+enum class slow_consumer_policy { disconnect, drop };
+
+struct server_options {
+  std::vector<listen_address> listen{listen_address{}};
+  /// 0: one worker per CPU of the affinity mask.
+  unsigned workers = 0;
+  std::vector<int> cpus;
+  core::partition_strategy partitioner = core::partition_strategy::consistent;
+  proto::limits limits;
+  std::size_t max_connections = 65536;
+  std::uint32_t max_subscriptions = 65536;  // per connection
+  std::uint64_t max_pending_bytes = 64ull << 20;
+  slow_consumer_policy slow_consumer = slow_consumer_policy::disconnect;
+  std::chrono::milliseconds handshake_timeout{5000};
+  std::chrono::milliseconds drain_timeout{10000};
+  /// Slots per mesh ring (per ordered pair of workers): the credit window.
+  std::size_t ring_capacity = 4096;
+  std::uint32_t unix_socket_mode = 0660;
+  std::string log_level = "info";
+};
+
+}  // namespace keyway::daemon

@@ -1,0 +1,79 @@
+// route_msg: everything one worker tells another, as one mesh message type.
+//
+// Data plane:   publish (ingress → key owner), deliver (owner → subscriber's
+//               worker), reply (owner → ingress: publisher ack or no_responders).
+// Control plane: sub_change (subscriber's worker → every worker), sub_applied
+//               (every worker → subscriber's worker, for the subscribe ack),
+//               adopt (acceptor → worker: a new socket), conn_closed (worker →
+//               acceptor: one connection fewer).
+//
+// Threads: built by the sender, moved through the mesh, consumed by the
+// receiver; nothing in it is mutable shared state (shared_message and
+// sub_change specs are immutable).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "daemon/shared_message.hpp"
+#include "daemon/subject_index.hpp"
+
+namespace keyway::daemon {
+
+struct publish_op {
+  message_ref msg;
+  std::uint64_t conn = 0;    // ingress connection (for the ack)
+  std::uint64_t ack_id = 0;  // 0: no ack wanted
+  std::uint32_t from = 0;    // ingress worker
+};
+
+struct delivery_target {
+  std::uint64_t conn = 0;
+  std::uint32_t sid = 0;
+};
+
+struct deliver_op {
+  message_ref msg;
+  std::uint64_t seq = 0;
+  std::uint32_t core = 0;                // owner core that stamped seq
+  std::vector<delivery_target> targets;  // all on the receiving worker
+};
+
+struct reply_op {
+  message_ref msg;           // the publish answered (for no_responders details)
+  std::uint64_t conn = 0;
+  std::uint64_t ack_id = 0;
+  std::uint32_t delivered = 0;
+};
+
+struct sub_spec {
+  bool add = true;
+  std::string pattern;  // add only
+  std::string group;    // add only
+  sub_ref ref;
+  std::uint64_t request_id = 0;  // the client's subscribe/unsubscribe request id
+};
+
+struct sub_change_op {
+  std::shared_ptr<const std::vector<sub_spec>> changes;  // applied in order
+};
+
+struct sub_applied_op {
+  std::uint64_t conn = 0;
+  std::uint64_t request_id = 0;
+};
+
+struct adopt_op {
+  int fd = -1;
+  bool unix_socket = false;
+};
+
+struct conn_closed_op {};
+
+using route_msg = std::variant<publish_op, deliver_op, reply_op, sub_change_op, sub_applied_op, adopt_op,
+                               conn_closed_op>;
+
+}  // namespace keyway::daemon

@@ -1,0 +1,340 @@
+#include "daemon/router.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cassert>
+
+#include "daemon/connection.hpp"
+
+namespace keyway::daemon {
+
+namespace {
+template <class... Ts>
+struct overloaded : Ts... {
+  using Ts::operator()...;
+};
+}  // namespace
+
+router::router(core::worker& w, server_context& ctx)
+    : w_(w),
+      ctx_(ctx),
+      ep_(ctx.mesh->at(w.id())),
+      stats_(*ctx.stats[w.id()]),
+      encoder_(ctx.options.limits),
+      per_worker_(ctx.workers) {
+  core::partitioner_options opt;
+  auto p = core::make_partitioner(ctx.options.partitioner, opt);
+  if (!p) throw std::runtime_error("cannot build the worker partitioner: " + p.error().message());
+  owners_ = std::move(*p);
+  for (std::uint32_t i = 0; i < ctx.workers; ++i) {
+    auto added = owners_->add(i);
+    if (!added) throw std::runtime_error("cannot add worker to partitioner: " + added.error().message());
+  }
+  next_conn_ = std::uint64_t{w.id()} << 48;
+}
+
+router::~router() = default;
+
+void router::init() {
+  ep_.attach(w_, w_.stats());
+  if (w_.id() == 0) start_accepting();
+}
+
+std::size_t router::poll() {
+  w_.assert_owner();
+  if (draining() && !drain_started_) start_drain();
+  const std::size_t n = ep_.drain([this](route_msg& m) { dispatch(m); });
+  if (!paused_.empty()) resume_paused();
+  return n;
+}
+
+void router::flush() {
+  w_.assert_owner();
+  // Writing may close connections (a fatal error was queued), which may
+  // append to dirty_ again via forget(); iterate by index.
+  for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->flush();
+  dirty_.clear();
+  graveyard_.clear();
+  ep_.flush();
+  if (draining()) {
+    // The drain waits for this to reach 0 on every worker. O(connections),
+    // so only while draining.
+    std::uint64_t pending = 0;
+    for (auto& [id, c] : conns_) pending += c->pending_bytes();
+    stats_.pending_out_bytes.set(pending);
+  }
+}
+
+bool router::has_work() { return ep_.has_work() || !dirty_.empty(); }
+
+void router::shutdown() {
+  for (auto& a : ctx_.tcp_acceptors) a->close();
+  for (auto& a : ctx_.unix_acceptors) a->close();
+  std::vector<std::shared_ptr<connection>> all;
+  for (auto& [id, c] : conns_) all.push_back(c);
+  for (auto& c : all) c->abort();
+  conns_.clear();
+  dirty_.clear();
+  paused_.clear();
+  graveyard_.clear();
+}
+
+void router::on_error(std::string_view what) {
+  spdlog::error("worker {}: handler failed: {}", w_.id(), what);
+}
+
+std::uint32_t router::owner_of(const shared_message& m) noexcept {
+  if (ctx_.workers == 1) return 0;
+  return owners_->pick(m.routing_key());
+}
+
+bool router::route(publish_op& op) {
+  const std::uint32_t owner = owner_of(*op.msg);
+  if (owner == w_.id()) {
+    on_publish(op);
+    return true;
+  }
+  return ep_.try_send(owner, route_msg(std::move(op)));
+}
+
+void router::dispatch(route_msg& m) {
+  std::visit(overloaded{
+                 [this](publish_op& op) { on_publish(op); },
+                 [this](deliver_op& op) { on_deliver(op); },
+                 [this](reply_op& op) { on_reply(op); },
+                 [this](sub_change_op& op) { on_sub_change(op); },
+                 [this](sub_applied_op& op) { on_sub_applied(op); },
+                 [this](adopt_op& op) { on_adopt(op); },
+                 [this](conn_closed_op&) { on_conn_closed(); },
+             },
+             m);
+}
+
+void router::on_publish(publish_op& op) {
+  const shared_message& msg = *op.msg;
+  const std::uint64_t seq = ++seq_;
+  stats_.routed.add();
+  matches_.clear();
+  index_.match(msg.subject(), msg.routing_key(), matches_);
+  for (const sub_ref& r : matches_) per_worker_[r.worker].push_back({r.conn, r.sid});
+
+  const auto delivered = static_cast<std::uint32_t>(matches_.size());
+  const std::uint32_t self = w_.id();
+  for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid) {
+    auto& targets = per_worker_[wid];
+    if (targets.empty()) continue;
+    deliver_op d{op.msg, seq, self, std::move(targets)};
+    targets = {};
+    if (wid == self)
+      on_deliver(d);
+    else
+      ep_.send(wid, route_msg(std::move(d)));
+  }
+
+  const bool wants_reply = op.ack_id != 0 || (delivered == 0 && !msg.reply_to().empty());
+  if (!wants_reply) return;
+  reply_op r{std::move(op.msg), op.conn, op.ack_id, delivered};
+  if (op.from == self)
+    on_reply(r);
+  else
+    ep_.send(op.from, route_msg(std::move(r)));
+}
+
+void router::on_deliver(deliver_op& op) {
+  for (const delivery_target& t : op.targets) {
+    auto it = conns_.find(t.conn);
+    if (it == conns_.end()) {
+      stats_.drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
+      continue;
+    }
+    it->second->deliver(*op.msg, t.sid, op.core, op.seq);
+  }
+}
+
+void router::on_reply(reply_op& op) {
+  auto it = conns_.find(op.conn);
+  if (it == conns_.end()) return;
+  connection& c = *it->second;
+  const shared_message& msg = *op.msg;
+  if (op.delivered == 0 && !msg.reply_to().empty()) {
+    c.send_error(proto::errc::no_responders,
+                 "no subscriber matched request subject " + proto::quote(msg.subject()) + " (reply_to " +
+                     proto::quote(msg.reply_to()) + ")",
+                 op.ack_id, false, msg.reply_to());
+    return;
+  }
+  c.send_ack(op.ack_id, op.delivered);
+}
+
+void router::broadcast(std::vector<sub_spec> changes) {
+  auto shared = std::make_shared<const std::vector<sub_spec>>(std::move(changes));
+  for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid) ep_.send(wid, route_msg(sub_change_op{shared}));
+}
+
+void router::on_sub_change(const sub_change_op& op) {
+  const std::uint32_t self = w_.id();
+  for (const sub_spec& s : *op.changes) {
+    if (s.add) {
+      index_.add(s.pattern, s.group, s.ref);
+    } else {
+      index_.remove(s.ref.uid);
+      // Every later add of this uid from its owner travels behind this removal
+      // on the same FIFO rings, so the owner may reuse it now.
+      if (s.ref.worker == self) free_uid(s.ref.uid);
+    }
+    if (s.request_id == 0) continue;
+    sub_applied_op applied{s.ref.conn, s.request_id};
+    if (s.ref.worker == self)
+      on_sub_applied(applied);
+    else
+      ep_.send(s.ref.worker, route_msg(applied));
+  }
+}
+
+void router::on_sub_applied(const sub_applied_op& op) {
+  if (auto it = conns_.find(op.conn); it != conns_.end()) it->second->sub_applied(op.request_id);
+}
+
+std::uint32_t router::alloc_uid() {
+  if (!free_uids_.empty()) {
+    const std::uint32_t uid = free_uids_.back();
+    free_uids_.pop_back();
+    return uid;
+  }
+  // Worker id in the top 8 bits keeps uids unique daemon-wide.
+  if (next_uid_ >= (1u << 24)) throw std::runtime_error("more than 16M live subscriptions on one worker");
+  return (w_.id() << 24) | next_uid_++;
+}
+
+void router::free_uid(std::uint32_t uid) { free_uids_.push_back(uid); }
+
+void router::mark_dirty(connection* c) { dirty_.push_back(c); }
+
+void router::mark_paused(connection* c) { paused_.push_back(c); }
+
+void router::resume_paused() {
+  std::erase_if(paused_, [](connection* c) { return c->resume(); });
+}
+
+void router::forget(connection& c) {
+  auto it = conns_.find(c.id());
+  if (it == conns_.end()) return;
+  std::erase(paused_, &c);
+  // Remove its subscriptions everywhere.
+  if (!c.subs_.empty()) {
+    std::vector<sub_spec> changes;
+    for (const auto& [sid, s] : c.subs_) {
+      sub_spec spec;
+      spec.add = false;
+      spec.ref = sub_ref{s.uid, w_.id(), c.id(), sid};
+      changes.push_back(std::move(spec));
+    }
+    stats_.subscriptions.set(stats_.subscriptions.get() - c.subs_.size());
+    c.subs_.clear();
+    broadcast(std::move(changes));
+  }
+  graveyard_.push_back(std::move(it->second));
+  conns_.erase(it);
+  stats_.connections.set(conns_.size());
+  if (w_.id() == 0)
+    on_conn_closed();
+  else
+    ep_.send(0, route_msg(conn_closed_op{}));
+}
+
+// ---- accepting (worker 0) ------------------------------------------------------
+
+void router::start_accepting() {
+  for (auto& a : ctx_.tcp_acceptors) accept_next(*a, false);
+  for (auto& a : ctx_.unix_acceptors) accept_next(*a, true);
+}
+
+template <class Acceptor>
+void router::accept_next(Acceptor& a, bool unix_socket) {
+  a.async_accept([this, &a, unix_socket](std::error_code ec, typename Acceptor::protocol_type::socket s) {
+    if (ec == asio::error::operation_aborted || !a.is_open()) return;
+    if (!ec) {
+      if (!unix_socket) {
+        std::error_code ignored;
+        s.set_option(asio::ip::tcp::no_delay(true), ignored);
+      }
+      hand_out(s.release(), unix_socket);
+    } else {
+      spdlog::warn("accept failed: {}", ec.message());
+    }
+    accept_next(a, unix_socket);
+  });
+}
+
+void router::hand_out(int fd, bool unix_socket) {
+  if (open_connections_ >= ctx_.options.max_connections || draining()) {
+    // Refuse politely: a best-effort error frame, then close.
+    proto::out_buffer out(512);
+    const std::string why =
+        draining() ? std::string("the server is shutting down; reconnect later")
+                   : "the server has " + std::to_string(open_connections_) + " connections, limits.max_connections is " +
+                         std::to_string(ctx_.options.max_connections) + "; try again later or raise the limit";
+    (void)encoder_.error(out, {draining() ? proto::errc::shutting_down : proto::errc::internal, why, 0, true, {}});
+    const auto bytes = out.front();
+    [[maybe_unused]] auto n = ::send(fd, bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    ::close(fd);
+    return;
+  }
+  ++open_connections_;
+  const std::uint32_t target = static_cast<std::uint32_t>(next_worker_++ % ctx_.workers);
+  if (target == w_.id())
+    adopt(fd, unix_socket);
+  else
+    ep_.send(target, route_msg(adopt_op{fd, unix_socket}));
+}
+
+void router::on_adopt(const adopt_op& op) { adopt(op.fd, op.unix_socket); }
+
+void router::adopt(int fd, bool unix_socket) {
+  std::error_code ec;
+  connection::socket_type sock(w_.io());
+  if (unix_socket)
+    sock.assign(asio::generic::stream_protocol(AF_UNIX, 0), fd, ec);
+  else {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    sock.assign(asio::generic::stream_protocol(ss.ss_family, IPPROTO_TCP), fd, ec);
+  }
+  if (ec) {
+    spdlog::warn("worker {}: cannot adopt socket: {}", w_.id(), ec.message());
+    ::close(fd);
+    if (w_.id() == 0)
+      on_conn_closed();
+    else
+      ep_.send(0, route_msg(conn_closed_op{}));
+    return;
+  }
+  auto c = std::make_shared<connection>(*this, std::move(sock), next_conn_++, unix_socket);
+  conns_.emplace(c->id(), c);
+  stats_.accepted.add();
+  stats_.connections.set(conns_.size());
+  if (draining()) {
+    c->send_error(proto::errc::shutting_down, "the server is shutting down; reconnect later", 0, true);
+    return;
+  }
+  c->start();
+}
+
+void router::on_conn_closed() {
+  assert(w_.id() == 0);
+  if (open_connections_ > 0) --open_connections_;
+}
+
+void router::start_drain() {
+  drain_started_ = true;
+  if (w_.id() == 0) {
+    for (auto& a : ctx_.tcp_acceptors) a->close();
+    for (auto& a : ctx_.unix_acceptors) a->close();
+  }
+  // Connections stop reading on their own (connection::read_more checks
+  // draining()); what is queued to subscribers is still written.
+}
+
+}  // namespace keyway::daemon

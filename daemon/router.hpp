@@ -1,0 +1,136 @@
+// router: the routing service of one worker — the worker_handler that keywayd
+// runs on every core. It owns the worker's connections, its replica of the
+// subscription index, its per-core sequence counter and its mesh endpoint.
+//
+// Life of a publish (docs/architecture.md tells it in full):
+//   connection (ingress worker) decodes it → owner = partitioner(key) →
+//   try_send(publish_op) to the owner (or handle inline if the owner is self)
+//   → owner: seq++, match the subject in its index, pick one member per queue
+//   group, send one deliver_op per subscriber worker (payload shared, not
+//   copied) → subscriber's worker encodes a message frame per subscription into
+//   the connection's outbound buffer → one socket write per connection per
+//   loop turn.
+//
+// Threads: every method runs on the owning worker's thread (asserted at the
+// entry points). The only cross-thread inputs are mesh messages and the
+// read-only server_context.
+#pragma once
+
+#include <asio/generic/stream_protocol.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/local/stream_protocol.hpp>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/mesh.hpp"
+#include "core/partitioner.hpp"
+#include "core/worker.hpp"
+#include "daemon/options.hpp"
+#include "daemon/probe.hpp"
+#include "daemon/route.hpp"
+#include "daemon/subject_index.hpp"
+#include "proto/encoder.hpp"
+
+namespace keyway::daemon {
+
+class connection;
+
+/// What every router shares: immutable after start, except the atomics.
+struct server_context {
+  server_options options;
+  std::string server_id;
+  std::size_t workers = 0;
+  std::unique_ptr<core::mesh<route_msg>> mesh;
+  /// Per worker; written by that worker only.
+  std::vector<std::unique_ptr<daemon_stats>> stats;
+  /// Acceptors, all run by worker 0 (sockets are handed out round-robin).
+  std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> tcp_acceptors;
+  std::vector<std::unique_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors;
+  /// Set by the main thread when the drain begins.
+  std::atomic<bool> draining{false};
+};
+
+class router final : public core::worker_handler {
+ public:
+  router(core::worker& w, server_context& ctx);
+  ~router() override;
+
+  // worker_handler
+  void init() override;
+  std::size_t poll() override;
+  void flush() override;
+  bool has_work() override;
+  void shutdown() override;
+  void on_error(std::string_view what) override;
+
+  // ---- used by connection, on this worker's thread -------------------------
+  core::worker& worker() noexcept { return w_; }
+  const server_options& options() const noexcept { return ctx_.options; }
+  const server_context& context() const noexcept { return ctx_; }
+  daemon_stats& stats() noexcept { return stats_; }
+  /// One encoder per worker, shared by its connections (it holds a scratch
+  /// segment of limits.max_frame bytes).
+  proto::encoder& encoder() noexcept { return encoder_; }
+  bool draining() const noexcept { return ctx_.draining.load(std::memory_order_relaxed); }
+
+  /// Routes an accepted publish. Returns false if the owner has no credit: the
+  /// op is left intact and the connection must pause (see resume_paused()).
+  bool route(publish_op& op);
+  /// The worker that owns op.msg's routing key.
+  std::uint32_t owner_of(const shared_message& m) noexcept;
+  /// Broadcasts subscription changes to every worker (self included).
+  void broadcast(std::vector<sub_spec> changes);
+  std::uint32_t alloc_uid();
+  void free_uid(std::uint32_t uid);
+  void mark_dirty(connection* c);
+  void mark_paused(connection* c);
+  /// The connection finished closing: forget it and tell the acceptor.
+  void forget(connection& c);
+
+ private:
+  void dispatch(route_msg& m);
+  void on_publish(publish_op& op);
+  void on_deliver(deliver_op& op);
+  void on_reply(reply_op& op);
+  void on_sub_change(const sub_change_op& op);
+  void on_sub_applied(const sub_applied_op& op);
+  void on_adopt(const adopt_op& op);
+  void on_conn_closed();
+  void start_accepting();
+  template <class Acceptor>
+  void accept_next(Acceptor& a, bool unix_socket);
+  void hand_out(int fd, bool unix_socket);
+  void adopt(int fd, bool unix_socket);
+  void resume_paused();
+  void start_drain();
+
+  core::worker& w_;
+  server_context& ctx_;
+  core::mesh<route_msg>::endpoint& ep_;
+  daemon_stats& stats_;
+  proto::encoder encoder_;
+  std::unique_ptr<core::partitioner> owners_;
+  subject_index index_;
+  std::uint64_t seq_ = 0;
+  std::uint64_t next_conn_ = 0;
+  std::uint32_t next_uid_ = 0;
+  std::vector<std::uint32_t> free_uids_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<connection>> conns_;
+  std::vector<connection*> dirty_;
+  std::vector<connection*> paused_;
+  /// Connections closed this turn; kept alive until the turn's flush is done,
+  /// since dirty_ may still point at them.
+  std::vector<std::shared_ptr<connection>> graveyard_;
+  std::vector<sub_ref> matches_;                        // scratch for on_publish
+  std::vector<std::vector<delivery_target>> per_worker_;  // scratch for on_publish
+  // Acceptor state (worker 0 only).
+  std::size_t next_worker_ = 0;
+  std::size_t open_connections_ = 0;
+  bool drain_started_ = false;
+};
+
+}  // namespace keyway::daemon

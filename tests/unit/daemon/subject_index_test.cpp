@@ -1,0 +1,155 @@
+#include "daemon/subject_index.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+
+#include "tests/unit/test_seed.hpp"
+
+using keyway::daemon::sub_ref;
+using keyway::daemon::subject_index;
+
+namespace {
+
+std::span<const std::byte> bytes(std::string_view s) {
+  return std::as_bytes(std::span<const char>(s.data(), s.size()));
+}
+
+std::set<std::uint32_t> match_uids(subject_index& idx, std::string_view subject, std::string_view key = "k") {
+  std::vector<sub_ref> out;
+  idx.match(subject, bytes(key), out);
+  std::set<std::uint32_t> uids;
+  for (const auto& r : out) uids.insert(r.uid);
+  CHECK(uids.size() == out.size());  // never the same subscription twice
+  return uids;
+}
+
+sub_ref ref(std::uint32_t uid) { return sub_ref{uid, 0, 1, uid}; }
+
+}  // namespace
+
+TEST_CASE("subject_index matches literals and star and tail wildcards like NATS") {
+  subject_index idx;
+  idx.add("orders.eu.new", "", ref(1));
+  idx.add("orders.*.new", "", ref(2));
+  idx.add("orders.>", "", ref(3));
+  idx.add(">", "", ref(4));
+  idx.add("orders.eu", "", ref(5));
+  idx.add("*.*.*", "", ref(6));
+  CHECK(match_uids(idx, "orders.eu.new") == std::set<std::uint32_t>{1, 2, 3, 4, 6});
+  CHECK(match_uids(idx, "orders.us.new") == std::set<std::uint32_t>{2, 3, 4, 6});
+  CHECK(match_uids(idx, "orders.eu") == std::set<std::uint32_t>{3, 4, 5});
+  CHECK(match_uids(idx, "orders") == std::set<std::uint32_t>{4});  // `>` needs at least one token
+  CHECK(match_uids(idx, "orders.eu.new.x") == std::set<std::uint32_t>{3, 4});
+  CHECK(match_uids(idx, "other") == std::set<std::uint32_t>{4});
+  CHECK(idx.size() == 6);
+}
+
+TEST_CASE("subject_index removal prunes and leaves the rest intact") {
+  subject_index idx;
+  idx.add("a.b", "", ref(1));
+  idx.add("a.*", "", ref(2));
+  idx.add("a.>", "", ref(3));
+  CHECK(idx.remove(2));
+  CHECK_FALSE(idx.remove(2));
+  CHECK(match_uids(idx, "a.b") == std::set<std::uint32_t>{1, 3});
+  CHECK(idx.remove(1));
+  CHECK(idx.remove(3));
+  CHECK(match_uids(idx, "a.b").empty());
+  CHECK(idx.size() == 0);
+  idx.add("a.b", "", ref(1));  // re-adding after pruning works
+  CHECK(match_uids(idx, "a.b") == std::set<std::uint32_t>{1});
+}
+
+TEST_CASE("subject_index queue groups pick exactly one member per group by key") {
+  subject_index idx;
+  for (std::uint32_t uid = 10; uid < 13; ++uid) idx.add("jobs.>", "workers", ref(uid));
+  idx.add("jobs.>", "auditors", ref(20));
+  idx.add("jobs.>", "", ref(30));
+  std::map<std::uint32_t, int> load;
+  std::map<std::string, std::uint32_t> owner;
+  for (int i = 0; i < 3000; ++i) {
+    const std::string key = "key-" + std::to_string(i);
+    std::vector<sub_ref> out;
+    idx.match("jobs.run", bytes(key), out);
+    REQUIRE(out.size() == 3);  // one worker member, the auditor, the plain subscriber
+    int workers = 0;
+    for (const auto& r : out)
+      if (r.uid >= 10 && r.uid < 13) {
+        ++workers;
+        ++load[r.uid];
+        owner[key] = r.uid;
+      }
+    CHECK(workers == 1);
+  }
+  CHECK(load.size() == 3);
+  for (auto& [uid, n] : load) CHECK(n > 700);  // about 1000 each
+  // Same key, same member, every time.
+  std::vector<sub_ref> again;
+  idx.match("jobs.run", bytes("key-7"), again);
+  CHECK(std::count_if(again.begin(), again.end(), [&](const sub_ref& r) { return r.uid == owner["key-7"]; }) == 1);
+
+  // A member leaves: only its keys move.
+  CHECK(idx.remove(11));
+  int moved_other = 0;
+  for (auto& [key, uid] : owner) {
+    std::vector<sub_ref> out;
+    idx.match("jobs.run", bytes(key), out);
+    for (const auto& r : out)
+      if (r.uid >= 10 && r.uid < 13) {
+        CHECK(r.uid != 11);
+        if (uid != 11 && r.uid != uid) ++moved_other;
+      }
+  }
+  CHECK(moved_other == 0);
+}
+
+TEST_CASE("subject_index agrees with a brute-force matcher on random subscriptions") {
+  const std::uint64_t seed = keyway::test::seed();
+  std::mt19937_64 rng(seed);
+  const char* tokens[] = {"a", "b", "c", "*", ">"};
+  auto brute = [](const std::vector<std::string>& pat, const std::vector<std::string>& sub) {
+    for (std::size_t i = 0; i < pat.size(); ++i) {
+      if (pat[i] == ">") return sub.size() > i;
+      if (i >= sub.size()) return false;
+      if (pat[i] != "*" && pat[i] != sub[i]) return false;
+    }
+    return pat.size() == sub.size();
+  };
+  subject_index idx;
+  std::map<std::uint32_t, std::vector<std::string>> pats;
+  for (std::uint32_t uid = 1; uid <= 200; ++uid) {
+    std::vector<std::string> p;
+    const int len = 1 + static_cast<int>(rng() % 4);
+    for (int i = 0; i < len; ++i) {
+      std::string t = tokens[rng() % 5];
+      if (t == ">" && i != len - 1) t = "*";
+      p.push_back(t);
+    }
+    std::string s;
+    for (auto& t : p) s += (s.empty() ? "" : ".") + t;
+    idx.add(s, "", ref(uid));
+    pats[uid] = p;
+  }
+  for (std::uint32_t uid = 1; uid <= 200; uid += 3) {
+    idx.remove(uid);
+    pats.erase(uid);
+  }
+  for (int round = 0; round < 500; ++round) {
+    std::vector<std::string> sub;
+    const int len = 1 + static_cast<int>(rng() % 5);
+    std::string s;
+    for (int i = 0; i < len; ++i) {
+      sub.push_back(tokens[rng() % 3]);
+      s += (s.empty() ? "" : ".") + sub.back();
+    }
+    std::set<std::uint32_t> want;
+    for (auto& [uid, p] : pats)
+      if (brute(p, sub)) want.insert(uid);
+    CHECK_MESSAGE(match_uids(idx, s) == want, "subject " << s);
+  }
+}
