@@ -1,0 +1,607 @@
+// The IO-thread half of keyway::client::connection: connect and the
+// hello/welcome handshake, the read loop and frame dispatch, the write loop,
+// deadlines, and closing. Everything here runs on the connection's IO thread.
+// User callbacks are called without mu_ held, inside try/catch: nothing a
+// callback throws escapes into the io_context.
+#include <pthread.h>
+
+#include <asio/connect.hpp>
+#include <asio/local/stream_protocol.hpp>
+#include <asio/post.hpp>
+#include <asio/read.hpp>
+#include <asio/write.hpp>
+
+#include <charconv>
+#include <cstring>
+
+#include "client/client.hpp"
+#include "proto/validate.hpp"
+
+namespace keyway::client {
+namespace {
+
+namespace wire = proto::wire;
+
+constexpr std::size_t max_handshake_frame = 1u << 20;
+
+std::uint32_t load_u32(const std::byte* p) noexcept {
+  std::uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/// Bytes of the frame that starts `bytes`, as far as it can be told: 8 until
+/// the first word is in, then the segment table, then the whole frame. 0 if
+/// the frame is not a sane handshake frame.
+std::size_t handshake_needed(const std::vector<std::byte>& bytes) {
+  if (bytes.size() < 8) return 8;
+  const std::uint64_t count = std::uint64_t{load_u32(bytes.data())} + 1;
+  if (count > 64) return 0;
+  const std::size_t table = (4 + 4 * static_cast<std::size_t>(count) + 7) & ~std::size_t{7};
+  if (bytes.size() < table) return table;
+  std::uint64_t total = table;
+  for (std::size_t i = 0; i < count; ++i) total += std::uint64_t{load_u32(bytes.data() + 4 + 4 * i)} * 8;
+  return total > max_handshake_frame ? 0 : static_cast<std::size_t>(total);
+}
+
+/// The server's announced limits; a 0 keeps the client's default.
+proto::limits limits_from(wire::Limits::Reader l) {
+  proto::limits out = l.getMaxPayload() != 0 ? proto::limits::with_max_payload(l.getMaxPayload()) : proto::limits{};
+  if (l.getMaxFrame() != 0) out.max_frame = l.getMaxFrame();
+  if (l.getMaxSubject() != 0) out.max_subject = l.getMaxSubject();
+  if (l.getMaxKey() != 0) out.max_key = l.getMaxKey();
+  if (l.getMaxHeaders() != 0) out.max_headers = l.getMaxHeaders();
+  if (l.getMaxHeaderBytes() != 0) out.max_header_bytes = l.getMaxHeaderBytes();
+  if (l.getMaxSegments() != 0) out.max_segments = l.getMaxSegments();
+  return out;
+}
+
+void assign(std::string& out, capnp::Text::Reader t) { out.assign(t.begin(), t.size()); }
+void assign(std::string& out, capnp::Data::Reader d) {
+  out.assign(reinterpret_cast<const char*>(d.begin()), d.size());
+}
+
+template <class F>
+void guarded(F&& f, const std::function<void(const error&)>& on_error) noexcept {
+  try {
+    f();
+    return;
+  } catch (const std::exception& e) {
+    if (on_error) {
+      try {
+        on_error(error{errc::handler_failed, std::string("a callback threw: ") + e.what(), false});
+      } catch (...) {
+      }
+    }
+  } catch (...) {
+    if (on_error) {
+      try {
+        on_error(error{errc::handler_failed, "a callback threw a non-std exception", false});
+      } catch (...) {
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void connection::run_io() {
+  pthread_setname_np(pthread_self(), "keyway-io");
+  io_thread_id_.store(std::this_thread::get_id());
+  for (;;) {
+    try {
+      io_.run();
+      return;
+    } catch (const std::exception& e) {
+      // Handlers catch what user code throws; this is a last resort.
+      report(error{errc::handler_failed, std::string("client IO thread: ") + e.what(), false});
+    } catch (...) {
+      report(error{errc::handler_failed, "client IO thread: unknown exception", false});
+    }
+  }
+}
+
+void connection::report(const error& e) {
+  guarded([&] { if (options_.on_error) options_.on_error(e); }, {});
+}
+
+// ---- connect and handshake -----------------------------------------------------
+
+void connection::start_connect(std::function<void(outcome<void>)> done) {
+  connect_done_ = std::move(done);
+  connect_timer_.expires_after(options_.connect_timeout);
+  connect_timer_.async_wait([this](std::error_code ec) {
+    if (ec || !connect_done_) return;
+    finish_handshake(error{errc::timeout,
+                           "connecting to " + url_.to_string() + " timed out after " +
+                               std::to_string(options_.connect_timeout.count()) +
+                               " ms (connect timeout); is keywayd running there and reachable?",
+                           false});
+  });
+  const auto on_connected = [this](std::error_code ec) {
+    if (!connect_done_) return;
+    if (ec) {
+      finish_handshake(error{errc::connect_failed,
+                             "cannot connect to " + url_.to_string() + ": " + ec.message() + "; is keywayd running there?",
+                             false});
+      return;
+    }
+    if (url_.type == server_url::kind::tcp) {
+      std::error_code ignored;
+      socket_.set_option(asio::ip::tcp::no_delay(true), ignored);  // we batch writes ourselves
+    }
+    send_hello();
+  };
+  if (url_.type == server_url::kind::unix_path) {
+    socket_.async_connect(asio::generic::stream_protocol::endpoint(asio::local::stream_protocol::endpoint(url_.path)),
+                          on_connected);
+    return;
+  }
+  resolver_.async_resolve(
+      url_.host, std::to_string(url_.port),
+      [this, on_connected](std::error_code ec, const asio::ip::tcp::resolver::results_type& results) {
+        if (!connect_done_) return;
+        if (ec) {
+          finish_handshake(error{errc::connect_failed,
+                                 "cannot resolve " + url_.host + " (" + url_.to_string() + "): " + ec.message(), false});
+          return;
+        }
+        std::vector<asio::generic::stream_protocol::endpoint> endpoints;
+        for (const auto& r : results) endpoints.emplace_back(r.endpoint());
+        asio::async_connect(socket_, endpoints,
+                            [on_connected](std::error_code e, const asio::generic::stream_protocol::endpoint&) {
+                              on_connected(e);
+                            });
+      });
+}
+
+void connection::send_hello() {
+  proto::limits small;
+  small.max_frame = 64 * 1024;
+  proto::encoder enc(small);
+  proto::hello_fields h;
+  h.client_name = options_.client_name;
+  h.auth_token = options_.auth_token;
+  if (auto r = enc.hello(writing_, h); !r) {
+    finish_handshake(error{errc::invalid_argument,
+                           "cannot encode hello (client name of " + std::to_string(h.client_name.size()) +
+                               " bytes, auth token of " + std::to_string(h.auth_token.size()) + " bytes): " +
+                               r.error().message(),
+                           false});
+    return;
+  }
+  const auto bytes = writing_.front();
+  asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()), [this](std::error_code ec, std::size_t n) {
+    if (!connect_done_) return;
+    if (ec) {
+      finish_handshake(error{errc::connect_failed, "sending hello to " + url_.to_string() + ": " + ec.message(), false});
+      return;
+    }
+    writing_.consume(n);
+    handshake_bytes_.clear();
+    read_handshake_frame(0, 8);
+  });
+}
+
+// The welcome is read with exact reads, frame by frame, so that no byte after
+// it lands in a decoder made before the server's limits are known.
+void connection::read_handshake_frame(std::size_t have, std::size_t need) {
+  handshake_bytes_.resize(need);
+  asio::async_read(socket_, asio::buffer(handshake_bytes_.data() + have, need - have),
+                   [this, need](std::error_code ec, std::size_t) {
+                     if (!connect_done_) return;
+                     if (ec) {
+                       const std::string why = ec == asio::error::eof ? std::string("the server closed the connection")
+                                                                      : ec.message();
+                       finish_handshake(error{errc::connect_failed,
+                                              "handshake with " + url_.to_string() + " failed: " + why +
+                                                  " before sending welcome",
+                                              false});
+                       return;
+                     }
+                     const std::size_t total = handshake_needed(handshake_bytes_);
+                     if (total == 0) {
+                       finish_handshake(error{errc::bad_server_frame,
+                                              "the server at " + url_.to_string() +
+                                                  " did not answer with a keyway frame; is it keywayd?",
+                                              false});
+                       return;
+                     }
+                     if (total > need) return read_handshake_frame(need, total);
+                     on_handshake_frame();
+                   });
+}
+
+void connection::on_handshake_frame() {
+  proto::decoder dec(proto::limits{}, handshake_bytes_.size());
+  dec.feed(handshake_bytes_);
+  auto next = dec.next();
+  if (!next || !next->has_value()) {
+    finish_handshake(error{errc::bad_server_frame,
+                           "the server at " + url_.to_string() + " sent an unreadable handshake frame: " +
+                               dec.error().message(),
+                           false});
+    return;
+  }
+  const wire::Frame::Reader root = (**next).root();
+  switch (root.which()) {
+    case wire::Frame::WELCOME: {
+      const auto w = root.getWelcome();
+      if (w.getProtocolVersion() != proto::protocol_version) {
+        finish_handshake(error{proto::errc::unsupported_version,
+                               "the server speaks protocol version " + std::to_string(w.getProtocolVersion()) +
+                                   ", this client " + std::to_string(proto::protocol_version),
+                               false});
+        return;
+      }
+      info_.server_id = std::string(proto::as_string_view(w.getServerId()));
+      info_.server_version = std::string(proto::as_string_view(w.getServerVersion()));
+      info_.protocol_version = w.getProtocolVersion();
+      info_.worker_count = w.getWorkerCount();
+      limits_ = limits_from(w.getLimits());
+      info_.limits = limits_;
+      info_.max_subscriptions = w.getLimits().getMaxSubscriptions();
+      info_.max_pending_bytes = w.getLimits().getMaxPendingBytes();
+      decoder_.emplace(limits_, 64 * 1024);
+      {
+        std::lock_guard lock(mu_);
+        encoder_.emplace(limits_);
+        state_ = state::open;
+      }
+      open_.store(true, std::memory_order_release);
+      finish_handshake({});
+      return;
+    }
+    case wire::Frame::ERROR: {
+      const auto e = root.getError();
+      finish_handshake(error{proto::make_error_code(proto::from_wire(e.getCode())),
+                             std::string(proto::as_string_view(e.getMessage())), true});
+      return;
+    }
+    default:
+      finish_handshake(error{errc::bad_server_frame,
+                             "the server at " + url_.to_string() + " sent '" +
+                                 std::string(proto::kind_name(root.which())) + "' instead of welcome",
+                             false});
+  }
+}
+
+void connection::finish_handshake(outcome<void> result) {
+  auto done = std::move(connect_done_);
+  connect_done_ = nullptr;
+  handshake_bytes_ = {};
+  connect_timer_.cancel();
+  if (result) {
+    start_read();
+  } else {
+    {
+      std::lock_guard lock(mu_);
+      state_ = state::closed;
+      close_reason_ = result.error().to_string();
+    }
+    std::error_code ignored;
+    resolver_.cancel();
+    socket_.close(ignored);
+  }
+  done(std::move(result));
+}
+
+// ---- reading ---------------------------------------------------------------------
+
+void connection::start_read() {
+  auto buf = decoder_->prepare(64 * 1024);
+  socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
+                          [this](std::error_code ec, std::size_t n) { on_read(ec, n); });
+}
+
+void connection::on_read(std::error_code ec, std::size_t n) {
+  state st;
+  {
+    std::lock_guard lock(mu_);
+    st = state_;
+  }
+  if (st == state::closed) return;
+  if (ec) {
+    if (st == state::closing) return finish_close();  // the server saw our half-close
+    if (fatal_) return shut_down(*fatal_, true);
+    if (ec == asio::error::eof)
+      return shut_down(error{errc::closed, "the server closed the connection to " + url_.to_string(), false}, true);
+    return shut_down(error{errc::closed, "connection to " + url_.to_string() + " lost: " + ec.message(), false}, true);
+  }
+  decoder_->commit(n);
+  for (;;) {
+    auto next = decoder_->next();
+    if (!next) {
+      return shut_down(error{errc::bad_server_frame,
+                             "the server sent an unreadable frame: " + decoder_->error().message(), false},
+                       true);
+    }
+    if (!next->has_value()) break;
+    const proto::frame& f = **next;
+    if (auto v = proto::validate_server_frame(f.root(), limits_); !v) {
+      return shut_down(error{errc::bad_server_frame,
+                             "the server sent an invalid '" + std::string(proto::kind_name(f.which())) +
+                                 "' frame: " + v.message(),
+                             false},
+                       true);
+    }
+    dispatch(f);
+  }
+  if (options_.on_batch_end) guarded(options_.on_batch_end, options_.on_error);
+  start_read();
+}
+
+void connection::dispatch(const proto::frame& f) {
+  const wire::Frame::Reader root = f.root();
+  switch (root.which()) {
+    case wire::Frame::MESSAGE: on_message(root.getMessage()); return;
+    case wire::Frame::ACK: on_ack(root.getAck().getRequestId(), root.getAck().getDelivered()); return;
+    case wire::Frame::ERROR: on_error_frame(root.getError()); return;
+    case wire::Frame::PING: {
+      std::lock_guard lock(mu_);
+      if (state_ == state::open && encoder_->pong(out_, root.getPing().getId())) kick_locked();
+      return;
+    }
+    case wire::Frame::PONG: on_ack(root.getPong().getId(), 0); return;
+    default: return;  // a second welcome, or a newer server's kind: ignored
+  }
+}
+
+void connection::on_message(wire::Message::Reader m) {
+  assign(rx_.subject, m.getSubject());
+  assign(rx_.key, m.getKey());
+  assign(rx_.payload, m.getPayload());
+  assign(rx_.reply_to, m.getReplyTo());
+  const auto headers = m.getHeaders();
+  rx_.headers.resize(headers.size());
+  for (unsigned i = 0; i < headers.size(); ++i) {
+    assign(rx_.headers[i].name, headers[i].getName());
+    assign(rx_.headers[i].value, headers[i].getValue());
+  }
+  rx_.owner_core = m.getOwnerCore();
+  rx_.seq = m.getSeq();
+  rx_.sid = m.getSid();
+  if (rx_.sid == inbox_sid_.load(std::memory_order_relaxed)) return on_inbox_reply();
+  auto it = subs_.find(rx_.sid);
+  if (it == subs_.end()) return;  // unsubscribed a moment ago
+  guarded([&] { it->second(rx_); }, options_.on_error);
+}
+
+void connection::on_inbox_reply() {
+  const std::string_view subject = rx_.subject;
+  if (!subject.starts_with(inbox_prefix_)) return;
+  const std::string_view token = subject.substr(inbox_prefix_.size());
+  std::uint64_t id = 0;
+  const auto [end, ec] = std::from_chars(token.data(), token.data() + token.size(), id);
+  if (ec != std::errc{} || end != token.data() + token.size()) return;
+  std::optional<pending_op> op;
+  {
+    std::lock_guard lock(mu_);
+    auto it = pending_.find(id);
+    if (it == pending_.end() || it->second.kind != op_kind::request) return;  // late: timed out already
+    op = take_pending_locked(id);
+  }
+  guarded([&] { op->on_reply(message(rx_)); }, options_.on_error);
+}
+
+void connection::on_ack(std::uint64_t id, std::uint32_t delivered) {
+  std::optional<pending_op> op;
+  {
+    std::lock_guard lock(mu_);
+    auto it = pending_.find(id);
+    // A request's ack only says how many responders got it; it waits for a reply.
+    if (it == pending_.end() || it->second.kind == op_kind::request) return;
+    op = take_pending_locked(id);
+  }
+  complete(*op, id, delivered);
+}
+
+void connection::on_error_frame(wire::Error::Reader e) {
+  error err{proto::make_error_code(proto::from_wire(e.getCode())), std::string(proto::as_string_view(e.getMessage())),
+            true};
+  if (e.getFatal()) fatal_ = err;  // reported when the server closes the socket
+  if (const std::uint64_t id = e.getRequestId(); id != 0) {
+    std::optional<pending_op> op;
+    {
+      std::lock_guard lock(mu_);
+      op = take_pending_locked(id);
+    }
+    if (op) return complete(*op, id, std::move(err));
+  }
+  if (!e.getFatal()) report(err);
+}
+
+void connection::complete(pending_op& op, std::uint64_t, outcome<std::uint32_t> result) {
+  switch (op.kind) {
+    case op_kind::request:
+      if (!result) guarded([&] { op.on_reply(result.error()); }, options_.on_error);
+      return;
+    case op_kind::inbox: return complete_inbox(std::move(result));
+    default: guarded([&] { op.on_ack(std::move(result)); }, options_.on_error);
+  }
+}
+
+void connection::complete_inbox(outcome<std::uint32_t> result) {
+  std::vector<std::pair<pending_op, error>> failed;
+  {
+    std::lock_guard lock(mu_);
+    if (result) {
+      inbox_ = inbox_state::ready;
+      for (const deferred_request& d : deferred_) {
+        if (pending_.count(d.id) == 0) continue;  // timed out while waiting
+        std::vector<header> headers;
+        for (const auto& h : d.headers) headers.push_back({h.name, h.value});
+        if (auto r = encode_publish_locked(d.subject, d.key, d.payload, headers, inbox_reply_to(d.id), d.id); !r)
+          failed.emplace_back(std::move(*take_pending_locked(d.id)), r.error());
+      }
+    } else {
+      inbox_ = inbox_state::none;
+      inbox_sid_.store(0, std::memory_order_relaxed);
+      const error e{result.error().code,
+                    "cannot subscribe the reply inbox " + proto::quote(inbox_prefix_ + "*") + ": " +
+                        result.error().message,
+                    result.error().from_server};
+      for (const deferred_request& d : deferred_) {
+        if (auto op = take_pending_locked(d.id)) failed.emplace_back(std::move(*op), e);
+      }
+    }
+    deferred_.clear();
+  }
+  for (auto& [op, e] : failed) guarded([&] { op.on_reply(e); }, options_.on_error);
+}
+
+// ---- writing ---------------------------------------------------------------------
+
+void connection::start_write() {
+  bool closing = false;
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == state::closed) {
+      write_scheduled_ = false;
+      return;
+    }
+    // Everything the callers queued since the last write goes out in one go.
+    if (writing_.empty()) std::swap(out_, writing_);
+    if (writing_.empty()) {
+      write_scheduled_ = false;
+      closing = state_ == state::closing;
+    }
+  }
+  room_cv_.notify_all();
+  if (writing_.empty()) {
+    if (closing) half_close();
+    return;
+  }
+  std::span<const std::byte> pieces[16];
+  const std::size_t n = writing_.gather(pieces);
+  for (std::size_t i = 0; i < n; ++i) iov_[i] = asio::buffer(pieces[i].data(), pieces[i].size());
+  socket_.async_write_some(std::span<const asio::const_buffer>(iov_.data(), n),
+                           [this](std::error_code ec, std::size_t written) { on_write(ec, written); });
+}
+
+void connection::on_write(std::error_code ec, std::size_t n) {
+  if (ec) {
+    state st;
+    {
+      std::lock_guard lock(mu_);
+      st = state_;
+      write_scheduled_ = false;
+    }
+    if (st == state::closed) return;
+    if (st == state::closing) return finish_close();
+    if (fatal_) return shut_down(*fatal_, true);
+    return shut_down(error{errc::closed, "writing to " + url_.to_string() + " failed: " + ec.message(), false}, true);
+  }
+  writing_.consume(n);
+  start_write();
+}
+
+// ---- deadlines -------------------------------------------------------------------
+
+void connection::arm_timer() {
+  clock::time_point when;
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == state::closed || deadlines_.empty()) {
+      timer_at_.reset();
+      return;
+    }
+    when = deadlines_.begin()->first;
+    timer_at_ = when;
+  }
+  deadline_timer_.expires_at(when);
+  deadline_timer_.async_wait([this](std::error_code ec) {
+    if (!ec) on_deadline();
+  });
+}
+
+void connection::on_deadline() {
+  std::vector<std::pair<std::uint64_t, pending_op>> expired;
+  {
+    std::lock_guard lock(mu_);
+    const auto now = clock::now();
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+      const std::uint64_t id = deadlines_.begin()->second;
+      if (auto op = take_pending_locked(id))
+        expired.emplace_back(id, std::move(*op));
+      else
+        deadlines_.erase(deadlines_.begin());
+    }
+  }
+  for (auto& [id, op] : expired) {
+    const std::string ms = std::to_string(op.timeout.count()) + " ms";
+    std::string why = op.kind == op_kind::request ? op.what + " timed out after " + ms + " without a reply"
+                                                  : "no answer to " + op.what + " within " + ms;
+    complete(op, id, error{errc::timeout, std::move(why), false});
+  }
+  arm_timer();
+}
+
+// ---- closing ---------------------------------------------------------------------
+
+void connection::begin_close() {
+  bool idle = false;
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == state::closed || state_ == state::connecting) {
+      state_ = state::closed;
+      idle = true;
+    } else {
+      state_ = state::closing;
+      open_.store(false, std::memory_order_release);
+      idle = !write_scheduled_;
+    }
+  }
+  room_cv_.notify_all();
+  if (!socket_.is_open() || !decoder_) return finish_close();
+  close_timer_.expires_after(options_.op_timeout);
+  close_timer_.async_wait([this](std::error_code ec) {
+    if (!ec) finish_close();
+  });
+  if (idle) half_close();
+}
+
+// Everything is written: tell the server, and wait for it to close its side
+// (on_read sees EOF), so that it has read every frame before the socket goes.
+void connection::half_close() {
+  if (half_closed_) return;
+  half_closed_ = true;
+  std::error_code ignored;
+  socket_.shutdown(asio::socket_base::shutdown_send, ignored);
+}
+
+void connection::finish_close() {
+  shut_down(error{errc::closed, "closed by the application", false}, false);
+  work_.reset();  // io_.run() returns once the cancelled operations have completed
+}
+
+void connection::shut_down(const error& reason, bool report_it) {
+  std::vector<std::pair<std::uint64_t, pending_op>> ops;
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == state::closed && pending_.empty() && !socket_.is_open()) return;
+    state_ = state::closed;
+    open_.store(false, std::memory_order_release);
+    if (close_reason_.empty()) close_reason_ = reason.to_string();
+    for (auto& [id, op] : pending_) ops.emplace_back(id, std::move(op));
+    pending_.clear();
+    deadlines_.clear();
+    deferred_.clear();
+    timer_at_.reset();
+    out_.clear();
+    inbox_ = inbox_state::none;
+  }
+  room_cv_.notify_all();
+  std::error_code ignored;
+  resolver_.cancel();
+  socket_.close(ignored);
+  connect_timer_.cancel();
+  deadline_timer_.cancel();
+  close_timer_.cancel();
+  const error failed{errc::closed, "connection to " + url_.to_string() + " closed: " + reason.to_string(), false};
+  for (auto& [id, op] : ops) complete(op, id, failed);
+  subs_.clear();
+  if (report_it) report(reason);
+}
+
+}  // namespace keyway::client

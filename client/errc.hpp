@@ -1,0 +1,99 @@
+// Errors of the client library (keyway::client): the client's own error codes
+// (client::errc, a std::error_category), the `error` value every failed call
+// returns (a code plus a message a user can act on), and `outcome<T>`, a value
+// or an error.
+//
+// Codes come from two categories:
+//   - client::errc (category "keyway.client"): what the library itself
+//     decided: bad URL, connect failure, timeout, connection closed, ...;
+//   - proto::errc (category "keyway.proto"): what the server said in an error
+//     frame (no_responders, payload_too_large, slow_consumer, ...), or what the
+//     library refused locally with the server's own rules (invalid_subject,
+//     payload_too_large, ...). `error::from_server` tells the two apart.
+// Compare with `err.code == proto::errc::no_responders` or `== errc::timeout`.
+//
+// Any thread. Plain values; an error holds a std::string (error path only).
+#pragma once
+
+#include <cassert>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace keyway::client {
+
+enum class errc {
+  ok = 0,
+  invalid_url,       // not tcp://HOST:PORT or unix:///path
+  invalid_argument,  // an argument the library refuses (e.g. a zero timeout)
+  connect_failed,    // resolve/connect/handshake I/O failed (connection refused, ...)
+  timeout,           // connect, ack, request or flush deadline passed
+  closed,            // the connection is closed (by close(), the server or the network)
+  would_block,       // a blocking call from the IO thread (a callback); use the _async form
+  bad_server_frame,  // the server sent a frame the client cannot accept
+  handler_failed,    // a message handler or completion threw (reported to on_error)
+};
+
+const std::error_category& client_category() noexcept;
+
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), client_category()}; }
+
+/// One failure: a code and a message naming what failed and what to do.
+struct error {
+  std::error_code code;
+  std::string message;
+  /// True when `code` is a proto::errc the server sent in an error frame.
+  bool from_server = false;
+
+  /// "no_responders: no subscriber matched ..." (code name, then the message).
+  std::string to_string() const;
+};
+
+/// The snake_case name of a client or proto code ("timeout", "no_responders").
+std::string code_name(std::error_code code);
+
+/// A value or an error. [[nodiscard]]: an ignored failure is a bug.
+template <class T>
+class [[nodiscard]] outcome {
+ public:
+  outcome(T value) : state_(std::in_place_index<0>, std::move(value)) {}
+  outcome(client::error e) : state_(std::in_place_index<1>, std::move(e)) {}
+
+  bool has_value() const noexcept { return state_.index() == 0; }
+  explicit operator bool() const noexcept { return has_value(); }
+
+  T& value() & { assert(has_value()); return std::get<0>(state_); }
+  const T& value() const& { assert(has_value()); return std::get<0>(state_); }
+  T&& value() && { assert(has_value()); return std::get<0>(std::move(state_)); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+
+  /// The failure; only valid when !has_value().
+  const client::error& error() const& { assert(!has_value()); return std::get<1>(state_); }
+
+ private:
+  std::variant<T, client::error> state_;
+};
+
+template <>
+class [[nodiscard]] outcome<void> {
+ public:
+  outcome() = default;
+  outcome(client::error e) : error_(std::move(e)) {}
+  bool has_value() const noexcept { return !error_.has_value(); }
+  explicit operator bool() const noexcept { return has_value(); }
+  const client::error& error() const& { assert(error_.has_value()); return *error_; }
+
+ private:
+  std::optional<client::error> error_;
+};
+
+}  // namespace keyway::client
+
+template <>
+struct std::is_error_code_enum<keyway::client::errc> : std::true_type {};
