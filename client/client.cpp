@@ -18,7 +18,9 @@ std::span<const std::byte> as_bytes(std::string_view s) noexcept {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
-error local_error(const proto::status& st) { return error{st.error_code(), st.message(), false}; }
+error local_error(const proto::status& st) {
+  return error{st.error_code(), st.message(), false};
+}
 
 std::string random_token() {
   std::random_device rd;
@@ -33,10 +35,12 @@ std::string random_token() {
 constexpr std::chrono::milliseconds wait_grace{2000};
 
 template <class T>
-outcome<T> wait_for(std::future<outcome<T>>& f, std::chrono::milliseconds limit, std::string_view what) {
+outcome<T> wait_for(std::future<outcome<T>>& f, std::chrono::milliseconds limit,
+                    std::string_view what) {
   if (f.wait_for(limit + wait_grace) != std::future_status::ready) {
     return error{errc::timeout,
-                 std::string(what) + " did not complete within " + std::to_string((limit + wait_grace).count()) +
+                 std::string(what) + " did not complete within " +
+                     std::to_string((limit + wait_grace).count()) +
                      " ms; is a callback blocking the client's IO thread?",
                  false};
   }
@@ -44,10 +48,13 @@ outcome<T> wait_for(std::future<outcome<T>>& f, std::chrono::milliseconds limit,
 }
 
 error would_block(std::string_view call) {
-  return error{errc::would_block,
-               std::string(call) + "() blocks, and was called on the client's IO thread (from a callback), where it "
-                                   "would wait for itself; use " + std::string(call) + "_async() there",
-               false};
+  return error{
+      errc::would_block,
+      std::string(call) +
+          "() blocks, and was called on the client's IO thread (from a callback), where it "
+          "would wait for itself; use " +
+          std::string(call) + "_async() there",
+      false};
 }
 
 }  // namespace
@@ -64,15 +71,20 @@ connection::connection(server_url url, connect_options options)
       writing_(64 * 1024),
       out_(64 * 1024) {}
 
-connection::~connection() { close(); }
+connection::~connection() {
+  close();
+}
 
-outcome<std::unique_ptr<connection>> connection::connect(std::string_view url, connect_options options) {
+outcome<std::unique_ptr<connection>> connection::connect(std::string_view url,
+                                                         connect_options options) {
   auto parsed = parse_url(url);
   if (!parsed) return parsed.error();
   if (options.connect_timeout.count() <= 0 || options.op_timeout.count() <= 0)
-    return error{errc::invalid_argument, "connect_options: connect_timeout and op_timeout must be positive", false};
+    return error{errc::invalid_argument,
+                 "connect_options: connect_timeout and op_timeout must be positive", false};
   if (options.max_pending_bytes == 0)
-    return error{errc::invalid_argument, "connect_options: max_pending_bytes must be positive", false};
+    return error{errc::invalid_argument, "connect_options: max_pending_bytes must be positive",
+                 false};
   const auto timeout = options.connect_timeout;
   std::unique_ptr<connection> c(new connection(std::move(*parsed), std::move(options)));
 
@@ -106,55 +118,66 @@ error connection::closed_error_locked() const {
   return error{errc::closed, std::move(why), false};
 }
 
-outcome<void> connection::check_publish(std::string_view subject, std::string_view key, std::string_view payload,
-                                        std::span<const header> headers, std::string_view reply_to) const {
+outcome<void> connection::check_publish(std::string_view subject, std::string_view key,
+                                        std::string_view payload, std::span<const header> headers,
+                                        std::string_view reply_to) const {
   const proto::limits& lim = limits_;
-  if (auto st = proto::validate_publish_subject(subject, lim, "subject"); !st) return local_error(st);
+  if (auto st = proto::validate_publish_subject(subject, lim, "subject"); !st)
+    return local_error(st);
   if (key.size() > lim.max_key) {
     return error{proto::errc::invalid_key,
-                 "key of " + proto::format_size(key.size()) + " exceeds the server's limits.max_key (" +
-                     proto::format_size(lim.max_key) + "); use a shorter key, e.g. a hash of it",
+                 "key of " + proto::format_size(key.size()) +
+                     " exceeds the server's limits.max_key (" + proto::format_size(lim.max_key) +
+                     "); use a shorter key, e.g. a hash of it",
                  false};
   }
   if (payload.size() > lim.max_payload) {
     return error{proto::errc::payload_too_large,
-                 "payload of " + proto::format_size(payload.size()) + " to " + proto::quote(subject) +
-                     " exceeds the server's limits.max_payload (" + proto::format_size(lim.max_payload) +
+                 "payload of " + proto::format_size(payload.size()) + " to " +
+                     proto::quote(subject) + " exceeds the server's limits.max_payload (" +
+                     proto::format_size(lim.max_payload) +
                      "); send smaller payloads or raise the limit in keyway.toml",
                  false};
   }
   if (headers.size() > lim.max_headers) {
     return error{proto::errc::payload_too_large,
-                 std::to_string(headers.size()) + " headers exceed the server's limits.max_headers (" +
+                 std::to_string(headers.size()) +
+                     " headers exceed the server's limits.max_headers (" +
                      std::to_string(lim.max_headers) + "); send fewer headers",
                  false};
   }
   std::uint64_t header_bytes = 0;
   for (const header& h : headers) {
-    if (h.name.empty()) return error{proto::errc::protocol, "a header has an empty name; names must be non-empty", false};
+    if (h.name.empty())
+      return error{proto::errc::protocol, "a header has an empty name; names must be non-empty",
+                   false};
     header_bytes += h.name.size() + h.value.size();
   }
   if (header_bytes > lim.max_header_bytes) {
     return error{proto::errc::payload_too_large,
-                 "headers of " + proto::format_size(header_bytes) + " exceed the server's limits.max_header_bytes (" +
+                 "headers of " + proto::format_size(header_bytes) +
+                     " exceed the server's limits.max_header_bytes (" +
                      proto::format_size(lim.max_header_bytes) + "); send smaller headers",
                  false};
   }
   if (!reply_to.empty()) {
-    if (auto st = proto::validate_publish_subject(reply_to, lim, "reply_to"); !st) return local_error(st);
+    if (auto st = proto::validate_publish_subject(reply_to, lim, "reply_to"); !st)
+      return local_error(st);
   }
   return {};
 }
 
 bool connection::wait_room_locked(std::unique_lock<std::mutex>& lock) {
   if (!on_io_thread()) {
-    room_cv_.wait(lock, [&] { return state_ != state::open || out_.size() < options_.max_pending_bytes; });
+    room_cv_.wait(
+        lock, [&] { return state_ != state::open || out_.size() < options_.max_pending_bytes; });
   }
   return state_ == state::open;
 }
 
 outcome<void> connection::encode_publish_locked(std::string_view subject, std::string_view key,
-                                                std::string_view payload, std::span<const header> headers,
+                                                std::string_view payload,
+                                                std::span<const header> headers,
                                                 std::string_view reply_to, std::uint64_t ack_id) {
   header_scratch_.clear();
   for (const header& h : headers) header_scratch_.push_back({h.name, as_bytes(h.value)});
@@ -168,13 +191,16 @@ outcome<void> connection::encode_publish_locked(std::string_view subject, std::s
   auto r = encoder_->publish(out_, f);
   if (!r) {
     if (r.error() == proto::errc::frame_too_large) {
-      return error{proto::errc::frame_too_large,
-                   "publish to " + proto::quote(subject) + " does not fit the server's limits.max_frame (" +
-                       proto::format_size(limits_.max_frame) + "); send a smaller payload or fewer headers",
-                   false};
+      return error{
+          proto::errc::frame_too_large,
+          "publish to " + proto::quote(subject) + " does not fit the server's limits.max_frame (" +
+              proto::format_size(limits_.max_frame) + "); send a smaller payload or fewer headers",
+          false};
     }
-    return error{r.error(), "cannot encode the publish to " + proto::quote(subject) + ": " + r.error().message(),
-                 false};
+    return error{
+        r.error(),
+        "cannot encode the publish to " + proto::quote(subject) + ": " + r.error().message(),
+        false};
   }
   kick_locked();
   return {};
@@ -210,20 +236,25 @@ void connection::kick_locked() {
   asio::post(io_, [this] { start_write(); });
 }
 
-std::string connection::inbox_reply_to(std::uint64_t id) const { return inbox_prefix_ + std::to_string(id); }
+std::string connection::inbox_reply_to(std::uint64_t id) const {
+  return inbox_prefix_ + std::to_string(id);
+}
 
 // ---- publish -------------------------------------------------------------------
 
-outcome<void> connection::publish(std::string_view subject, std::string_view payload, const publish_options& options) {
-  if (auto r = check_publish(subject, options.key, payload, options.headers, options.reply_to); !r) return r;
+outcome<void> connection::publish(std::string_view subject, std::string_view payload,
+                                  const publish_options& options) {
+  if (auto r = check_publish(subject, options.key, payload, options.headers, options.reply_to); !r)
+    return r;
   std::unique_lock lock(mu_);
   if (!wait_room_locked(lock)) return closed_error_locked();
   return encode_publish_locked(subject, options.key, payload, options.headers, options.reply_to, 0);
 }
 
-void connection::publish_ack_async(std::string_view subject, std::string_view payload, const publish_options& options,
-                                   ack_handler done) {
-  if (auto r = check_publish(subject, options.key, payload, options.headers, options.reply_to); !r) {
+void connection::publish_ack_async(std::string_view subject, std::string_view payload,
+                                   const publish_options& options, ack_handler done) {
+  if (auto r = check_publish(subject, options.key, payload, options.headers, options.reply_to);
+      !r) {
     done(r.error());
     return;
   }
@@ -240,7 +271,9 @@ void connection::publish_ack_async(std::string_view subject, std::string_view pa
   op.what = "publish to " + proto::quote(subject);
   op.timeout = options_.op_timeout;
   const std::uint64_t id = add_pending_locked(std::move(op));
-  if (auto r = encode_publish_locked(subject, options.key, payload, options.headers, options.reply_to, id); !r) {
+  if (auto r = encode_publish_locked(subject, options.key, payload, options.headers,
+                                     options.reply_to, id);
+      !r) {
     auto failed = take_pending_locked(id);
     lock.unlock();
     failed->on_ack(r.error());
@@ -252,57 +285,63 @@ outcome<std::uint32_t> connection::publish_ack(std::string_view subject, std::st
   if (on_io_thread()) return would_block("publish_ack");
   auto p = std::make_shared<std::promise<outcome<std::uint32_t>>>();
   auto f = p->get_future();
-  publish_ack_async(subject, payload, options, [p](outcome<std::uint32_t> r) { p->set_value(std::move(r)); });
+  publish_ack_async(subject, payload, options,
+                    [p](outcome<std::uint32_t> r) { p->set_value(std::move(r)); });
   return wait_for(f, options_.op_timeout, "publish_ack to " + proto::quote(subject));
 }
 
 // ---- subscribe -------------------------------------------------------------------
 
-void connection::subscribe_async(std::string_view pattern, message_handler handler, const subscribe_options& options,
-                                 subscribe_handler done) {
-  if (auto st = proto::validate_pattern(pattern, limits_, "pattern"); !st) return done(local_error(st));
+void connection::subscribe_async(std::string_view pattern, message_handler handler,
+                                 const subscribe_options& options, subscribe_handler done) {
+  if (auto st = proto::validate_pattern(pattern, limits_, "pattern"); !st)
+    return done(local_error(st));
   if (auto st = proto::validate_queue_group(options.queue_group, limits_, "queue group"); !st)
     return done(local_error(st));
   if (!handler)
-    return done(error{errc::invalid_argument, "subscribe to " + proto::quote(pattern) + ": the handler is empty", false});
+    return done(error{errc::invalid_argument,
+                      "subscribe to " + proto::quote(pattern) + ": the handler is empty", false});
   if (!is_open()) return done(closed_error());
   const std::uint32_t sid = next_sid_.fetch_add(1, std::memory_order_relaxed);
   // Handlers live on the IO thread, so the registration happens there, before
   // the frame is queued: a delivery can never arrive for an unknown sid.
-  asio::post(io_, [this, sid, pattern = std::string(pattern), group = std::string(options.queue_group),
-                   handler = std::move(handler), done = std::move(done)]() mutable {
-    std::unique_lock lock(mu_);
-    if (state_ != state::open) {
-      auto e = closed_error_locked();
-      lock.unlock();
-      done(std::move(e));
-      return;
-    }
-    subs_[sid] = std::move(handler);
-    pending_op op;
-    op.kind = op_kind::subscribe;
-    op.what = "subscribe to " + proto::quote(pattern);
-    op.timeout = options_.op_timeout;
-    op.on_ack = [this, sid, done = std::move(done)](outcome<std::uint32_t> r) {
-      if (r) return done(subscription{sid});
-      subs_.erase(sid);
-      if (r.error().code == errc::timeout) {
-        // The server may still apply it: take it back (no ack wanted).
-        std::lock_guard lk(mu_);
-        if (state_ == state::open && encoder_->unsubscribe(out_, sid, 0)) kick_locked();
-      }
-      done(r.error());
-    };
-    const std::uint64_t id = add_pending_locked(std::move(op));
-    auto r = encoder_->subscribe(out_, {.sid = sid, .pattern = pattern, .queue_group = group, .request_id = id});
-    if (!r) {
-      auto failed = take_pending_locked(id);
-      lock.unlock();
-      failed->on_ack(error{r.error(), "cannot encode the subscribe to " + proto::quote(pattern), false});
-      return;
-    }
-    kick_locked();
-  });
+  asio::post(
+      io_, [this, sid, pattern = std::string(pattern), group = std::string(options.queue_group),
+            handler = std::move(handler), done = std::move(done)]() mutable {
+        std::unique_lock lock(mu_);
+        if (state_ != state::open) {
+          auto e = closed_error_locked();
+          lock.unlock();
+          done(std::move(e));
+          return;
+        }
+        subs_[sid] = std::move(handler);
+        pending_op op;
+        op.kind = op_kind::subscribe;
+        op.what = "subscribe to " + proto::quote(pattern);
+        op.timeout = options_.op_timeout;
+        op.on_ack = [this, sid, done = std::move(done)](outcome<std::uint32_t> r) {
+          if (r) return done(subscription{sid});
+          subs_.erase(sid);
+          if (r.error().code == errc::timeout) {
+            // The server may still apply it: take it back (no ack wanted).
+            std::lock_guard lk(mu_);
+            if (state_ == state::open && encoder_->unsubscribe(out_, sid, 0)) kick_locked();
+          }
+          done(r.error());
+        };
+        const std::uint64_t id = add_pending_locked(std::move(op));
+        auto r = encoder_->subscribe(
+            out_, {.sid = sid, .pattern = pattern, .queue_group = group, .request_id = id});
+        if (!r) {
+          auto failed = take_pending_locked(id);
+          lock.unlock();
+          failed->on_ack(
+              error{r.error(), "cannot encode the subscribe to " + proto::quote(pattern), false});
+          return;
+        }
+        kick_locked();
+      });
 }
 
 outcome<subscription> connection::subscribe(std::string_view pattern, message_handler handler,
@@ -310,13 +349,15 @@ outcome<subscription> connection::subscribe(std::string_view pattern, message_ha
   if (on_io_thread()) return would_block("subscribe");
   auto p = std::make_shared<std::promise<outcome<subscription>>>();
   auto f = p->get_future();
-  subscribe_async(pattern, std::move(handler), options, [p](outcome<subscription> r) { p->set_value(std::move(r)); });
+  subscribe_async(pattern, std::move(handler), options,
+                  [p](outcome<subscription> r) { p->set_value(std::move(r)); });
   return wait_for(f, options_.op_timeout, "subscribe to " + proto::quote(pattern));
 }
 
 void connection::unsubscribe_async(subscription sub, done_handler done) {
   if (sub.sid == 0 || sub.sid == inbox_sid_.load(std::memory_order_relaxed))
-    return done(error{errc::invalid_argument, "unsubscribe: " + std::to_string(sub.sid) + " is not a subscription", false});
+    return done(error{errc::invalid_argument,
+                      "unsubscribe: " + std::to_string(sub.sid) + " is not a subscription", false});
   if (!is_open()) return done(closed_error());
   asio::post(io_, [this, sid = sub.sid, done = std::move(done)]() mutable {
     const bool known = subs_.erase(sid) != 0;
@@ -329,8 +370,10 @@ void connection::unsubscribe_async(subscription sub, done_handler done) {
     }
     if (!known) {
       lock.unlock();
-      done(error{errc::invalid_argument,
-                 "unsubscribe: subscription " + std::to_string(sid) + " is not active on this connection", false});
+      done(error{
+          errc::invalid_argument,
+          "unsubscribe: subscription " + std::to_string(sid) + " is not active on this connection",
+          false});
       return;
     }
     pending_op op;
@@ -362,12 +405,15 @@ outcome<void> connection::unsubscribe(subscription sub) {
 
 // ---- request / reply -------------------------------------------------------------
 
-void connection::request_async(std::string_view subject, std::string_view payload, std::chrono::milliseconds timeout,
-                               const request_options& options, reply_handler done) {
+void connection::request_async(std::string_view subject, std::string_view payload,
+                               std::chrono::milliseconds timeout, const request_options& options,
+                               reply_handler done) {
   if (timeout.count() <= 0)
-    return done(error{errc::invalid_argument, "request to " + proto::quote(subject) + ": the timeout must be positive",
+    return done(error{errc::invalid_argument,
+                      "request to " + proto::quote(subject) + ": the timeout must be positive",
                       false});
-  if (auto r = check_publish(subject, options.key, payload, options.headers, {}); !r) return done(r.error());
+  if (auto r = check_publish(subject, options.key, payload, options.headers, {}); !r)
+    return done(r.error());
   std::unique_lock lock(mu_);
   if (!wait_room_locked(lock)) {
     auto e = closed_error_locked();
@@ -383,7 +429,9 @@ void connection::request_async(std::string_view subject, std::string_view payloa
   // a no_responders error carries requestId = id.
   const std::uint64_t id = add_pending_locked(std::move(op));
   if (inbox_ == inbox_state::ready) {
-    if (auto r = encode_publish_locked(subject, options.key, payload, options.headers, inbox_reply_to(id), id); !r) {
+    if (auto r = encode_publish_locked(subject, options.key, payload, options.headers,
+                                       inbox_reply_to(id), id);
+        !r) {
       auto failed = take_pending_locked(id);
       lock.unlock();
       failed->on_reply(r.error());
@@ -395,7 +443,8 @@ void connection::request_async(std::string_view subject, std::string_view payloa
   d.subject = std::string(subject);
   d.payload = std::string(payload);
   d.key = std::string(options.key);
-  for (const header& h : options.headers) d.headers.push_back({std::string(h.name), std::string(h.value)});
+  for (const header& h : options.headers)
+    d.headers.push_back({std::string(h.name), std::string(h.value)});
   deferred_.push_back(std::move(d));
   if (inbox_ == inbox_state::subscribing) return;
 
@@ -409,7 +458,8 @@ void connection::request_async(std::string_view subject, std::string_view payloa
   inbox.timeout = options_.op_timeout;
   inbox_op_ = add_pending_locked(std::move(inbox));
   const std::string pattern = inbox_prefix_ + "*";
-  if (!encoder_->subscribe(out_, {.sid = sid, .pattern = pattern, .queue_group = {}, .request_id = inbox_op_})) {
+  if (!encoder_->subscribe(
+          out_, {.sid = sid, .pattern = pattern, .queue_group = {}, .request_id = inbox_op_})) {
     // Cannot happen with sane limits; leave the requests to their deadlines.
     return;
   }
@@ -417,11 +467,13 @@ void connection::request_async(std::string_view subject, std::string_view payloa
 }
 
 outcome<message> connection::request(std::string_view subject, std::string_view payload,
-                                     std::chrono::milliseconds timeout, const request_options& options) {
+                                     std::chrono::milliseconds timeout,
+                                     const request_options& options) {
   if (on_io_thread()) return would_block("request");
   auto p = std::make_shared<std::promise<outcome<message>>>();
   auto f = p->get_future();
-  request_async(subject, payload, timeout, options, [p](outcome<message> r) { p->set_value(std::move(r)); });
+  request_async(subject, payload, timeout, options,
+                [p](outcome<message> r) { p->set_value(std::move(r)); });
   return wait_for(f, timeout, "request to " + proto::quote(subject));
 }
 

@@ -141,7 +141,8 @@ class connection {
   /// Connects, sends hello and waits for welcome (connect_options::connect_timeout).
   /// Errors: invalid_url, connect_failed (e.g. connection refused), timeout,
   /// or the server's error code (auth_failed, shutting_down, ...).
-  static outcome<std::unique_ptr<connection>> connect(std::string_view url, connect_options options = {});
+  static outcome<std::unique_ptr<connection>> connect(std::string_view url,
+                                                      connect_options options = {});
 
   /// close(), then joins the IO thread.
   ~connection();
@@ -157,22 +158,23 @@ class connection {
   /// backpressure). Errors: closed, or a local check with the server's limits
   /// (invalid_subject, invalid_key, payload_too_large, protocol). A refusal by
   /// the server later goes to on_error.
-  outcome<void> publish(std::string_view subject, std::string_view payload, const publish_options& options = {});
+  outcome<void> publish(std::string_view subject, std::string_view payload,
+                        const publish_options& options = {});
 
   /// Publishes with an ack id and waits for the server's answer: the number
   /// of subscribers reached, or the server's error. Timeout: op_timeout.
   outcome<std::uint32_t> publish_ack(std::string_view subject, std::string_view payload,
                                      const publish_options& options = {});
   /// Same, pipelined: `done` runs on the IO thread when the answer arrives.
-  void publish_ack_async(std::string_view subject, std::string_view payload, const publish_options& options,
-                         ack_handler done);
+  void publish_ack_async(std::string_view subject, std::string_view payload,
+                         const publish_options& options, ack_handler done);
 
   /// Subscribes and waits for the server's ack: once it returns, every later
   /// matching publish reaches `handler` (on the IO thread). Timeout: op_timeout.
   outcome<subscription> subscribe(std::string_view pattern, message_handler handler,
                                   const subscribe_options& options = {});
-  void subscribe_async(std::string_view pattern, message_handler handler, const subscribe_options& options,
-                       subscribe_handler done);
+  void subscribe_async(std::string_view pattern, message_handler handler,
+                       const subscribe_options& options, subscribe_handler done);
   /// Stops calling the handler at once, then waits for the server's ack.
   outcome<void> unsubscribe(subscription sub);
   void unsubscribe_async(subscription sub, done_handler done);
@@ -180,10 +182,11 @@ class connection {
   /// Publishes `payload` to `subject` with a reply_to in this connection's
   /// inbox and waits for the first reply. Errors: timeout (after `timeout`),
   /// no_responders (from the server: nobody subscribes to `subject`), closed.
-  outcome<message> request(std::string_view subject, std::string_view payload, std::chrono::milliseconds timeout,
-                           const request_options& options = {});
-  void request_async(std::string_view subject, std::string_view payload, std::chrono::milliseconds timeout,
-                     const request_options& options, reply_handler done);
+  outcome<message> request(std::string_view subject, std::string_view payload,
+                           std::chrono::milliseconds timeout, const request_options& options = {});
+  void request_async(std::string_view subject, std::string_view payload,
+                     std::chrono::milliseconds timeout, const request_options& options,
+                     reply_handler done);
 
   /// Waits until everything queued before the call is written and the server
   /// answered a ping sent after it (so it has processed all of it).
@@ -223,15 +226,16 @@ class connection {
   bool on_io_thread() const noexcept { return std::this_thread::get_id() == io_thread_id_.load(); }
   error closed_error() const;
   error closed_error_locked() const;
-  outcome<void> check_publish(std::string_view subject, std::string_view key, std::string_view payload,
-                              std::span<const header> headers, std::string_view reply_to) const;
+  outcome<void> check_publish(std::string_view subject, std::string_view key,
+                              std::string_view payload, std::span<const header> headers,
+                              std::string_view reply_to) const;
   /// Waits (mu_ held through `lock`) until out_ has room, unless on the IO
   /// thread. False if the connection is not open.
   bool wait_room_locked(std::unique_lock<std::mutex>& lock);
   /// Encodes one publish into out_ and wakes the writer (mu_ held).
-  outcome<void> encode_publish_locked(std::string_view subject, std::string_view key, std::string_view payload,
-                                      std::span<const header> headers, std::string_view reply_to,
-                                      std::uint64_t ack_id);
+  outcome<void> encode_publish_locked(std::string_view subject, std::string_view key,
+                                      std::string_view payload, std::span<const header> headers,
+                                      std::string_view reply_to, std::uint64_t ack_id);
   std::uint64_t add_pending_locked(pending_op op);
   std::optional<pending_op> take_pending_locked(std::uint64_t id);
   void kick_locked();
@@ -288,7 +292,7 @@ class connection {
   proto::out_buffer writing_;
   std::array<asio::const_buffer, 16> iov_;
   std::unordered_map<std::uint32_t, message_handler> subs_;
-  message rx_;                 // the reused delivery handed to handlers
+  message rx_;                  // the reused delivery handed to handlers
   std::optional<error> fatal_;  // the server's fatal error frame, if one came
   bool half_closed_ = false;
 
@@ -315,7 +319,8 @@ class connection {
 };
 
 /// The same as connection::connect.
-inline outcome<std::unique_ptr<connection>> connect(std::string_view url, connect_options options = {}) {
+inline outcome<std::unique_ptr<connection>> connect(std::string_view url,
+                                                    connect_options options = {}) {
   return connection::connect(url, std::move(options));
 }
 

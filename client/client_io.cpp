@@ -40,13 +40,15 @@ std::size_t handshake_needed(const std::vector<std::byte>& bytes) {
   const std::size_t table = (4 + 4 * static_cast<std::size_t>(count) + 7) & ~std::size_t{7};
   if (bytes.size() < table) return table;
   std::uint64_t total = table;
-  for (std::size_t i = 0; i < count; ++i) total += std::uint64_t{load_u32(bytes.data() + 4 + 4 * i)} * 8;
+  for (std::size_t i = 0; i < count; ++i)
+    total += std::uint64_t{load_u32(bytes.data() + 4 + 4 * i)} * 8;
   return total > max_handshake_frame ? 0 : static_cast<std::size_t>(total);
 }
 
 /// The server's announced limits; a 0 keeps the client's default.
 proto::limits limits_from(wire::Limits::Reader l) {
-  proto::limits out = l.getMaxPayload() != 0 ? proto::limits::with_max_payload(l.getMaxPayload()) : proto::limits{};
+  proto::limits out =
+      l.getMaxPayload() != 0 ? proto::limits::with_max_payload(l.getMaxPayload()) : proto::limits{};
   if (l.getMaxFrame() != 0) out.max_frame = l.getMaxFrame();
   if (l.getMaxSubject() != 0) out.max_subject = l.getMaxSubject();
   if (l.getMaxKey() != 0) out.max_key = l.getMaxKey();
@@ -56,7 +58,9 @@ proto::limits limits_from(wire::Limits::Reader l) {
   return out;
 }
 
-void assign(std::string& out, capnp::Text::Reader t) { out.assign(t.begin(), t.size()); }
+void assign(std::string& out, capnp::Text::Reader t) {
+  out.assign(t.begin(), t.size());
+}
 void assign(std::string& out, capnp::Data::Reader d) {
   out.assign(reinterpret_cast<const char*>(d.begin()), d.size());
 }
@@ -102,7 +106,11 @@ void connection::run_io() {
 }
 
 void connection::report(const error& e) {
-  guarded([&] { if (options_.on_error) options_.on_error(e); }, {});
+  guarded(
+      [&] {
+        if (options_.on_error) options_.on_error(e);
+      },
+      {});
 }
 
 // ---- connect and handshake -----------------------------------------------------
@@ -122,7 +130,8 @@ void connection::start_connect(std::function<void(outcome<void>)> done) {
     if (!connect_done_) return;
     if (ec) {
       finish_handshake(error{errc::connect_failed,
-                             "cannot connect to " + url_.to_string() + ": " + ec.message() + "; is keywayd running there?",
+                             "cannot connect to " + url_.to_string() + ": " + ec.message() +
+                                 "; is keywayd running there?",
                              false});
       return;
     }
@@ -133,25 +142,30 @@ void connection::start_connect(std::function<void(outcome<void>)> done) {
     send_hello();
   };
   if (url_.type == server_url::kind::unix_path) {
-    socket_.async_connect(asio::generic::stream_protocol::endpoint(asio::local::stream_protocol::endpoint(url_.path)),
-                          on_connected);
+    socket_.async_connect(
+        asio::generic::stream_protocol::endpoint(asio::local::stream_protocol::endpoint(url_.path)),
+        on_connected);
     return;
   }
   resolver_.async_resolve(
       url_.host, std::to_string(url_.port),
-      [this, on_connected](std::error_code ec, const asio::ip::tcp::resolver::results_type& results) {
+      [this, on_connected](std::error_code ec,
+                           const asio::ip::tcp::resolver::results_type& results) {
         if (!connect_done_) return;
         if (ec) {
-          finish_handshake(error{errc::connect_failed,
-                                 "cannot resolve " + url_.host + " (" + url_.to_string() + "): " + ec.message(), false});
+          finish_handshake(
+              error{errc::connect_failed,
+                    "cannot resolve " + url_.host + " (" + url_.to_string() + "): " + ec.message(),
+                    false});
           return;
         }
         std::vector<asio::generic::stream_protocol::endpoint> endpoints;
         for (const auto& r : results) endpoints.emplace_back(r.endpoint());
-        asio::async_connect(socket_, endpoints,
-                            [on_connected](std::error_code e, const asio::generic::stream_protocol::endpoint&) {
-                              on_connected(e);
-                            });
+        asio::async_connect(
+            socket_, endpoints,
+            [on_connected](std::error_code e, const asio::generic::stream_protocol::endpoint&) {
+              on_connected(e);
+            });
       });
 }
 
@@ -164,52 +178,58 @@ void connection::send_hello() {
   h.auth_token = options_.auth_token;
   if (auto r = enc.hello(writing_, h); !r) {
     finish_handshake(error{errc::invalid_argument,
-                           "cannot encode hello (client name of " + std::to_string(h.client_name.size()) +
-                               " bytes, auth token of " + std::to_string(h.auth_token.size()) + " bytes): " +
-                               r.error().message(),
+                           "cannot encode hello (client name of " +
+                               std::to_string(h.client_name.size()) + " bytes, auth token of " +
+                               std::to_string(h.auth_token.size()) +
+                               " bytes): " + r.error().message(),
                            false});
     return;
   }
   const auto bytes = writing_.front();
-  asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()), [this](std::error_code ec, std::size_t n) {
-    if (!connect_done_) return;
-    if (ec) {
-      finish_handshake(error{errc::connect_failed, "sending hello to " + url_.to_string() + ": " + ec.message(), false});
-      return;
-    }
-    writing_.consume(n);
-    handshake_bytes_.clear();
-    read_handshake_frame(0, 8);
-  });
+  asio::async_write(
+      socket_, asio::buffer(bytes.data(), bytes.size()), [this](std::error_code ec, std::size_t n) {
+        if (!connect_done_) return;
+        if (ec) {
+          finish_handshake(error{errc::connect_failed,
+                                 "sending hello to " + url_.to_string() + ": " + ec.message(),
+                                 false});
+          return;
+        }
+        writing_.consume(n);
+        handshake_bytes_.clear();
+        read_handshake_frame(0, 8);
+      });
 }
 
 // The welcome is read with exact reads, frame by frame, so that no byte after
 // it lands in a decoder made before the server's limits are known.
 void connection::read_handshake_frame(std::size_t have, std::size_t need) {
   handshake_bytes_.resize(need);
-  asio::async_read(socket_, asio::buffer(handshake_bytes_.data() + have, need - have),
-                   [this, need](std::error_code ec, std::size_t) {
-                     if (!connect_done_) return;
-                     if (ec) {
-                       const std::string why = ec == asio::error::eof ? std::string("the server closed the connection")
-                                                                      : ec.message();
-                       finish_handshake(error{errc::connect_failed,
-                                              "handshake with " + url_.to_string() + " failed: " + why +
-                                                  " before sending welcome",
-                                              false});
-                       return;
-                     }
-                     const std::size_t total = handshake_needed(handshake_bytes_);
-                     if (total == 0) {
-                       finish_handshake(error{errc::bad_server_frame,
-                                              "the server at " + url_.to_string() +
-                                                  " did not answer with a keyway frame; is it keywayd?",
-                                              false});
-                       return;
-                     }
-                     if (total > need) return read_handshake_frame(need, total);
-                     on_handshake_frame();
-                   });
+  asio::async_read(
+      socket_, asio::buffer(handshake_bytes_.data() + have, need - have),
+      [this, need](std::error_code ec, std::size_t) {
+        if (!connect_done_) return;
+        if (ec) {
+          const std::string why = ec == asio::error::eof
+                                      ? std::string("the server closed the connection")
+                                      : ec.message();
+          finish_handshake(error{
+              errc::connect_failed,
+              "handshake with " + url_.to_string() + " failed: " + why + " before sending welcome",
+              false});
+          return;
+        }
+        const std::size_t total = handshake_needed(handshake_bytes_);
+        if (total == 0) {
+          finish_handshake(error{errc::bad_server_frame,
+                                 "the server at " + url_.to_string() +
+                                     " did not answer with a keyway frame; is it keywayd?",
+                                 false});
+          return;
+        }
+        if (total > need) return read_handshake_frame(need, total);
+        on_handshake_frame();
+      });
 }
 
 void connection::on_handshake_frame() {
@@ -218,8 +238,8 @@ void connection::on_handshake_frame() {
   auto next = dec.next();
   if (!next || !next->has_value()) {
     finish_handshake(error{errc::bad_server_frame,
-                           "the server at " + url_.to_string() + " sent an unreadable handshake frame: " +
-                               dec.error().message(),
+                           "the server at " + url_.to_string() +
+                               " sent an unreadable handshake frame: " + dec.error().message(),
                            false});
     return;
   }
@@ -229,8 +249,9 @@ void connection::on_handshake_frame() {
       const auto w = root.getWelcome();
       if (w.getProtocolVersion() != proto::protocol_version) {
         finish_handshake(error{proto::errc::unsupported_version,
-                               "the server speaks protocol version " + std::to_string(w.getProtocolVersion()) +
-                                   ", this client " + std::to_string(proto::protocol_version),
+                               "the server speaks protocol version " +
+                                   std::to_string(w.getProtocolVersion()) + ", this client " +
+                                   std::to_string(proto::protocol_version),
                                false});
         return;
       }
@@ -261,7 +282,8 @@ void connection::on_handshake_frame() {
     default:
       finish_handshake(error{errc::bad_server_frame,
                              "the server at " + url_.to_string() + " sent '" +
-                                 std::string(proto::kind_name(root.which())) + "' instead of welcome",
+                                 std::string(proto::kind_name(root.which())) +
+                                 "' instead of welcome",
                              false});
   }
 }
@@ -305,25 +327,31 @@ void connection::on_read(std::error_code ec, std::size_t n) {
     if (st == state::closing) return finish_close();  // the server saw our half-close
     if (fatal_) return shut_down(*fatal_, true);
     if (ec == asio::error::eof)
-      return shut_down(error{errc::closed, "the server closed the connection to " + url_.to_string(), false}, true);
-    return shut_down(error{errc::closed, "connection to " + url_.to_string() + " lost: " + ec.message(), false}, true);
+      return shut_down(
+          error{errc::closed, "the server closed the connection to " + url_.to_string(), false},
+          true);
+    return shut_down(
+        error{errc::closed, "connection to " + url_.to_string() + " lost: " + ec.message(), false},
+        true);
   }
   decoder_->commit(n);
   for (;;) {
     auto next = decoder_->next();
     if (!next) {
-      return shut_down(error{errc::bad_server_frame,
-                             "the server sent an unreadable frame: " + decoder_->error().message(), false},
-                       true);
+      return shut_down(
+          error{errc::bad_server_frame,
+                "the server sent an unreadable frame: " + decoder_->error().message(), false},
+          true);
     }
     if (!next->has_value()) break;
     const proto::frame& f = **next;
     if (auto v = proto::validate_server_frame(f.root(), limits_); !v) {
-      return shut_down(error{errc::bad_server_frame,
-                             "the server sent an invalid '" + std::string(proto::kind_name(f.which())) +
-                                 "' frame: " + v.message(),
-                             false},
-                       true);
+      return shut_down(
+          error{errc::bad_server_frame,
+                "the server sent an invalid '" + std::string(proto::kind_name(f.which())) +
+                    "' frame: " + v.message(),
+                false},
+          true);
     }
     dispatch(f);
   }
@@ -334,16 +362,25 @@ void connection::on_read(std::error_code ec, std::size_t n) {
 void connection::dispatch(const proto::frame& f) {
   const wire::Frame::Reader root = f.root();
   switch (root.which()) {
-    case wire::Frame::MESSAGE: on_message(root.getMessage()); return;
-    case wire::Frame::ACK: on_ack(root.getAck().getRequestId(), root.getAck().getDelivered()); return;
-    case wire::Frame::ERROR: on_error_frame(root.getError()); return;
+    case wire::Frame::MESSAGE:
+      on_message(root.getMessage());
+      return;
+    case wire::Frame::ACK:
+      on_ack(root.getAck().getRequestId(), root.getAck().getDelivered());
+      return;
+    case wire::Frame::ERROR:
+      on_error_frame(root.getError());
+      return;
     case wire::Frame::PING: {
       std::lock_guard lock(mu_);
       if (state_ == state::open && encoder_->pong(out_, root.getPing().getId())) kick_locked();
       return;
     }
-    case wire::Frame::PONG: on_ack(root.getPong().getId(), 0); return;
-    default: return;  // a second welcome, or a newer server's kind: ignored
+    case wire::Frame::PONG:
+      on_ack(root.getPong().getId(), 0);
+      return;
+    default:
+      return;  // a second welcome, or a newer server's kind: ignored
   }
 }
 
@@ -378,7 +415,8 @@ void connection::on_inbox_reply() {
   {
     std::lock_guard lock(mu_);
     auto it = pending_.find(id);
-    if (it == pending_.end() || it->second.kind != op_kind::request) return;  // late: timed out already
+    if (it == pending_.end() || it->second.kind != op_kind::request)
+      return;  // late: timed out already
     op = take_pending_locked(id);
   }
   guarded([&] { op->on_reply(message(rx_)); }, options_.on_error);
@@ -397,8 +435,8 @@ void connection::on_ack(std::uint64_t id, std::uint32_t delivered) {
 }
 
 void connection::on_error_frame(wire::Error::Reader e) {
-  error err{proto::make_error_code(proto::from_wire(e.getCode())), std::string(proto::as_string_view(e.getMessage())),
-            true};
+  error err{proto::make_error_code(proto::from_wire(e.getCode())),
+            std::string(proto::as_string_view(e.getMessage())), true};
   if (e.getFatal()) fatal_ = err;  // reported when the server closes the socket
   if (const std::uint64_t id = e.getRequestId(); id != 0) {
     std::optional<pending_op> op;
@@ -416,8 +454,10 @@ void connection::complete(pending_op& op, std::uint64_t, outcome<std::uint32_t> 
     case op_kind::request:
       if (!result) guarded([&] { op.on_reply(result.error()); }, options_.on_error);
       return;
-    case op_kind::inbox: return complete_inbox(std::move(result));
-    default: guarded([&] { op.on_ack(std::move(result)); }, options_.on_error);
+    case op_kind::inbox:
+      return complete_inbox(std::move(result));
+    default:
+      guarded([&] { op.on_ack(std::move(result)); }, options_.on_error);
   }
 }
 
@@ -431,7 +471,9 @@ void connection::complete_inbox(outcome<std::uint32_t> result) {
         if (pending_.count(d.id) == 0) continue;  // timed out while waiting
         std::vector<header> headers;
         for (const auto& h : d.headers) headers.push_back({h.name, h.value});
-        if (auto r = encode_publish_locked(d.subject, d.key, d.payload, headers, inbox_reply_to(d.id), d.id); !r)
+        if (auto r = encode_publish_locked(d.subject, d.key, d.payload, headers,
+                                           inbox_reply_to(d.id), d.id);
+            !r)
           failed.emplace_back(std::move(*take_pending_locked(d.id)), r.error());
       }
     } else {
@@ -475,8 +517,9 @@ void connection::start_write() {
   std::span<const std::byte> pieces[16];
   const std::size_t n = writing_.gather(pieces);
   for (std::size_t i = 0; i < n; ++i) iov_[i] = asio::buffer(pieces[i].data(), pieces[i].size());
-  socket_.async_write_some(std::span<const asio::const_buffer>(iov_.data(), n),
-                           [this](std::error_code ec, std::size_t written) { on_write(ec, written); });
+  socket_.async_write_some(
+      std::span<const asio::const_buffer>(iov_.data(), n),
+      [this](std::error_code ec, std::size_t written) { on_write(ec, written); });
 }
 
 void connection::on_write(std::error_code ec, std::size_t n) {
@@ -490,7 +533,9 @@ void connection::on_write(std::error_code ec, std::size_t n) {
     if (st == state::closed) return;
     if (st == state::closing) return finish_close();
     if (fatal_) return shut_down(*fatal_, true);
-    return shut_down(error{errc::closed, "writing to " + url_.to_string() + " failed: " + ec.message(), false}, true);
+    return shut_down(
+        error{errc::closed, "writing to " + url_.to_string() + " failed: " + ec.message(), false},
+        true);
   }
   writing_.consume(n);
   start_write();
@@ -530,8 +575,9 @@ void connection::on_deadline() {
   }
   for (auto& [id, op] : expired) {
     const std::string ms = std::to_string(op.timeout.count()) + " ms";
-    std::string why = op.kind == op_kind::request ? op.what + " timed out after " + ms + " without a reply"
-                                                  : "no answer to " + op.what + " within " + ms;
+    std::string why = op.kind == op_kind::request
+                          ? op.what + " timed out after " + ms + " without a reply"
+                          : "no answer to " + op.what + " within " + ms;
     complete(op, id, error{errc::timeout, std::move(why), false});
   }
   arm_timer();
@@ -598,7 +644,8 @@ void connection::shut_down(const error& reason, bool report_it) {
   connect_timer_.cancel();
   deadline_timer_.cancel();
   close_timer_.cancel();
-  const error failed{errc::closed, "connection to " + url_.to_string() + " closed: " + reason.to_string(), false};
+  const error failed{errc::closed,
+                     "connection to " + url_.to_string() + " closed: " + reason.to_string(), false};
   for (auto& [id, op] : ops) complete(op, id, failed);
   subs_.clear();
   if (report_it) report(reason);

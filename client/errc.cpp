@@ -7,15 +7,24 @@ namespace {
 
 std::string_view name_of(errc e) noexcept {
   switch (e) {
-    case errc::ok: return "ok";
-    case errc::invalid_url: return "invalid_url";
-    case errc::invalid_argument: return "invalid_argument";
-    case errc::connect_failed: return "connect_failed";
-    case errc::timeout: return "timeout";
-    case errc::closed: return "closed";
-    case errc::would_block: return "would_block";
-    case errc::bad_server_frame: return "bad_server_frame";
-    case errc::handler_failed: return "handler_failed";
+    case errc::ok:
+      return "ok";
+    case errc::invalid_url:
+      return "invalid_url";
+    case errc::invalid_argument:
+      return "invalid_argument";
+    case errc::connect_failed:
+      return "connect_failed";
+    case errc::timeout:
+      return "timeout";
+    case errc::closed:
+      return "closed";
+    case errc::would_block:
+      return "would_block";
+    case errc::bad_server_frame:
+      return "bad_server_frame";
+    case errc::handler_failed:
+      return "handler_failed";
   }
   return "unknown";
 }
@@ -25,15 +34,24 @@ class category final : public std::error_category {
   const char* name() const noexcept override { return "keyway.client"; }
   std::string message(int ev) const override {
     switch (static_cast<errc>(ev)) {
-      case errc::ok: return "success";
-      case errc::invalid_url: return "invalid server URL";
-      case errc::invalid_argument: return "invalid argument";
-      case errc::connect_failed: return "cannot connect to the server";
-      case errc::timeout: return "timed out";
-      case errc::closed: return "connection closed";
-      case errc::would_block: return "blocking call on the client's IO thread";
-      case errc::bad_server_frame: return "the server sent an invalid frame";
-      case errc::handler_failed: return "a callback threw an exception";
+      case errc::ok:
+        return "success";
+      case errc::invalid_url:
+        return "invalid server URL";
+      case errc::invalid_argument:
+        return "invalid argument";
+      case errc::connect_failed:
+        return "cannot connect to the server";
+      case errc::timeout:
+        return "timed out";
+      case errc::closed:
+        return "connection closed";
+      case errc::would_block:
+        return "blocking call on the client's IO thread";
+      case errc::bad_server_frame:
+        return "the server sent an invalid frame";
+      case errc::handler_failed:
+        return "a callback threw an exception";
     }
     return "unknown client error " + std::to_string(ev);
   }
@@ -47,8 +65,10 @@ const std::error_category& client_category() noexcept {
 }
 
 std::string code_name(std::error_code code) {
-  if (code.category() == client_category()) return std::string(name_of(static_cast<errc>(code.value())));
-  if (code.category() == proto::proto_category()) return std::string(proto::to_string(static_cast<proto::errc>(code.value())));
+  if (code.category() == client_category())
+    return std::string(name_of(static_cast<errc>(code.value())));
+  if (code.category() == proto::proto_category())
+    return std::string(proto::to_string(static_cast<proto::errc>(code.value())));
   return code.message();
 }
 

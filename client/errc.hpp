@@ -39,7 +39,9 @@ enum class errc {
 
 const std::error_category& client_category() noexcept;
 
-inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), client_category()}; }
+inline std::error_code make_error_code(errc e) noexcept {
+  return {static_cast<int>(e), client_category()};
+}
 
 /// One failure: a code and a message naming what failed and what to do.
 struct error {
@@ -65,16 +67,28 @@ class [[nodiscard]] outcome {
   bool has_value() const noexcept { return state_.index() == 0; }
   explicit operator bool() const noexcept { return has_value(); }
 
-  T& value() & { assert(has_value()); return std::get<0>(state_); }
-  const T& value() const& { assert(has_value()); return std::get<0>(state_); }
-  T&& value() && { assert(has_value()); return std::get<0>(std::move(state_)); }
+  T& value() & {
+    assert(has_value());
+    return std::get<0>(state_);
+  }
+  const T& value() const& {
+    assert(has_value());
+    return std::get<0>(state_);
+  }
+  T&& value() && {
+    assert(has_value());
+    return std::get<0>(std::move(state_));
+  }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
 
   /// The failure; only valid when !has_value().
-  const client::error& error() const& { assert(!has_value()); return std::get<1>(state_); }
+  const client::error& error() const& {
+    assert(!has_value());
+    return std::get<1>(state_);
+  }
 
  private:
   std::variant<T, client::error> state_;
@@ -87,7 +101,10 @@ class [[nodiscard]] outcome<void> {
   outcome(client::error e) : error_(std::move(e)) {}
   bool has_value() const noexcept { return !error_.has_value(); }
   explicit operator bool() const noexcept { return has_value(); }
-  const client::error& error() const& { assert(error_.has_value()); return *error_; }
+  const client::error& error() const& {
+    assert(error_.has_value());
+    return *error_;
+  }
 
  private:
   std::optional<client::error> error_;

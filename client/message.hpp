@@ -28,11 +28,11 @@ struct received_header {
 /// One delivery (a `message` frame). The IO thread hands each handler a
 /// reference to a reused instance: copy it to keep it past the callback.
 struct message {
-  std::string subject;   // the literal subject it was published to
-  std::string key;       // bytes; empty = routed by subject
-  std::string payload;   // bytes
+  std::string subject;  // the literal subject it was published to
+  std::string key;      // bytes; empty = routed by subject
+  std::string payload;  // bytes
   std::vector<received_header> headers;
-  std::string reply_to;  // empty = none; else answer with publish(reply_to, ...)
+  std::string reply_to;          // empty = none; else answer with publish(reply_to, ...)
   std::uint32_t owner_core = 0;  // the server core that ordered this key
   std::uint64_t seq = 0;         // rises strictly per owner_core
   std::uint32_t sid = 0;         // the subscription that matched

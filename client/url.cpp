@@ -21,7 +21,8 @@ outcome<server_url> parse_url(std::string_view url) {
   if (url.starts_with("unix://")) {
     u.type = server_url::kind::unix_path;
     u.path = std::string(url.substr(7));
-    if (u.path.empty() || u.path.front() != '/') return fail("the Unix socket path must be absolute");
+    if (u.path.empty() || u.path.front() != '/')
+      return fail("the Unix socket path must be absolute");
     if (u.path.size() > 107) return fail("the Unix socket path is longer than 107 bytes");
     return u;
   }
@@ -43,13 +44,16 @@ outcome<server_url> parse_url(std::string_view url) {
     if (colon == std::string_view::npos) return fail("missing :PORT");
     host = rest.substr(0, colon);
     port = rest.substr(colon + 1);
-    if (host.find(':') != std::string_view::npos) return fail("an IPv6 host must be in brackets, like [::1]:PORT");
+    if (host.find(':') != std::string_view::npos)
+      return fail("an IPv6 host must be in brackets, like [::1]:PORT");
   }
   if (host.empty()) return fail("missing host");
-  if (host.find_first_of("/?#@ ") != std::string_view::npos) return fail("the host has a character not allowed here");
+  if (host.find_first_of("/?#@ ") != std::string_view::npos)
+    return fail("the host has a character not allowed here");
   unsigned value = 0;
   const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || value == 0 || value > 65535)
+  if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || value == 0 ||
+      value > 65535)
     return fail("the port must be a number from 1 to 65535");
   u.host = std::string(host);
   u.port = static_cast<std::uint16_t>(value);

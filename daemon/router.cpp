@@ -95,7 +95,12 @@ bool router::route(publish_op& op) {
     on_publish(op);
     return true;
   }
-  return ep_.try_send(owner, route_msg(std::move(op)));
+  // try_send leaves a refused message untouched: hand the publish back to the
+  // caller, who keeps it until credit returns.
+  route_msg m(std::move(op));
+  if (ep_.try_send(owner, std::move(m))) return true;
+  op = std::move(std::get<publish_op>(m));
+  return false;
 }
 
 void router::dispatch(route_msg& m) {

@@ -19,7 +19,9 @@ using client::connection;
 
 volatile std::sig_atomic_t stop_requested = 0;
 
-extern "C" void on_stop_signal(int) { stop_requested = 1; }
+extern "C" void on_stop_signal(int) {
+  stop_requested = 1;
+}
 
 void say(const std::string& text) {
   std::fprintf(stderr, "keyway: %s\n", text.c_str());
@@ -49,7 +51,8 @@ class waiter {
   /// Returns the failure, if any; std::nullopt when finished or stopped.
   std::optional<client::error> wait() {
     std::unique_lock lock(mu_);
-    while (!done_ && !failure_ && stop_requested == 0) cv_.wait_for(lock, std::chrono::milliseconds(50));
+    while (!done_ && !failure_ && stop_requested == 0)
+      cv_.wait_for(lock, std::chrono::milliseconds(50));
     return failure_;
   }
 
@@ -186,17 +189,18 @@ int run_pub(const global_options& g, pub_options o) {
         acks.cv.wait(lock, [&] { return acks.in_flight < window; });
         ++acks.in_flight;
       }
-      conn->publish_ack_async(o.subject, payload, popts, [&acks, subject = o.subject](client::outcome<std::uint32_t> r) {
-        std::lock_guard lock(acks.mu);
-        --acks.in_flight;
-        if (r) {
-          ++acks.acked;
-          acks.delivered += *r;
-        } else if (++acks.failed <= 5) {
-          say("publish to " + subject + " failed: " + describe(r.error()));
-        }
-        acks.cv.notify_all();
-      });
+      conn->publish_ack_async(o.subject, payload, popts,
+                              [&acks, subject = o.subject](client::outcome<std::uint32_t> r) {
+                                std::lock_guard lock(acks.mu);
+                                --acks.in_flight;
+                                if (r) {
+                                  ++acks.acked;
+                                  acks.delivered += *r;
+                                } else if (++acks.failed <= 5) {
+                                  say("publish to " + subject + " failed: " + describe(r.error()));
+                                }
+                                acks.cv.notify_all();
+                              });
       if (!conn->is_open()) {
         failed = true;
         break;
@@ -206,27 +210,31 @@ int run_pub(const global_options& g, pub_options o) {
   }
   if (o.ack) {
     std::unique_lock lock(acks.mu);
-    acks.cv.wait(lock, [&] { return acks.in_flight == 0; });  // each completes by op_timeout at the latest
+    acks.cv.wait(
+        lock, [&] { return acks.in_flight == 0; });  // each completes by op_timeout at the latest
   } else if (!failed) {
     if (auto r = conn->flush(); !r) {
       say("flush failed: " + describe(r.error()));
       failed = true;
     }
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   conn->close();
 
-  std::fprintf(stderr, "published %llu message%s to %s in %.3f s (%.0f msg/s)\n",
-               static_cast<unsigned long long>(sent), sent == 1 ? "" : "s", o.subject.c_str(), secs,
-               secs > 0 ? static_cast<double>(sent) / secs : 0.0);
+  if (sent > 0 || !failed)
+    std::fprintf(stderr, "published %llu message%s to %s in %.3f s (%.0f msg/s)\n",
+                 static_cast<unsigned long long>(sent), sent == 1 ? "" : "s", o.subject.c_str(),
+                 secs, secs > 0 ? static_cast<double>(sent) / secs : 0.0);
   if (o.ack) {
     if (acks.failed > 5) say(std::to_string(acks.failed - 5) + " more publishes failed");
     if (o.count == 1 && acks.acked == 1) {
-      std::fprintf(stderr, "delivered to %llu subscriber%s\n", static_cast<unsigned long long>(acks.delivered),
-                   acks.delivered == 1 ? "" : "s");
+      std::fprintf(stderr, "delivered to %llu subscriber%s\n",
+                   static_cast<unsigned long long>(acks.delivered), acks.delivered == 1 ? "" : "s");
     } else {
       std::fprintf(stderr, "acks: %llu ok, %llu deliveries in all, %llu failed\n",
-                   static_cast<unsigned long long>(acks.acked), static_cast<unsigned long long>(acks.delivered),
+                   static_cast<unsigned long long>(acks.acked),
+                   static_cast<unsigned long long>(acks.delivered),
                    static_cast<unsigned long long>(acks.failed));
     }
     if (acks.failed > 0) failed = true;
@@ -296,7 +304,8 @@ int run_req(const global_options& g, req_options o) {
   auto conn = open(g, base_options(g));
   if (!conn) return exit_error;
 
-  auto reply = conn->request(o.subject, o.payload, o.timeout, {.key = o.key, .headers = headers->views});
+  auto reply =
+      conn->request(o.subject, o.payload, o.timeout, {.key = o.key, .headers = headers->views});
   conn->close();
   if (!reply) {
     const client::error& e = reply.error();
@@ -333,13 +342,16 @@ int run_reply(const global_options& g, const reply_options& o) {
 
   auto handler = [&](const client::message& m) {
     if (m.reply_to.empty()) {
-      if (!warned) say("ignoring a message on " + m.subject + " without reply_to (published, not requested)");
+      if (!warned)
+        say("ignoring a message on " + m.subject + " without reply_to (published, not requested)");
       warned = true;
       return;
     }
     const std::uint64_t n = answered.load(std::memory_order_relaxed);
     if (o.count != 0 && n >= o.count) return;
-    if (auto r = conn->publish(m.reply_to, o.payload_given ? std::string_view(o.payload) : m.payload); !r)
+    if (auto r =
+            conn->publish(m.reply_to, o.payload_given ? std::string_view(o.payload) : m.payload);
+        !r)
       say("reply to " + m.reply_to + " failed: " + describe(r.error()));
     answered.store(n + 1, std::memory_order_relaxed);
     if (o.count != 0 && n + 1 == o.count) w.finish();

@@ -22,9 +22,9 @@ inline constexpr int exit_timeout = 3;
 inline constexpr int exit_no_responders = 4;
 
 struct global_options {
-  std::string server;             // --server, KEYWAY_URL, or the default URL
+  std::string server;  // --server, KEYWAY_URL, or the default URL
   std::string client_name = "keyway-cli";
-  std::string auth_token;         // --token or KEYWAY_TOKEN
+  std::string auth_token;  // --token or KEYWAY_TOKEN
 };
 
 struct pub_options {

@@ -41,14 +41,29 @@ void append_json_string(std::string& out, std::string_view bytes) {
   for (const char ch : bytes) {
     const auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out.append("\\\""); continue;
-      case '\\': out.append("\\\\"); continue;
-      case '\b': out.append("\\b"); continue;
-      case '\f': out.append("\\f"); continue;
-      case '\n': out.append("\\n"); continue;
-      case '\r': out.append("\\r"); continue;
-      case '\t': out.append("\\t"); continue;
-      default: break;
+      case '"':
+        out.append("\\\"");
+        continue;
+      case '\\':
+        out.append("\\\\");
+        continue;
+      case '\b':
+        out.append("\\b");
+        continue;
+      case '\f':
+        out.append("\\f");
+        continue;
+      case '\n':
+        out.append("\\n");
+        continue;
+      case '\r':
+        out.append("\\r");
+        continue;
+      case '\t':
+        out.append("\\t");
+        continue;
+      default:
+        break;
     }
     if (c < 0x20 || c >= 0x7f) {
       const char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 0xf]};
@@ -120,7 +135,8 @@ void append_plain_message(std::string& out, const client::message& m) {
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
   double value = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc{} || end == text.data() || !std::isfinite(value) || value <= 0) return std::nullopt;
+  if (ec != std::errc{} || end == text.data() || !std::isfinite(value) || value <= 0)
+    return std::nullopt;
   const std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
   double ms = 0;
   if (unit.empty() || unit == "ms")
@@ -148,7 +164,8 @@ std::string format_duration(std::chrono::milliseconds d) {
 std::optional<std::pair<std::string, std::string>> parse_header(std::string_view text) {
   const auto eq = text.find('=');
   if (eq == std::string_view::npos || eq == 0) return std::nullopt;
-  return std::pair<std::string, std::string>{std::string(text.substr(0, eq)), std::string(text.substr(eq + 1))};
+  return std::pair<std::string, std::string>{std::string(text.substr(0, eq)),
+                                             std::string(text.substr(eq + 1))};
 }
 
 }  // namespace keyway::cli

@@ -27,23 +27,28 @@ int main(int argc, char** argv) {
   global_options g;
   g.server = env_or("KEYWAY_URL", keyway::client::default_url);
   g.auth_token = env_or("KEYWAY_TOKEN", "");
-  app.add_option("-s,--server", g.server, "tcp://HOST:PORT or unix:///path (env KEYWAY_URL)")->capture_default_str();
+  app.add_option("-s,--server", g.server, "tcp://HOST:PORT or unix:///path (env KEYWAY_URL)")
+      ->capture_default_str();
   app.add_option("--name", g.client_name, "client name the server logs")->capture_default_str();
   app.add_option("--token", g.auth_token, "auth token (env KEYWAY_TOKEN)");
 
   pub_options po;
   auto* pub = app.add_subcommand("pub", "publish messages");
   pub->add_option("subject", po.subject, "literal subject, e.g. orders.eu")->required();
-  pub->add_option("payload", po.payload, "payload; '-' reads it from stdin; {i} is the index with --count");
+  pub->add_option("payload", po.payload,
+                  "payload; '-' reads it from stdin; {i} is the index with --count");
   pub->add_option("-k,--key", po.key, "routing key; {i} is the index with --count");
-  auto* count_opt = pub->add_option("-n,--count", po.count, "publish N messages")->check(CLI::PositiveNumber);
-  pub->add_flag("--ack", po.ack, "wait for the server's ack of each message (pipelined) and report deliveries");
+  auto* count_opt =
+      pub->add_option("-n,--count", po.count, "publish N messages")->check(CLI::PositiveNumber);
+  pub->add_flag("--ack", po.ack,
+                "wait for the server's ack of each message (pipelined) and report deliveries");
   pub->add_option("-H,--header", po.headers, "header NAME=VALUE (repeatable)");
   pub->add_option("--reply-to", po.reply_to, "reply_to subject");
 
   sub_options so;
   auto* sub = app.add_subcommand("sub", "subscribe and print messages");
-  sub->add_option("pattern", so.pattern, "subject pattern; * matches a token, a final > the rest")->required();
+  sub->add_option("pattern", so.pattern, "subject pattern; * matches a token, a final > the rest")
+      ->required();
   sub->add_option("-q,--queue", so.queue, "queue group");
   sub->add_option("-n,--count", so.count, "exit after N messages")->check(CLI::PositiveNumber);
   sub->add_flag("--json", so.json, "one JSON object per line");
@@ -54,15 +59,18 @@ int main(int argc, char** argv) {
   req->add_option("subject", ro.subject, "literal subject")->required();
   req->add_option("payload", ro.payload, "payload; '-' reads it from stdin");
   req->add_option("-k,--key", ro.key, "routing key");
-  req->add_option("-t,--timeout", timeout, "how long to wait for the reply, e.g. 500ms or 2s")->capture_default_str();
+  req->add_option("-t,--timeout", timeout, "how long to wait for the reply, e.g. 500ms or 2s")
+      ->capture_default_str();
   req->add_option("-H,--header", ro.headers, "header NAME=VALUE (repeatable)");
 
   reply_options yo;
   auto* reply = app.add_subcommand("reply", "answer requests");
   reply->add_option("pattern", yo.pattern, "subject pattern")->required();
-  reply->add_option("payload", yo.payload, "the answer; without it the request's payload is echoed");
+  reply->add_option("payload", yo.payload,
+                    "the answer; without it the request's payload is echoed");
   reply->add_option("-q,--queue", yo.queue, "queue group");
-  reply->add_option("-n,--count", yo.count, "exit after answering N requests")->check(CLI::PositiveNumber);
+  reply->add_option("-n,--count", yo.count, "exit after answering N requests")
+      ->check(CLI::PositiveNumber);
 
   try {
     app.parse(argc, argv);
@@ -83,7 +91,8 @@ int main(int argc, char** argv) {
   if (*req) {
     auto d = parse_duration(timeout);
     if (!d) {
-      std::fprintf(stderr, "keyway: --timeout '%s' is not a duration; use e.g. 500ms, 2s or 1m\n", timeout.c_str());
+      std::fprintf(stderr, "keyway: --timeout '%s' is not a duration; use e.g. 500ms, 2s or 1m\n",
+                   timeout.c_str());
       return exit_usage;
     }
     ro.timeout = *d;

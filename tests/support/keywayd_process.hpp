@@ -1,15 +1,18 @@
 // keywayd_process: starts the real keywayd binary for a test, on loopback port
 // 0 and/or a temporary Unix path, reads the bound addresses from its log, and
 // stops it (SIGTERM, then SIGKILL after a deadline) when destroyed.
-// Test-only; call it from one test thread. A helper thread keeps draining the
-// daemon's stderr into log(), so a chatty daemon never blocks on a full pipe
-// (a blocked log write would stall the worker thread that logs). Header only.
+// Test-only; create and use it on the thread that runs the test: the daemon
+// is killed (SIGKILL) when the thread that started it ends, so that a crashed
+// test never leaves a daemon behind. A helper thread keeps draining the
+// daemon's stdout and stderr into log(), so a chatty daemon never blocks on a
+// full pipe (a blocked log write would stall the worker thread that logs).
+// Header only.
 #pragma once
 
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,16 +52,28 @@ class keywayd_process {
 
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], STDERR_FILENO);
-    const int rc = ::posix_spawn(&pid_, argv[0].c_str(), &fa, nullptr, cargv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
+    // fork + exec rather than posix_spawn, for PR_SET_PDEATHSIG: if the test
+    // process dies (a crash, an abort from a sanitizer, a ctest timeout), the
+    // daemon dies with it instead of living on as an orphan that also holds
+    // ctest's output pipe open, which makes ctest wait for ever.
+    const pid_t parent = ::getpid();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      // The child of a possibly multi-threaded parent: async-signal-safe
+      // calls only, until exec.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      ::dup2(fds[1], STDOUT_FILENO);
+      ::dup2(fds[1], STDERR_FILENO);
+      ::execve(cargv[0], cargv.data(), environ);
+      ::_exit(127);
+    }
     ::close(fds[1]);
     log_fd_ = fds[0];
-    if (rc != 0) {
+    if (pid_ < 0) {
       ::close(log_fd_);
-      throw std::runtime_error("cannot start " + argv[0]);
+      log_fd_ = -1;
+      throw std::runtime_error("cannot start " + argv[0] + ": fork failed");
     }
     ::fcntl(log_fd_, F_SETFL, O_NONBLOCK);
     reader_ = std::thread([this] { drain_log(); });

@@ -37,9 +37,10 @@ TEST_CASE("client url: unix path") {
 }
 
 TEST_CASE("client url: rejects what it cannot connect to") {
-  for (const char* bad : {"", "127.0.0.1:7400", "http://x:1", "tcp://", "tcp://host", "tcp://:7400", "tcp://h:0",
-                          "tcp://h:65536", "tcp://h:12x", "tcp://h:-1", "tcp://::1:7400", "tcp://[::1]7400",
-                          "unix://relative.sock", "unix://", "tcp://a b:1"}) {
+  for (const char* bad :
+       {"", "127.0.0.1:7400", "http://x:1", "tcp://", "tcp://host", "tcp://:7400", "tcp://h:0",
+        "tcp://h:65536", "tcp://h:12x", "tcp://h:-1", "tcp://::1:7400", "tcp://[::1]7400",
+        "unix://relative.sock", "unix://", "tcp://a b:1"}) {
     CAPTURE(bad);
     auto u = parse_url(bad);
     REQUIRE_FALSE(u);
