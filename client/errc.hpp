@@ -15,13 +15,11 @@
 // Any thread. Plain values; an error holds a std::string (error path only).
 #pragma once
 
-#include <cassert>
-#include <optional>
 #include <string>
 #include <system_error>
 #include <type_traits>
-#include <utility>
-#include <variant>
+
+#include "core/result.hpp"
 
 namespace keyway::client {
 
@@ -57,58 +55,9 @@ struct error {
 /// The snake_case name of a client or proto code ("timeout", "no_responders").
 std::string code_name(std::error_code code);
 
-/// A value or an error. [[nodiscard]]: an ignored failure is a bug.
+/// A value or a client::error (core's result with this module's error type).
 template <class T>
-class [[nodiscard]] outcome {
- public:
-  outcome(T value) : state_(std::in_place_index<0>, std::move(value)) {}
-  outcome(client::error e) : state_(std::in_place_index<1>, std::move(e)) {}
-
-  bool has_value() const noexcept { return state_.index() == 0; }
-  explicit operator bool() const noexcept { return has_value(); }
-
-  T& value() & {
-    assert(has_value());
-    return std::get<0>(state_);
-  }
-  const T& value() const& {
-    assert(has_value());
-    return std::get<0>(state_);
-  }
-  T&& value() && {
-    assert(has_value());
-    return std::get<0>(std::move(state_));
-  }
-  T& operator*() & { return value(); }
-  const T& operator*() const& { return value(); }
-  T* operator->() { return &value(); }
-  const T* operator->() const { return &value(); }
-
-  /// The failure; only valid when !has_value().
-  const client::error& error() const& {
-    assert(!has_value());
-    return std::get<1>(state_);
-  }
-
- private:
-  std::variant<T, client::error> state_;
-};
-
-template <>
-class [[nodiscard]] outcome<void> {
- public:
-  outcome() = default;
-  outcome(client::error e) : error_(std::move(e)) {}
-  bool has_value() const noexcept { return !error_.has_value(); }
-  explicit operator bool() const noexcept { return has_value(); }
-  const client::error& error() const& {
-    assert(error_.has_value());
-    return *error_;
-  }
-
- private:
-  std::optional<client::error> error_;
-};
+using outcome = keyway::result<T, error>;
 
 }  // namespace keyway::client
 
