@@ -4,6 +4,7 @@
 
 #include <asio/write.hpp>
 
+#include "daemon/auth.hpp"
 #include "daemon/router.hpp"
 #include "proto/validate.hpp"
 
@@ -17,14 +18,14 @@ connection::connection(router& r, socket_type socket, std::uint64_t id, bool uni
       id_(id),
       unix_(unix_socket),
       decoder_(r.options().limits),
-      handshake_timer_(r.worker().io()) {}
+      timer_(r.worker().io()) {}
 
 connection::~connection() = default;
 
 void connection::start() {
   router_.worker().assert_owner();
-  handshake_timer_.expires_after(router_.options().handshake_timeout);
-  handshake_timer_.async_wait([self = shared_from_this()](std::error_code ec) {
+  timer_.expires_after(router_.options().handshake_timeout);
+  timer_.async_wait([self = shared_from_this()](std::error_code ec) {
     if (ec || self->state_ != state::handshake) return;
     self->send_error(proto::errc::timeout,
                      "no hello within limits.handshake_timeout (" +
@@ -33,6 +34,22 @@ void connection::start() {
                      0, true);
   });
   read_more();
+}
+
+void connection::arm_idle(std::chrono::steady_clock::duration after) {
+  // One timer per connection, re-armed lazily: a read only stamps last_read_,
+  // and the timer, when it fires, either closes or waits for the rest.
+  timer_.expires_after(after);
+  timer_.async_wait([self = shared_from_this()](std::error_code ec) {
+    if (ec || self->state_ != state::open) return;
+    const auto limit = self->router_.options().idle_timeout;
+    const auto quiet = std::chrono::steady_clock::now() - self->last_read_;
+    if (quiet < limit) return self->arm_idle(limit - quiet);
+    self->send_error(proto::errc::timeout,
+                     "no frame within limits.idle_timeout (" + std::to_string(limit.count()) +
+                         " ms); send ping to keep an idle connection open",
+                     0, true);
+  });
 }
 
 void connection::read_more() {
@@ -57,6 +74,7 @@ void connection::on_read(std::error_code ec, std::size_t n) {
   if (router_.draining()) return;  // read after the drain began: not accepted
   decoder_.commit(n);
   router_.stats().bytes_in.add(n);
+  last_read_ = std::chrono::steady_clock::now();
   process();
 }
 
@@ -126,9 +144,23 @@ void connection::on_hello(wire::Hello::Reader h) {
                0, true);
     return;
   }
+  if (!router_.tokens().empty()) {
+    const std::string_view token = proto::as_string_view(h.getAuthToken());
+    if (!token_matches(router_.tokens(), token)) {
+      router_.stats().auth_failures.add();
+      send_error(proto::errc::auth_failed,
+                 token.empty() ? "hello carries no auth token, and this server requires one (auth.tokens_file)"
+                               : "the auth token in hello is not one this server accepts (auth.tokens_file)",
+                 0, true);
+      return;
+    }
+  }
   client_name_ = std::string(proto::as_string_view(h.getClientName()));
   state_ = state::open;
-  handshake_timer_.cancel();
+  timer_.cancel();
+  if (router_.options().idle_timeout.count() > 0) {
+    arm_idle(router_.options().idle_timeout);
+  }
   const server_options& o = router_.options();
   proto::welcome_fields wf;
   wf.server_id = router_.context().server_id;
@@ -145,10 +177,12 @@ bool connection::on_publish(wire::Publish::Reader p) {
   headers_.clear();
   for (auto h : p.getHeaders())
     headers_.push_back({proto::as_string_view(h.getName()), proto::as_bytes(h.getValue())});
+  shared_message* msg = shared_message::make(proto::as_string_view(p.getSubject()), proto::as_bytes(p.getKey()),
+                                             proto::as_bytes(p.getPayload()),
+                                             proto::as_string_view(p.getReplyTo()), headers_);
+  msg->set_received_ns(static_cast<std::uint64_t>(last_read_.time_since_epoch() / std::chrono::nanoseconds(1)));
   publish_op op;
-  op.msg = message_ref(shared_message::make(proto::as_string_view(p.getSubject()), proto::as_bytes(p.getKey()),
-                                            proto::as_bytes(p.getPayload()), proto::as_string_view(p.getReplyTo()),
-                                            headers_));
+  op.msg = message_ref(msg);
   op.conn = id_;
   op.ack_id = p.getAckId();
   op.from = router_.worker().id();
@@ -277,6 +311,8 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   // A payload appended by reference must outlive the write; keep the message.
   if (m.payload().size() >= proto::encoder::default_ref_threshold) out_refs_.push_back(message_ref::share(m));
   router_.stats().delivered.add();
+  const std::uint64_t now = router_.turn_ns();
+  router_.stats().latency.record(now > m.received_ns() ? now - m.received_ns() : 0);
   queued();
 }
 
@@ -297,15 +333,15 @@ void connection::send_error(proto::errc code, std::string_view message, std::uin
     out_refs_.clear();
   }
   (void)router_.encoder().error(out_, {code, message, request_id, fatal, reply_to});
-  router_.stats().errors_sent.add();
+  router_.stats().errors[static_cast<std::size_t>(code)].add();
   if (fatal) {
     spdlog::info("closing connection {} ({}): {}: {}", id_, client_name_, proto::to_string(code), message);
     state_ = state::closing;
     // The peer gets a bounded time to read the error; a peer that does not
     // read at all (a slow consumer) is closed when it runs out.
-    handshake_timer_.cancel();
-    handshake_timer_.expires_after(close_grace);
-    handshake_timer_.async_wait([self = shared_from_this()](std::error_code ec) {
+    timer_.cancel();
+    timer_.expires_after(close_grace);
+    timer_.async_wait([self = shared_from_this()](std::error_code ec) {
       if (!ec) self->abort();
     });
   }
@@ -365,7 +401,7 @@ void connection::finish_close() {
 void connection::abort() {
   if (state_ == state::closed) return;
   state_ = state::closed;
-  handshake_timer_.cancel();
+  timer_.cancel();
   std::error_code ignored;
   socket_.close(ignored);
   blocked_.reset();

@@ -70,6 +70,7 @@ class connection : public std::enable_shared_from_this<connection> {
   static constexpr std::chrono::seconds close_grace{2};
 
   void read_more();
+  void arm_idle(std::chrono::steady_clock::duration after);
   void on_read(std::error_code ec, std::size_t n);
   /// Handles buffered frames until none is left, the connection pauses or closes.
   void process();
@@ -101,7 +102,8 @@ class connection : public std::enable_shared_from_this<connection> {
   std::vector<message_ref> writing_refs_;
   static constexpr std::size_t max_iov = 64;
   std::array<asio::const_buffer, max_iov> iov_;
-  asio::steady_timer handshake_timer_;  // the handshake deadline, then the close deadline
+  asio::steady_timer timer_;  // the handshake deadline, then the idle deadline, then the close deadline
+  std::chrono::steady_clock::time_point last_read_{};  // stamped per read: idle timer, latency
   std::optional<publish_op> blocked_;  // a publish waiting for credit
   std::uint32_t blocked_owner_ = 0;
   struct subscription {

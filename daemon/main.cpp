@@ -1,8 +1,12 @@
-// keywayd: the Keyway daemon. Parses the command line, starts the server, and
-// waits for SIGTERM/SIGINT to drain and exit 0.
+// keywayd: the Keyway daemon. Reads the config file and the command line
+// (flags override the file), starts the server and the admin service, tells
+// systemd (sd_notify) where it stands, reloads on SIGHUP, and drains and
+// exits 0 on SIGTERM/SIGINT.
 #include <CLI/CLI.hpp>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
 
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
@@ -10,97 +14,229 @@
 #include <cstdio>
 #include <iostream>
 
+#include "config/config.hpp"
+#include "daemon/admin.hpp"
 #include "daemon/server.hpp"
 
 namespace {
 
 using keyway::daemon::server_options;
 
-std::chrono::milliseconds parse_duration(const std::string& flag, const std::string& text) {
-  // 250ms, 5s, 2m, or a bare number of milliseconds.
-  std::size_t used = 0;
-  long long v = -1;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
+/// `%*` in a log pattern: the message, escaped for a JSON string.
+class json_message_flag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    for (const char c : msg.payload) {
+      if (c == '"' || c == '\\') {
+        dest.push_back('\\');
+        dest.push_back(c);
+      } else if (static_cast<unsigned char>(c) < 0x20) {
+        char buf[8];
+        const int n = std::snprintf(buf, sizeof buf, "\\u%04x", c);
+        dest.append(buf, buf + n);
+      } else {
+        dest.push_back(c);
+      }
+    }
   }
-  const std::string unit = text.substr(used);
-  if (v < 0 || (unit != "" && unit != "ms" && unit != "s" && unit != "m"))
-    throw CLI::ValidationError(flag, "'" + text + "' is not a duration; use e.g. 500ms, 5s or 2m");
-  if (unit == "s") return std::chrono::seconds(v);
-  if (unit == "m") return std::chrono::minutes(v);
-  return std::chrono::milliseconds(v);
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<json_message_flag>(); }
+};
+
+void set_log_format(keyway::daemon::log_format f) {
+  if (f == keyway::daemon::log_format::text) return;  // spdlog's default pattern
+  auto formatter = std::make_unique<spdlog::pattern_formatter>();
+  formatter->add_flag<json_message_flag>('*').set_pattern(
+      R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","logger":"%n","message":"%*"})");
+  spdlog::set_formatter(std::move(formatter));
+}
+
+/// The command line, kept so that a reload can apply it again over the file.
+struct flags {
+  std::string config;
+  std::vector<std::string> listen;
+  std::string admin;
+  unsigned workers = 0;
+  std::string log_level, log_format, partitioner, slow_consumer, handshake, idle, drain, tokens_file;
+  std::uint32_t max_payload = 0;
+  std::uint64_t max_pending_bytes = 0;
+  std::uint32_t max_subscriptions = 0;
+  std::size_t max_connections = 0;
+  bool check_config = false;
+  bool version = false;
+};
+
+std::chrono::milliseconds duration_flag(const char* name, const std::string& text) {
+  auto d = keyway::config::parse_duration(text);
+  if (!d.value) throw std::invalid_argument(std::string(name) + ": " + d.error);
+  return *d.value;
+}
+
+/// Built-in defaults < the config file < the flags given. Throws
+/// std::invalid_argument with every problem, one per line.
+server_options resolve(const flags& f, const CLI::App& app) {
+  server_options opt;
+  std::string origin = "command line";
+  if (!f.config.empty()) {
+    auto loaded = keyway::config::load_file(f.config);
+    if (!loaded) throw std::invalid_argument(loaded.joined());
+    opt = std::move(*loaded.options);
+    origin = f.config;
+  }
+  auto given = [&](const char* name) { return app.count(name) > 0; };
+  if (given("--listen")) {
+    opt.listen.clear();
+    for (const auto& url : f.listen) opt.listen.push_back(keyway::daemon::parse_listen_url(url));
+  }
+  if (given("--admin")) {
+    if (f.admin.empty() || f.admin == "off")
+      opt.admin.reset();
+    else
+      opt.admin = keyway::daemon::parse_listen_url(f.admin.find("://") == std::string::npos ? "tcp://" + f.admin
+                                                                                            : f.admin);
+    if (opt.admin && opt.admin->type != keyway::daemon::listen_address::kind::tcp)
+      throw std::invalid_argument("--admin " + f.admin + ": the admin listener is TCP only (HOST:PORT)");
+  }
+  if (given("--workers")) opt.workers = f.workers;
+  if (given("--log-level")) opt.log_level = f.log_level;
+  if (given("--log-format"))
+    opt.log_fmt = f.log_format == "json" ? keyway::daemon::log_format::json : keyway::daemon::log_format::text;
+  if (given("--partitioner")) opt.partitioner = *keyway::core::parse_partition_strategy(f.partitioner);
+  if (given("--slow-consumer"))
+    opt.slow_consumer = f.slow_consumer == "drop" ? keyway::daemon::slow_consumer_policy::drop
+                                                  : keyway::daemon::slow_consumer_policy::disconnect;
+  if (given("--max-payload")) opt.limits = keyway::proto::limits::with_max_payload(f.max_payload);
+  if (given("--max-pending-bytes")) opt.max_pending_bytes = f.max_pending_bytes;
+  if (given("--max-subscriptions")) opt.max_subscriptions = f.max_subscriptions;
+  if (given("--max-connections")) opt.max_connections = f.max_connections;
+  if (given("--handshake-timeout")) opt.handshake_timeout = duration_flag("--handshake-timeout", f.handshake);
+  if (given("--idle-timeout")) opt.idle_timeout = duration_flag("--idle-timeout", f.idle);
+  if (given("--drain-timeout")) opt.drain_timeout = duration_flag("--drain-timeout", f.drain);
+  if (given("--tokens-file")) opt.tokens_file = f.tokens_file;
+  const auto problems = keyway::config::check_environment(opt, origin);
+  if (!problems.empty()) {
+    std::string all;
+    for (const auto& p : problems) all += (all.empty() ? "" : "\n") + p;
+    throw std::invalid_argument(all);
+  }
+  return opt;
+}
+
+void log_problems(const std::string& text) {
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const auto end = text.find('\n', start);
+    spdlog::critical("{}", text.substr(start, end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+}
+
+void reload(keyway::daemon::server& srv, const flags& f, const CLI::App& app) {
+  if (f.config.empty()) {
+    spdlog::warn("SIGHUP: keywayd runs without --config; nothing to reload");
+    return;
+  }
+  sd_notify(0, "RELOADING=1\nSTATUS=reloading the configuration");
+  try {
+    const server_options next = resolve(f, app);
+    const auto fixed = srv.reload(next);
+    if (!fixed.empty()) {
+      std::string keys;
+      for (const auto& k : fixed) keys += (keys.empty() ? "" : ", ") + k;
+      spdlog::error("SIGHUP: {} cannot change while keywayd runs; restart it to apply. The running configuration "
+                    "is unchanged",
+                    keys);
+    } else {
+      spdlog::set_level(spdlog::level::from_str(next.log_level));
+      spdlog::info("SIGHUP: reloaded {} (log level, limits and auth tokens apply now)", f.config);
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("SIGHUP: {} was not reloaded; the running configuration is unchanged:", f.config);
+    log_problems(e.what());
+  }
+  sd_notify(0, "READY=1\nSTATUS=serving");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"keywayd: thread-per-core keyed message router"};
-  server_options opt;
-  std::vector<std::string> listen;
-  std::string config, partitioner = "consistent", slow_consumer = "disconnect", handshake, drain;
-  std::uint32_t max_payload = 0;
-  bool version = false;
-  app.add_option("--config", config, "TOML config file");
-  app.add_option("--listen", listen, "tcp://HOST:PORT or unix:///path (repeatable; default tcp://127.0.0.1:7400)");
-  app.add_option("--workers", opt.workers, "worker threads (default: one per CPU)");
-  app.add_option("--log-level", opt.log_level, "trace, debug, info, warn, error, critical or off")
+  flags f;
+  app.add_option("--config", f.config, "TOML config file (see config/keyway.toml)");
+  app.add_flag("--check-config", f.check_config, "validate the configuration and exit (0 when valid)");
+  app.add_option("--listen", f.listen, "tcp://HOST:PORT or unix:///path (repeatable; default tcp://127.0.0.1:7400)");
+  app.add_option("--admin", f.admin, "admin HTTP HOST:PORT (default 127.0.0.1:7401); off disables it");
+  app.add_option("--workers", f.workers, "worker threads (default: one per CPU)");
+  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
-  app.add_option("--partitioner", partitioner, "consistent, hash or round_robin")
+  app.add_option("--log-format", f.log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--partitioner", f.partitioner, "consistent, hash or round_robin")
       ->check(CLI::IsMember({"consistent", "hash", "round_robin"}));
-  app.add_option("--max-payload", max_payload, "largest payload in bytes (default 1 MiB)");
-  app.add_option("--max-pending-bytes", opt.max_pending_bytes, "outbound bytes queued per connection");
-  app.add_option("--max-subscriptions", opt.max_subscriptions, "subscriptions per connection");
-  app.add_option("--max-connections", opt.max_connections, "connections in all");
-  app.add_option("--slow-consumer", slow_consumer, "disconnect or drop")
-      ->check(CLI::IsMember({"disconnect", "drop"}));
-  app.add_option("--handshake-timeout", handshake, "time allowed for hello (default 5s)");
-  app.add_option("--drain-timeout", drain, "time allowed to flush on SIGTERM (default 10s)");
-  app.add_flag("--version", version, "print the version and exit");
+  app.add_option("--max-payload", f.max_payload, "largest payload in bytes (default 1 MiB)");
+  app.add_option("--max-pending-bytes", f.max_pending_bytes, "outbound bytes queued per connection");
+  app.add_option("--max-subscriptions", f.max_subscriptions, "subscriptions per connection");
+  app.add_option("--max-connections", f.max_connections, "connections in all");
+  app.add_option("--slow-consumer", f.slow_consumer, "disconnect or drop")->check(CLI::IsMember({"disconnect", "drop"}));
+  app.add_option("--handshake-timeout", f.handshake, "time allowed for hello (default 5s)");
+  app.add_option("--idle-timeout", f.idle, "close connections silent this long (default 0: never)");
+  app.add_option("--drain-timeout", f.drain, "time allowed to flush on SIGTERM (default 10s)");
+  app.add_option("--tokens-file", f.tokens_file, "auth tokens, one per line (default: no auth)");
+  app.add_flag("--version", f.version, "print the version and exit");
   CLI11_PARSE(app, argc, argv);
 
-  if (version) {
+  if (f.version) {
     std::printf("keywayd %s\n", KEYWAY_VERSION);
     return 0;
   }
   spdlog::set_default_logger(spdlog::stderr_color_mt("keywayd"));
-  spdlog::set_level(spdlog::level::from_str(opt.log_level));
+  server_options opt;
   try {
-    if (!config.empty())
-      throw std::runtime_error("--config " + config +
-                               ": TOML configuration is not implemented in this build yet; use command-line flags");
-    if (!listen.empty()) {
-      opt.listen.clear();
-      for (const auto& url : listen) opt.listen.push_back(keyway::daemon::parse_listen_url(url));
-    }
-    opt.partitioner = *keyway::core::parse_partition_strategy(partitioner);
-    opt.slow_consumer = slow_consumer == "drop" ? keyway::daemon::slow_consumer_policy::drop
-                                                : keyway::daemon::slow_consumer_policy::disconnect;
-    if (max_payload != 0) opt.limits = keyway::proto::limits::with_max_payload(max_payload);
-    if (!handshake.empty()) opt.handshake_timeout = parse_duration("--handshake-timeout", handshake);
-    if (!drain.empty()) opt.drain_timeout = parse_duration("--drain-timeout", drain);
+    opt = resolve(f, app);
   } catch (const std::exception& e) {
-    spdlog::critical("{}", e.what());
+    log_problems(e.what());
     return 2;
   }
+  if (f.check_config) {
+    std::printf("%s: configuration is valid\n", f.config.empty() ? "built-in defaults" : f.config.c_str());
+    return 0;
+  }
+  spdlog::set_level(spdlog::level::from_str(opt.log_level));
+  set_log_format(opt.log_fmt);
 
   std::signal(SIGPIPE, SIG_IGN);
   asio::io_context main_io;
-  asio::signal_set signals(main_io, SIGINT, SIGTERM);
+  asio::signal_set signals(main_io, SIGINT, SIGTERM, SIGHUP);
+  const auto admin_listen = opt.admin;
   keyway::daemon::server srv(std::move(opt));
+  keyway::daemon::admin_service admin(srv, admin_listen);
   try {
     srv.start();
+    admin.start();
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return 1;
   }
-  int exit_code = 0;
-  signals.async_wait([&](std::error_code ec, int signo) {
-    if (ec) return;
-    spdlog::info("received {}; draining", signo == SIGTERM ? "SIGTERM" : "SIGINT");
-    srv.drain_and_stop();
-    exit_code = 0;
-  });
+  spdlog::info("keywayd {} started: {} workers, server id {}", KEYWAY_VERSION, srv.context().workers,
+               srv.context().server_id);
+  std::string where;
+  for (const auto& a : srv.addresses()) where += (where.empty() ? "" : " ") + a;
+  sd_notifyf(0, "READY=1\nSTATUS=serving on %s with %zu workers", where.c_str(), srv.context().workers);
+
+  std::function<void()> wait_signal = [&] {
+    signals.async_wait([&](std::error_code ec, int signo) {
+      if (ec) return;
+      if (signo == SIGHUP) {
+        reload(srv, f, app);
+        wait_signal();
+        return;
+      }
+      spdlog::info("received {}; draining", signo == SIGTERM ? "SIGTERM" : "SIGINT");
+      sd_notify(0, "STOPPING=1\nSTATUS=draining");
+      srv.drain_and_stop();
+      admin.stop();
+    });
+  };
+  wait_signal();
   main_io.run();
-  return exit_code;
+  return 0;
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,12 +31,20 @@ listen_address parse_listen_url(std::string_view url);
 
 enum class slow_consumer_policy { disconnect, drop };
 
+enum class log_format { text, json };
+
 struct server_options {
   std::vector<listen_address> listen{listen_address{}};
+  /// The admin HTTP listener (/metrics, /livez, /readyz, /healthz, /status);
+  /// tcp only. Unset: no admin listener.
+  std::optional<listen_address> admin{listen_address{listen_address::kind::tcp, "127.0.0.1", 7401, {}}};
   /// 0: one worker per CPU of the affinity mask.
   unsigned workers = 0;
+  /// CPUs to pin workers to, in order; empty: the affinity mask.
   std::vector<int> cpus;
   core::partition_strategy partitioner = core::partition_strategy::consistent;
+  /// Layout knobs of the worker partitioner (slots, vnodes, range split points).
+  core::partitioner_options partition;
   proto::limits limits;
   std::size_t max_connections = 65536;
   std::uint32_t max_subscriptions = 65536;  // per connection
@@ -45,8 +54,14 @@ struct server_options {
   std::chrono::milliseconds drain_timeout{10000};
   /// Slots per mesh ring (per ordered pair of workers): the credit window.
   std::size_t ring_capacity = 4096;
+  /// A connection that sends nothing (not even a ping) for this long is closed
+  /// with an idleTimeout error. 0: never.
+  std::chrono::milliseconds idle_timeout{0};
   std::uint32_t unix_socket_mode = 0660;
   std::string log_level = "info";
+  log_format log_fmt = log_format::text;
+  /// [auth] tokens_file: one token per line; empty: no authentication.
+  std::string tokens_file;
 };
 
 }  // namespace keyway::daemon

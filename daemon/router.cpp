@@ -21,10 +21,11 @@ router::router(core::worker& w, server_context& ctx)
       ctx_(ctx),
       ep_(ctx.mesh->at(w.id())),
       stats_(*ctx.stats[w.id()]),
-      encoder_(ctx.options.limits),
+      live_(ctx.options),
+      tokens_(ctx.tokens),
+      encoder_(std::make_unique<proto::encoder>(ctx.options.limits)),
       per_worker_(ctx.workers) {
-  core::partitioner_options opt;
-  auto p = core::make_partitioner(ctx.options.partitioner, opt);
+  auto p = core::make_partitioner(ctx.options.partitioner, ctx.options.partition);
   if (!p) throw std::runtime_error("cannot build the worker partitioner: " + p.error().message());
   owners_ = std::move(*p);
   for (std::uint32_t i = 0; i < ctx.workers; ++i) {
@@ -36,6 +37,14 @@ router::router(core::worker& w, server_context& ctx)
 
 router::~router() = default;
 
+void router::apply(const server_options& next, std::shared_ptr<const std::vector<std::string>> tokens) {
+  w_.assert_owner();
+  const bool new_limits = !(next.limits == live_.limits);
+  live_ = next;
+  tokens_ = std::move(tokens);
+  if (new_limits) encoder_ = std::make_unique<proto::encoder>(live_.limits);
+}
+
 void router::init() {
   ep_.attach(w_, w_.stats());
   if (w_.id() == 0) start_accepting();
@@ -43,6 +52,7 @@ void router::init() {
 
 std::size_t router::poll() {
   w_.assert_owner();
+  turn_ns_ = 0;
   if (draining() && !drain_started_) start_drain();
   const std::size_t n = ep_.drain([this](route_msg& m) { dispatch(m); });
   if (!paused_.empty()) resume_paused();
@@ -57,6 +67,7 @@ void router::flush() {
   dirty_.clear();
   graveyard_.clear();
   ep_.flush();
+  turn_ns_ = 0;
   if (draining()) {
     // The drain waits for this to reach 0 on every worker. O(connections),
     // so only while draining.
@@ -241,7 +252,8 @@ void router::forget(connection& c) {
   }
   graveyard_.push_back(std::move(it->second));
   conns_.erase(it);
-  stats_.connections.set(conns_.size());
+  auto& gauge = stats_.connections_on(c.unix_socket());
+  gauge.set(gauge.get() - 1);
   if (w_.id() == 0)
     on_conn_closed();
   else
@@ -273,14 +285,14 @@ void router::accept_next(Acceptor& a, bool unix_socket) {
 }
 
 void router::hand_out(int fd, bool unix_socket) {
-  if (open_connections_ >= ctx_.options.max_connections || draining()) {
+  if (open_connections_ >= live_.max_connections || draining()) {
     // Refuse politely: a best-effort error frame, then close.
     proto::out_buffer out(512);
     const std::string why =
         draining() ? std::string("the server is shutting down; reconnect later")
                    : "the server has " + std::to_string(open_connections_) + " connections, limits.max_connections is " +
-                         std::to_string(ctx_.options.max_connections) + "; try again later or raise the limit";
-    (void)encoder_.error(out, {draining() ? proto::errc::shutting_down : proto::errc::internal, why, 0, true, {}});
+                         std::to_string(live_.max_connections) + "; try again later or raise the limit";
+    (void)encoder_->error(out, {draining() ? proto::errc::shutting_down : proto::errc::internal, why, 0, true, {}});
     const auto bytes = out.front();
     [[maybe_unused]] auto n = ::send(fd, bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     ::close(fd);
@@ -318,8 +330,8 @@ void router::adopt(int fd, bool unix_socket) {
   }
   auto c = std::make_shared<connection>(*this, std::move(sock), next_conn_++, unix_socket);
   conns_.emplace(c->id(), c);
-  stats_.accepted.add();
-  stats_.connections.set(conns_.size());
+  stats_.accepted_on(unix_socket).add();
+  stats_.connections_on(unix_socket).set(stats_.connections_on(unix_socket).get() + 1);
   if (draining()) {
     c->send_error(proto::errc::shutting_down, "the server is shutting down; reconnect later", 0, true);
     return;

@@ -21,6 +21,7 @@
 #include <asio/local/stream_protocol.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -50,6 +51,8 @@ struct server_context {
   /// Acceptors, all run by worker 0 (sockets are handed out round-robin).
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> tcp_acceptors;
   std::vector<std::unique_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors;
+  /// Auth tokens at start (reloads hand each router a new list).
+  std::shared_ptr<const std::vector<std::string>> tokens = std::make_shared<const std::vector<std::string>>();
   /// Set by the main thread when the drain begins.
   std::atomic<bool> draining{false};
 };
@@ -69,12 +72,28 @@ class router final : public core::worker_handler {
 
   // ---- used by connection, on this worker's thread -------------------------
   core::worker& worker() noexcept { return w_; }
-  const server_options& options() const noexcept { return ctx_.options; }
+  /// The options in force on this worker: the server's, then what reloads
+  /// changed (log level, limits, tokens).
+  const server_options& options() const noexcept { return live_; }
+  /// Auth tokens; empty: no authentication.
+  const std::vector<std::string>& tokens() const noexcept { return *tokens_; }
+  /// On this worker's thread (the server posts it): takes the live part of a
+  /// reloaded configuration. Connections already open keep the frame size
+  /// their decoder was built with.
+  void apply(const server_options& next, std::shared_ptr<const std::vector<std::string>> tokens);
   const server_context& context() const noexcept { return ctx_; }
   daemon_stats& stats() noexcept { return stats_; }
+  /// The steady clock in ns, read at most once per loop turn (deliveries of
+  /// one turn share it): the "written" end of the latency histogram.
+  std::uint64_t turn_ns() noexcept {
+    if (turn_ns_ == 0)
+      turn_ns_ = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch() /
+                                            std::chrono::nanoseconds(1));
+    return turn_ns_;
+  }
   /// One encoder per worker, shared by its connections (it holds a scratch
   /// segment of limits.max_frame bytes).
-  proto::encoder& encoder() noexcept { return encoder_; }
+  proto::encoder& encoder() noexcept { return *encoder_; }
   bool draining() const noexcept { return ctx_.draining.load(std::memory_order_relaxed); }
 
   /// Routes an accepted publish. Returns false if the owner has no credit: the
@@ -112,7 +131,10 @@ class router final : public core::worker_handler {
   server_context& ctx_;
   core::mesh<route_msg>::endpoint& ep_;
   daemon_stats& stats_;
-  proto::encoder encoder_;
+  std::uint64_t turn_ns_ = 0;
+  server_options live_;
+  std::shared_ptr<const std::vector<std::string>> tokens_;
+  std::unique_ptr<proto::encoder> encoder_;
   std::unique_ptr<core::partitioner> owners_;
   subject_index index_;
   std::uint64_t seq_ = 0;

@@ -2,15 +2,21 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <asio/ip/address.hpp>
+#include <asio/post.hpp>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <random>
 #include <stdexcept>
 #include <thread>
+
+#include "daemon/auth.hpp"
 
 namespace keyway::daemon {
 
@@ -48,16 +54,116 @@ void server::start() {
   if (o.partitioner == core::partition_strategy::round_robin)
     spdlog::warn("routing.partitioner = round_robin gives up key affinity: messages of one key may be ordered by "
                  "different cores, so per-key order no longer holds");
+  if (!o.tokens_file.empty())
+    ctx_.tokens = std::make_shared<const std::vector<std::string>>(load_tokens(o.tokens_file));
   bind_listeners();
+  routers_.assign(ctx_.workers, nullptr);
   auto started = pool_->start(
-      [this](core::worker& w) { return std::make_unique<router>(w, ctx_); },
+      [this](core::worker& w) {
+        auto r = std::make_unique<router>(w, ctx_);
+        routers_[w.id()] = r.get();  // each worker writes its own slot; start() latches
+        return r;
+      },
       [](const core::worker& w, std::string_view what) { spdlog::error("worker {}: {}", w.id(), what); });
   if (!started) throw std::runtime_error("a worker failed to start");
-  spdlog::info("keywayd {} started: {} workers, server id {}", KEYWAY_VERSION, ctx_.workers, ctx_.server_id);
+  applied_ = ctx_.options;
+  last_turns_.assign(ctx_.workers, 0);
+  started_at_ = std::chrono::steady_clock::now();
+  phase_.store(phase::serving, std::memory_order_release);
+}
+
+void server::check_progress() {
+  std::lock_guard lock(progress_mu_);
+  stalled_.clear();
+  const bool first = !progress_primed_;  // the first call only takes the baseline
+  progress_primed_ = true;
+  for (std::uint32_t i = 0; i < ctx_.workers; ++i) {
+    const core::worker& w = pool_->at(i);
+    const std::uint64_t turns = w.stats().loop_turns.get();
+    // Asleep in its io_context is idle, not stalled: a sleeping worker wakes
+    // for any work. Awake with the same count as a second ago is stuck.
+    if (!first && turns == last_turns_[i] && !w.sleeping()) stalled_.push_back(i);
+    last_turns_[i] = turns;
+  }
+}
+
+std::vector<std::uint32_t> server::stalled_workers() const {
+  std::lock_guard lock(progress_mu_);
+  return stalled_;
+}
+
+std::vector<std::string> server::reload(const server_options& next) {
+  const server_options& cur = applied_;
+  std::vector<std::string> fixed;
+  auto same_listen = [](const std::vector<listen_address>& a, const std::vector<listen_address>& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (a[i].to_string() != b[i].to_string()) return false;
+    return true;
+  };
+  if (!same_listen(cur.listen, next.listen)) fixed.push_back("listen");
+  if (cur.admin.has_value() != next.admin.has_value() ||
+      (cur.admin && cur.admin->to_string() != next.admin->to_string()))
+    fixed.push_back("admin.listen");
+  if (cur.workers != next.workers) fixed.push_back("server.workers");
+  if (cur.cpus != next.cpus) fixed.push_back("server.cpus");
+  if (cur.partitioner != next.partitioner || cur.partition.slots != next.partition.slots ||
+      cur.partition.vnodes != next.partition.vnodes || cur.partition.split_points != next.partition.split_points)
+    fixed.push_back("routing");
+  if (cur.unix_socket_mode != next.unix_socket_mode) fixed.push_back("listen.unix_socket_mode");
+  if (cur.log_fmt != next.log_fmt) fixed.push_back("log.format");
+  if (cur.drain_timeout != next.drain_timeout) fixed.push_back("server.drain_timeout");
+  if (!fixed.empty()) return fixed;
+
+  auto tokens = next.tokens_file.empty() ? std::make_shared<const std::vector<std::string>>()
+                                         : std::make_shared<const std::vector<std::string>>(load_tokens(next.tokens_file));
+  for (std::uint32_t i = 0; i < ctx_.workers; ++i) {
+    router* r = routers_[i];
+    asio::post(pool_->at(i).io(), [r, next, tokens] { r->apply(next, tokens); });
+    pool_->at(i).wake();
+  }
+  applied_ = next;
+  return {};
+}
+
+bool server::adopt_activated_sockets(asio::io_context& io0) {
+  // Socket activation: systemd passes listening sockets as fds 3.. with
+  // LISTEN_FDS/LISTEN_PID; they replace the configured listeners.
+  const int n = sd_listen_fds(1);
+  if (n < 0) throw std::runtime_error(std::string("sd_listen_fds: ") + std::strerror(-n));
+  if (n == 0) return false;
+  for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; ++fd) {
+    std::error_code ec;
+    if (sd_is_socket(fd, AF_UNIX, SOCK_STREAM, 1) > 0) {
+      sockaddr_un sa{};
+      socklen_t len = sizeof sa;
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+      auto acc = std::make_unique<asio::local::stream_protocol::acceptor>(io0);
+      acc->assign(asio::local::stream_protocol(), fd, ec);
+      if (ec) throw std::runtime_error("cannot adopt socket fd " + std::to_string(fd) + ": " + ec.message());
+      addresses_.push_back("unix://" + std::string(sa.sun_path));
+      ctx_.unix_acceptors.push_back(std::move(acc));
+    } else if (sd_is_socket(fd, AF_INET, SOCK_STREAM, 1) > 0 || sd_is_socket(fd, AF_INET6, SOCK_STREAM, 1) > 0) {
+      const bool v6 = sd_is_socket(fd, AF_INET6, SOCK_STREAM, 1) > 0;
+      auto acc = std::make_unique<asio::ip::tcp::acceptor>(io0);
+      acc->assign(v6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
+      if (ec) throw std::runtime_error("cannot adopt socket fd " + std::to_string(fd) + ": " + ec.message());
+      const auto ep = acc->local_endpoint();
+      const std::string host = v6 ? "[" + ep.address().to_string() + "]" : ep.address().to_string();
+      addresses_.push_back("tcp://" + host + ":" + std::to_string(ep.port()));
+      ctx_.tcp_acceptors.push_back(std::move(acc));
+    } else {
+      throw std::runtime_error("socket activation: fd " + std::to_string(fd) +
+                               " is not a listening TCP or Unix stream socket; check the .socket unit");
+    }
+    spdlog::info("listening on {} (from systemd)", addresses_.back());
+  }
+  return true;
 }
 
 void server::bind_listeners() {
   asio::io_context& io0 = pool_->at(0).io();
+  if (adopt_activated_sockets(io0)) return;
   for (const listen_address& a : ctx_.options.listen) {
     std::error_code ec;
     if (a.type == listen_address::kind::tcp) {
@@ -114,6 +220,7 @@ bool server::quiescent() const {
 
 bool server::drain_and_stop() {
   using namespace std::chrono_literals;
+  phase_.store(phase::draining, std::memory_order_release);
   ctx_.draining.store(true, std::memory_order_relaxed);
   for (std::size_t i = 0; i < ctx_.workers; ++i) pool_->at(i).wake();
   spdlog::info("draining: stopped accepting and reading; flushing queued messages (up to {} ms)",
@@ -133,6 +240,7 @@ bool server::drain_and_stop() {
   }
   if (!done) spdlog::warn("drain timeout after {} ms: closing with messages still queued", ctx_.options.drain_timeout.count());
   pool_->stop();
+  phase_.store(phase::stopped, std::memory_order_release);
   spdlog::info("stopped");
   return done;
 }

@@ -5,7 +5,10 @@
 // read the server_context it owns (plus their own stats blocks).
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -31,15 +34,45 @@ class server {
   bool drain_and_stop();
   const server_context& context() const noexcept { return ctx_; }
   core::worker_pool& pool() noexcept { return *pool_; }
+  const core::worker_pool& pool() const noexcept { return *pool_; }
+
+  // ---- health (any thread) ---------------------------------------------------
+  enum class phase { starting, serving, draining, stopped };
+  phase current_phase() const noexcept { return phase_.load(std::memory_order_acquire); }
+  std::chrono::steady_clock::time_point started_at() const noexcept { return started_at_; }
+  /// Serving, every listener bound, and no worker stalled at the last check.
+  bool ready() const { return current_phase() == phase::serving && stalled_workers().empty(); }
+  /// Compares each worker's loop counter with the previous call's: a worker
+  /// that is awake and has not turned its loop since is stalled (a handler
+  /// is stuck). Call it periodically (the admin thread does, every second).
+  void check_progress();
+  /// Workers found stalled by the last check_progress().
+  std::vector<std::uint32_t> stalled_workers() const;
+
+  // ---- reload (main thread) --------------------------------------------------
+  /// Applies what may change live (log level, limits, auth tokens) on every
+  /// worker. Returns the names of the keys in `next` that differ from the
+  /// running options but cannot change live; when there are any, nothing is
+  /// applied.
+  std::vector<std::string> reload(const server_options& next);
 
  private:
   void bind_listeners();
+  bool adopt_activated_sockets(asio::io_context& io0);
   bool quiescent() const;
 
   server_context ctx_;
   std::unique_ptr<core::worker_pool> pool_;
   std::vector<std::string> addresses_;
   std::vector<std::string> unix_paths_;
+  server_options applied_;         // the options in force, as reloads changed them (main thread)
+  std::vector<router*> routers_;  // set by each worker's init; read after start()
+  std::atomic<phase> phase_{phase::starting};
+  std::chrono::steady_clock::time_point started_at_ = std::chrono::steady_clock::now();
+  mutable std::mutex progress_mu_;
+  std::vector<std::uint64_t> last_turns_;
+  bool progress_primed_ = false;
+  std::vector<std::uint32_t> stalled_;
 };
 
 /// A random 16-hex-digit id for this process.

@@ -42,6 +42,10 @@ class shared_message {
     return std::as_bytes(std::span<const char>(subject().data(), subject().size()));
   }
 
+  /// When its frame was read (steady clock, ns), for the latency histogram.
+  std::uint64_t received_ns() const noexcept { return received_ns_; }
+  void set_received_ns(std::uint64_t ns) noexcept { received_ns_ = ns; }
+
   void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
   void release() noexcept {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) destroy();
@@ -56,6 +60,7 @@ class shared_message {
   }
 
   std::atomic<std::uint32_t> refs_{1};
+  std::uint64_t received_ns_ = 0;
   std::uint32_t header_count_ = 0;
   std::uint32_t subject_off_ = 0, subject_len_ = 0;
   std::uint32_t key_off_ = 0, key_len_ = 0;

@@ -43,6 +43,8 @@ struct limits {
   /// amplification by pointers that alias the same data.
   std::uint32_t traversal_factor = 8;
 
+  bool operator==(const limits&) const = default;
+
   /// Traversal budget for one frame of `frame_bytes` bytes.
   constexpr std::uint64_t traversal_limit_words(std::uint64_t frame_bytes) const noexcept {
     return (frame_bytes / 8) * traversal_factor + 64;

@@ -234,6 +234,24 @@ TEST_CASE("bad input: silence after connect hits the handshake timeout") {
   check_daemon_serves(d, bystander);
 }
 
+TEST_CASE("bad input: a connection that goes quiet hits the idle timeout") {
+  keywayd_process d({"--idle-timeout", "400ms"});
+  raw_client talker = open_client(d.url(), "talker");
+  raw_client quiet = open_client(d.url(), "quiet");
+  const auto start = steady::now();
+  // The talker pings more often than the limit and stays open for well over
+  // twice the limit; the quiet one says nothing after hello.
+  for (int i = 0; i < 8; ++i) {
+    std::this_thread::sleep_for(150ms);
+    talker.ping();
+  }
+  const error_frame e = expect_fatal_then_close(quiet, proto::errc::timeout, 5s);
+  CHECK(std::chrono::duration_cast<ms>(steady::now() - start) >= 350ms);
+  CHECK(e.message.find("idle_timeout (400 ms)") != std::string::npos);
+  CHECK_FALSE(talker.eof());
+  check_daemon_serves(d, talker);
+}
+
 TEST_CASE("bad input: a wrong protocol version is unsupportedVersion") {
   keywayd_process d;
   raw_client bystander = open_client(d.url(), "bystander");

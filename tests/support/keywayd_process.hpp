@@ -34,21 +34,46 @@ extern char** environ;
 
 namespace keyway::test {
 
+/// Extra environment (NAME=VALUE, added to this process's) and, for socket
+/// activation, a listening socket passed as fd 3 with LISTEN_FDS=1 and
+/// LISTEN_PID set to the daemon's own pid.
+struct spawn_options {
+  std::vector<std::string> env;
+  int listen_fd = -1;
+};
+
 class keywayd_process {
  public:
   /// args: extra command-line flags. Listens on tcp://127.0.0.1:0 unless args
   /// contain a --listen of their own. Throws if the daemon does not report a
   /// bound address within `startup`.
+  /// Also passes --admin 127.0.0.1:0 unless args name --admin or --config.
   explicit keywayd_process(std::vector<std::string> args = {},
-                           std::chrono::milliseconds startup = std::chrono::seconds(10)) {
-    bool has_listen = false;
-    for (const auto& a : args) has_listen = has_listen || a == "--listen";
+                           std::chrono::milliseconds startup = std::chrono::seconds(10),
+                           spawn_options spawn = {}) {
+    bool has_listen = false, has_admin = false;
+    for (const auto& a : args) {
+      has_listen = has_listen || a == "--listen" || a == "--config";
+      has_admin = has_admin || a == "--admin" || a == "--config";
+    }
     std::vector<std::string> argv{KEYWAYD_PATH};
-    if (!has_listen) argv.insert(argv.end(), {"--listen", "tcp://127.0.0.1:0"});
+    if (!has_listen && spawn.listen_fd < 0) argv.insert(argv.end(), {"--listen", "tcp://127.0.0.1:0"});
+    if (!has_admin) argv.insert(argv.end(), {"--admin", "127.0.0.1:0"});
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> cargv;
     for (auto& a : argv) cargv.push_back(a.data());
     cargv.push_back(nullptr);
+    std::vector<std::string> envs;
+    for (char** e = environ; *e != nullptr; ++e) envs.emplace_back(*e);
+    envs.insert(envs.end(), spawn.env.begin(), spawn.env.end());
+    if (spawn.listen_fd >= 0) {
+      envs.emplace_back("LISTEN_FDS=1");
+      envs.emplace_back("LISTEN_PID=" + std::string(20, ' '));  // filled in by the child
+    }
+    std::vector<char*> cenv;
+    for (auto& e : envs) cenv.push_back(e.data());
+    cenv.push_back(nullptr);
+    char* listen_pid = spawn.listen_fd >= 0 ? cenv[cenv.size() - 2] + 11 : nullptr;
 
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
@@ -65,7 +90,20 @@ class keywayd_process {
       if (::getppid() != parent) ::_exit(127);
       ::dup2(fds[1], STDOUT_FILENO);
       ::dup2(fds[1], STDERR_FILENO);
-      ::execve(cargv[0], cargv.data(), environ);
+      if (listen_pid != nullptr) {
+        if (spawn.listen_fd != 3) {
+          ::dup2(spawn.listen_fd, 3);  // dup2 clears FD_CLOEXEC on the copy
+        } else {
+          ::fcntl(3, F_SETFD, 0);
+        }
+        // Write our pid into "LISTEN_PID=" by hand: no allocation after fork.
+        char digits[20];
+        int n = 0;
+        for (pid_t p = ::getpid(); p > 0; p /= 10) digits[n++] = static_cast<char>('0' + p % 10);
+        for (int i = 0; i < n; ++i) listen_pid[i] = digits[n - 1 - i];
+        listen_pid[n] = '\0';
+      }
+      ::execve(cargv[0], cargv.data(), cenv.data());
       ::_exit(127);
     }
     ::close(fds[1]);
@@ -109,6 +147,11 @@ class keywayd_process {
     return static_cast<std::uint16_t>(std::stoi(u.substr(u.rfind(':') + 1)));
   }
   pid_t pid() const { return pid_; }
+  /// The admin listener, e.g. "http://127.0.0.1:41235"; empty if none.
+  const std::string& admin_url() const { return admin_url_; }
+  std::uint16_t admin_port() const {
+    return static_cast<std::uint16_t>(std::stoi(admin_url_.substr(admin_url_.rfind(':') + 1)));
+  }
 
   /// Sends `sig`; with SIGTERM/SIGINT, waits for the exit and returns the exit
   /// code (or 128 + signal), or nullopt if it did not exit within `limit`.
@@ -203,7 +246,12 @@ class keywayd_process {
     while ((pos = text.find(tag, pos)) != std::string::npos) {
       pos += tag.size();
       const std::size_t end = text.find('\n', pos);
-      addresses_.push_back(text.substr(pos, end - pos));
+      std::string a = text.substr(pos, end - pos);
+      if (const auto sp = a.find(' '); sp != std::string::npos) a.resize(sp);  // "(from systemd)"
+      if (a.rfind("http://", 0) == 0)
+        admin_url_ = a;
+      else
+        addresses_.push_back(a);
     }
   }
 
@@ -216,6 +264,7 @@ class keywayd_process {
   std::string log_;
   bool log_eof_ = false;  // the log thread saw EOF (or stopped)
   std::vector<std::string> addresses_;
+  std::string admin_url_;
   std::optional<int> status_;
 };
 

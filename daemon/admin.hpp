@@ -1,0 +1,57 @@
+// admin_service: keywayd's admin HTTP listener and health clock, on a thread
+// of its own ("keyway-admin"), so that it answers while the main thread
+// drains and whatever the workers do.
+//
+//   GET /metrics   Prometheus text 0.0.4 (metrics_collector)
+//   GET /livez     200 while this thread serves
+//   GET /readyz    200 when serving with every listener bound and no worker
+//                  stalled; 503 while starting, draining or stalled.
+//                  ?verbose lists each check. /healthz is an alias.
+//   GET /status    JSON: version, uptime, phase, workers, connections,
+//                  subscriptions, queue depths, listeners
+//
+// HTTP/1.1 with Connection: close, GET and HEAD only; requests over 16 KiB
+// get 431, anything else malformed 400, and a client silent for 10 s is
+// dropped. Every second the thread runs server::check_progress() and, when
+// systemd's watchdog is on, sends WATCHDOG=1 every half period while no worker
+// is stalled.
+//
+// Threads: construct, start() and stop() on the main thread.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "daemon/options.hpp"
+
+namespace keyway::daemon {
+
+class server;
+
+class admin_service {
+ public:
+  /// `listen` unset: no HTTP listener, only the health clock.
+  admin_service(server& srv, std::optional<listen_address> listen);
+  ~admin_service();
+  admin_service(const admin_service&) = delete;
+  admin_service& operator=(const admin_service&) = delete;
+
+  /// Binds the listener (throws std::runtime_error naming the address) and
+  /// starts the thread.
+  void start();
+  void stop();
+  /// http://HOST:PORT with the port resolved; empty without a listener.
+  const std::string& url() const noexcept;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+/// The body of /status (JSON) and of /readyz?verbose, exposed for tests.
+std::string status_json(const server& srv, const std::string& admin_url);
+std::string readiness_report(const server& srv, bool& ready);
+
+}  // namespace keyway::daemon

@@ -1,0 +1,244 @@
+#include "daemon/metrics.hpp"
+
+#include <prometheus/text_serializer.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "daemon/server.hpp"
+
+namespace keyway::daemon {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+MetricFamily family(std::string name, std::string help, MetricType type) {
+  MetricFamily f;
+  f.name = std::move(name);
+  f.help = std::move(help);
+  f.type = type;
+  return f;
+}
+
+void add(MetricFamily& f, double v, std::vector<ClientMetric::Label> labels = {}) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  if (f.type == MetricType::Counter)
+    m.counter.value = v;
+  else
+    m.gauge.value = v;
+  f.metric.push_back(std::move(m));
+}
+
+/// One family with a value per worker, read by `get` from that worker's blocks.
+template <class Get>
+MetricFamily per_worker(const server& s, std::string name, std::string help, MetricType type, Get get) {
+  MetricFamily f = family(std::move(name), std::move(help), type);
+  const server_context& ctx = s.context();
+  for (std::size_t i = 0; i < ctx.workers; ++i)
+    add(f, static_cast<double>(get(s.pool().at(i).stats(), *ctx.stats[i])), {{"worker", std::to_string(i)}});
+  return f;
+}
+
+/// A family summed over workers, with one series per label value.
+template <std::size_t N, class Get>
+MetricFamily by_label(const server& s, std::string name, std::string help, MetricType type, const char* label,
+                      const std::array<std::string_view, N>& values, Get get) {
+  MetricFamily f = family(std::move(name), std::move(help), type);
+  const server_context& ctx = s.context();
+  for (std::size_t k = 0; k < N; ++k) {
+    std::uint64_t sum = 0;
+    for (std::size_t i = 0; i < ctx.workers; ++i) sum += get(*ctx.stats[i], k);
+    add(f, static_cast<double>(sum), {{label, std::string(values[k])}});
+  }
+  return f;
+}
+
+template <class Get>
+MetricFamily summed(const server& s, std::string name, std::string help, MetricType type, Get get) {
+  MetricFamily f = family(std::move(name), std::move(help), type);
+  const server_context& ctx = s.context();
+  std::uint64_t sum = 0;
+  for (std::size_t i = 0; i < ctx.workers; ++i) sum += get(*ctx.stats[i]);
+  add(f, static_cast<double>(sum));
+  return f;
+}
+
+MetricFamily latency(const server& s) {
+  MetricFamily f = family("keyway_delivery_latency_seconds",
+                          "Time from reading a publish frame to queueing its delivery for the subscriber's "
+                          "socket write, merged over workers",
+                          MetricType::Histogram);
+  const server_context& ctx = s.context();
+  ClientMetric m;
+  std::uint64_t cumulative = 0, sum_ns = 0;
+  for (std::size_t b = 0; b <= latency_histogram::buckets; ++b) {
+    for (std::size_t i = 0; i < ctx.workers; ++i) cumulative += ctx.stats[i]->latency.counts[b].get();
+    if (b < latency_histogram::buckets)
+      m.histogram.bucket.push_back({cumulative, latency_histogram::bound_ns(b) / 1e9});
+  }
+  for (std::size_t i = 0; i < ctx.workers; ++i) sum_ns += ctx.stats[i]->latency.sum_ns.get();
+  m.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+  m.histogram.sample_count = cumulative;
+  m.histogram.sample_sum = static_cast<double>(sum_ns) / 1e9;
+  f.metric.push_back(std::move(m));
+  return f;
+}
+
+constexpr std::array<std::string_view, 2> transports{"tcp", "unix"};
+constexpr std::array<std::string_view, 2> drop_reasons{"slow_consumer", "connection_gone"};
+
+}  // namespace
+
+std::vector<MetricFamily> metrics_collector::Collect() const {
+  using core::worker_stats;
+  const server& s = srv_;
+  constexpr auto C = MetricType::Counter;
+  constexpr auto G = MetricType::Gauge;
+  std::vector<MetricFamily> out;
+
+  auto build = family("keyway_build_info", "Build information; the value is always 1", G);
+  add(build, 1, {{"version", KEYWAY_VERSION}});
+  out.push_back(std::move(build));
+  auto workers = family("keyway_workers", "Worker threads (one per core)", G);
+  add(workers, static_cast<double>(s.context().workers));
+  out.push_back(std::move(workers));
+  auto ready = family("keyway_ready", "1 when /readyz answers 200", G);
+  add(ready, s.ready() ? 1 : 0);
+  out.push_back(std::move(ready));
+
+  out.push_back(per_worker(s, "keyway_messages_received_total", "Publishes accepted from clients, by ingress worker",
+                           C, [](const worker_stats&, const daemon_stats& d) { return d.published.get(); }));
+  out.push_back(per_worker(s, "keyway_messages_routed_total", "Publishes ordered at their owner core", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.routed.get(); }));
+  out.push_back(per_worker(s, "keyway_messages_delivered_total",
+                           "Message frames queued to subscribers, by the subscriber's worker", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.delivered.get(); }));
+  out.push_back(per_worker(s, "keyway_frames_received_total", "Frames decoded from clients", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.frames_in.get(); }));
+  out.push_back(per_worker(s, "keyway_received_bytes_total", "Bytes read from client sockets", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.bytes_in.get(); }));
+  out.push_back(per_worker(s, "keyway_sent_bytes_total", "Bytes written to client sockets", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.bytes_out.get(); }));
+  out.push_back(per_worker(s, "keyway_acks_sent_total", "Acks sent (for publishes with an ack id, subscribes and unsubscribes)", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.acks_sent.get(); }));
+  out.push_back(by_label(s, "keyway_dropped_messages_total", "Deliveries dropped, by reason", C, "reason",
+                         drop_reasons, [](const daemon_stats& d, std::size_t k) { return d.drops[k].get(); }));
+
+  auto errors = family("keyway_errors_total", "Error frames sent to clients, by code", C);
+  for (std::size_t k = 1; k < s.context().stats.front()->errors.size(); ++k) {
+    std::uint64_t sum = 0;
+    for (const auto& st : s.context().stats) sum += st->errors[k].get();
+    add(errors, static_cast<double>(sum), {{"code", std::string(proto::to_string(static_cast<proto::errc>(k)))}});
+  }
+  out.push_back(std::move(errors));
+
+  out.push_back(by_label(s, "keyway_connections", "Open client connections, by transport", G, "transport",
+                         transports, [](const daemon_stats& d, std::size_t k) { return d.connections[k].get(); }));
+  out.push_back(by_label(s, "keyway_connections_accepted_total", "Client connections accepted, by transport", C,
+                         "transport", transports,
+                         [](const daemon_stats& d, std::size_t k) { return d.accepted[k].get(); }));
+  out.push_back(summed(s, "keyway_subscriptions", "Live subscriptions", G,
+                       [](const daemon_stats& d) { return d.subscriptions.get(); }));
+  out.push_back(summed(s, "keyway_slow_consumers_total", "Connections that went over limits.max_pending_bytes", C,
+                       [](const daemon_stats& d) { return d.slow_consumers.get(); }));
+  out.push_back(summed(s, "keyway_auth_failures_total", "Hellos refused for a missing or unknown token", C,
+                       [](const daemon_stats& d) { return d.auth_failures.get(); }));
+  out.push_back(per_worker(s, "keyway_mesh_sent_messages_total", "Messages a worker passed to other workers", C,
+                           [](const worker_stats& w, const daemon_stats&) { return w.mesh_sent.get(); }));
+  out.push_back(per_worker(s, "keyway_mesh_received_messages_total", "Messages a worker took from other workers",
+                           C, [](const worker_stats& w, const daemon_stats&) { return w.mesh_received.get(); }));
+  out.push_back(per_worker(s, "keyway_credit_stalls_total",
+                           "Sends refused because the destination worker had no credit", C,
+                           [](const worker_stats& w, const daemon_stats&) { return w.credit_stalls.get(); }));
+  out.push_back(per_worker(s, "keyway_paused_reads_total", "Times a connection stopped reading for lack of credit",
+                           C, [](const worker_stats&, const daemon_stats& d) { return d.paused_reads.get(); }));
+  out.push_back(per_worker(s, "keyway_worker_loop_turns_total", "Turns of the worker loop (the progress heartbeat)",
+                           C, [](const worker_stats& w, const daemon_stats&) { return w.loop_turns.get(); }));
+  out.push_back(per_worker(s, "keyway_worker_sleeps_total", "Times a worker went to sleep for lack of work", C,
+                           [](const worker_stats& w, const daemon_stats&) { return w.sleeps.get(); }));
+  out.push_back(per_worker(s, "keyway_worker_wakeups_sent_total", "Wake-ups a worker sent to sleeping peers", C,
+                           [](const worker_stats& w, const daemon_stats&) { return w.wakeups_sent.get(); }));
+  out.push_back(per_worker(s, "keyway_handler_errors_total", "Exceptions caught from handlers", C,
+                           [](const worker_stats& w, const daemon_stats&) { return w.handler_errors.get(); }));
+  auto stalled = family("keyway_worker_stalled", "1 while a worker makes no progress (see /readyz)", G);
+  const auto stalled_ids = s.stalled_workers();
+  for (std::size_t i = 0; i < s.context().workers; ++i)
+    add(stalled, std::find(stalled_ids.begin(), stalled_ids.end(), i) != stalled_ids.end() ? 1 : 0,
+        {{"worker", std::to_string(i)}});
+  out.push_back(std::move(stalled));
+  out.push_back(latency(s));
+
+  for (auto& f : process_metrics()) out.push_back(std::move(f));
+  return out;
+}
+
+std::string metrics_collector::render() const {
+  std::ostringstream os;
+  prometheus::TextSerializer().Serialize(os, Collect());
+  return os.str();
+}
+
+std::vector<MetricFamily> process_metrics() {
+  std::vector<MetricFamily> out;
+  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  const double page = static_cast<double>(::sysconf(_SC_PAGESIZE));
+  std::ifstream stat_file("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+  // Fields after the command name, which is in parentheses and may hold spaces.
+  const auto close = stat.rfind(')');
+  if (close != std::string::npos) {
+    std::istringstream rest(stat.substr(close + 2));
+    std::vector<std::string> f{"", "", ""};  // fields 1..2 (pid, comm) are before `rest`; keep numbering
+    std::string x;
+    while (rest >> x) f.push_back(x);
+    // Field numbers as in proc(5): 14 utime, 15 stime, 22 starttime, 23 vsize, 24 rss.
+    auto num = [&](std::size_t n) { return n < f.size() ? std::stod(f[n]) : 0.0; };
+    auto cpu = family("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+                      MetricType::Counter);
+    add(cpu, (num(14) + num(15)) / ticks);
+    out.push_back(std::move(cpu));
+    auto vsz = family("process_virtual_memory_bytes", "Virtual memory size in bytes.", MetricType::Gauge);
+    add(vsz, num(23));
+    out.push_back(std::move(vsz));
+    auto rss = family("process_resident_memory_bytes", "Resident memory size in bytes.", MetricType::Gauge);
+    add(rss, num(24) * page);
+    out.push_back(std::move(rss));
+    std::ifstream proc_stat("/proc/stat");
+    std::string key;
+    double btime = 0;
+    while (proc_stat >> key)
+      if (key == "btime") {
+        proc_stat >> btime;
+        break;
+      }
+    auto start = family("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+                        MetricType::Gauge);
+    add(start, btime + num(22) / ticks);
+    out.push_back(std::move(start));
+  }
+  std::error_code ec;
+  double fds = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+    ++fds;
+  auto open_fds = family("process_open_fds", "Number of open file descriptors.", MetricType::Gauge);
+  add(open_fds, fds);
+  out.push_back(std::move(open_fds));
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    auto max_fds = family("process_max_fds", "Maximum number of open file descriptors.", MetricType::Gauge);
+    add(max_fds, static_cast<double>(rl.rlim_cur));
+    out.push_back(std::move(max_fds));
+  }
+  return out;
+}
+
+}  // namespace keyway::daemon

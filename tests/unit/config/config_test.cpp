@@ -1,0 +1,491 @@
+// keyway.toml parsing: defaults, every key, the shipped example, and every class of
+// problem (syntax, unknown section or key, wrong type, out of range, bad address, routing
+// rules), checked by message so a regression in wording or in what is caught fails here.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+#include "config/config.hpp"
+
+namespace {
+
+using keyway::config::load_result;
+using keyway::config::parse;
+using keyway::daemon::listen_address;
+using keyway::daemon::server_options;
+using namespace std::chrono_literals;
+
+load_result parse_ok(std::string_view text) {
+  auto r = parse(text, "keyway.toml");
+  INFO(r.joined());
+  REQUIRE(r.ok());
+  CHECK(r.problems.empty());
+  return r;
+}
+
+// The problems of a file that must be refused.
+std::vector<std::string> problems_of(std::string_view text) {
+  auto r = parse(text, "keyway.toml");
+  CHECK_FALSE(r.ok());
+  CHECK_FALSE(r.problems.empty());
+  for (const auto& p : r.problems) CHECK(p.starts_with("keyway.toml"));
+  return r.problems;
+}
+
+// The one problem of a file that has exactly one.
+std::string problem_of(std::string_view text) {
+  auto p = problems_of(text);
+  INFO(keyway::config::load_result{std::nullopt, p}.joined());
+  REQUIRE(p.size() == 1);
+  return p.front();
+}
+
+std::vector<std::string> listen_urls(const server_options& o) {
+  std::vector<std::string> out;
+  for (const auto& l : o.listen) out.push_back(l.to_string());
+  return out;
+}
+
+// server_options has no operator==; compare every field.
+void check_same(const server_options& a, const server_options& b) {
+  CHECK(listen_urls(a) == listen_urls(b));
+  REQUIRE(a.admin.has_value() == b.admin.has_value());
+  if (a.admin) CHECK(a.admin->to_string() == b.admin->to_string());
+  CHECK(a.workers == b.workers);
+  CHECK(a.cpus == b.cpus);
+  CHECK(a.partitioner == b.partitioner);
+  CHECK(a.partition.seed == b.partition.seed);
+  CHECK(a.partition.slots == b.partition.slots);
+  CHECK(a.partition.layout == b.partition.layout);
+  CHECK(a.partition.vnodes == b.partition.vnodes);
+  CHECK(a.partition.split_points == b.partition.split_points);
+  CHECK(a.limits.max_frame == b.limits.max_frame);
+  CHECK(a.limits.max_segments == b.limits.max_segments);
+  CHECK(a.limits.max_payload == b.limits.max_payload);
+  CHECK(a.limits.max_subject == b.limits.max_subject);
+  CHECK(a.limits.max_key == b.limits.max_key);
+  CHECK(a.limits.max_headers == b.limits.max_headers);
+  CHECK(a.limits.max_header_bytes == b.limits.max_header_bytes);
+  CHECK(a.limits.max_client_name == b.limits.max_client_name);
+  CHECK(a.limits.max_auth_token == b.limits.max_auth_token);
+  CHECK(a.limits.nesting_limit == b.limits.nesting_limit);
+  CHECK(a.limits.traversal_factor == b.limits.traversal_factor);
+  CHECK(a.max_connections == b.max_connections);
+  CHECK(a.max_subscriptions == b.max_subscriptions);
+  CHECK(a.max_pending_bytes == b.max_pending_bytes);
+  CHECK(a.slow_consumer == b.slow_consumer);
+  CHECK(a.handshake_timeout == b.handshake_timeout);
+  CHECK(a.drain_timeout == b.drain_timeout);
+  CHECK(a.ring_capacity == b.ring_capacity);
+  CHECK(a.idle_timeout == b.idle_timeout);
+  CHECK(a.unix_socket_mode == b.unix_socket_mode);
+  CHECK(a.log_level == b.log_level);
+  CHECK(a.log_fmt == b.log_fmt);
+  CHECK(a.tokens_file == b.tokens_file);
+}
+
+bool contains(const std::vector<std::string>& problems, std::string_view text) {
+  return std::any_of(problems.begin(), problems.end(),
+                     [&](const std::string& p) { return p.find(text) != std::string::npos; });
+}
+
+}  // namespace
+
+TEST_CASE("an empty file gives the built-in defaults") {
+  check_same(*parse_ok("").options, server_options{});
+  check_same(*parse_ok("# only a comment\n\n").options, server_options{});
+  check_same(*parse_ok("[server]\n[listen]\n[admin]\n[routing]\n[limits]\n[log]\n[auth]\n").options,
+             server_options{});
+}
+
+TEST_CASE("the shipped keyway.toml parses cleanly and equals the defaults") {
+  auto r = keyway::config::load_file(KEYWAY_EXAMPLE_CONFIG);
+  INFO(r.joined());
+  REQUIRE(r.ok());
+  check_same(*r.options, server_options{});
+}
+
+TEST_CASE("every key written at its default value gives the defaults") {
+  auto text = parse_ok(R"(
+[server]
+workers = 0
+cpus = []
+drain_timeout = "10s"
+[listen]
+tcp = ["127.0.0.1:7400"]
+unix = []
+unix_socket_mode = "0660"
+[admin]
+listen = "127.0.0.1:7401"
+[routing]
+partitioner = "consistent"
+slots = 65536
+vnodes = 160
+split_points = []
+[limits]
+max_payload = 1048576
+max_connections = 65536
+max_subscriptions = 65536
+max_pending_bytes = 67108864
+slow_consumer = "disconnect"
+handshake_timeout = "5s"
+idle_timeout = "0s"
+[log]
+level = "info"
+format = "text"
+[auth]
+tokens_file = ""
+)");
+  check_same(*text.options, server_options{});
+}
+
+TEST_CASE("the shipped keyway.toml names every key") {
+  FILE* f = std::fopen(KEYWAY_EXAMPLE_CONFIG, "r");
+  REQUIRE(f != nullptr);
+  std::string file;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) file.append(buf, n);
+  std::fclose(f);
+  for (std::string_view key : {"workers =",
+                               "cpus =",
+                               "drain_timeout =",
+                               "tcp =",
+                               "unix =",
+                               "unix_socket_mode =",
+                               "listen =",
+                               "partitioner =",
+                               "slots =",
+                               "vnodes =",
+                               "split_points =",
+                               "max_payload =",
+                               "max_connections =",
+                               "max_subscriptions =",
+                               "max_pending_bytes =",
+                               "slow_consumer =",
+                               "handshake_timeout =",
+                               "idle_timeout =",
+                               "level =",
+                               "format =",
+                               "tokens_file ="}) {
+    INFO(key);
+    CHECK(file.find(std::string("\n").append(key)) != std::string::npos);
+  }
+}
+
+TEST_CASE("every key is read") {
+  auto r = parse_ok(R"(
+[server]
+workers = 2
+cpus = [3, 1]
+drain_timeout = "3s"
+
+[listen]
+tcp = ["0.0.0.0:7500", "[::1]:0"]
+unix = ["/tmp/keyway-a.sock"]
+unix_socket_mode = "0600"
+
+[admin]
+listen = "127.0.0.1:9100"
+
+[routing]
+partitioner = "range"
+slots = 1024
+vnodes = 32
+split_points = ["g", "p"]
+
+[limits]
+max_payload = 4096
+max_connections = 10
+max_subscriptions = 20
+max_pending_bytes = 1048576
+slow_consumer = "drop"
+handshake_timeout = 250
+idle_timeout = "2m"
+
+[log]
+level = "debug"
+format = "json"
+
+[auth]
+tokens_file = "/etc/keyway/tokens"
+)");
+  const server_options& o = *r.options;
+  CHECK(o.workers == 2);
+  CHECK(o.cpus == std::vector<int>{3, 1});
+  CHECK(o.drain_timeout == 3s);
+  CHECK(listen_urls(o) == std::vector<std::string>{"tcp://0.0.0.0:7500", "tcp://[::1]:0",
+                                                   "unix:///tmp/keyway-a.sock"});
+  CHECK(o.unix_socket_mode == 0600);
+  REQUIRE(o.admin);
+  CHECK(o.admin->to_string() == "tcp://127.0.0.1:9100");
+  CHECK(o.partitioner == keyway::core::partition_strategy::range);
+  CHECK(o.partition.slots == 1024);
+  CHECK(o.partition.vnodes == 32);
+  CHECK(o.partition.split_points == std::vector<std::string>{"g", "p"});
+  CHECK(o.limits.max_payload == 4096);
+  CHECK(o.limits.max_frame == keyway::proto::limits::with_max_payload(4096).max_frame);
+  CHECK(o.max_connections == 10);
+  CHECK(o.max_subscriptions == 20);
+  CHECK(o.max_pending_bytes == 1048576);
+  CHECK(o.slow_consumer == keyway::daemon::slow_consumer_policy::drop);
+  CHECK(o.handshake_timeout == 250ms);
+  CHECK(o.idle_timeout == 2min);
+  CHECK(o.log_level == "debug");
+  CHECK(o.log_fmt == keyway::daemon::log_format::json);
+  CHECK(o.tokens_file == "/etc/keyway/tokens");
+}
+
+TEST_CASE("admin listen set to the empty string disables the admin listener") {
+  CHECK_FALSE(parse_ok("[admin]\nlisten = \"\"\n").options->admin.has_value());
+  CHECK(parse_ok("[admin]\nlisten = \"127.0.0.1:0\"\n").options->admin.has_value());
+}
+
+TEST_CASE("cpus sets the worker count and must match an explicit one") {
+  CHECK(parse_ok("[server]\ncpus = [0, 1, 2]\n").options->workers == 3);
+  CHECK(parse_ok("[server]\nworkers = 0\ncpus = [4]\n").options->workers == 1);
+  CHECK(problem_of("[server]\nworkers = 2\ncpus = [0, 1, 2]\n") ==
+        "keyway.toml: server.workers = 2 but server.cpus lists 3 CPUs; list one CPU per worker, or "
+        "leave "
+        "workers out (it then defaults to the number of cpus)");
+  CHECK(problem_of("[server]\ncpus = [0, 1, 0]\n") ==
+        "keyway.toml: server.cpus[2] = 0 repeats CPU 0; each worker needs a CPU of its own");
+  CHECK(problem_of("[server]\ncpus = [-1]\n") ==
+        "keyway.toml: server.cpus[0] = -1 is out of range; allowed a CPU number, 0 or more");
+}
+
+TEST_CASE("listeners") {
+  SUBCASE("unix only needs tcp emptied") {
+    auto o = *parse_ok("[listen]\ntcp = []\nunix = [\"/run/k.sock\"]\n").options;
+    CHECK(listen_urls(o) == std::vector<std::string>{"unix:///run/k.sock"});
+    auto both = *parse_ok("[listen]\nunix = [\"/run/k.sock\"]\n").options;
+    CHECK(listen_urls(both) ==
+          std::vector<std::string>{"tcp://127.0.0.1:7400", "unix:///run/k.sock"});
+  }
+  SUBCASE("at least one listener") {
+    CHECK(problem_of("[listen]\ntcp = []\n") ==
+          "keyway.toml: listen.tcp and listen.unix are both empty; keywayd needs at least one "
+          "listener, e.g. "
+          "tcp = [\"127.0.0.1:7400\"]");
+  }
+  SUBCASE("socket mode as an octal string or a TOML octal") {
+    CHECK(parse_ok("[listen]\nunix_socket_mode = \"0600\"\n").options->unix_socket_mode == 0600);
+    CHECK(parse_ok("[listen]\nunix_socket_mode = \"0o640\"\n").options->unix_socket_mode == 0640);
+    CHECK(parse_ok("[listen]\nunix_socket_mode = 0o666\n").options->unix_socket_mode == 0666);
+    CHECK(parse_ok("[listen]\nunix_socket_mode = 384\n").options->unix_socket_mode == 0600);
+    CHECK(problem_of("[listen]\nunix_socket_mode = 660\n") ==
+          "keyway.toml: listen.unix_socket_mode = 660 is out of range; allowed 0..0777; write the "
+          "mode in octal: "
+          "\"0660\" or 0o660");
+    CHECK(problem_of("[listen]\nunix_socket_mode = \"rw-rw----\"\n") ==
+          "keyway.toml: listen.unix_socket_mode = \"rw-rw----\" is not an octal mode; write e.g. "
+          "\"0660\"");
+    CHECK(problem_of("[listen]\nunix_socket_mode = \"1777\"\n")
+              .find("is out of range; allowed 0..0777") != std::string::npos);
+  }
+}
+
+TEST_CASE("bad addresses are refused with the key and the reason") {
+  CHECK(problem_of("[listen]\ntcp = [\"localhost\"]\n") ==
+        "keyway.toml: listen.tcp[0] = \"localhost\" is not a valid address: missing :PORT; write "
+        "HOST:PORT, e.g. "
+        "\"127.0.0.1:7400\" or \"[::1]:7400\"");
+  CHECK(problem_of("[listen]\ntcp = [\"127.0.0.1:7400\", \"localhost:7400\"]\n") ==
+        "keyway.toml: listen.tcp[1] = \"localhost:7400\" is not a valid address: host "
+        "\"localhost\" is not an IP "
+        "address; keywayd does not resolve names, so write e.g. 127.0.0.1, 0.0.0.0 or [::1]");
+  CHECK(problem_of("[listen]\ntcp = [\"127.0.0.1:70000\"]\n")
+            .find("listen.tcp[0] = \"127.0.0.1:70000\" is not a valid address: the port must be a "
+                  "number from 0 to 65535") != std::string::npos);
+  CHECK(problem_of("[listen]\ntcp = [\"tcp://127.0.0.1:7400\"]\n") ==
+        "keyway.toml: listen.tcp[0] = \"tcp://127.0.0.1:7400\" has a scheme; write HOST:PORT, e.g. "
+        "\"127.0.0.1:7400\" or \"[::1]:7400\"");
+  CHECK(problem_of("[listen]\ntcp = [\"127.0.0.1:7400\", \"127.0.0.1:7400\"]\n") ==
+        "keyway.toml: listen.tcp[1] = \"127.0.0.1:7400\" is listed twice; each address can be "
+        "bound once");
+  CHECK(problem_of("[listen]\nunix = [\"relative.sock\"]\n") ==
+        "keyway.toml: listen.unix[0] = \"relative.sock\" is not a valid path: the Unix socket path "
+        "must be "
+        "absolute; write an absolute path such as \"/run/keyway/keyway.sock\"");
+  CHECK(problem_of("[admin]\nlisten = \"127.0.0.1\"\n")
+            .starts_with(
+                "keyway.toml: admin.listen = \"127.0.0.1\" is not a valid address: missing :PORT"));
+  CHECK(problem_of("[admin]\nlisten = \"127.0.0.1:7400\"\n") ==
+        "keyway.toml: admin.listen = \"127.0.0.1:7400\" is also in listen.tcp; give the admin "
+        "listener a port of "
+        "its own");
+  // Port 0 never clashes: each bind picks its own port.
+  CHECK(
+      parse_ok(
+          "[listen]\ntcp = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+          .ok());
+}
+
+TEST_CASE("unknown sections and keys are errors") {
+  CHECK(problem_of("[server]\nwrokers = 4\n") ==
+        "keyway.toml: unknown key server.wrokers; did you mean server.workers?");
+  CHECK(problem_of("[limits]\nmax_frame = 4\n") ==
+        "keyway.toml: unknown key limits.max_frame; the keys of [limits] are max_payload, "
+        "max_connections, "
+        "max_subscriptions, max_pending_bytes, slow_consumer, handshake_timeout, idle_timeout");
+  CHECK(problem_of("[servr]\nworkers = 4\n") ==
+        "keyway.toml: unknown section [servr]; did you mean [server]?");
+  CHECK(problem_of("[cluster]\nnodes = 3\n") ==
+        "keyway.toml: unknown section [cluster]; the sections are server, listen, admin, routing, "
+        "limits, log, "
+        "auth");
+  CHECK(problem_of("workers = 4\n") ==
+        "keyway.toml: unknown key workers outside any section; did you mean to put it under "
+        "[server]?");
+  CHECK(problem_of("[server.extra]\nx = 1\n") ==
+        "keyway.toml: unknown key server.extra; the keys of [server] are workers, cpus, "
+        "drain_timeout");
+  CHECK(problem_of("server = 1\n") ==
+        "keyway.toml: server = 1 has the wrong type: expected a table: [server]");
+}
+
+TEST_CASE("wrong types are errors") {
+  CHECK(problem_of("[server]\nworkers = \"two\"\n") ==
+        "keyway.toml: server.workers = \"two\" has the wrong type: expected an integer");
+  CHECK(problem_of("[server]\ncpus = 1\n") ==
+        "keyway.toml: server.cpus = 1 has the wrong type: expected an array of CPU numbers such as "
+        "[0, 1]");
+  CHECK(problem_of("[listen]\ntcp = \"127.0.0.1:7400\"\n") ==
+        "keyway.toml: listen.tcp = \"127.0.0.1:7400\" has the wrong type: expected an array of "
+        "\"HOST:PORT\" "
+        "strings");
+  CHECK(problem_of("[listen]\ntcp = [7400]\n") ==
+        "keyway.toml: listen.tcp[0] = 7400 has the wrong type: expected a string");
+  CHECK(problem_of("[limits]\nmax_payload = 1.5\n") ==
+        "keyway.toml: limits.max_payload = 1.5 has the wrong type: expected an integer");
+  CHECK(problem_of("[limits]\nidle_timeout = true\n") ==
+        "keyway.toml: limits.idle_timeout = true has the wrong type: expected a duration such as "
+        "\"500ms\", "
+        "\"5s\" or \"2m\", or an integer of milliseconds");
+  CHECK(problem_of("[log]\nlevel = 3\n") ==
+        "keyway.toml: log.level = 3 has the wrong type: expected a string");
+  CHECK(problem_of("[auth]\ntokens_file = [\"a\"]\n") ==
+        "keyway.toml: auth.tokens_file = [\"a\"] has the wrong type: expected a string");
+  CHECK(problem_of("[routing]\nsplit_points = [\"a\", 2]\n") ==
+        "keyway.toml: routing.split_points[1] = 2 has the wrong type: expected a string");
+}
+
+TEST_CASE("values out of range are errors") {
+  CHECK(problem_of("[limits]\nmax_payload = 0\n") ==
+        "keyway.toml: limits.max_payload = 0 is out of range; allowed 1..67108864 bytes (64 MiB)");
+  CHECK(problem_of("[limits]\nmax_payload = 67108865\n").find("is out of range") !=
+        std::string::npos);
+  CHECK(parse_ok("[limits]\nmax_payload = 67108864\n").options->limits.max_payload == 67108864);
+  CHECK(problem_of("[server]\nworkers = 1025\n") ==
+        "keyway.toml: server.workers = 1025 is out of range; allowed 0..1024 (0 = one worker per "
+        "CPU)");
+  CHECK(problem_of("[server]\nworkers = -1\n").find("server.workers = -1 is out of range") !=
+        std::string::npos);
+  CHECK(problem_of("[limits]\nmax_connections = 0\n") ==
+        "keyway.toml: limits.max_connections = 0 is out of range; allowed 1..1000000");
+  CHECK(problem_of("[limits]\nmax_subscriptions = 1000001\n") ==
+        "keyway.toml: limits.max_subscriptions = 1000001 is out of range; allowed 1..1000000 per "
+        "connection");
+  CHECK(problem_of("[limits]\nmax_pending_bytes = 65535\n") ==
+        "keyway.toml: limits.max_pending_bytes = 65535 is out of range; allowed 65536..17179869184 "
+        "bytes "
+        "(64 KiB..16 GiB)");
+  CHECK(parse_ok("[limits]\nmax_pending_bytes = 17179869184\n").options->max_pending_bytes ==
+        16ull << 30);
+  CHECK(problem_of("[limits]\nhandshake_timeout = \"0s\"\n") ==
+        "keyway.toml: limits.handshake_timeout = \"0s\" is out of range; allowed 1ms..1h");
+  CHECK(problem_of("[limits]\nidle_timeout = \"25h\"\n") ==
+        "keyway.toml: limits.idle_timeout = \"25h\" is out of range; allowed 0..24h (0 = never)");
+  CHECK(problem_of("[server]\ndrain_timeout = -5\n") ==
+        "keyway.toml: server.drain_timeout = -5 is out of range; allowed 0..1h");
+  CHECK(problem_of("[server]\ndrain_timeout = \"5 s\"\n") ==
+        "keyway.toml: server.drain_timeout = \"5 s\" is not a duration; use a whole number and a "
+        "unit, e.g. "
+        "500ms, 5s, 2m or 1h (a bare number means milliseconds)");
+  CHECK(
+      problem_of("[limits]\nslow_consumer = \"block\"\n") ==
+      "keyway.toml: limits.slow_consumer = \"block\" is not allowed; use one of disconnect, drop");
+  CHECK(problem_of("[log]\nlevel = \"verbose\"\n") ==
+        "keyway.toml: log.level = \"verbose\" is not allowed; use one of trace, debug, info, warn, "
+        "error, "
+        "critical, off");
+  CHECK(problem_of("[log]\nformat = \"xml\"\n") ==
+        "keyway.toml: log.format = \"xml\" is not allowed; use one of text, json");
+}
+
+TEST_CASE("routing rules") {
+  CHECK(problem_of("[routing]\npartitioner = \"random\"\n") ==
+        "keyway.toml: routing.partitioner = \"random\" is not allowed; use one of consistent, "
+        "hash, round_robin, "
+        "or range with routing.split_points");
+  CHECK(problem_of("[routing]\npartitioner = \"range\"\n") ==
+        "keyway.toml: routing.partitioner = \"range\" needs routing.split_points, e.g. "
+        "split_points = [\"m\"] for "
+        "two ranges; or use consistent");
+  CHECK(problem_of("[routing]\nsplit_points = [\"m\"]\n") ==
+        "keyway.toml: routing.split_points is set but routing.partitioner is \"consistent\"; split "
+        "points apply "
+        "only to partitioner = \"range\", so remove them or switch to range");
+  CHECK(
+      problem_of("[routing]\npartitioner = \"range\"\nsplit_points = [\"m\", \"c\"]\n")
+          .starts_with(
+              "keyway.toml: routing.split_points: range split point 1 (\"c\") is not greater than "
+              "split point 0 (\"m\")"));
+  CHECK(
+      problem_of("[routing]\nslots = 1000\n")
+          .starts_with("keyway.toml: routing.slots = 1000 is not a power of two in [2, 16777216]"));
+  CHECK(problem_of("[routing]\nslots = -4\n")
+            .starts_with("keyway.toml: routing.slots = -4 is not a power of two"));
+  CHECK(problem_of("[routing]\nvnodes = 0\n") ==
+        "keyway.toml: routing.vnodes = 0 is outside [1, 65536]; use e.g. 160");
+  CHECK(parse_ok("[routing]\npartitioner = \"hash\"\n").options->partitioner ==
+        keyway::core::partition_strategy::hash);
+  CHECK(parse_ok("[routing]\npartitioner = \"round_robin\"\nsplit_points = []\n")
+            .options->partitioner == keyway::core::partition_strategy::round_robin);
+}
+
+TEST_CASE("a syntax error names the file with its line and column") {
+  auto p = problem_of("[server]\nworkers = 2\ndrain_timeout = = 5\n");
+  CHECK(p.starts_with("keyway.toml:3:"));
+  CHECK(p.find(": TOML syntax error: ") != std::string::npos);
+  auto dup = problem_of("[log]\nlevel = \"info\"\nlevel = \"debug\"\n");
+  CHECK(dup.starts_with("keyway.toml:3:"));
+  CHECK(parse("x = ", "/etc/keyway/keyway.toml")
+            .problems.at(0)
+            .starts_with("/etc/keyway/keyway.toml:1:"));
+}
+
+TEST_CASE("several problems are reported together") {
+  auto problems = problems_of(R"(
+[server]
+wrokers = 4
+drain_timeout = "soon"
+[listen]
+tcp = ["localhost"]
+[limits]
+max_payload = 0
+[log]
+level = "loud"
+[nope]
+)");
+  CHECK(problems.size() == 6);
+  CHECK(contains(problems, "unknown key server.wrokers"));
+  CHECK(contains(problems, "server.drain_timeout = \"soon\" is not a duration"));
+  CHECK(contains(problems, "listen.tcp[0] = \"localhost\" is not a valid address"));
+  CHECK(contains(problems, "limits.max_payload = 0 is out of range"));
+  CHECK(contains(problems, "log.level = \"loud\" is not allowed"));
+  CHECK(contains(problems, "unknown section [nope]"));
+  const auto joined = load_result{std::nullopt, problems}.joined();
+  CHECK(std::count(joined.begin(), joined.end(), '\n') == 5);
+  CHECK_FALSE(joined.ends_with("\n"));
+}
+
+TEST_CASE("values are shown escaped") {
+  CHECK(problem_of("[log]\nlevel = \"a\\\"b\\n\"\n") ==
+        "keyway.toml: log.level = \"a\\\"b\\u000a\" is not allowed; use one of trace, debug, info, "
+        "warn, error, "
+        "critical, off");
+}
