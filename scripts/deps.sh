@@ -5,9 +5,9 @@ set -euo pipefail
 
 build_pkgs=(build-essential cmake ninja-build pkg-config
   libasio-dev libspdlog-dev libcli11-dev libtomlplusplus-dev prometheus-cpp-dev
-  libcapnp-dev capnproto doctest-dev libsystemd-dev libxxhash-dev)
-test_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev nlohmann-json3-dev prometheus systemd)
-bench_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev)
+  libcapnp-dev capnproto doctest-dev libsystemd-dev libxxhash-dev nlohmann-json3-dev)
+test_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev prometheus systemd)
+bench_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev nats-server redis-server gnuplot-nox)
 
 want=("${build_pkgs[@]}")
 case "${1:-build}" in
