@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <fstream>
@@ -15,11 +16,13 @@
 #include <vector>
 
 #include "tests/integration/itest.hpp"
+#include "tests/support/child_process.hpp"
 #include "tests/support/http_get.hpp"
 
 namespace keyway::itest {
 namespace {
 
+using test::child_process;
 using test::http_get;
 
 /// Sum of every sample of `name` (any labels) in Prometheus text output.
@@ -293,6 +296,72 @@ TEST_CASE("systemd: a socket passed with LISTEN_FDS is adopted instead of bindin
   raw_client a = open_client(url, "a");
   raw_client b = open_client(url, "b");
   check_round_trip(a, b);
+}
+
+}  // namespace keyway::itest
+
+namespace keyway::itest {
+
+TEST_CASE("systemd: a Unix socket passed with LISTEN_FDS is adopted") {
+  temp_dir dir;
+  const std::string path = (dir.path() / "act.sock").string();
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  REQUIRE(::listen(fd, 64) == 0);
+  keywayd_process d({"--workers", "2"}, 10s, {{}, fd});
+  ::close(fd);
+  REQUIRE(d.addresses().size() == 1);
+  CHECK(d.addresses()[0] == "unix://" + path);
+  raw_client a = open_client("unix://" + path, "a");
+  raw_client b = open_client("unix://" + path, "b");
+  check_round_trip(a, b);
+}
+
+TEST_CASE("config: flags override the file and check-config reports every problem") {
+  temp_dir dir;
+  const auto conf = dir.path() / "keyway.toml";
+  const std::string sock = (dir.path() / "k.sock").string();
+  std::ofstream(conf) << "[listen]\ntcp = [\"127.0.0.1:0\"]\nunix = [\"" << sock << "\"]\nunix_socket_mode = \"0600\"\n"
+                      << "[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_subscriptions = 1\n";
+  {
+    child_process check({KEYWAYD_PATH, "--check-config", "--config", conf.string()});
+    CHECK(check.wait(10s) == 0);
+    CHECK(check.out().find("configuration is valid") != std::string::npos);
+  }
+  keywayd_process d({"--config", conf.string(), "--max-subscriptions", "3"});
+  struct stat st {};
+  REQUIRE(::stat(sock.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  raw_client c = open_client(d.url(), "c");
+  c.subscribe(1, "a");
+  c.subscribe(2, "b");
+  c.subscribe(3, "c");  // the flag's 3, not the file's 1
+  c.queue_subscribe({4, "d", {}, 99});
+  c.flush();
+  const error_frame e = c.await_error();
+  CHECK(e.code == proto::errc::too_many_subscriptions);
+  CHECK(e.message.find("limits.max_subscriptions is 3") != std::string::npos);
+
+  const auto bad = dir.path() / "bad.toml";
+  std::ofstream(bad) << "[server]\nwrokers = 2\n[limits]\nmax_payload = 0\n";
+  child_process check({KEYWAYD_PATH, "--check-config", "--config", bad.string()});
+  CHECK(check.wait(10s) == 2);
+  const std::string err = check.err();
+  INFO(err);
+  CHECK(err.find("unknown key server.wrokers") != std::string::npos);
+  CHECK(err.find("limits.max_payload = 0 is out of range") != std::string::npos);
+  CHECK(err.find(bad.string()) != std::string::npos);
+
+  // Checks of the machine run on a file that parses: a missing directory.
+  const auto nodir = dir.path() / "nodir.toml";
+  std::ofstream(nodir) << "[listen]\nunix = [\"/nonexistent-dir/k.sock\"]\n";
+  child_process check2({KEYWAYD_PATH, "--check-config", "--config", nodir.string()});
+  CHECK(check2.wait(10s) == 2);
+  CHECK(check2.err().find("directory /nonexistent-dir does not exist") != std::string::npos);
 }
 
 }  // namespace keyway::itest
