@@ -271,15 +271,7 @@ void admin_service::start() {
   impl& m = *impl_;
   if (m.listen) {
     const listen_address& a = *m.listen;
-    std::error_code ec;
-    const auto addr = asio::ip::make_address(a.host, ec);
-    if (ec) throw std::runtime_error("admin listen " + a.to_string() + ": '" + a.host + "' is not an IP address");
-    tcp::endpoint ep(addr, a.port);
-    m.acceptor.open(ep.protocol(), ec);
-    if (!ec) m.acceptor.set_option(asio::socket_base::reuse_address(true), ec);
-    if (!ec) m.acceptor.bind(ep, ec);
-    if (!ec) m.acceptor.listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) throw std::runtime_error("cannot listen for admin HTTP on " + a.to_string() + ": " + ec.message());
+    open_tcp_acceptor(m.acceptor, a, "admin.listen");
     const auto bound = m.acceptor.local_endpoint();
     const std::string host = bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
                                                      : bound.address().to_string();

@@ -80,8 +80,10 @@ void router::flush() {
 bool router::has_work() { return ep_.has_work() || !dirty_.empty(); }
 
 void router::shutdown() {
-  for (auto& a : ctx_.tcp_acceptors) a->close();
-  for (auto& a : ctx_.unix_acceptors) a->close();
+  if (w_.id() == 0) {  // the acceptors are worker 0's
+    for (auto& a : ctx_.tcp_acceptors) a->close();
+    for (auto& a : ctx_.unix_acceptors) a->close();
+  }
   std::vector<std::shared_ptr<connection>> all;
   for (auto& [id, c] : conns_) all.push_back(c);
   for (auto& c : all) c->abort();

@@ -126,6 +126,18 @@ std::vector<std::string> server::reload(const server_options& next) {
   return {};
 }
 
+void open_tcp_acceptor(asio::ip::tcp::acceptor& acc, const listen_address& a, std::string_view what) {
+  std::error_code ec;
+  const auto addr = asio::ip::make_address(a.host, ec);
+  if (ec) throw std::runtime_error(std::string(what) + " " + a.to_string() + ": '" + a.host + "' is not an IP address");
+  const asio::ip::tcp::endpoint ep(addr, a.port);
+  acc.open(ep.protocol(), ec);
+  if (!ec) acc.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acc.bind(ep, ec);
+  if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw std::runtime_error(std::string(what) + ": cannot listen on " + a.to_string() + ": " + ec.message());
+}
+
 bool server::adopt_activated_sockets(asio::io_context& io0) {
   // Socket activation: systemd passes listening sockets as fds 3.. with
   // LISTEN_FDS/LISTEN_PID; they replace the configured listeners.
@@ -167,15 +179,8 @@ void server::bind_listeners() {
   for (const listen_address& a : ctx_.options.listen) {
     std::error_code ec;
     if (a.type == listen_address::kind::tcp) {
-      auto addr = asio::ip::make_address(a.host, ec);
-      if (ec) throw std::runtime_error("listen " + a.to_string() + ": '" + a.host + "' is not an IP address");
       auto acc = std::make_unique<asio::ip::tcp::acceptor>(io0);
-      asio::ip::tcp::endpoint ep(addr, a.port);
-      acc->open(ep.protocol(), ec);
-      if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
-      if (!ec) acc->bind(ep, ec);
-      if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-      if (ec) throw std::runtime_error("cannot listen on " + a.to_string() + ": " + ec.message());
+      open_tcp_acceptor(*acc, a, "listen");
       listen_address bound = a;
       bound.port = acc->local_endpoint().port();
       addresses_.push_back(bound.to_string());

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/worker_pool.hpp"
@@ -74,6 +75,10 @@ class server {
   bool progress_primed_ = false;
   std::vector<std::uint32_t> stalled_;
 };
+
+/// Opens, binds (SO_REUSEADDR) and listens; throws std::runtime_error naming
+/// `what` (e.g. "listen", "admin listen"), the address and the reason.
+void open_tcp_acceptor(asio::ip::tcp::acceptor& acc, const listen_address& a, std::string_view what);
 
 /// A random 16-hex-digit id for this process.
 std::string make_server_id();
