@@ -66,7 +66,7 @@ TEST_CASE("deploy: a real Prometheus scrapes keywayd and promtool accepts its me
   raw_client pub = open_client(d.url(), "pub");
   sub.subscribe(1, "prom.>");
   constexpr int n = 1234;
-  for (int i = 0; i < n; ++i) pub.publish("prom.x", "k" + std::to_string(i % 50), "payload");
+  for (int i = 0; i < n; ++i) pub.publish("prom.x", std::string("k").append(std::to_string(i % 50)), "payload");
   pub.ping();
   REQUIRE(sub.collect(n, 10s).size() == n);
 

@@ -129,7 +129,7 @@ TEST_CASE("admin: metrics count what was published and delivered") {
   raw_client pub = open_client(d.url(), "pub");
   sub.subscribe(1, "m.>");
   constexpr int n = 500;
-  for (int i = 0; i < n; ++i) pub.publish("m.x", "k" + std::to_string(i), "p");
+  for (int i = 0; i < n; ++i) pub.publish("m.x", std::string("k").append(std::to_string(i)), "p");
   pub.ping();
   REQUIRE(sub.collect(n, 10s).size() == n);
   (void)pub.publish_acked("m.acked", "k", "x");  // one more, acknowledged (m.> matches it)
