@@ -1,0 +1,161 @@
+// e2e::conn: one client connection of the load generator to one server
+// (Keyway, nats-server or redis-server), with a non-blocking TCP socket that
+// the owning thread drives with poll(). The three adapters (keyway_conn.cpp,
+// nats_conn.cpp, redis_conn.cpp) differ only in how they encode publishes and
+// subscribes and how they parse what the server sends; the generator
+// (generator.cpp) drives all three through this interface, so every system
+// runs exactly the same scenario code.
+//
+// Threading: one thread at a time. The generator sets a conn up on its own
+// thread, then hands it to the conn's worker thread (start and join order the
+// hand-over).
+// Cost: publishes are encoded into the adapter's own outbound buffer and
+// written in batches by write_some(); reads go straight into the adapter's
+// parse buffer. Deliveries are handed to `sink` with the time of the read()
+// that brought them in (one clock read per read(), not per message).
+//
+// Every blocking call takes a deadline. Setup steps (connect, handshake,
+// subscribe, sync) throw bench_error when the deadline passes or the server
+// refuses; the hot loops use the non-throwing write_some()/read_some().
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace keyway::bench::e2e {
+
+using clock = std::chrono::steady_clock;
+using std::chrono::nanoseconds;
+
+struct bench_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// steady_clock nanoseconds: the timestamp carried in every payload.
+inline std::uint64_t now_ns() noexcept {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<nanoseconds>(clock::now().time_since_epoch()).count());
+}
+
+enum class system_kind { keyway, nats, redis };
+std::string_view to_string(system_kind s) noexcept;
+
+/// Receives deliveries from a conn, on the conn's thread.
+class delivery_sink {
+ public:
+  virtual ~delivery_sink() = default;
+  /// `now_ns` is when the bytes holding this delivery were read.
+  virtual void on_delivery(std::span<const std::byte> payload, std::string_view reply_to,
+                           std::uint64_t now_ns) = 0;
+};
+
+class conn {
+ public:
+  virtual ~conn();
+  conn(const conn&) = delete;
+  conn& operator=(const conn&) = delete;
+
+  // ---- setup (throw bench_error) -----------------------------------------
+  /// Protocol greeting: Keyway hello/welcome, NATS INFO/CONNECT, nothing for Redis.
+  virtual void handshake(std::string_view name, clock::time_point deadline) = 0;
+  /// Subscribes and waits until the server acknowledges it: afterwards no
+  /// matching publish is missed. `group` empty = plain subscription; a
+  /// non-empty group on Redis throws (it has none).
+  virtual void subscribe(std::string_view subject, std::string_view group,
+                         clock::time_point deadline) = 0;
+  /// A round trip (Keyway ping/pong, NATS PING/PONG, Redis PING): returns
+  /// once the server has handled everything this connection sent before.
+  void sync(clock::time_point deadline);
+
+  // ---- data path ---------------------------------------------------------
+  /// Appends one publish to the outbound buffer (nothing is written yet).
+  /// `key` is used by Keyway only; NATS and Redis have no keys.
+  virtual void queue_publish(std::string_view subject, std::span<const std::byte> key,
+                             std::span<const std::byte> payload, std::string_view reply_to) = 0;
+  virtual std::size_t out_size() const noexcept = 0;
+  /// Writes what the socket takes now; false once the connection failed.
+  bool write_some() noexcept;
+  /// Reads what has arrived (one recv) and dispatches it; the bytes read, 0
+  /// when nothing was ready. Marks the connection failed on EOF or error.
+  std::size_t read_some() noexcept;
+  /// Waits until the socket is readable (or writable, while output is
+  /// queued) or `timeout` passes.
+  void wait(nanoseconds timeout) noexcept;
+  /// Writes everything queued, reading meanwhile. False on deadline or failure.
+  bool flush(clock::time_point deadline) noexcept;
+
+  bool failed() const noexcept { return !failure_.empty(); }
+  const std::string& failure() const noexcept { return failure_; }
+  /// Non-fatal errors the server reported (e.g. Keyway error frames, NATS -ERR).
+  std::uint64_t server_errors() const noexcept { return server_errors_; }
+  const std::string& last_server_error() const noexcept { return last_server_error_; }
+  /// Replies a Redis publisher got (PUBLISH answers with a count); others 0.
+  std::uint64_t publish_replies() const noexcept { return publish_replies_; }
+
+  void set_sink(delivery_sink* s) noexcept { sink_ = s; }
+
+ protected:
+  explicit conn(int fd) : fd_(fd) {}
+
+  // ---- adapter hooks -----------------------------------------------------
+  /// Writable space for incoming bytes (at least 64 KiB).
+  virtual std::span<std::byte> in_space() = 0;
+  /// `n` bytes arrived in in_space(): parse every complete frame.
+  virtual void in_commit(std::size_t n, std::uint64_t now) = 0;
+  /// The first run of queued outbound bytes; consume after writing.
+  virtual std::span<const std::byte> out_front() const noexcept = 0;
+  virtual void out_consume(std::size_t n) noexcept = 0;
+  virtual void queue_ping() = 0;
+
+  /// Reads and dispatches until `done()` holds; throws bench_error naming
+  /// `what` on deadline, EOF or failure.
+  template <class Pred>
+  void wait_until(Pred&& done, clock::time_point deadline, std::string_view what) {
+    while (!done()) {
+      if (failed()) throw bench_error(std::string(what) + ": " + failure_);
+      if (!write_some()) continue;
+      if (read_some() > 0) continue;
+      if (clock::now() >= deadline) throw bench_error(std::string(what) + ": timed out");
+      wait(std::chrono::milliseconds(20));
+    }
+  }
+  void server_error(std::string text) {
+    ++server_errors_;
+    last_server_error_ = std::move(text);
+  }
+  void fail(std::string why) {
+    if (failure_.empty()) failure_ = std::move(why);
+  }
+
+  int fd_ = -1;
+  delivery_sink* sink_ = nullptr;
+  std::uint64_t pings_sent_ = 0;
+  std::uint64_t pongs_received_ = 0;
+  std::uint64_t publish_replies_ = 0;
+
+ private:
+  std::string failure_;
+  std::uint64_t server_errors_ = 0;
+  std::string last_server_error_;
+};
+
+/// A blocking TCP connect to host:port with TCP_NODELAY, then non-blocking.
+/// Throws bench_error.
+int tcp_connect(const std::string& host, int port, clock::time_point deadline);
+
+/// A connected, greeted client of `kind` (handshake() done). `name` shows up
+/// in the server's logs.
+std::unique_ptr<conn> make_conn(system_kind kind, const std::string& host, int port,
+                                std::string_view name, clock::time_point deadline);
+
+std::unique_ptr<conn> make_keyway_conn(int fd);
+std::unique_ptr<conn> make_nats_conn(int fd);
+std::unique_ptr<conn> make_redis_conn(int fd);
+
+}  // namespace keyway::bench::e2e

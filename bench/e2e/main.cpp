@@ -1,0 +1,160 @@
+// keyway-bench: the end-to-end load generator. Keyway (through the proto
+// codec directly), nats-server (NATS text protocol) and redis-server (RESP
+// PUBLISH/SUBSCRIBE) driven by the same generator code.
+//
+//   keyway-bench suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT] [--revision TEXT]
+//       every scenario against servers it starts itself (what `bench/run e2e` runs)
+//   keyway-bench pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M]
+//       [--group] [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S]
+//       [--window N] one pub/sub scenario against a running server
+//   keyway-bench reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | --closed-loop]
+//       [--size BYTES] [--duration S]
+//       one request/reply scenario against a running server
+#include "bench/e2e/generator.hpp"
+#include "bench/e2e/suite.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace e2e = keyway::bench::e2e;
+
+namespace {
+
+int usage(const char* argv0) {
+  std::fprintf(
+      stderr,
+      "usage: %s suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT] [--revision TEXT]\n"
+      "       %s pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M] "
+      "[--group]\n"
+      "                 [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S] "
+      "[--window N]\n"
+      "       %s reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | "
+      "--closed-loop]\n"
+      "                 [--size BYTES] [--duration S]\n",
+      argv0, argv0, argv0);
+  return 2;
+}
+
+void print(const e2e::run_result& r) {
+  const auto& h = r.latency;
+  std::printf(
+      "sent %llu, received %llu of %llu expected; publishers %.0f msgs/s over %.3f s; "
+      "subscribers %.0f msgs/s over %.3f s\n",
+      static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.received),
+      static_cast<unsigned long long>(r.expected), r.pub_rate, r.pub_seconds, r.sub_rate,
+      r.sub_seconds);
+  if (h.count() > 0)
+    std::printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  (%llu samples)\n",
+                h.percentile(50) / 1e3, h.percentile(90) / 1e3, h.percentile(99) / 1e3,
+                h.percentile(99.9) / 1e3, h.max() / 1e3,
+                static_cast<unsigned long long>(h.count()));
+  if (!r.error.empty()) std::printf("problem: %s\n", r.error.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage(argv[0]);
+  const std::string_view cmd = argv[1];
+  std::vector<std::string_view> args(argv + 2, argv + argc);
+  std::size_t i = 0;
+  auto value = [&](std::string_view flag) -> std::string {
+    if (i + 1 >= args.size()) {
+      std::fprintf(stderr, "%.*s needs a value\n", static_cast<int>(flag.size()), flag.data());
+      std::exit(2);
+    }
+    return std::string(args[++i]);
+  };
+  auto seconds = [](const std::string& s) {
+    return std::chrono::duration_cast<e2e::nanoseconds>(
+        std::chrono::duration<double>(std::stod(s)));
+  };
+
+  try {
+    if (cmd == "suite") {
+      e2e::suite_options o;
+      for (; i < args.size(); ++i) {
+        const auto a = args[i];
+        if (a == "--quick")
+          o.quick = true;
+        else if (a == "--keywayd")
+          o.keywayd = value(a);
+        else if (a == "--out")
+          o.out_dir = value(a);
+        else if (a == "--command")
+          o.command = value(a);
+        else if (a == "--revision")
+          o.keyway_revision = value(a);
+        else
+          return usage(argv[0]);
+      }
+      return e2e::run_suite(o);
+    }
+
+    e2e::endpoint ep;
+    bool have_system = false;
+    e2e::pubsub_options ps;
+    e2e::reqrep_options rr;
+    bool closed_loop = false;
+    for (; i < args.size(); ++i) {
+      const auto a = args[i];
+      if (a == "--system") {
+        const std::string s = value(a);
+        have_system = true;
+        if (s == "keyway")
+          ep.kind = e2e::system_kind::keyway;
+        else if (s == "nats")
+          ep.kind = e2e::system_kind::nats;
+        else if (s == "redis")
+          ep.kind = e2e::system_kind::redis;
+        else
+          return usage(argv[0]);
+      } else if (a == "--host")
+        ep.host = value(a);
+      else if (a == "--port")
+        ep.port = std::stoi(value(a));
+      else if (a == "--pubs")
+        ps.publishers = std::stoi(value(a));
+      else if (a == "--subs")
+        ps.subscribers = std::stoi(value(a));
+      else if (a == "--group")
+        ps.queue_group = true;
+      else if (a == "--size")
+        ps.payload = rr.payload = std::stoul(value(a));
+      else if (a == "--keys")
+        ps.keys = std::stoi(value(a));
+      else if (a == "--rate")
+        ps.rate = rr.rate = std::stod(value(a));
+      else if (a == "--count")
+        ps.count = std::stoull(value(a));
+      else if (a == "--duration")
+        ps.duration = rr.duration = seconds(value(a));
+      else if (a == "--window")
+        ps.window = std::stoull(value(a));
+      else if (a == "--closed-loop")
+        closed_loop = true;
+      else
+        return usage(argv[0]);
+    }
+    if (!have_system || ep.port <= 0 || ps.publishers < 1 || ps.subscribers < 0)
+      return usage(argv[0]);
+    if (cmd == "pubsub") {
+      const auto r = e2e::run_pubsub(ep, ps);
+      print(r);
+      return r.ok ? 0 : 1;
+    }
+    if (cmd == "reqrep") {
+      rr.mode = closed_loop ? e2e::reqrep_mode::closed_loop : e2e::reqrep_mode::fixed_rate;
+      const auto r = e2e::run_reqrep(ep, rr);
+      print(r);
+      return r.ok ? 0 : 1;
+    }
+    return usage(argv[0]);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "keyway-bench: %s\n", e.what());
+    return 1;
+  }
+}

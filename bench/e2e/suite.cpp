@@ -1,0 +1,390 @@
+#include "bench/e2e/suite.hpp"
+
+#include "bench/e2e/generator.hpp"
+#include "bench/e2e/results.hpp"
+#include "bench/e2e/servers.hpp"
+
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <thread>
+
+namespace keyway::bench::e2e {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct scenario {
+  scenario_info info;
+  std::function<run_result(const endpoint&)> run;
+  bool redis = true;             // false: Redis has no such feature
+  std::string redis_missing;     // why, for the notes
+  bool headline_is_pub = false;  // msgs_per_sec = publisher side (publish only)
+  bool fixed_rate = false;       // the rate is set: the median is taken by p99
+};
+
+std::string machine_description() {
+  utsname u{};
+  ::uname(&u);
+  std::string cpu = "?";
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  std::string os = "?";
+  std::ifstream rel("/etc/os-release");
+  for (std::string line; std::getline(rel, line);) {
+    if (line.rfind("PRETTY_NAME=", 0) == 0) {
+      os = line.substr(12);
+      if (os.size() >= 2 && os.front() == '"') os = os.substr(1, os.size() - 2);
+    }
+  }
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  const double mem_gib = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) *
+                         static_cast<double>(::sysconf(_SC_PAGE_SIZE)) / (1024.0 * 1024 * 1024);
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "%s, kernel %s, %ld × %s, %.0f GiB; client and servers share the CPUs", os.c_str(),
+                u.release, cpus, cpu.c_str(), mem_gib);
+  return buf;
+}
+
+double load_average() {
+  double l = -1;
+  std::ifstream f("/proc/loadavg");
+  f >> l;
+  return l;
+}
+
+result_row to_row(const scenario& s, system_kind kind, const run_result& r) {
+  result_row row;
+  row.scenario = s.info.id;
+  row.system = std::string(to_string(kind));
+  if (r.sent > 0) {
+    row.pub_msgs_per_sec = r.pub_rate;
+    if (r.expected > 0 || r.received > 0) row.sub_msgs_per_sec = r.sub_rate;
+    row.msgs_per_sec = s.headline_is_pub ? r.pub_rate : r.sub_rate;
+  }
+  if (r.latency.count() > 0) {
+    row.p50_us = static_cast<double>(r.latency.percentile(50)) / 1e3;
+    row.p90_us = static_cast<double>(r.latency.percentile(90)) / 1e3;
+    row.p99_us = static_cast<double>(r.latency.percentile(99)) / 1e3;
+    row.p999_us = static_cast<double>(r.latency.percentile(99.9)) / 1e3;
+    row.max_us = static_cast<double>(r.latency.max()) / 1e3;
+  }
+  row.note = r.error;
+  return row;
+}
+
+/// The median of `runs` (by msgs/s; by p99 for fixed-rate scenarios, whose
+/// rate is set), with every run's figure in the note.
+result_row median_row(const scenario& s, system_kind kind, const std::vector<run_result>& runs) {
+  auto key = [&](const run_result& r) {
+    if (s.fixed_rate) return static_cast<double>(r.latency.percentile(99));
+    return s.headline_is_pub ? r.pub_rate : r.sub_rate;
+  };
+  std::vector<std::size_t> order(runs.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return key(runs[a]) < key(runs[b]); });
+  result_row row = to_row(s, kind, runs[order[order.size() / 2]]);
+  if (runs.size() > 1) {
+    std::string all = "median of " + std::to_string(runs.size()) + " runs (" +
+                      (s.fixed_rate ? "p99 µs: " : "msgs/s: ");
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%s%.0f", i ? ", " : "",
+                    s.fixed_rate ? key(runs[i]) / 1e3 : key(runs[i]));
+      all += buf;
+    }
+    all += ")";
+    row.note = row.note.empty() ? all : all + "; " + row.note;
+  }
+  return row;
+}
+
+void print_progress(const scenario& s, system_kind kind, const run_result& r) {
+  std::fprintf(stderr,
+               "  %-24s %-7s sent %10llu  recv %10llu  pub %11.0f/s  sub %11.0f/s  p50 %8.1f us  "
+               "p99 %9.1f us%s%s\n",
+               s.info.id.c_str(), std::string(to_string(kind)).c_str(),
+               static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.received),
+               r.pub_rate, r.sub_rate, static_cast<double>(r.latency.percentile(50)) / 1e3,
+               static_cast<double>(r.latency.percentile(99)) / 1e3, r.error.empty() ? "" : "  ! ",
+               r.error.c_str());
+}
+
+std::vector<scenario> make_scenarios(nanoseconds d) {
+  std::vector<scenario> v;
+  auto pubsub = [&](std::string id, std::string title, int pubs, int subs, bool group,
+                    std::size_t size, double rate = 0) {
+    pubsub_options o;
+    o.rate = rate;
+    o.publishers = pubs;
+    o.subscribers = subs;
+    o.queue_group = group;
+    o.payload = size;
+    o.duration = d;
+    o.subject = "bench." + id;
+    scenario s;
+    s.info = {std::move(id), std::move(title),
+              subs == 0 ? "publishes accepted/s" : "deliveries received/s"};
+    s.run = [o](const endpoint& ep) { return run_pubsub(ep, o); };
+    s.headline_is_pub = subs == 0;
+    s.fixed_rate = rate > 0;
+    if (group) {
+      s.redis = false;
+      s.redis_missing = "Redis pub/sub has no queue groups: not measured";
+    }
+    return s;
+  };
+  v.push_back(pubsub("pub-only-16B", "publish only, 16 B, 1 publisher, flat out", 1, 0, false, 16));
+  v.push_back(pubsub("pub-only-128B", "publish only, 128 B", 1, 0, false, 128));
+  v.push_back(pubsub("pub-only-1KiB", "publish only, 1 KiB", 1, 0, false, 1024));
+  v.push_back(pubsub("1to1-16B", "1 publisher → 1 subscriber, 16 B", 1, 1, false, 16));
+  v.push_back(pubsub("1to1-128B", "1 → 1, 128 B", 1, 1, false, 128));
+  v.push_back(pubsub("1to1-128B-50k",
+                     "1 → 1, 128 B, at a fixed 50,000 msgs/s (latency at moderate load)", 1, 1,
+                     false, 128, 50'000));
+  v.push_back(
+      pubsub("1to4-128B", "1 → 4 fan-out, 128 B (4 deliveries per publish)", 1, 4, false, 128));
+  v.push_back(
+      pubsub("4to4-128B", "4 publishers → 4 subscribers, 128 B (each gets all)", 4, 4, false, 128));
+  v.push_back(pubsub("qgroup4-128B", "1 → queue group of 4, 128 B (each message to one member)", 1,
+                     4, true, 128));
+
+  auto reqrep = [&](std::string id, std::string title, reqrep_mode mode) {
+    reqrep_options o;
+    o.mode = mode;
+    o.rate = 10'000;
+    o.payload = 128;
+    o.duration = d;
+    o.service = "bench." + id;
+    scenario s;
+    s.info = {std::move(id), std::move(title), "replies received/s"};
+    s.run = [o](const endpoint& ep) { return run_reqrep(ep, o); };
+    s.redis = false;
+    s.redis_missing = "Redis has no request/reply: not measured";
+    s.fixed_rate = mode == reqrep_mode::fixed_rate;
+    return s;
+  };
+  v.push_back(reqrep("reqrep-10k-128B", "request/reply at a fixed 10,000/s, 128 B, open loop",
+                     reqrep_mode::fixed_rate));
+  v.push_back(reqrep("reqrep-max-128B", "request/reply, one client, one request in flight",
+                     reqrep_mode::closed_loop));
+  return v;
+}
+
+void ensure_dir(const std::string& path) {
+  ::mkdir(path.c_str(), 0755);
+}
+
+/// Lines of a log that look like warnings or errors (spdlog "[warning]"/"[error]").
+std::size_t count_log_problems(const std::string& path, std::string& first) {
+  std::ifstream f(path);
+  std::size_t n = 0;
+  for (std::string line; std::getline(f, line);) {
+    if (line.find("[warning]") != std::string::npos || line.find("[error]") != std::string::npos ||
+        line.find("[critical]") != std::string::npos) {
+      if (n++ == 0) first = line;
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+int run_suite(const suite_options& opt) {
+  const auto suite_start = clock::now();
+  const nanoseconds d = opt.quick ? nanoseconds(1s) : nanoseconds(2s);
+  const int reps = opt.quick ? 1 : 3;
+  ensure_dir(opt.out_dir);
+  const std::string logs = opt.out_dir + "/logs";
+  ensure_dir(logs);
+
+  run_info info;
+  info.command = opt.command;
+  info.mode = opt.quick ? "quick" : "full";
+  info.seconds_per_run = std::chrono::duration<double>(d).count();
+  info.repetitions = reps;
+  info.machine = machine_description();
+  info.keyway_version = first_output_line(opt.keywayd + " --version");
+  if (!opt.keyway_revision.empty()) info.keyway_version += " (" + opt.keyway_revision + ")";
+  info.nats_version = first_output_line("nats-server --version");
+  info.redis_version = first_output_line("redis-server --version");
+  std::fprintf(stderr, "e2e: %s; %s; %s\ne2e: %s\n", info.keyway_version.c_str(),
+               info.nats_version.c_str(), info.redis_version.c_str(), info.machine.c_str());
+
+  const double load_at_start = load_average();
+  std::vector<result_row> rows;
+  std::vector<scenario_info> infos;
+  int status = 0;
+  try {
+    const int kport = free_port();
+    auto keywayd = server_process::start(
+        "keywayd",
+        {opt.keywayd, "--listen", "tcp://127.0.0.1:" + std::to_string(kport), "--admin", "off",
+         "--workers", "2"},
+        kport, logs + "/keywayd-w2.log", "listening on tcp://127.0.0.1:" + std::to_string(kport));
+    const int nport = free_port();
+    auto nats = server_process::start(
+        "nats-server", {"nats-server", "-a", "127.0.0.1", "-p", std::to_string(nport)}, nport,
+        logs + "/nats-server.log");
+    const int rport = free_port();
+    auto redis = server_process::start("redis-server",
+                                       {"redis-server", "--bind", "127.0.0.1", "--port",
+                                        std::to_string(rport), "--save", "", "--appendonly", "no"},
+                                       rport, logs + "/redis-server.log");
+    const endpoint keyway_ep{system_kind::keyway, "127.0.0.1", kport};
+    const endpoint nats_ep{system_kind::nats, "127.0.0.1", nport};
+    const endpoint redis_ep{system_kind::redis, "127.0.0.1", rport};
+    std::fprintf(stderr,
+                 "e2e: keywayd pid %d port %d, nats-server pid %d port %d, redis-server pid %d "
+                 "port %d; load %.2f\n",
+                 keywayd.pid(), kport, nats.pid(), nport, redis.pid(), rport, load_average());
+
+    for (const auto& s : make_scenarios(d)) {
+      infos.push_back(s.info);
+      std::vector<run_result> runs[3];
+      const endpoint eps[3] = {keyway_ep, nats_ep, redis_ep};
+      // Repetitions interleave the systems, so that a burst of background
+      // load lands on all three rather than on one.
+      for (int rep = 0; rep < reps; ++rep) {
+        for (int k = 0; k < 3; ++k) {
+          if (eps[k].kind == system_kind::redis && !s.redis) continue;
+          runs[k].push_back(s.run(eps[k]));
+          print_progress(s, eps[k].kind, runs[k].back());
+        }
+      }
+      for (int k = 0; k < 3; ++k) {
+        if (runs[k].empty()) {
+          result_row row;
+          row.scenario = s.info.id;
+          row.system = std::string(to_string(eps[k].kind));
+          row.note = s.redis_missing;
+          rows.push_back(row);
+          continue;
+        }
+        rows.push_back(median_row(s, eps[k].kind, runs[k]));
+      }
+    }
+
+    // Scaling: the same scenario on a 1-worker keywayd and on the 2-worker one, interleaved.
+    {
+      pubsub_options o;
+      o.publishers = 4;
+      o.subscribers = 4;
+      o.payload = 128;
+      o.duration = d;
+      o.subject = "bench.scaling";
+      const int port1 = free_port();
+      auto keywayd1 = server_process::start(
+          "keywayd-w1",
+          {opt.keywayd, "--listen", "tcp://127.0.0.1:" + std::to_string(port1), "--admin", "off",
+           "--workers", "1"},
+          port1, logs + "/keywayd-w1.log", "listening on tcp://127.0.0.1:" + std::to_string(port1));
+      scenario pair[2];
+      std::vector<run_result> runs[2];
+      for (int w = 0; w < 2; ++w) {
+        const std::string workers = std::to_string(w + 1);
+        pair[w].info = {
+            "4to4-128B-workers" + workers,
+            "4 → 4, 128 B, keywayd --workers " + workers + " (scaling pair, interleaved)",
+            "deliveries received/s"};
+        infos.push_back(pair[w].info);
+      }
+      for (int rep = 0; rep < reps; ++rep) {
+        for (int w = 0; w < 2; ++w) {
+          const endpoint ep{system_kind::keyway, "127.0.0.1", w == 0 ? port1 : kport};
+          runs[w].push_back(run_pubsub(ep, o));
+          print_progress(pair[w], system_kind::keyway, runs[w].back());
+        }
+      }
+      for (int w = 0; w < 2; ++w) rows.push_back(median_row(pair[w], system_kind::keyway, runs[w]));
+      const auto& w1 = rows[rows.size() - 2];
+      const auto& w2 = rows[rows.size() - 1];
+      if (w1.msgs_per_sec && w2.msgs_per_sec && *w1.msgs_per_sec > 0) {
+        char buf[128];
+        std::snprintf(buf, sizeof buf, "2 workers / 1 worker = %.2f×",
+                      *w2.msgs_per_sec / *w1.msgs_per_sec);
+        info.notes.push_back(
+            std::string("scaling (4to4-128B-workers2 / 4to4-128B-workers1, medians): ") + buf);
+      }
+      keywayd1.stop();
+      std::string first;
+      if (const auto n = count_log_problems(logs + "/keywayd-w1.log", first); n > 0)
+        info.notes.push_back("keywayd --workers 1 logged " + std::to_string(n) +
+                             " warning/error lines (" + logs + "/keywayd-w1.log), first: " + first);
+    }
+
+    // Idle cost: the three servers, all idle now (every bench connection closed), over 10 s.
+    {
+      scenario_info idle{"idle-cpu-10s",
+                         "CPU seconds over 10 s with no clients, after the runs above", "-"};
+      infos.push_back(idle);
+      std::this_thread::sleep_for(1s);
+      server_process* procs[] = {&keywayd, &nats, &redis};
+      const char* names[] = {"keyway", "nats", "redis"};
+      double stat0[3], sched0[3];
+      for (int i = 0; i < 3; ++i) {
+        stat0[i] = cpu_seconds(procs[i]->pid());
+        sched0[i] = sched_cpu_seconds(procs[i]->pid());
+      }
+      std::this_thread::sleep_for(10s);
+      for (int i = 0; i < 3; ++i) {
+        result_row row;
+        row.scenario = idle.id;
+        row.system = names[i];
+        row.cpu_seconds = cpu_seconds(procs[i]->pid()) - stat0[i];
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "schedstat (ns resolution): %.4f CPU s%s",
+                      sched_cpu_seconds(procs[i]->pid()) - sched0[i],
+                      i == 0 ? "; keywayd --workers 2" : "");
+        row.note = buf;
+        std::fprintf(stderr, "  %-24s %-7s %.3f CPU s (%s)\n", idle.id.c_str(), names[i],
+                     *row.cpu_seconds, buf);
+        rows.push_back(row);
+      }
+    }
+
+    keywayd.stop();
+    nats.stop();
+    redis.stop();
+    std::string first;
+    if (const auto n = count_log_problems(logs + "/keywayd-w2.log", first); n > 0)
+      info.notes.push_back("keywayd --workers 2 logged " + std::to_string(n) +
+                           " warning/error lines (" + logs + "/keywayd-w2.log), first: " + first);
+  } catch (const bench_error& e) {
+    std::fprintf(stderr, "e2e: %s\n", e.what());
+    status = 1;
+  }
+
+  info.total_seconds = std::chrono::duration<double>(clock::now() - suite_start).count();
+  char load[160];
+  std::snprintf(load, sizeof load, "load average (1 min) %.2f at the start, %.2f at the end",
+                load_at_start, load_average());
+  info.notes.insert(info.notes.begin(), load);
+  const std::string tables = format_tables(info, infos, rows);
+  std::fputs(tables.c_str(), stdout);
+  std::ofstream(opt.out_dir + "/e2e.md") << tables;
+  if (!write_json(opt.out_dir + "/e2e.json", info, rows)) {
+    std::fprintf(stderr, "cannot write %s/e2e.json\n", opt.out_dir.c_str());
+    status = 1;
+  }
+  if (!write_gnuplot(opt.out_dir, info, infos, rows)) {
+    std::fprintf(stderr, "cannot write %s/e2e.gp\n", opt.out_dir.c_str());
+    status = 1;
+  }
+  return status;
+}
+
+}  // namespace keyway::bench::e2e
