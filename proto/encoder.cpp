@@ -149,7 +149,89 @@ result<std::size_t> encoder::unsubscribe(out_buffer& out, std::uint32_t sid, std
   });
 }
 
+namespace {
+
+// The fast path for the most frequent frame: a delivery without headers,
+// written word by word in exactly the layout capnp's builder produces for it
+// (one segment; root pointer, Frame, Message, then subject, key, replyTo and
+// payload in that order). tests/unit/proto/encoder_test.cpp checks the bytes
+// against the builder's for many field combinations.
+constexpr std::size_t words_for(std::size_t bytes) noexcept { return (bytes + 7) / 8; }
+
+std::uint64_t struct_pointer(std::size_t from_word, std::size_t to_word, std::uint16_t data_words,
+                             std::uint16_t pointers) noexcept {
+  const auto offset = static_cast<std::uint32_t>(to_word - from_word - 1);
+  return (std::uint64_t{offset} << 2) | (std::uint64_t{data_words} << 32) | (std::uint64_t{pointers} << 48);
+}
+
+// A byte list (Text with its NUL, or Data); null when empty.
+std::uint64_t byte_list_pointer(std::size_t from_word, std::size_t to_word, std::size_t elements) noexcept {
+  if (elements == 0) return 0;
+  const auto offset = static_cast<std::uint32_t>(to_word - from_word - 1);
+  return 1u | (std::uint64_t{offset} << 2) | (std::uint64_t{2} << 32) | (std::uint64_t{elements} << 35);
+}
+
+constexpr std::uint16_t frame_data_words = wire::Frame::_capnpPrivate::dataWordSize;
+constexpr std::uint16_t frame_pointers = wire::Frame::_capnpPrivate::pointerCount;
+constexpr std::uint16_t message_data_words = wire::Message::_capnpPrivate::dataWordSize;
+constexpr std::uint16_t message_pointers = wire::Message::_capnpPrivate::pointerCount;
+static_assert(frame_data_words == 1 && frame_pointers == 1);
+static_assert(message_data_words == 2 && message_pointers == 5);
+
+}  // namespace
+
+result<std::size_t> encoder::plain_message(out_buffer& out, const delivery_fields& f) noexcept {
+  // Word positions in the segment.
+  constexpr std::size_t root = 0, frame = 1, frame_ptr = 2, msg = 3, msg_ptrs = 5;
+  constexpr std::size_t fixed_words = msg_ptrs + message_pointers;
+  const std::size_t subject_elems = f.subject.empty() ? 0 : f.subject.size() + 1;
+  const std::size_t reply_elems = f.reply_to.empty() ? 0 : f.reply_to.size() + 1;
+  const std::size_t subject_at = fixed_words;
+  const std::size_t key_at = subject_at + words_for(subject_elems);
+  const std::size_t reply_at = key_at + words_for(f.key.size());
+  const std::size_t payload_at = reply_at + words_for(reply_elems);
+  const std::size_t words = payload_at + words_for(f.payload.size());
+  const std::size_t total = 8 + words * 8;  // one-segment table, then the segment
+  if (total > max_frame_) return unexpected(errc::frame_too_large);
+  try {
+    out.reserve(total, 1);
+  } catch (...) {
+    return unexpected(errc::internal);
+  }
+  static_assert(std::endian::native == std::endian::little);
+  std::byte* p = out.prepare(total).data();
+  std::memset(p, 0, total);
+  const auto put32 = [&](std::size_t byte, std::uint32_t v) { std::memcpy(p + byte, &v, 4); };
+  const auto put64 = [&](std::size_t word, std::uint64_t v) { std::memcpy(p + 8 + 8 * word, &v, 8); };
+  const auto put_bytes = [&](std::size_t word, const void* src, std::size_t n) {
+    if (n != 0) std::memcpy(p + 8 + 8 * word, src, n);
+  };
+  put32(0, 0);  // segment count - 1
+  put32(4, static_cast<std::uint32_t>(words));
+  put64(root, struct_pointer(root, frame, frame_data_words, frame_pointers));
+  put64(frame, static_cast<std::uint16_t>(wire::Frame::MESSAGE));
+  put64(frame_ptr, struct_pointer(frame_ptr, msg, message_data_words, message_pointers));
+  put64(msg, std::uint64_t{f.sid} | (std::uint64_t{f.owner_core} << 32));
+  put64(msg + 1, f.seq);
+  put64(msg_ptrs + 0, byte_list_pointer(msg_ptrs + 0, subject_at, subject_elems));
+  put64(msg_ptrs + 1, byte_list_pointer(msg_ptrs + 1, key_at, f.key.size()));
+  put64(msg_ptrs + 2, byte_list_pointer(msg_ptrs + 2, payload_at, f.payload.size()));
+  // msg_ptrs + 3: headers, null.
+  put64(msg_ptrs + 4, byte_list_pointer(msg_ptrs + 4, reply_at, reply_elems));
+  put_bytes(subject_at, f.subject.data(), f.subject.size());
+  put_bytes(key_at, f.key.data(), f.key.size());
+  put_bytes(reply_at, f.reply_to.data(), f.reply_to.size());
+  put_bytes(payload_at, f.payload.data(), f.payload.size());
+  out.commit(total);
+  return total;
+}
+
 result<std::size_t> encoder::message(out_buffer& out, const delivery_fields& f) noexcept {
+  if (f.headers.empty()) return plain_message(out, f);
+  return built_message(out, f);
+}
+
+result<std::size_t> encoder::built_message(out_buffer& out, const delivery_fields& f) noexcept {
   return encode(out, [&](wire::Frame::Builder fr) {
     auto m = fr.initMessage();
     fill_delivery(m, f);

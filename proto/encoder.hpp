@@ -109,6 +109,12 @@ class encoder {
   result<std::size_t> unsubscribe(out_buffer& out, std::uint32_t sid, std::uint64_t request_id = 0) noexcept;
   /// One delivery; the payload is copied into `out`.
   result<std::size_t> message(out_buffer& out, const delivery_fields& f) noexcept;
+  /// message() without headers, written directly in the builder's layout
+  /// (the hot path; message() takes it when there are no headers). Public so
+  /// tests can compare its bytes with the builder's.
+  result<std::size_t> plain_message(out_buffer& out, const delivery_fields& f) noexcept;
+  /// message() through the capnp builder whatever the fields (the reference).
+  result<std::size_t> built_message(out_buffer& out, const delivery_fields& f) noexcept;
   /// One delivery whose payload is appended by reference when it is at least
   /// ref_threshold bytes and 8-byte aligned (else it is copied, as message()).
   /// The payload must outlive its consumption from `out` (see out_buffer).
