@@ -67,29 +67,17 @@ void server::start() {
       [](const core::worker& w, std::string_view what) { spdlog::error("worker {}: {}", w.id(), what); });
   if (!started) throw std::runtime_error("a worker failed to start");
   applied_ = ctx_.options;
-  last_turns_.assign(ctx_.workers, 0);
+  progress_ = std::make_unique<core::progress_monitor>(*pool_);
   started_at_ = std::chrono::steady_clock::now();
   phase_.store(phase::serving, std::memory_order_release);
 }
 
 void server::check_progress() {
-  std::lock_guard lock(progress_mu_);
-  stalled_.clear();
-  const bool first = !progress_primed_;  // the first call only takes the baseline
-  progress_primed_ = true;
-  for (std::uint32_t i = 0; i < ctx_.workers; ++i) {
-    const core::worker& w = pool_->at(i);
-    const std::uint64_t turns = w.stats().loop_turns.get();
-    // Asleep in its io_context is idle, not stalled: a sleeping worker wakes
-    // for any work. Awake with the same count as a second ago is stuck.
-    if (!first && turns == last_turns_[i] && !w.sleeping()) stalled_.push_back(i);
-    last_turns_[i] = turns;
-  }
+  if (progress_) progress_->check();
 }
 
 std::vector<std::uint32_t> server::stalled_workers() const {
-  std::lock_guard lock(progress_mu_);
-  return stalled_;
+  return progress_ ? progress_->stalled() : std::vector<std::uint32_t>{};
 }
 
 std::vector<std::string> server::reload(const server_options& next) {

@@ -8,11 +8,11 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/progress_monitor.hpp"
 #include "core/worker_pool.hpp"
 #include "daemon/options.hpp"
 #include "daemon/router.hpp"
@@ -43,9 +43,7 @@ class server {
   std::chrono::steady_clock::time_point started_at() const noexcept { return started_at_; }
   /// Serving, every listener bound, and no worker stalled at the last check.
   bool ready() const { return current_phase() == phase::serving && stalled_workers().empty(); }
-  /// Compares each worker's loop counter with the previous call's: a worker
-  /// that is awake and has not turned its loop since is stalled (a handler
-  /// is stuck). Call it periodically (the admin thread does, every second).
+  /// core::progress_monitor::check(); the admin thread calls it every second.
   void check_progress();
   /// Workers found stalled by the last check_progress().
   std::vector<std::uint32_t> stalled_workers() const;
@@ -70,10 +68,7 @@ class server {
   std::vector<router*> routers_;  // set by each worker's init; read after start()
   std::atomic<phase> phase_{phase::starting};
   std::chrono::steady_clock::time_point started_at_ = std::chrono::steady_clock::now();
-  mutable std::mutex progress_mu_;
-  std::vector<std::uint64_t> last_turns_;
-  bool progress_primed_ = false;
-  std::vector<std::uint32_t> stalled_;
+  std::unique_ptr<core::progress_monitor> progress_;
 };
 
 /// Opens, binds (SO_REUSEADDR) and listens; throws std::runtime_error naming

@@ -1,4 +1,5 @@
 #include "core/worker_pool.hpp"
+#include "core/progress_monitor.hpp"
 
 #include <doctest/doctest.h>
 #include <pthread.h>
@@ -210,5 +211,44 @@ TEST_CASE("an idle pool sleeps with no loop turns until a post wakes it") {
   std::atomic<bool> ran{false};
   asio::post(w.io(), [&] { ran = true; });
   CHECK(wait_for([&] { return ran.load(); }));
+  (*pool)->stop();
+}
+
+TEST_CASE("progress_monitor reports a worker stuck in a handler and not an idle one") {
+  pool_options opt;
+  opt.workers = 2;
+  opt.spin_turns = 16;
+  auto pool = worker_pool::create(opt);
+  REQUIRE(pool);
+  REQUIRE((*pool)->start([](worker&) { return std::make_unique<worker_handler>(); }));
+  worker& w0 = (*pool)->at(0);
+  worker& w1 = (*pool)->at(1);
+  {
+    progress_monitor monitor(**pool);
+    REQUIRE(wait_for([&] { return w0.sleeping() && w1.sleeping(); }));
+    monitor.check();  // first probes
+    std::this_thread::sleep_for(50ms);
+    monitor.check();
+    CHECK(monitor.stalled().empty());  // both asleep: they woke for the probe
+    CHECK(wait_for([&] { return w0.sleeping() && w1.sleeping(); }));
+
+    // Worker 1 runs a handler that blocks until released, as a stuck
+    // handler would; it started while the worker slept.
+    std::atomic<bool> release{false}, entered{false};
+    asio::post(w1.io(), [&] {
+      entered = true;
+      while (!release.load()) std::this_thread::sleep_for(1ms);
+    });
+    REQUIRE(wait_for([&] { return entered.load(); }));
+    monitor.check();
+    std::this_thread::sleep_for(50ms);
+    monitor.check();
+    CHECK(monitor.stalled() == std::vector<std::uint32_t>{1});
+
+    release = true;
+    std::this_thread::sleep_for(50ms);
+    monitor.check();
+    CHECK(monitor.stalled().empty());
+  }
   (*pool)->stop();
 }
