@@ -100,8 +100,8 @@ bool connection::handle(const proto::frame& f) {
                true);
     return true;
   }
-  if (auto st = proto::validate_client_frame(root, router_.options().limits); !st) {
-    fail(st, proto::request_id_of(root));
+  if (auto st = proto::validate_client_frame(f, router_.options().limits); !st) {
+    fail(st, f.publish() ? f.publish()->ack_id : proto::request_id_of(root));
     return true;
   }
   switch (root.which()) {
@@ -109,7 +109,7 @@ bool connection::handle(const proto::frame& f) {
       on_hello(root.getHello());
       return true;
     case wire::Frame::PUBLISH:
-      return on_publish(root.getPublish());
+      return on_publish(*f.publish());
     case wire::Frame::SUBSCRIBE:
       on_subscribe(root.getSubscribe());
       return true;
@@ -173,18 +173,13 @@ void connection::on_hello(wire::Hello::Reader h) {
   queued();
 }
 
-bool connection::on_publish(wire::Publish::Reader p) {
-  headers_.clear();
-  for (auto h : p.getHeaders())
-    headers_.push_back({proto::as_string_view(h.getName()), proto::as_bytes(h.getValue())});
-  shared_message* msg = shared_message::make(proto::as_string_view(p.getSubject()), proto::as_bytes(p.getKey()),
-                                             proto::as_bytes(p.getPayload()),
-                                             proto::as_string_view(p.getReplyTo()), headers_);
+bool connection::on_publish(const proto::publish_view& p) {
+  shared_message* msg = shared_message::make(p.subject, p.key, p.payload, p.reply_to, p.headers);
   msg->set_received_ns(static_cast<std::uint64_t>(last_read_.time_since_epoch() / std::chrono::nanoseconds(1)));
   publish_op op;
   op.msg = message_ref(msg);
   op.conn = id_;
-  op.ack_id = p.getAckId();
+  op.ack_id = p.ack_id;
   op.from = router_.worker().id();
   router_.stats().published.add();
   if (router_.route(op)) return true;

@@ -77,7 +77,7 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Returns false if this frame paused the connection.
   bool handle(const proto::frame& f);
   void on_hello(proto::wire::Hello::Reader h);
-  bool on_publish(proto::wire::Publish::Reader p);
+  bool on_publish(const proto::publish_view& p);
   void on_subscribe(proto::wire::Subscribe::Reader s);
   void on_unsubscribe(proto::wire::Unsubscribe::Reader u);
   void fail(const proto::status& st, std::uint64_t request_id);
@@ -111,8 +111,8 @@ class connection : public std::enable_shared_from_this<connection> {
   };
   std::unordered_map<std::uint32_t, subscription> subs_;        // by sid
   std::unordered_map<std::uint64_t, std::uint32_t> pending_acks_;  // request id → workers left
-  std::vector<header_view> headers_;  // scratch for on_publish
   std::string client_name_;
+  std::vector<header_view> headers_;  // scratch for deliver
   bool slow_logged_ = false;
 
   friend class router;

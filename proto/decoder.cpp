@@ -196,6 +196,24 @@ unexpected decoder::fail(errc code, std::string message) {
   return unexpected(error_.error_code());
 }
 
+void read_publish(wire::Publish::Reader p, std::uint32_t max_headers, std::vector<header>& headers,
+                  publish_view& view) {
+  view.subject = as_string_view(p.getSubject());
+  view.key = as_bytes(p.getKey());
+  view.payload = as_bytes(p.getPayload());
+  view.reply_to = as_string_view(p.getReplyTo());
+  view.ack_id = p.getAckId();
+  headers.clear();
+  view.headers = {};
+  view.header_count = 0;
+  if (!p.hasHeaders()) return;
+  const auto list = p.getHeaders();
+  view.header_count = list.size();
+  if (list.size() > max_headers) return;  // refused by validation, unread
+  for (auto h : list) headers.push_back({as_string_view(h.getName()), as_bytes(h.getValue())});
+  view.headers = headers;
+}
+
 result<std::optional<frame>> decoder::next() noexcept {
   release_current();
   if (failed()) return unexpected(error_.error_code());
@@ -232,9 +250,16 @@ result<std::optional<frame>> decoder::next() noexcept {
   try {
     reader_.emplace(kj::arrayPtr(segments_.data(), h.segments), options);
     auto root = reader_->getRoot<wire::Frame>();
-    read_all(root);
+    const publish_view* publish = nullptr;
+    if (root.which() == wire::Frame::PUBLISH) {
+      // Read once, here, inside the try: the view is the safety pass too.
+      read_publish(root.getPublish(), limits_.max_headers, headers_, publish_);
+      publish = &publish_;
+    } else {
+      read_all(root);
+    }
     current_ = h.frame_bytes;
-    return std::optional<frame>(frame(root, h.frame_bytes, h.segments));
+    return std::optional<frame>(frame(root, h.frame_bytes, h.segments, publish));
   } catch (const kj::Exception& e) {
     reader_.reset();
     return fail(errc::protocol, "malformed frame of " + format_size(h.frame_bytes) + ": " +

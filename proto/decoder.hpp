@@ -25,6 +25,7 @@
 
 #include "core/result.hpp"
 #include "proto/errc.hpp"
+#include "proto/fields.hpp"
 #include "proto/keyway.capnp.h"
 #include "proto/limits.hpp"
 
@@ -62,16 +63,26 @@ class frame {
   /// Bytes this frame took on the wire, segment table included.
   std::size_t wire_size() const noexcept { return wire_size_; }
   std::uint32_t segment_count() const noexcept { return segments_; }
+  /// A publish's fields, read once by the decoder; null for other kinds.
+  const publish_view* publish() const noexcept { return publish_; }
 
  private:
   friend class decoder;
-  frame(wire::Frame::Reader root, std::size_t wire_size, std::uint32_t segments) noexcept
-      : root_(root), wire_size_(wire_size), segments_(segments) {}
+  frame(wire::Frame::Reader root, std::size_t wire_size, std::uint32_t segments,
+        const publish_view* publish) noexcept
+      : root_(root), wire_size_(wire_size), segments_(segments), publish_(publish) {}
 
   wire::Frame::Reader root_;
   std::size_t wire_size_;
   std::uint32_t segments_;
+  const publish_view* publish_;
 };
+
+/// Reads a publish into `view` once, header entries into `headers` (reused;
+/// left empty when the list is longer than `max_headers`). May throw
+/// kj::Exception on a malformed frame.
+void read_publish(wire::Publish::Reader p, std::uint32_t max_headers, std::vector<header>& headers,
+                  publish_view& view);
 
 class decoder {
  public:
@@ -141,6 +152,8 @@ class decoder {
   std::size_t current_ = 0;    // bytes of the frame last returned, consumed on the next call
   std::vector<kj::ArrayPtr<const capnp::word>> segments_;  // max_segments entries, reused
   std::optional<capnp::SegmentArrayMessageReader> reader_;
+  publish_view publish_;          // the current frame's, when it is a publish
+  std::vector<header> headers_;   // its headers, reused
   status error_;
 };
 

@@ -22,6 +22,7 @@
 #include "core/result.hpp"
 #include "proto/errc.hpp"
 #include "proto/keyway.capnp.h"
+#include "proto/fields.hpp"
 #include "proto/limits.hpp"
 #include "proto/out_buffer.hpp"
 
@@ -35,11 +36,6 @@
 #include <string_view>
 
 namespace keyway::proto {
-
-struct header {
-  std::string_view name{};
-  std::span<const std::byte> value{};
-};
 
 struct hello_fields {
   std::uint32_t protocol_version = proto::protocol_version;

@@ -6,27 +6,31 @@
 #include <kj/exception.h>
 
 #include <string>
+#include <vector>
 
 namespace keyway::proto {
 namespace {
 
 using W = wire::Frame;
 
-status check_headers(capnp::List<wire::Header>::Reader headers, const limits& lim, std::string_view kind) {
+// `headers` is a range of header entries; name_of/value_of give their name
+// and value as something with size() (a view or a capnp reader).
+template <class Headers, class Name, class Value>
+status check_headers(std::uint32_t count, const Headers& headers, Name name_of, Value value_of, const limits& lim,
+                     std::string_view kind) {
   const std::string f = std::string(kind) + ".headers";
-  if (headers.size() > lim.max_headers) {
-    return {errc::payload_too_large, f + " has " + std::to_string(headers.size()) +
-                                         " entries, over limits.max_headers (" + std::to_string(lim.max_headers) +
-                                         "); send fewer headers"};
+  if (count > lim.max_headers) {
+    return {errc::payload_too_large, f + " has " + std::to_string(count) + " entries, over limits.max_headers (" +
+                                         std::to_string(lim.max_headers) + "); send fewer headers"};
   }
   std::uint64_t bytes = 0;
   std::uint32_t i = 0;
-  for (auto h : headers) {
-    const auto name = h.getName();
-    if (name.size() == 0) {
+  for (const auto& h : headers) {
+    const std::size_t name = name_of(h).size();
+    if (name == 0) {
       return {errc::protocol, f + "[" + std::to_string(i) + "] has an empty name; header names must be non-empty"};
     }
-    bytes += name.size() + h.getValue().size();
+    bytes += name + value_of(h).size();
     ++i;
   }
   if (bytes > lim.max_header_bytes) {
@@ -36,26 +40,41 @@ status check_headers(capnp::List<wire::Header>::Reader headers, const limits& li
   return {};
 }
 
-status check_reply_to(capnp::Text::Reader reply_to, const limits& lim, std::string_view field) {
-  if (reply_to.size() == 0) return {};
-  return validate_publish_subject(as_string_view(reply_to), lim, field);
+status check_headers(capnp::List<wire::Header>::Reader list, const limits& lim, std::string_view kind) {
+  return check_headers(
+      list.size(), list, [](wire::Header::Reader h) { return h.getName(); },
+      [](wire::Header::Reader h) { return h.getValue(); }, lim, kind);
 }
 
-status check_publish(wire::Publish::Reader p, const limits& lim) {
-  if (auto st = validate_publish_subject(as_string_view(p.getSubject()), lim, "publish.subject"); !st.ok()) {
-    return st;
-  }
-  if (const auto key = p.getKey().size(); key > lim.max_key) {
-    return {errc::invalid_key, "publish.key of " + format_size(key) + " exceeds limits.max_key (" +
+status check_reply_to(std::string_view reply_to, const limits& lim, std::string_view field) {
+  if (reply_to.empty()) return {};
+  return validate_publish_subject(reply_to, lim, field);
+}
+
+status check_publish(const publish_view& p, const limits& lim) {
+  if (auto st = validate_publish_subject(p.subject, lim, "publish.subject"); !st.ok()) return st;
+  if (p.key.size() > lim.max_key) {
+    return {errc::invalid_key, "publish.key of " + format_size(p.key.size()) + " exceeds limits.max_key (" +
                                    format_size(lim.max_key) + "); use a shorter key, e.g. a hash of it"};
   }
-  if (const auto payload = p.getPayload().size(); payload > lim.max_payload) {
-    return {errc::payload_too_large, "payload of " + format_size(payload) + " exceeds limits.max_payload (" +
+  if (p.payload.size() > lim.max_payload) {
+    return {errc::payload_too_large, "payload of " + format_size(p.payload.size()) + " exceeds limits.max_payload (" +
                                          format_size(lim.max_payload) +
                                          "); raise it in keyway.toml or send smaller payloads"};
   }
-  if (auto st = check_headers(p.getHeaders(), lim, "publish"); !st.ok()) return st;
-  return check_reply_to(p.getReplyTo(), lim, "publish.replyTo");
+  if (auto st = check_headers(
+          p.header_count, p.headers, [](const header& h) { return h.name; }, [](const header& h) { return h.value; },
+          lim, "publish");
+      !st.ok())
+    return st;
+  return check_reply_to(p.reply_to, lim, "publish.replyTo");
+}
+
+status check_publish(wire::Publish::Reader p, const limits& lim) {
+  thread_local std::vector<header> headers;  // reused: validation does not allocate once warm
+  publish_view view;
+  read_publish(p, lim.max_headers, headers, view);
+  return check_publish(view, lim);
 }
 
 status check_subscribe(wire::Subscribe::Reader s, const limits& lim) {
@@ -124,7 +143,7 @@ status server_frame(W::Reader f, const limits& lim) {
                                              " exceeds limits.max_payload (" + format_size(lim.max_payload) + ")"};
       }
       if (auto st = check_headers(m.getHeaders(), lim, "message"); !st.ok()) return st;
-      return check_reply_to(m.getReplyTo(), lim, "message.replyTo");
+      return check_reply_to(as_string_view(m.getReplyTo()), lim, "message.replyTo");
     }
     case W::HELLO:
     case W::PUBLISH:
@@ -149,6 +168,12 @@ status guarded(F&& check) noexcept {
 
 status validate_client_frame(wire::Frame::Reader frame, const limits& lim) noexcept {
   return guarded([&] { return client_frame(frame, lim); });
+}
+
+status validate_client_frame(const proto::frame& f, const limits& lim) noexcept {
+  // A publish was read by the decoder already: check its view, not the frame.
+  if (const publish_view* p = f.publish()) return guarded([&] { return check_publish(*p, lim); });
+  return validate_client_frame(f.root(), lim);
 }
 
 status validate_server_frame(wire::Frame::Reader frame, const limits& lim) noexcept {

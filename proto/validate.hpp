@@ -8,6 +8,7 @@
 // into errc::protocol.
 #pragma once
 
+#include "proto/decoder.hpp"
 #include "proto/errc.hpp"
 #include "proto/keyway.capnp.h"
 #include "proto/limits.hpp"
@@ -34,6 +35,9 @@ namespace keyway::proto {
 /// handshake order (hello first, once) and protocol version are the
 /// connection's business, not checked here.
 status validate_client_frame(wire::Frame::Reader frame, const limits& lim) noexcept;
+/// The same for a frame from decoder::next(); a publish is checked through
+/// the view the decoder read (frame::publish()), without reading it again.
+status validate_client_frame(const frame& f, const limits& lim) noexcept;
 
 /// A frame a server sent to a client: welcome, message, ack, error, ping,
 /// pong. Unknown kinds are ok (a client ignores them); a client-only kind is
