@@ -43,7 +43,15 @@ void connection::arm_idle(std::chrono::steady_clock::duration after) {
   timer_.async_wait([self = shared_from_this()](std::error_code ec) {
     if (ec || self->state_ != state::open) return;
     const auto limit = self->router_.options().idle_timeout;
-    const auto quiet = std::chrono::steady_clock::now() - self->last_read_;
+    if (limit.count() == 0) return;  // turned off by a reload: this connection stays open
+    const auto now = std::chrono::steady_clock::now();
+    if (self->blocked_ || self->router_.draining()) {
+      // The server, not the peer, is why nothing was read: waiting for credit
+      // or draining. The quiet period starts again when reading does.
+      self->last_active_ = now;
+      return self->arm_idle(limit);
+    }
+    const auto quiet = now - self->last_active_;
     if (quiet < limit) return self->arm_idle(limit - quiet);
     self->send_error(proto::errc::timeout,
                      "no frame within limits.idle_timeout (" + std::to_string(limit.count()) +
@@ -75,6 +83,7 @@ void connection::on_read(std::error_code ec, std::size_t n) {
   decoder_.commit(n);
   router_.stats().bytes_in.add(n);
   last_read_ = std::chrono::steady_clock::now();
+  last_active_ = last_read_;
   process();
 }
 
@@ -198,6 +207,7 @@ bool connection::resume() {
   }
   if (!router_.route(*blocked_)) return false;
   blocked_.reset();
+  last_active_ = std::chrono::steady_clock::now();
   process();
   return !blocked_;
 }

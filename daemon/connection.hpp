@@ -103,7 +103,8 @@ class connection : public std::enable_shared_from_this<connection> {
   static constexpr std::size_t max_iov = 64;
   std::array<asio::const_buffer, max_iov> iov_;
   asio::steady_timer timer_;  // the handshake deadline, then the idle deadline, then the close deadline
-  std::chrono::steady_clock::time_point last_read_{};  // stamped per read: idle timer, latency
+  std::chrono::steady_clock::time_point last_read_{};    // stamped per read: the latency start
+  std::chrono::steady_clock::time_point last_active_{};  // last read or resume: the idle timer
   std::optional<publish_op> blocked_;  // a publish waiting for credit
   std::uint32_t blocked_owner_ = 0;
   struct subscription {
