@@ -311,13 +311,13 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   auto r = router_.encoder().message_ref(out_, f);
   if (!r) {
     spdlog::error("connection {}: cannot encode a delivery: {}", id_, r.error().message());
+    router_.stats().drops[static_cast<std::size_t>(drop_reason::encode_failed)].add();
     return;
   }
   // A payload appended by reference must outlive the write; keep the message.
   if (m.payload().size() >= proto::encoder::default_ref_threshold) out_refs_.push_back(message_ref::share(m));
   router_.stats().delivered.add();
-  const std::uint64_t now = router_.turn_ns();
-  router_.stats().latency.record(now > m.received_ns() ? now - m.received_ns() : 0);
+  router_.stats().latency.record(router_.turn_ns(m.received_ns()) - m.received_ns());
   queued();
 }
 

@@ -93,7 +93,8 @@ MetricFamily latency(const server& s) {
 }
 
 constexpr std::array<std::string_view, 2> transports{"tcp", "unix"};
-constexpr std::array<std::string_view, 2> drop_reasons{"slow_consumer", "connection_gone"};
+constexpr std::array<std::string_view, 3> drop_reasons{"slow_consumer", "connection_gone", "encode_failed"};
+static_assert(drop_reasons.size() == static_cast<std::size_t>(drop_reason::count_));
 
 }  // namespace
 

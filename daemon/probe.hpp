@@ -13,7 +13,7 @@
 
 namespace keyway::daemon {
 
-enum class drop_reason : std::size_t { slow_consumer, connection_gone, count_ };
+enum class drop_reason : std::size_t { slow_consumer, connection_gone, encode_failed, count_ };
 enum class transport : std::size_t { tcp, unix_socket, count_ };
 
 /// Frame received → delivery queued for the socket write, in nanoseconds.

@@ -39,10 +39,11 @@ router::~router() = default;
 
 void router::apply(const server_options& next, std::shared_ptr<const std::vector<std::string>> tokens) {
   w_.assert_owner();
-  const bool new_limits = !(next.limits == live_.limits);
   live_ = next;
   tokens_ = std::move(tokens);
-  if (new_limits) encoder_ = std::make_unique<proto::encoder>(live_.limits);
+  // The encoder only grows: a message accepted under the old, larger
+  // limits.max_frame may still be waiting for delivery, and must encode.
+  if (live_.limits.max_frame > encoder_->max_frame()) encoder_ = std::make_unique<proto::encoder>(live_.limits);
 }
 
 void router::init() {

@@ -83,10 +83,11 @@ class router final : public core::worker_handler {
   void apply(const server_options& next, std::shared_ptr<const std::vector<std::string>> tokens);
   const server_context& context() const noexcept { return ctx_; }
   daemon_stats& stats() noexcept { return stats_; }
-  /// The steady clock in ns, read at most once per loop turn (deliveries of
-  /// one turn share it): the "written" end of the latency histogram.
-  std::uint64_t turn_ns() noexcept {
-    if (turn_ns_ == 0)
+  /// The steady clock in ns, read once per loop turn (deliveries of one turn
+  /// share it), and again when a message received later than that reading
+  /// comes through: the "written" end of the latency histogram.
+  std::uint64_t turn_ns(std::uint64_t not_before) noexcept {
+    if (turn_ns_ < not_before)
       turn_ns_ = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch() /
                                             std::chrono::nanoseconds(1));
     return turn_ns_;

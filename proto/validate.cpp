@@ -67,6 +67,14 @@ status check_publish(const publish_view& p, const limits& lim) {
           lim, "publish");
       !st.ok())
     return st;
+  if (p.headers.size() != p.header_count) {
+    // The decoder read no headers because the list was over the max_headers it
+    // was built with: the connection opened before a reload raised the limit.
+    return {errc::payload_too_large, "publish.headers has " + std::to_string(p.header_count) +
+                                         " entries, over the limits.max_headers this connection was opened with; "
+                                         "reconnect to use the reloaded limit (" +
+                                         std::to_string(lim.max_headers) + ")"};
+  }
   return check_reply_to(p.reply_to, lim, "publish.replyTo");
 }
 

@@ -206,3 +206,27 @@ TEST_CASE("limits: defaults are consistent; with_max_payload keeps them so") {
   CHECK(has(st, "limits.max_frame (1 MiB) cannot hold a publish"));
   CHECK(limits{}.max_traversal_words() == limits{}.traversal_limit_words(limits{}.max_frame));
 }
+
+TEST_CASE("headers the decoder left unread are refused even when a reload raised max_headers") {
+  limits opened;  // what the connection's decoder was built with
+  opened.max_headers = 2;
+  const std::vector<header> hs{{"a", {}}, {"b", {}}, {"c", {}}};
+  encoder enc;
+  out_buffer out;
+  REQUIRE(enc.publish(out, {.subject = "a", .headers = hs}).has_value());
+  decoder dec(opened);
+  dec.feed(drain(out));
+  auto r = dec.next();
+  REQUIRE(r.has_value());
+  REQUIRE(r->has_value());
+  REQUIRE((*r)->publish() != nullptr);
+  CHECK((*r)->publish()->header_count == 3);
+  CHECK((*r)->publish()->headers.empty());
+
+  limits reloaded;
+  reloaded.max_headers = 4;
+  const auto st = validate_client_frame(**r, reloaded);
+  CHECK(st.code() == errc::payload_too_large);
+  CHECK(has(st, "publish.headers has 3 entries, over the limits.max_headers this connection was opened with"));
+  CHECK(has(st, "reconnect to use the reloaded limit (4)"));
+}
