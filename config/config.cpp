@@ -387,12 +387,15 @@ void reader::read_listen(server_options& o) {
       }
     }
   }
-  if (ok && tcp.empty() && unix_paths.empty()) {
+  // Neither key given: the listeners stay as they were (the defaults, or the
+  // file's when keywayd applies its flags).
+  const bool listed = find("listen", "tcp") != nullptr || find("listen", "unix") != nullptr;
+  if (ok && listed && tcp.empty() && unix_paths.empty()) {
     fail(
         "listen.tcp and listen.unix are both empty; keywayd needs at least one listener, e.g. "
         "tcp = [\"127.0.0.1:7400\"]");
   }
-  if (ok) {
+  if (ok && listed) {
     o.listen = std::move(tcp);
     o.listen.insert(o.listen.end(), unix_paths.begin(), unix_paths.end());
   }
@@ -615,7 +618,7 @@ std::string load_result::joined() const {
   return out;
 }
 
-load_result parse(std::string_view toml_text, std::string_view file_name) {
+load_result parse(std::string_view toml_text, std::string_view file_name, server_options base) {
   load_result out;
   toml::table root;
   try {
@@ -627,7 +630,7 @@ load_result parse(std::string_view toml_text, std::string_view file_name) {
     return out;
   }
   reader r(root, file_name);
-  server_options o;
+  server_options o = std::move(base);
   r.check_names();
   r.read_server(o);
   r.read_listen(o);

@@ -33,9 +33,12 @@ struct load_result {
   std::string joined() const;
 };
 
-/// Parses TOML text, as if read from `file_name`, onto the built-in defaults.
-/// Checks everything that does not depend on the machine; see check_environment().
-load_result parse(std::string_view toml_text, std::string_view file_name);
+/// Parses TOML text, as if read from `file_name`, onto `base` (the built-in
+/// defaults unless given: keywayd passes the file's options to apply its flags,
+/// written as TOML, with the same checks). Checks everything that does not
+/// depend on the machine; see check_environment().
+load_result parse(std::string_view toml_text, std::string_view file_name,
+                  daemon::server_options base = {});
 
 /// Reads `path` and parses it. An unreadable file is one problem that names the path and
 /// the system's reason (e.g. "No such file or directory").

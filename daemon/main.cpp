@@ -12,6 +12,7 @@
 #include <asio/signal_set.hpp>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 
 #include "config/config.hpp"
@@ -55,20 +56,41 @@ struct flags {
   std::string config;
   std::vector<std::string> listen;
   std::string admin;
-  unsigned workers = 0;
+  std::int64_t workers = 0;
   std::string log_level, log_format, partitioner, slow_consumer, handshake, idle, drain, tokens_file;
-  std::uint32_t max_payload = 0;
-  std::uint64_t max_pending_bytes = 0;
-  std::uint32_t max_subscriptions = 0;
-  std::size_t max_connections = 0;
+  std::int64_t max_payload = 0;
+  std::int64_t max_pending_bytes = 0;
+  std::int64_t max_subscriptions = 0;
+  std::int64_t max_connections = 0;
   bool check_config = false;
   bool version = false;
 };
 
-std::chrono::milliseconds duration_flag(const char* name, const std::string& text) {
-  auto d = keyway::config::parse_duration(text);
-  if (!d.value) throw std::invalid_argument(std::string(name) + ": " + d.error);
-  return *d.value;
+/// The flags that set a config key, written as TOML (dotted keys) so that
+/// config::parse checks them with the file's rules: ranges, units, names.
+std::string overrides_toml(const flags& f, const CLI::App& app) {
+  std::string out;
+  auto line = [&](const char* flag, const char* key, const std::string& toml_value) {
+    if (app.count(flag) > 0) out.append(key).append(" = ").append(toml_value).append("\n");
+  };
+  auto number = [&](const char* flag, const char* key, std::int64_t v) { line(flag, key, std::to_string(v)); };
+  auto text = [&](const char* flag, const char* key, const std::string& v) {
+    line(flag, key, keyway::config::toml_string(v));
+  };
+  number("--workers", "server.workers", f.workers);
+  text("--drain-timeout", "server.drain_timeout", f.drain);
+  number("--max-payload", "limits.max_payload", f.max_payload);
+  number("--max-pending-bytes", "limits.max_pending_bytes", f.max_pending_bytes);
+  number("--max-subscriptions", "limits.max_subscriptions", f.max_subscriptions);
+  number("--max-connections", "limits.max_connections", f.max_connections);
+  text("--slow-consumer", "limits.slow_consumer", f.slow_consumer);
+  text("--handshake-timeout", "limits.handshake_timeout", f.handshake);
+  text("--idle-timeout", "limits.idle_timeout", f.idle);
+  text("--log-level", "log.level", f.log_level);
+  text("--log-format", "log.format", f.log_format);
+  text("--partitioner", "routing.partitioner", f.partitioner);
+  text("--tokens-file", "auth.tokens_file", f.tokens_file);
+  return out;
 }
 
 /// Built-in defaults < the config file < the flags given. Throws
@@ -96,22 +118,10 @@ server_options resolve(const flags& f, const CLI::App& app) {
     if (opt.admin && opt.admin->type != keyway::daemon::listen_address::kind::tcp)
       throw std::invalid_argument("--admin " + f.admin + ": the admin listener is TCP only (HOST:PORT)");
   }
-  if (given("--workers")) opt.workers = f.workers;
-  if (given("--log-level")) opt.log_level = f.log_level;
-  if (given("--log-format"))
-    opt.log_fmt = f.log_format == "json" ? keyway::daemon::log_format::json : keyway::daemon::log_format::text;
-  if (given("--partitioner")) opt.partitioner = *keyway::core::parse_partition_strategy(f.partitioner);
-  if (given("--slow-consumer"))
-    opt.slow_consumer = f.slow_consumer == "drop" ? keyway::daemon::slow_consumer_policy::drop
-                                                  : keyway::daemon::slow_consumer_policy::disconnect;
-  if (given("--max-payload")) opt.limits = keyway::proto::limits::with_max_payload(f.max_payload);
-  if (given("--max-pending-bytes")) opt.max_pending_bytes = f.max_pending_bytes;
-  if (given("--max-subscriptions")) opt.max_subscriptions = f.max_subscriptions;
-  if (given("--max-connections")) opt.max_connections = f.max_connections;
-  if (given("--handshake-timeout")) opt.handshake_timeout = duration_flag("--handshake-timeout", f.handshake);
-  if (given("--idle-timeout")) opt.idle_timeout = duration_flag("--idle-timeout", f.idle);
-  if (given("--drain-timeout")) opt.drain_timeout = duration_flag("--drain-timeout", f.drain);
-  if (given("--tokens-file")) opt.tokens_file = f.tokens_file;
+  // The other flags go through the config checks, onto the file's options.
+  auto applied = keyway::config::parse(overrides_toml(f, app), "command line", std::move(opt));
+  if (!applied) throw std::invalid_argument(applied.joined());
+  opt = std::move(*applied.options);
   const auto problems = keyway::config::check_environment(opt, origin);
   if (!problems.empty()) {
     std::string all;
@@ -136,7 +146,12 @@ void reload(keyway::daemon::server& srv, const flags& f, const CLI::App& app) {
     spdlog::warn("SIGHUP: keywayd runs without --config; nothing to reload");
     return;
   }
-  sd_notify(0, "RELOADING=1\nSTATUS=reloading the configuration");
+  // MONOTONIC_USEC: newer systemd (253+, Type=notify-reload) wants it with RELOADING=1.
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading the configuration",
+             static_cast<unsigned long long>(now.tv_sec) * 1'000'000ULL +
+                 static_cast<unsigned long long>(now.tv_nsec) / 1000ULL);
   try {
     const server_options next = resolve(f, app);
     const auto fixed = srv.reload(next);

@@ -255,6 +255,22 @@ TEST_CASE("reload: a listener change is refused and the old config stays") {
   check_daemon_serves(d, c);
 }
 
+TEST_CASE("reload: turning the idle timeout off keeps open connections open") {
+  temp_dir dir;
+  const auto conf = dir.path() / "keyway.toml";
+  const std::string base = "[listen]\ntcp = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+  std::ofstream(conf) << base << "[limits]\nidle_timeout = \"600ms\"\n";
+  keywayd_process d({"--config", conf.string()});
+  raw_client c = open_client(d.url(), "c");  // its idle timer is armed for 600 ms
+  std::ofstream(conf) << base << "[limits]\nidle_timeout = 0\n";
+  ::kill(d.pid(), SIGHUP);
+  REQUIRE(d.wait_log("SIGHUP: reloaded", 5s));
+  std::this_thread::sleep_for(1200ms);  // two of the old periods, nothing sent
+  c.ping();
+  CHECK(d.log().find("idle_timeout") == std::string::npos);
+  check_daemon_serves(d, c);
+}
+
 TEST_CASE("systemd: READY then RELOADING and READY on SIGHUP then STOPPING with watchdog pings") {
   temp_dir dir;
   notify_socket manager(dir.path() / "notify");
@@ -268,7 +284,9 @@ TEST_CASE("systemd: READY then RELOADING and READY on SIGHUP then STOPPING with 
   CHECK(manager.wait_for("WATCHDOG=1", 3s));
   CHECK(manager.wait_for("WATCHDOG=1", 3s));
   ::kill(d.pid(), SIGHUP);
-  CHECK(manager.wait_for("RELOADING=1", 5s));
+  seen.clear();
+  CHECK(manager.wait_for("RELOADING=1", 5s, &seen));
+  CHECK(seen.back().find("MONOTONIC_USEC=") != std::string::npos);
   CHECK(manager.wait_for("READY=1", 5s));
   ::kill(d.pid(), SIGTERM);
   CHECK(manager.wait_for("STOPPING=1", 5s));
@@ -362,6 +380,17 @@ TEST_CASE("config: flags override the file and check-config reports every proble
   child_process check2({KEYWAYD_PATH, "--check-config", "--config", nodir.string()});
   CHECK(check2.wait(10s) == 2);
   CHECK(check2.err().find("directory /nonexistent-dir does not exist") != std::string::npos);
+
+  // Flags get the file's checks: ranges and units, every problem reported.
+  child_process check3({KEYWAYD_PATH, "--check-config", "--max-payload", "100000000", "--max-connections", "0",
+                        "--idle-timeout", "5x"});
+  CHECK(check3.wait(10s) == 2);
+  const std::string err3 = check3.err();
+  INFO(err3);
+  CHECK(err3.find("command line: limits.max_payload = 100000000 is out of range; allowed 1..67108864 bytes") !=
+        std::string::npos);
+  CHECK(err3.find("limits.max_connections = 0 is out of range") != std::string::npos);
+  CHECK(err3.find("\"5x\" is not a duration") != std::string::npos);
 }
 
 }  // namespace keyway::itest
