@@ -89,7 +89,7 @@ std::string readiness_report(const server& srv, bool& ready) {
   for (std::size_t i = 0; i < srv.context().workers; ++i) {
     const bool bad = std::find(stalled.begin(), stalled.end(), i) != stalled.end();
     out += std::string(bad ? "[-]" : "[+]") + "worker " + std::to_string(i) +
-           (bad ? " stalled: awake without a loop turn for a second\n" : " making progress\n");
+           (bad ? " stalled: did not run the health probe within the last check interval\n" : " making progress\n");
   }
   ready = serving && listeners_ok && stalled.empty();
   out += ready ? "readyz check passed\n" : "readyz check failed\n";
@@ -135,6 +135,7 @@ struct admin_service::impl {
   asio::io_context io;
   tcp::acceptor acceptor{io};
   asio::steady_timer tick{io};
+  asio::steady_timer backoff{io};  // between failed accepts
   std::thread thread;
   std::string url;
   metrics_collector metrics{srv};
@@ -238,8 +239,16 @@ struct admin_service::impl {
   void accept() {
     acceptor.async_accept([this](std::error_code ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted) return;
-      if (!ec) std::make_shared<session>(*this, std::move(s))->run();
-      accept();
+      if (!ec) {
+        std::make_shared<session>(*this, std::move(s))->run();
+        return accept();
+      }
+      // Out of descriptors or memory: accepting again at once would spin.
+      spdlog::warn("admin: accept failed: {}; retrying in 100 ms", ec.message());
+      backoff.expires_after(std::chrono::milliseconds(100));
+      backoff.async_wait([this](std::error_code wait_ec) {
+        if (!wait_ec) accept();
+      });
     });
   }
 

@@ -5,7 +5,9 @@
 //   GET /metrics   Prometheus text 0.0.4 (metrics_collector)
 //   GET /livez     200 while this thread serves
 //   GET /readyz    200 when serving with every listener bound and no worker
-//                  stalled; 503 while starting, draining or stalled.
+//                  stalled (stalled: did not run the health probe posted to
+//                  its event loop within the last check interval); 503
+//                  while starting, draining or stalled.
 //                  ?verbose lists each check. /healthz is an alias.
 //   GET /status    JSON: version, uptime, phase, workers, connections,
 //                  subscriptions, queue depths, listeners

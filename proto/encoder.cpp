@@ -192,7 +192,10 @@ result<std::size_t> encoder::plain_message(out_buffer& out, const delivery_field
   const std::size_t payload_at = reply_at + words_for(reply_elems);
   const std::size_t words = payload_at + words_for(f.payload.size());
   const std::size_t total = 8 + words * 8;  // one-segment table, then the segment
-  if (total > max_frame_) return unexpected(errc::frame_too_large);
+  // A list pointer holds 29 bits of element count; every list here is shorter
+  // than the frame, so bounding the frame bounds them all.
+  constexpr std::size_t max_list_elems = (std::size_t{1} << 29) - 1;
+  if (total > max_frame_ || total > max_list_elems) return unexpected(errc::frame_too_large);
   try {
     out.reserve(total, 1);
   } catch (...) {

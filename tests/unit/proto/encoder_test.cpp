@@ -21,7 +21,7 @@ TEST_CASE("encoder: plain_message writes the bytes capnp's builder writes") {
   for (const auto& subject : subjects) {
     for (const std::size_t key_len : {std::size_t{0}, std::size_t{1}, std::size_t{8}, std::size_t{13}}) {
       for (const std::size_t payload_len : sizes) {
-        for (const std::string reply : {std::string{}, std::string{"_INBOX.x.1"}, std::string{"_INBOX.abcdefg"}}) {
+        for (const std::string_view reply : {"", "_INBOX.x.1", "_INBOX.abcdefg"}) {
           std::string key(key_len, 'k'), payload(payload_len, '\0');
           for (auto& c : payload) c = static_cast<char>(rng());
           delivery_fields f;
