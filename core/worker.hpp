@@ -67,7 +67,7 @@ std::string_view to_string(worker_state);
 class worker final : public waker {
  public:
   /// cpu: the CPU to pin to, or nullopt for no pinning.
-  worker(std::uint32_t id, std::optional<int> cpu, std::size_t spin_turns = 256);
+  worker(std::uint32_t id, std::optional<int> cpu, std::size_t spin_turns = 4);
   worker(const worker&) = delete;
   worker& operator=(const worker&) = delete;
 

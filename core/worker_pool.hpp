@@ -31,8 +31,10 @@ struct pool_options {
   std::vector<int> cpus;
   /// Pin each worker to its CPU. Tests may turn it off.
   bool pin = true;
-  /// Idle loop turns before a worker sleeps.
-  std::size_t spin_turns = 256;
+  /// Idle loop turns before a worker sleeps. Few: a spinning pinned worker
+  /// takes its CPU from the clients sharing the machine, which showed as a
+  /// millisecond request/reply p99 at 256 turns (bench/RESULTS.md, "Spinning").
+  std::size_t spin_turns = 4;
 };
 
 /// Resolves options against the affinity mask: the CPU (or none) per worker.
