@@ -63,6 +63,7 @@ void subject_index::add(std::string_view pattern, std::string_view group_name, c
     it->second.by_uid.emplace(ref.uid, ref);
   }
   by_uid_.emplace(ref.uid, location{std::string(pattern), std::string(group_name)});
+  cache_.clear();
 }
 
 bool subject_index::remove(std::uint32_t uid) {
@@ -72,6 +73,7 @@ bool subject_index::remove(std::uint32_t uid) {
   const std::size_t count = split(it->second.pattern, tokens);
   erase(root_, std::span<const std::string_view>(tokens, count), 0, it->second.group, uid);
   by_uid_.erase(it);
+  cache_.clear();  // erase() may have freed cached nodes
   return true;
 }
 
@@ -116,30 +118,45 @@ void subject_index::collect(node& n, std::span<const std::byte> key, std::vector
 }
 
 void subject_index::match_from(node& n, std::span<const std::string_view> tokens, std::size_t i,
-                               std::span<const std::byte> key, std::vector<sub_ref>& out) {
-  if (n.tail) collect(*n.tail, key, out);  // `>` matches tokens[i..], which is non-empty here
+                               matched_nodes& found, std::vector<node*>& spill) {
+  auto hit = [&](node& leaf) {
+    found.push(&leaf);
+    spill.push_back(&leaf);
+  };
+  if (n.tail) hit(*n.tail);  // `>` matches tokens[i..], which is non-empty here
   const std::string_view t = tokens[i];
   const bool last = i + 1 == tokens.size();
   if (auto it = n.next.find(t); it != n.next.end()) {
     if (last)
-      collect(*it->second, key, out);
+      hit(*it->second);
     else
-      match_from(*it->second, tokens, i + 1, key, out);
+      match_from(*it->second, tokens, i + 1, found, spill);
   }
   if (n.star) {
     if (last)
-      collect(*n.star, key, out);
+      hit(*n.star);
     else
-      match_from(*n.star, tokens, i + 1, key, out);
+      match_from(*n.star, tokens, i + 1, found, spill);
   }
 }
 
 std::size_t subject_index::match(std::string_view subject, std::span<const std::byte> key,
                                  std::vector<sub_ref>& out) {
+  const std::size_t before = out.size();
+  if (auto it = cache_.find(subject); it != cache_.end()) {
+    for (std::size_t i = 0; i < it->second.count; ++i) collect(*it->second.nodes[i], key, out);
+    return out.size() - before;
+  }
   std::string_view tokens[max_tokens];
   const std::size_t count = split(subject, tokens);
-  const std::size_t before = out.size();
-  if (count != 0) match_from(root_, std::span<const std::string_view>(tokens, count), 0, key, out);
+  matched_nodes found;
+  spill_.clear();
+  if (count != 0) match_from(root_, std::span<const std::string_view>(tokens, count), 0, found, spill_);
+  for (node* n : spill_) collect(*n, key, out);
+  if (found.count <= cached_nodes) {
+    if (cache_.size() >= cache_capacity) cache_.clear();
+    cache_.emplace(std::string(subject), found);
+  }
   return out.size() - before;
 }
 

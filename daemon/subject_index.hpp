@@ -4,11 +4,18 @@
 // grouped by name, each group with its own partitioner over member ids.
 //
 // Threads: owned by one worker; every method runs on that worker's thread.
-// Cost: match() walks one trie path per wildcard branch and allocates nothing;
+// Cost: match() first looks the subject up in a cache of the trie nodes it
+// matched last time (as nats-server's sublist does): one hash of the subject
+// instead of one per token and a map lookup per level. A miss walks one trie
+// path per wildcard branch and caches the result (allocating once per new
+// subject; the cache is emptied when it holds cache_capacity subjects, and on
+// every add/remove, which may free nodes). Queue-group members are picked per
+// message from the cached nodes, so the key still decides.
 // add/remove are control-plane operations (allocate, may rebuild a group's
 // partitioner table).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -52,6 +59,10 @@ class subject_index {
   std::size_t match(std::string_view subject, std::span<const std::byte> key, std::vector<sub_ref>& out);
 
   static constexpr std::size_t max_tokens = 128;
+  /// Subjects whose matching nodes are cached.
+  static constexpr std::size_t cache_capacity = 4096;
+  /// Matching nodes one cache entry holds; a subject matching more is not cached.
+  static constexpr std::size_t cached_nodes = 4;
 
   std::size_t size() const noexcept { return by_uid_.size(); }
 
@@ -81,9 +92,19 @@ class subject_index {
     std::string group;
   };
 
+  /// The nodes whose subscriptions a subject matches, in match order.
+  struct matched_nodes {
+    std::array<node*, cached_nodes> nodes{};
+    std::size_t count = 0;  // > cached_nodes: too many to cache
+    void push(node* n) noexcept {
+      if (count < cached_nodes) nodes[count] = n;
+      ++count;
+    }
+  };
+
   static void collect(node& n, std::span<const std::byte> key, std::vector<sub_ref>& out);
-  static void match_from(node& n, std::span<const std::string_view> tokens, std::size_t i,
-                         std::span<const std::byte> key, std::vector<sub_ref>& out);
+  static void match_from(node& n, std::span<const std::string_view> tokens, std::size_t i, matched_nodes& found,
+                         std::vector<node*>& spill);
   static std::size_t split(std::string_view subject, std::span<std::string_view> out);
   /// Removes `uid` below n along tokens[i..]; returns true if n became empty.
   static bool erase(node& n, std::span<const std::string_view> tokens, std::size_t i,
@@ -92,6 +113,8 @@ class subject_index {
   std::size_t group_slots_;
   node root_;
   std::unordered_map<std::uint32_t, location> by_uid_;
+  std::unordered_map<std::string, matched_nodes, string_hash, std::equal_to<>> cache_;
+  std::vector<node*> spill_;  // the matching nodes of a subject that matches more than cached_nodes
 };
 
 }  // namespace keyway::daemon

@@ -153,3 +153,86 @@ TEST_CASE("subject_index agrees with a brute-force matcher on random subscriptio
     CHECK_MESSAGE(match_uids(idx, s) == want, "subject " << s);
   }
 }
+
+TEST_CASE("subject_index cached matches follow every add and remove") {
+  const std::uint64_t seed = keyway::test::seed();
+  std::mt19937_64 rng(seed);
+  const char* tokens[] = {"a", "b", "c", "*", ">"};
+  auto matches = [](const std::vector<std::string>& pat, const std::vector<std::string>& sub) {
+    for (std::size_t i = 0; i < pat.size(); ++i) {
+      if (pat[i] == ">") return sub.size() > i;
+      if (i >= sub.size()) return false;
+      if (pat[i] != "*" && pat[i] != sub[i]) return false;
+    }
+    return pat.size() == sub.size();
+  };
+  auto join = [](const std::vector<std::string>& t) {
+    std::string s;
+    for (const auto& x : t) s.append(s.empty() ? "" : ".").append(x);
+    return s;
+  };
+  subject_index idx;
+  std::map<std::uint32_t, std::vector<std::string>> pats;
+  std::uint32_t next_uid = 1;
+  for (int round = 0; round < 3000; ++round) {
+    const auto action = rng() % 10;
+    if (action == 0 || pats.size() < 3) {
+      std::vector<std::string> p;
+      const int len = 1 + static_cast<int>(rng() % 3);
+      for (int i = 0; i < len; ++i) {
+        std::string t = tokens[rng() % 5];
+        if (t == ">" && i != len - 1) t = "*";
+        p.push_back(t);
+      }
+      idx.add(join(p), "", ref(next_uid));
+      pats[next_uid++] = p;
+    } else if (action == 1) {
+      auto it = std::next(pats.begin(), static_cast<long>(rng() % pats.size()));
+      CHECK(idx.remove(it->first));
+      pats.erase(it);
+    } else {
+      std::vector<std::string> sub;
+      const int len = 1 + static_cast<int>(rng() % 3);
+      for (int i = 0; i < len; ++i) sub.push_back(tokens[rng() % 3]);
+      std::set<std::uint32_t> want;
+      for (auto& [uid, p] : pats)
+        if (matches(p, sub)) want.insert(uid);
+      // The first lookup may fill the cache; the second reads it.
+      CHECK_MESSAGE(match_uids(idx, join(sub)) == want, "subject " << join(sub) << " round " << round);
+      CHECK_MESSAGE(match_uids(idx, join(sub)) == want, "subject " << join(sub) << " (cached) round " << round);
+    }
+  }
+}
+
+TEST_CASE("subject_index picks queue members by key on cached subjects and past the cache's capacity") {
+  subject_index idx;
+  idx.add("q.x", "g", ref(1));
+  idx.add("q.x", "g", ref(2));
+  idx.add("q.*", "g", ref(3));
+  idx.add("q.*", "g", ref(4));
+  idx.add(">", "", ref(9));
+  // Five matching nodes' worth: more than one cache entry holds.
+  idx.add("q.>", "", ref(10));
+  idx.add("*.x", "", ref(11));
+  std::map<std::string, std::set<std::uint32_t>> first;
+  for (int k = 0; k < 64; ++k) first[std::to_string(k)] = match_uids(idx, "q.x", std::to_string(k));
+  std::set<std::uint32_t> picked;
+  for (int k = 0; k < 64; ++k) {
+    const auto again = match_uids(idx, "q.x", std::to_string(k));
+    CHECK(again == first[std::to_string(k)]);  // a key keeps its members
+    CHECK(again.count(9) == 1);
+    CHECK(again.count(10) == 1);
+    CHECK(again.count(11) == 1);
+    CHECK(again.count(1) + again.count(2) == 1);  // one member of g at q.x
+    CHECK(again.count(3) + again.count(4) == 1);  // one member of g at q.*
+    picked.insert(again.begin(), again.end());
+  }
+  CHECK(picked.count(1) == 1);  // keys spread over both members
+  CHECK(picked.count(2) == 1);
+  // More distinct subjects than the cache holds: results stay right.
+  for (std::size_t i = 0; i < subject_index::cache_capacity + 100; ++i) {
+    const std::string s = std::string("z.").append(std::to_string(i));
+    CHECK(match_uids(idx, s) == std::set<std::uint32_t>{9});
+  }
+  CHECK(match_uids(idx, "q.y", "k").count(10) == 1);
+}
