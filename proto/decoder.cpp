@@ -1,5 +1,7 @@
 #include "proto/decoder.hpp"
 
+#include "proto/flat.hpp"
+
 #include <kj/exception.h>
 
 #include <algorithm>
@@ -196,6 +198,35 @@ unexpected decoder::fail(errc code, std::string message) {
   return unexpected(error_.error_code());
 }
 
+bool read_flat_publish(std::span<const std::byte> segment, publish_view& view) noexcept {
+  static_assert(wire::Frame::_capnpPrivate::dataWordSize == 1 && wire::Frame::_capnpPrivate::pointerCount == 1);
+  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 && wire::Publish::_capnpPrivate::pointerCount == 5);
+  const flat::segment seg(segment.data(), segment.size() / 8);
+  if (seg.size() == 0) return false;
+  const auto root = seg.read_struct(0);
+  if (!root) return false;
+  // The union tag: bits [0, 16) of the Frame's data section.
+  if ((seg.data_word(*root, 0) & 0xffff) != wire::Frame::PUBLISH) return false;
+  std::optional<flat::segment::structure> p = flat::segment::structure{};
+  if (const auto at = flat::segment::pointer(*root, 0)) p = seg.read_struct(*at);
+  if (!p) return false;
+  // Headers are rare: a publish with any goes through capnp's reader.
+  if (const auto at = flat::segment::pointer(*p, 3); at && seg.word(*at) != 0) return false;
+  const auto subject = seg.read_text(flat::segment::pointer(*p, 0));
+  const auto key = seg.read_data(flat::segment::pointer(*p, 1));
+  const auto payload = seg.read_data(flat::segment::pointer(*p, 2));
+  const auto reply_to = seg.read_text(flat::segment::pointer(*p, 4));
+  if (!subject || !key || !payload || !reply_to) return false;
+  view.subject = *subject;
+  view.key = *key;
+  view.payload = *payload;
+  view.reply_to = *reply_to;
+  view.header_count = 0;
+  view.headers = {};
+  view.ack_id = seg.data_word(*p, 0);
+  return true;
+}
+
 void read_publish(wire::Publish::Reader p, std::uint32_t max_headers, std::vector<header>& headers,
                   publish_view& view) {
   view.subject = as_string_view(p.getSubject());
@@ -244,6 +275,12 @@ result<std::optional<frame>> decoder::next() noexcept {
     offset += words;
   }
 
+  // The usual publish (one segment, no headers) is read by hand; anything
+  // else, or anything the hand reader does not accept, by capnp's reader.
+  const bool flat_publish =
+      h.segments == 1 && read_flat_publish({reinterpret_cast<const std::byte*>(segments_[0].begin()),
+                                            segments_[0].size() * sizeof(capnp::word)},
+                                           publish_);
   capnp::ReaderOptions options;
   options.traversalLimitInWords = limits_.traversal_limit_words(h.frame_bytes);
   options.nestingLimit = limits_.nesting_limit;
@@ -251,7 +288,9 @@ result<std::optional<frame>> decoder::next() noexcept {
     reader_.emplace(kj::arrayPtr(segments_.data(), h.segments), options);
     auto root = reader_->getRoot<wire::Frame>();
     const publish_view* publish = nullptr;
-    if (root.which() == wire::Frame::PUBLISH) {
+    if (flat_publish) {
+      publish = &publish_;
+    } else if (root.which() == wire::Frame::PUBLISH) {
       // Read once, here, inside the try: the view is the safety pass too.
       read_publish(root.getPublish(), limits_.max_headers, headers_, publish_);
       publish = &publish_;

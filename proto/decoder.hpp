@@ -84,6 +84,12 @@ class frame {
 void read_publish(wire::Publish::Reader p, std::uint32_t max_headers, std::vector<header>& headers,
                   publish_view& view);
 
+/// The same for a one-segment frame read by hand (proto/flat.hpp), without
+/// capnp's reader: true and `view` filled if `segment` is a Frame holding a
+/// publish without headers, every pointer checked; false for anything else,
+/// which the caller then reads with capnp (and `view` may hold garbage).
+bool read_flat_publish(std::span<const std::byte> segment, publish_view& view) noexcept;
+
 class decoder {
  public:
   static constexpr std::size_t default_initial_capacity = 16 * 1024;

@@ -1,5 +1,7 @@
 #include "proto/encoder.hpp"
 
+#include "proto/flat.hpp"
+
 #include <kj/exception.h>
 
 #include <algorithm>
@@ -156,20 +158,9 @@ namespace {
 // (one segment; root pointer, Frame, Message, then subject, key, replyTo and
 // payload in that order). tests/unit/proto/encoder_test.cpp checks the bytes
 // against the builder's for many field combinations.
-constexpr std::size_t words_for(std::size_t bytes) noexcept { return (bytes + 7) / 8; }
-
-std::uint64_t struct_pointer(std::size_t from_word, std::size_t to_word, std::uint16_t data_words,
-                             std::uint16_t pointers) noexcept {
-  const auto offset = static_cast<std::uint32_t>(to_word - from_word - 1);
-  return (std::uint64_t{offset} << 2) | (std::uint64_t{data_words} << 32) | (std::uint64_t{pointers} << 48);
-}
-
-// A byte list (Text with its NUL, or Data); null when empty.
-std::uint64_t byte_list_pointer(std::size_t from_word, std::size_t to_word, std::size_t elements) noexcept {
-  if (elements == 0) return 0;
-  const auto offset = static_cast<std::uint32_t>(to_word - from_word - 1);
-  return 1u | (std::uint64_t{offset} << 2) | (std::uint64_t{2} << 32) | (std::uint64_t{elements} << 35);
-}
+using flat::byte_list_pointer;
+using flat::struct_pointer;
+using flat::words_for;
 
 constexpr std::uint16_t frame_data_words = wire::Frame::_capnpPrivate::dataWordSize;
 constexpr std::uint16_t frame_pointers = wire::Frame::_capnpPrivate::pointerCount;
