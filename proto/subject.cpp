@@ -17,32 +17,32 @@ std::string hex_byte(unsigned char c) {
 // Checks shared by subjects and patterns: emptiness, length, bad bytes, empty
 // tokens. Returns ok when the remaining (wildcard) rules should run.
 status check_common(std::string_view s, const limits& lim, std::string_view field) {
-  const std::string f(field);
+  auto f = [field] { return std::string(field); };  // built only for an error
   if (s.empty()) {
     return {errc::invalid_subject,
-            f + " is empty; a subject is one or more dot-separated tokens, like 'orders.eu'"};
+            f() + " is empty; a subject is one or more dot-separated tokens, like 'orders.eu'"};
   }
   if (s.size() > lim.max_subject) {
-    return {errc::invalid_subject, f + " of " + format_size(s.size()) + " exceeds limits.max_subject (" +
+    return {errc::invalid_subject, f() + " of " + format_size(s.size()) + " exceeds limits.max_subject (" +
                                        format_size(lim.max_subject) + "); use a shorter subject"};
   }
   std::size_t token_start = 0;
   for (std::size_t i = 0; i < s.size(); ++i) {
     auto c = static_cast<unsigned char>(s[i]);
     if (forbidden_byte(c)) {
-      return {errc::invalid_subject, f + " " + quote(s) + " has a space or control character " +
+      return {errc::invalid_subject, f() + " " + quote(s) + " has a space or control character " +
                                          hex_byte(c) + " " + at_byte(i) + "; subjects may not contain whitespace or control characters"};
     }
     if (c == '.') {
       if (i == token_start) {
-        return {errc::invalid_subject, f + " " + quote(s) + " has an empty token " + at_byte(i) +
+        return {errc::invalid_subject, f() + " " + quote(s) + " has an empty token " + at_byte(i) +
                                            "; tokens between dots must be non-empty"};
       }
       token_start = i + 1;
     }
   }
   if (token_start == s.size()) {
-    return {errc::invalid_subject, f + " " + quote(s) + " ends with '.'; tokens between dots must be non-empty"};
+    return {errc::invalid_subject, f() + " " + quote(s) + " ends with '.'; tokens between dots must be non-empty"};
   }
   return {};
 }
@@ -89,15 +89,15 @@ status validate_pattern(std::string_view pattern, const limits& lim, std::string
 
 status validate_queue_group(std::string_view group, const limits& lim, std::string_view field) {
   if (group.empty()) return {};
-  const std::string f(field);
+  auto f = [field] { return std::string(field); };  // built only for an error
   if (group.size() > lim.max_subject) {
-    return {errc::invalid_subject, f + " of " + format_size(group.size()) + " exceeds limits.max_subject (" +
+    return {errc::invalid_subject, f() + " of " + format_size(group.size()) + " exceeds limits.max_subject (" +
                                        format_size(lim.max_subject) + "); use a shorter queue group name"};
   }
   for (std::size_t i = 0; i < group.size(); ++i) {
     auto c = static_cast<unsigned char>(group[i]);
     if (forbidden_byte(c) || c == '*' || c == '>') {
-      return {errc::invalid_subject, f + " " + quote(group) + " has a forbidden character " + hex_byte(c) + " " + at_byte(i) +
+      return {errc::invalid_subject, f() + " " + quote(group) + " has a forbidden character " + hex_byte(c) + " " + at_byte(i) +
                                          "; queue group names may not contain whitespace, control characters, "
                                          "'*' or '>'"};
     }
