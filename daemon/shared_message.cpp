@@ -23,7 +23,10 @@ shared_message* shared_message::make(std::string_view subject, std::span<const s
   const std::uint32_t headers_off = reply_off + static_cast<std::uint32_t>(reply_to.size());
   const std::size_t total = headers_off + header_bytes;
 
-  void* raw = ::operator new(total, std::align_val_t{8});
+  // Plain new: its alignment (16) covers the 8 the payload needs, without the
+  // aligned allocator's memalign path.
+  static_assert(__STDCPP_DEFAULT_NEW_ALIGNMENT__ >= 8 && alignof(shared_message) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
+  void* raw = ::operator new(total);
   auto* m = new (raw) shared_message();
   auto* base = static_cast<std::byte*>(raw);
   if (!payload.empty()) std::memcpy(base + payload_off, payload.data(), payload.size());
@@ -56,7 +59,7 @@ shared_message* shared_message::make(std::string_view subject, std::span<const s
 
 void shared_message::destroy() noexcept {
   this->~shared_message();
-  ::operator delete(static_cast<void*>(this), std::align_val_t{8});
+  ::operator delete(static_cast<void*>(this));
 }
 
 }  // namespace keyway::daemon
