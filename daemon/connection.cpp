@@ -102,31 +102,30 @@ void connection::process() {
 }
 
 bool connection::handle(const proto::frame& f) {
-  const wire::Frame::Reader root = f.root();
-  if (state_ == state::handshake && root.which() != wire::Frame::HELLO) {
+  if (state_ == state::handshake && f.which() != wire::Frame::HELLO) {
     send_error(proto::errc::protocol,
-               std::string("the first frame must be hello, got ") + std::string(proto::kind_name(root.which())), 0,
+               std::string("the first frame must be hello, got ") + std::string(proto::kind_name(f.which())), 0,
                true);
     return true;
   }
   if (auto st = proto::validate_client_frame(f, router_.options().limits); !st) {
-    fail(st, f.publish() ? f.publish()->ack_id : proto::request_id_of(root));
+    fail(st, f.publish() ? f.publish()->ack_id : proto::request_id_of(f.root()));
     return true;
   }
-  switch (root.which()) {
+  switch (f.which()) {
     case wire::Frame::HELLO:
-      on_hello(root.getHello());
+      on_hello(f.root().getHello());
       return true;
     case wire::Frame::PUBLISH:
       return on_publish(*f.publish());
     case wire::Frame::SUBSCRIBE:
-      on_subscribe(root.getSubscribe());
+      on_subscribe(f.root().getSubscribe());
       return true;
     case wire::Frame::UNSUBSCRIBE:
-      on_unsubscribe(root.getUnsubscribe());
+      on_unsubscribe(f.root().getUnsubscribe());
       return true;
     case wire::Frame::PING:
-      (void)router_.encoder().pong(out_, root.getPing().getId());
+      (void)router_.encoder().pong(out_, f.root().getPing().getId());
       queued();
       return true;
     case wire::Frame::PONG:

@@ -127,6 +127,24 @@ decoder::decoder(const limits& lim, std::size_t initial_capacity)
 
 decoder::~decoder() = default;
 
+capnp::ReaderOptions decoder::reader_options(std::size_t frame_bytes) const noexcept {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = limits_.traversal_limit_words(frame_bytes);
+  options.nestingLimit = limits_.nesting_limit;
+  return options;
+}
+
+wire::Frame::Reader decoder::lazy_root() const noexcept {
+  try {
+    if (!reader_) reader_.emplace(kj::arrayPtr(segments_.data(), 1), reader_options(current_));
+    return reader_->getRoot<wire::Frame>();
+  } catch (...) {
+    return {};
+  }
+}
+
+wire::Frame::Reader frame::root() const noexcept { return lazy_ ? lazy_->lazy_root() : root_; }
+
 void decoder::release_current() noexcept {
   if (reader_) reader_.reset();
   begin_ += current_;
@@ -281,16 +299,15 @@ result<std::optional<frame>> decoder::next() noexcept {
       h.segments == 1 && read_flat_publish({reinterpret_cast<const std::byte*>(segments_[0].begin()),
                                             segments_[0].size() * sizeof(capnp::word)},
                                            publish_);
-  capnp::ReaderOptions options;
-  options.traversalLimitInWords = limits_.traversal_limit_words(h.frame_bytes);
-  options.nestingLimit = limits_.nesting_limit;
+  if (flat_publish) {
+    current_ = h.frame_bytes;
+    return std::optional<frame>(frame(this, h.frame_bytes, &publish_));
+  }
   try {
-    reader_.emplace(kj::arrayPtr(segments_.data(), h.segments), options);
+    reader_.emplace(kj::arrayPtr(segments_.data(), h.segments), reader_options(h.frame_bytes));
     auto root = reader_->getRoot<wire::Frame>();
     const publish_view* publish = nullptr;
-    if (flat_publish) {
-      publish = &publish_;
-    } else if (root.which() == wire::Frame::PUBLISH) {
+    if (root.which() == wire::Frame::PUBLISH) {
       // Read once, here, inside the try: the view is the safety pass too.
       read_publish(root.getPublish(), limits_.max_headers, headers_, publish_);
       publish = &publish_;

@@ -54,12 +54,16 @@ std::string_view kind_name(wire::Frame::Which kind) noexcept;
 /// the next call to that decoder's next(), prepare(), feed(), shrink() or
 /// reset(), or its destruction, whichever comes first. commit() and the
 /// const accessors do not invalidate it. Cheap to copy (a few pointers).
+class decoder;
+
 class frame {
  public:
-  wire::Frame::Reader root() const noexcept { return root_; }
+  /// The capnp root. For a publish the decoder read by hand (publish() is
+  /// set), capnp's reader is built only when this is first called.
+  wire::Frame::Reader root() const noexcept;
   /// May be a value outside the enum (a newer peer's kind); check with a
   /// switch that has a default.
-  wire::Frame::Which which() const noexcept { return root_.which(); }
+  wire::Frame::Which which() const noexcept { return which_; }
   /// Bytes this frame took on the wire, segment table included.
   std::size_t wire_size() const noexcept { return wire_size_; }
   std::uint32_t segment_count() const noexcept { return segments_; }
@@ -70,12 +74,17 @@ class frame {
   friend class decoder;
   frame(wire::Frame::Reader root, std::size_t wire_size, std::uint32_t segments,
         const publish_view* publish) noexcept
-      : root_(root), wire_size_(wire_size), segments_(segments), publish_(publish) {}
+      : root_(root), which_(root.which()), wire_size_(wire_size), segments_(segments), publish_(publish) {}
+  // A hand-read publish: the root comes from `lazy` on demand.
+  frame(const decoder* lazy, std::size_t wire_size, const publish_view* publish) noexcept
+      : which_(wire::Frame::PUBLISH), wire_size_(wire_size), segments_(1), publish_(publish), lazy_(lazy) {}
 
   wire::Frame::Reader root_;
+  wire::Frame::Which which_;
   std::size_t wire_size_;
   std::uint32_t segments_;
   const publish_view* publish_;
+  const decoder* lazy_ = nullptr;
 };
 
 /// Reads a publish into `view` once, header entries into `headers` (reused;
@@ -146,6 +155,12 @@ class decoder {
   void release_current() noexcept;
   void make_room(std::size_t bytes);
   unexpected fail(errc code, std::string message);
+  friend class frame;
+  /// The current frame's capnp root, building the reader if the frame was
+  /// read by hand. A default (empty) root if capnp refuses what the hand
+  /// reader accepted, which flat_test checks does not happen.
+  wire::Frame::Reader lazy_root() const noexcept;
+  capnp::ReaderOptions reader_options(std::size_t frame_bytes) const noexcept;
 
   const std::byte* bytes() const noexcept { return reinterpret_cast<const std::byte*>(buffer_.get()); }
   std::byte* bytes() noexcept { return reinterpret_cast<std::byte*>(buffer_.get()); }
@@ -157,7 +172,8 @@ class decoder {
   std::size_t end_ = 0;        // one past the last received byte
   std::size_t current_ = 0;    // bytes of the frame last returned, consumed on the next call
   std::vector<kj::ArrayPtr<const capnp::word>> segments_;  // max_segments entries, reused
-  std::optional<capnp::SegmentArrayMessageReader> reader_;
+  // Built for every frame but a hand-read publish, whose root() builds it (so mutable).
+  mutable std::optional<capnp::SegmentArrayMessageReader> reader_;
   publish_view publish_;          // the current frame's, when it is a publish
   std::vector<header> headers_;   // its headers, reused
   status error_;
