@@ -5,6 +5,7 @@
 #include <kj/exception.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstring>
 #include <new>
@@ -122,6 +123,11 @@ result<std::size_t> encoder::welcome(out_buffer& out, const welcome_fields& f) n
 }
 
 result<std::size_t> encoder::publish(out_buffer& out, const publish_fields& f) noexcept {
+  if (f.headers.empty()) return plain_publish(out, f);
+  return built_publish(out, f);
+}
+
+result<std::size_t> encoder::built_publish(out_buffer& out, const publish_fields& f) noexcept {
   return encode(out, [&](wire::Frame::Builder fr) {
     auto p = fr.initPublish();
     set_text(f.subject, [&](unsigned n) { return p.initSubject(n); });
@@ -153,40 +159,45 @@ result<std::size_t> encoder::unsubscribe(out_buffer& out, std::uint32_t sid, std
 
 namespace {
 
-// The fast path for the most frequent frame: a delivery without headers,
-// written word by word in exactly the layout capnp's builder produces for it
-// (one segment; root pointer, Frame, Message, then subject, key, replyTo and
-// payload in that order). tests/unit/proto/encoder_test.cpp checks the bytes
-// against the builder's for many field combinations.
+// The fast path for the two most frequent frames, a publish and a delivery
+// without headers: written word by word in exactly the layout capnp's builder
+// produces for them (one segment: root pointer, Frame, the struct, then its
+// byte lists in the order the builder sets them). tests/unit/proto/encoder_test.cpp
+// checks the bytes against the builder's for many field combinations.
 using flat::byte_list_pointer;
 using flat::struct_pointer;
 using flat::words_for;
 
 constexpr std::uint16_t frame_data_words = wire::Frame::_capnpPrivate::dataWordSize;
 constexpr std::uint16_t frame_pointers = wire::Frame::_capnpPrivate::pointerCount;
-constexpr std::uint16_t message_data_words = wire::Message::_capnpPrivate::dataWordSize;
-constexpr std::uint16_t message_pointers = wire::Message::_capnpPrivate::pointerCount;
 static_assert(frame_data_words == 1 && frame_pointers == 1);
-static_assert(message_data_words == 2 && message_pointers == 5);
 
-}  // namespace
+/// A Text (with its NUL; empty = null) or Data field: its pointer slot and bytes.
+struct flat_list {
+  std::size_t slot;
+  const void* data;
+  std::size_t size;  // bytes, without the NUL
+  bool text;
+  std::size_t elements() const noexcept { return size == 0 ? 0 : size + (text ? 1 : 0); }
+};
 
-result<std::size_t> encoder::plain_message(out_buffer& out, const delivery_fields& f) noexcept {
-  // Word positions in the segment.
-  constexpr std::size_t root = 0, frame = 1, frame_ptr = 2, msg = 3, msg_ptrs = 5;
-  constexpr std::size_t fixed_words = msg_ptrs + message_pointers;
-  const std::size_t subject_elems = f.subject.empty() ? 0 : f.subject.size() + 1;
-  const std::size_t reply_elems = f.reply_to.empty() ? 0 : f.reply_to.size() + 1;
-  const std::size_t subject_at = fixed_words;
-  const std::size_t key_at = subject_at + words_for(subject_elems);
-  const std::size_t reply_at = key_at + words_for(f.key.size());
-  const std::size_t payload_at = reply_at + words_for(reply_elems);
-  const std::size_t words = payload_at + words_for(f.payload.size());
+/// Frame{tag: struct{data; pointers}} with `lists` laid out in the order given.
+template <std::size_t DataWords, std::size_t Lists>
+result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Frame::Which tag,
+                               std::uint16_t pointers, const std::array<std::uint64_t, DataWords>& data,
+                               const std::array<flat_list, Lists>& lists) noexcept {
+  constexpr std::size_t root = 0, frame = 1, frame_ptr = 2, body = 3, body_ptrs = body + DataWords;
+  std::array<std::size_t, Lists> at{};
+  std::size_t words = body_ptrs + pointers;
+  for (std::size_t i = 0; i < Lists; ++i) {
+    at[i] = words;
+    words += words_for(lists[i].elements());
+  }
   const std::size_t total = 8 + words * 8;  // one-segment table, then the segment
   // A list pointer holds 29 bits of element count; every list here is shorter
   // than the frame, so bounding the frame bounds them all.
   constexpr std::size_t max_list_elems = (std::size_t{1} << 29) - 1;
-  if (total > max_frame_ || total > max_list_elems) return unexpected(errc::frame_too_large);
+  if (total > max_frame || total > max_list_elems) return unexpected(errc::frame_too_large);
   try {
     out.reserve(total, 1);
   } catch (...) {
@@ -195,29 +206,45 @@ result<std::size_t> encoder::plain_message(out_buffer& out, const delivery_field
   static_assert(std::endian::native == std::endian::little);
   std::byte* p = out.prepare(total).data();
   std::memset(p, 0, total);
-  const auto put32 = [&](std::size_t byte, std::uint32_t v) { std::memcpy(p + byte, &v, 4); };
   const auto put64 = [&](std::size_t word, std::uint64_t v) { std::memcpy(p + 8 + 8 * word, &v, 8); };
-  const auto put_bytes = [&](std::size_t word, const void* src, std::size_t n) {
-    if (n != 0) std::memcpy(p + 8 + 8 * word, src, n);
-  };
-  put32(0, 0);  // segment count - 1
-  put32(4, static_cast<std::uint32_t>(words));
+  const std::uint32_t table[2] = {0, static_cast<std::uint32_t>(words)};  // segment count - 1, segment words
+  std::memcpy(p, table, 8);
   put64(root, struct_pointer(root, frame, frame_data_words, frame_pointers));
-  put64(frame, static_cast<std::uint16_t>(wire::Frame::MESSAGE));
-  put64(frame_ptr, struct_pointer(frame_ptr, msg, message_data_words, message_pointers));
-  put64(msg, std::uint64_t{f.sid} | (std::uint64_t{f.owner_core} << 32));
-  put64(msg + 1, f.seq);
-  put64(msg_ptrs + 0, byte_list_pointer(msg_ptrs + 0, subject_at, subject_elems));
-  put64(msg_ptrs + 1, byte_list_pointer(msg_ptrs + 1, key_at, f.key.size()));
-  put64(msg_ptrs + 2, byte_list_pointer(msg_ptrs + 2, payload_at, f.payload.size()));
-  // msg_ptrs + 3: headers, null.
-  put64(msg_ptrs + 4, byte_list_pointer(msg_ptrs + 4, reply_at, reply_elems));
-  put_bytes(subject_at, f.subject.data(), f.subject.size());
-  put_bytes(key_at, f.key.data(), f.key.size());
-  put_bytes(reply_at, f.reply_to.data(), f.reply_to.size());
-  put_bytes(payload_at, f.payload.data(), f.payload.size());
+  put64(frame, static_cast<std::uint16_t>(tag));
+  put64(frame_ptr, struct_pointer(frame_ptr, body, DataWords, pointers));
+  for (std::size_t i = 0; i < DataWords; ++i) put64(body + i, data[i]);
+  for (std::size_t i = 0; i < Lists; ++i) {
+    const flat_list& l = lists[i];
+    put64(body_ptrs + l.slot, byte_list_pointer(body_ptrs + l.slot, at[i], l.elements()));
+    if (l.size != 0) std::memcpy(p + 8 + 8 * at[i], l.data, l.size);
+  }
   out.commit(total);
   return total;
+}
+
+}  // namespace
+
+result<std::size_t> encoder::plain_message(out_buffer& out, const delivery_fields& f) noexcept {
+  static_assert(wire::Message::_capnpPrivate::dataWordSize == 2 && wire::Message::_capnpPrivate::pointerCount == 5);
+  // Message: sid and ownerCore in word 0, seq in word 1; subject, key,
+  // payload, headers (null here), replyTo in pointers 0-4.
+  return write_flat<2, 4>(out, max_frame_, wire::Frame::MESSAGE, 5,
+                          {std::uint64_t{f.sid} | (std::uint64_t{f.owner_core} << 32), f.seq},
+                          {flat_list{0, f.subject.data(), f.subject.size(), true},
+                           flat_list{1, f.key.data(), f.key.size(), false},
+                           flat_list{4, f.reply_to.data(), f.reply_to.size(), true},
+                           flat_list{2, f.payload.data(), f.payload.size(), false}});
+}
+
+result<std::size_t> encoder::plain_publish(out_buffer& out, const publish_fields& f) noexcept {
+  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 && wire::Publish::_capnpPrivate::pointerCount == 5);
+  // Publish: ackId in word 0; subject, key, payload, headers (null here),
+  // replyTo in pointers 0-4.
+  return write_flat<1, 4>(out, max_frame_, wire::Frame::PUBLISH, 5, {f.ack_id},
+                          {flat_list{0, f.subject.data(), f.subject.size(), true},
+                           flat_list{1, f.key.data(), f.key.size(), false},
+                           flat_list{2, f.payload.data(), f.payload.size(), false},
+                           flat_list{4, f.reply_to.data(), f.reply_to.size(), true}});
 }
 
 result<std::size_t> encoder::message(out_buffer& out, const delivery_fields& f) noexcept {

@@ -101,6 +101,11 @@ class encoder {
   result<std::size_t> hello(out_buffer& out, const hello_fields& f) noexcept;
   result<std::size_t> welcome(out_buffer& out, const welcome_fields& f) noexcept;
   result<std::size_t> publish(out_buffer& out, const publish_fields& f) noexcept;
+  /// publish() without headers, written directly in the builder's layout (the
+  /// hot path of clients); built_publish() goes through the builder (the
+  /// reference). Public so tests can compare their bytes.
+  result<std::size_t> plain_publish(out_buffer& out, const publish_fields& f) noexcept;
+  result<std::size_t> built_publish(out_buffer& out, const publish_fields& f) noexcept;
   result<std::size_t> subscribe(out_buffer& out, const subscribe_fields& f) noexcept;
   result<std::size_t> unsubscribe(out_buffer& out, std::uint32_t sid, std::uint64_t request_id = 0) noexcept;
   /// One delivery; the payload is copied into `out`.

@@ -1,4 +1,4 @@
-// The hand-written delivery encoder (encoder::plain_message) against capnp's
+// The hand-written encoders (encoder::plain_message, encoder::plain_publish) against capnp's
 // builder (encoder::built_message): the same bytes for every combination of
 // empty and non-empty fields, odd and even lengths around word boundaries,
 // and a decoder reads them back.
@@ -12,8 +12,12 @@
 
 namespace keyway::proto::test {
 
-TEST_CASE("encoder: plain_message writes the bytes capnp's builder writes") {
-  encoder enc;
+namespace {
+
+/// Calls check(subject, key, payload, reply_to) for every combination of empty
+/// and non-empty fields, with lengths around word boundaries; returns the count.
+template <class Check>
+std::size_t for_each_field_combination(Check&& check) {
   const std::string subjects[] = {"", "a", "orders.eu", "exactly.8", "subject.of.fifteen", "s.0123456789abcde"};
   const std::size_t sizes[] = {0, 1, 7, 8, 9, 15, 16, 17, 100, 1000, 8191};
   std::mt19937_64 rng(keyway::test::seed());
@@ -24,29 +28,54 @@ TEST_CASE("encoder: plain_message writes the bytes capnp's builder writes") {
         for (const std::string_view reply : {"", "_INBOX.x.1", "_INBOX.abcdefg"}) {
           std::string key(key_len, 'k'), payload(payload_len, '\0');
           for (auto& c : payload) c = static_cast<char>(rng());
-          delivery_fields f;
-          f.sid = static_cast<std::uint32_t>(rng());
-          f.subject = subject;
-          f.key = bytes_of(key);
-          f.payload = bytes_of(payload);
-          f.reply_to = reply;
-          f.owner_core = static_cast<std::uint32_t>(rng() % 64);
-          f.seq = rng();
-          out_buffer a, b;
-          REQUIRE(enc.plain_message(a, f));
-          REQUIRE(enc.built_message(b, f));
-          const auto mine = drain(a);
-          const auto reference = drain(b);
           CAPTURE(subject);
           CAPTURE(key_len);
           CAPTURE(payload_len);
           CAPTURE(reply);
-          REQUIRE(mine == reference);
+          check(subject, bytes_of(key), bytes_of(payload), reply, rng);
           ++cases;
         }
       }
     }
   }
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("encoder: plain_message writes the bytes capnp's builder writes") {
+  encoder enc;
+  const std::size_t cases = for_each_field_combination([&](std::string_view subject, std::span<const std::byte> key,
+                                                           std::span<const std::byte> payload, std::string_view reply,
+                                                           std::mt19937_64& rng) {
+    delivery_fields f;
+    f.sid = static_cast<std::uint32_t>(rng());
+    f.subject = subject;
+    f.key = key;
+    f.payload = payload;
+    f.reply_to = reply;
+    f.owner_core = static_cast<std::uint32_t>(rng() % 64);
+    f.seq = rng();
+    out_buffer a, b;
+    REQUIRE(enc.plain_message(a, f));
+    REQUIRE(enc.built_message(b, f));
+    REQUIRE(drain(a) == drain(b));
+  });
+  CHECK(cases == 6 * 4 * 11 * 3);
+}
+
+TEST_CASE("encoder: plain_publish writes the bytes capnp's builder writes") {
+  encoder enc;
+  const std::size_t cases = for_each_field_combination([&](std::string_view subject, std::span<const std::byte> key,
+                                                           std::span<const std::byte> payload, std::string_view reply,
+                                                           std::mt19937_64& rng) {
+    const publish_fields f{
+        .subject = subject, .key = key, .payload = payload, .reply_to = reply, .ack_id = rng() % 2 ? 0 : rng()};
+    out_buffer a, b;
+    REQUIRE(enc.plain_publish(a, f));
+    REQUIRE(enc.built_publish(b, f));
+    REQUIRE(drain(a) == drain(b));
+  });
   CHECK(cases == 6 * 4 * 11 * 3);
 }
 
