@@ -251,7 +251,7 @@ class connection {
   void start_read();
   void on_read(std::error_code ec, std::size_t n);
   void dispatch(const proto::frame& f);
-  void on_message(proto::wire::Message::Reader m);
+  void on_message(const proto::delivery_view& m);
   void on_inbox_reply();
   void on_ack(std::uint64_t id, std::uint32_t delivered);
   void on_error_frame(proto::wire::Error::Reader e);

@@ -58,11 +58,8 @@ proto::limits limits_from(wire::Limits::Reader l) {
   return out;
 }
 
-void assign(std::string& out, capnp::Text::Reader t) {
-  out.assign(t.begin(), t.size());
-}
-void assign(std::string& out, capnp::Data::Reader d) {
-  out.assign(reinterpret_cast<const char*>(d.begin()), d.size());
+void assign(std::string& out, std::span<const std::byte> bytes) {
+  out.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
 template <class F>
@@ -345,7 +342,7 @@ void connection::on_read(std::error_code ec, std::size_t n) {
     }
     if (!next->has_value()) break;
     const proto::frame& f = **next;
-    if (auto v = proto::validate_server_frame(f.root(), limits_); !v) {
+    if (auto v = proto::validate_server_frame(f, limits_); !v) {
       return shut_down(
           error{errc::bad_server_frame,
                 "the server sent an invalid '" + std::string(proto::kind_name(f.which())) +
@@ -360,11 +357,9 @@ void connection::on_read(std::error_code ec, std::size_t n) {
 }
 
 void connection::dispatch(const proto::frame& f) {
+  if (const proto::delivery_view* d = f.delivery()) return on_message(*d);
   const wire::Frame::Reader root = f.root();
   switch (root.which()) {
-    case wire::Frame::MESSAGE:
-      on_message(root.getMessage());
-      return;
     case wire::Frame::ACK:
       on_ack(root.getAck().getRequestId(), root.getAck().getDelivered());
       return;
@@ -384,20 +379,19 @@ void connection::dispatch(const proto::frame& f) {
   }
 }
 
-void connection::on_message(wire::Message::Reader m) {
-  assign(rx_.subject, m.getSubject());
-  assign(rx_.key, m.getKey());
-  assign(rx_.payload, m.getPayload());
-  assign(rx_.reply_to, m.getReplyTo());
-  const auto headers = m.getHeaders();
-  rx_.headers.resize(headers.size());
-  for (unsigned i = 0; i < headers.size(); ++i) {
-    assign(rx_.headers[i].name, headers[i].getName());
-    assign(rx_.headers[i].value, headers[i].getValue());
+void connection::on_message(const proto::delivery_view& m) {
+  rx_.subject.assign(m.subject);
+  assign(rx_.key, m.key);
+  assign(rx_.payload, m.payload);
+  rx_.reply_to.assign(m.reply_to);
+  rx_.headers.resize(m.headers.size());
+  for (std::size_t i = 0; i < m.headers.size(); ++i) {
+    rx_.headers[i].name.assign(m.headers[i].name);
+    assign(rx_.headers[i].value, m.headers[i].value);
   }
-  rx_.owner_core = m.getOwnerCore();
-  rx_.seq = m.getSeq();
-  rx_.sid = m.getSid();
+  rx_.owner_core = m.owner_core;
+  rx_.seq = m.seq;
+  rx_.sid = m.sid;
   if (rx_.sid == inbox_sid_.load(std::memory_order_relaxed)) return on_inbox_reply();
   auto it = subs_.find(rx_.sid);
   if (it == subs_.end()) return;  // unsubscribed a moment ago

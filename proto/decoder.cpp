@@ -216,19 +216,25 @@ unexpected decoder::fail(errc code, std::string message) {
   return unexpected(error_.error_code());
 }
 
-bool read_flat_publish(std::span<const std::byte> segment, publish_view& view) noexcept {
+namespace {
+
+// Publish and Message (the two frames on the hot path) share their pointer
+// layout: subject, key, payload, headers, replyTo in pointers 0-4. Reads one of
+// kind `tag` without headers into `view`, and its first two data words.
+bool read_flat_fields(std::span<const std::byte> segment, wire::Frame::Which tag, publish_view& view,
+                      std::uint64_t (&data)[2]) noexcept {
   static_assert(wire::Frame::_capnpPrivate::dataWordSize == 1 && wire::Frame::_capnpPrivate::pointerCount == 1);
-  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 && wire::Publish::_capnpPrivate::pointerCount == 5);
+  static_assert(wire::Publish::_capnpPrivate::pointerCount == 5 && wire::Message::_capnpPrivate::pointerCount == 5);
   const flat::segment seg(segment.data(), segment.size() / 8);
   if (seg.size() == 0) return false;
   const auto root = seg.read_struct(0);
   if (!root) return false;
   // The union tag: bits [0, 16) of the Frame's data section.
-  if ((seg.data_word(*root, 0) & 0xffff) != wire::Frame::PUBLISH) return false;
+  if ((seg.data_word(*root, 0) & 0xffff) != tag) return false;
   std::optional<flat::segment::structure> p = flat::segment::structure{};
   if (const auto at = flat::segment::pointer(*root, 0)) p = seg.read_struct(*at);
   if (!p) return false;
-  // Headers are rare: a publish with any goes through capnp's reader.
+  // Headers are rare: a frame with any goes through capnp's reader.
   if (const auto at = flat::segment::pointer(*p, 3); at && seg.word(*at) != 0) return false;
   const auto subject = seg.read_text(flat::segment::pointer(*p, 0));
   const auto key = seg.read_data(flat::segment::pointer(*p, 1));
@@ -241,26 +247,62 @@ bool read_flat_publish(std::span<const std::byte> segment, publish_view& view) n
   view.reply_to = *reply_to;
   view.header_count = 0;
   view.headers = {};
-  view.ack_id = seg.data_word(*p, 0);
+  view.ack_id = 0;
+  data[0] = seg.data_word(*p, 0);
+  data[1] = seg.data_word(*p, 1);
   return true;
 }
 
-void read_publish(wire::Publish::Reader p, std::uint32_t max_headers, std::vector<header>& headers,
-                  publish_view& view) {
-  view.subject = as_string_view(p.getSubject());
-  view.key = as_bytes(p.getKey());
-  view.payload = as_bytes(p.getPayload());
-  view.reply_to = as_string_view(p.getReplyTo());
-  view.ack_id = p.getAckId();
+template <class Reader>
+void read_common(Reader r, std::uint32_t max_headers, std::vector<header>& headers, publish_view& view) {
+  view.subject = as_string_view(r.getSubject());
+  view.key = as_bytes(r.getKey());
+  view.payload = as_bytes(r.getPayload());
+  view.reply_to = as_string_view(r.getReplyTo());
+  view.ack_id = 0;
   headers.clear();
   view.headers = {};
   view.header_count = 0;
-  if (!p.hasHeaders()) return;
-  const auto list = p.getHeaders();
+  if (!r.hasHeaders()) return;
+  const auto list = r.getHeaders();
   view.header_count = list.size();
   if (list.size() > max_headers) return;  // refused by validation, unread
   for (auto h : list) headers.push_back({as_string_view(h.getName()), as_bytes(h.getValue())});
   view.headers = headers;
+}
+
+}  // namespace
+
+bool read_flat_publish(std::span<const std::byte> segment, publish_view& view) noexcept {
+  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1);
+  std::uint64_t data[2];
+  if (!read_flat_fields(segment, wire::Frame::PUBLISH, view, data)) return false;
+  view.ack_id = data[0];
+  return true;
+}
+
+bool read_flat_delivery(std::span<const std::byte> segment, delivery_view& view) noexcept {
+  static_assert(wire::Message::_capnpPrivate::dataWordSize == 2);
+  std::uint64_t data[2];
+  if (!read_flat_fields(segment, wire::Frame::MESSAGE, view, data)) return false;
+  view.sid = static_cast<std::uint32_t>(data[0]);
+  view.owner_core = static_cast<std::uint32_t>(data[0] >> 32);
+  view.seq = data[1];
+  return true;
+}
+
+void read_delivery(wire::Message::Reader m, std::uint32_t max_headers, std::vector<header>& headers,
+                   delivery_view& view) {
+  read_common(m, max_headers, headers, view);
+  view.sid = m.getSid();
+  view.owner_core = m.getOwnerCore();
+  view.seq = m.getSeq();
+}
+
+void read_publish(wire::Publish::Reader p, std::uint32_t max_headers, std::vector<header>& headers,
+                  publish_view& view) {
+  read_common(p, max_headers, headers, view);
+  view.ack_id = p.getAckId();
 }
 
 result<std::optional<frame>> decoder::next() noexcept {
@@ -293,29 +335,37 @@ result<std::optional<frame>> decoder::next() noexcept {
     offset += words;
   }
 
-  // The usual publish (one segment, no headers) is read by hand; anything
-  // else, or anything the hand reader does not accept, by capnp's reader.
-  const bool flat_publish =
-      h.segments == 1 && read_flat_publish({reinterpret_cast<const std::byte*>(segments_[0].begin()),
-                                            segments_[0].size() * sizeof(capnp::word)},
-                                           publish_);
-  if (flat_publish) {
-    current_ = h.frame_bytes;
-    return std::optional<frame>(frame(this, h.frame_bytes, &publish_));
+  // The usual publish or delivery (one segment, no headers) is read by hand;
+  // anything else, or anything the hand reader does not accept, by capnp's reader.
+  if (h.segments == 1) {
+    const std::span<const std::byte> seg{reinterpret_cast<const std::byte*>(segments_[0].begin()),
+                                         segments_[0].size() * sizeof(capnp::word)};
+    if (read_flat_publish(seg, publish_)) {
+      current_ = h.frame_bytes;
+      return std::optional<frame>(frame(this, wire::Frame::PUBLISH, h.frame_bytes, &publish_, nullptr));
+    }
+    if (read_flat_delivery(seg, delivery_)) {
+      current_ = h.frame_bytes;
+      return std::optional<frame>(frame(this, wire::Frame::MESSAGE, h.frame_bytes, nullptr, &delivery_));
+    }
   }
   try {
     reader_.emplace(kj::arrayPtr(segments_.data(), h.segments), reader_options(h.frame_bytes));
     auto root = reader_->getRoot<wire::Frame>();
     const publish_view* publish = nullptr;
+    const delivery_view* delivery = nullptr;
+    // Read once, here, inside the try: the view is the safety pass too.
     if (root.which() == wire::Frame::PUBLISH) {
-      // Read once, here, inside the try: the view is the safety pass too.
       read_publish(root.getPublish(), limits_.max_headers, headers_, publish_);
       publish = &publish_;
+    } else if (root.which() == wire::Frame::MESSAGE) {
+      read_delivery(root.getMessage(), limits_.max_headers, headers_, delivery_);
+      delivery = &delivery_;
     } else {
       read_all(root);
     }
     current_ = h.frame_bytes;
-    return std::optional<frame>(frame(root, h.frame_bytes, h.segments, publish));
+    return std::optional<frame>(frame(root, h.frame_bytes, h.segments, publish, delivery));
   } catch (const kj::Exception& e) {
     reader_.reset();
     return fail(errc::protocol, "malformed frame of " + format_size(h.frame_bytes) + ": " +

@@ -58,8 +58,8 @@ class decoder;
 
 class frame {
  public:
-  /// The capnp root. For a publish the decoder read by hand (publish() is
-  /// set), capnp's reader is built only when this is first called.
+  /// The capnp root. For a publish or delivery the decoder read by hand,
+  /// capnp's reader is built only when this is first called.
   wire::Frame::Reader root() const noexcept;
   /// May be a value outside the enum (a newer peer's kind); check with a
   /// switch that has a default.
@@ -69,21 +69,35 @@ class frame {
   std::uint32_t segment_count() const noexcept { return segments_; }
   /// A publish's fields, read once by the decoder; null for other kinds.
   const publish_view* publish() const noexcept { return publish_; }
+  /// A delivery's (Message frame's) fields, read once; null for other kinds.
+  const delivery_view* delivery() const noexcept { return delivery_; }
 
  private:
   friend class decoder;
-  frame(wire::Frame::Reader root, std::size_t wire_size, std::uint32_t segments,
-        const publish_view* publish) noexcept
-      : root_(root), which_(root.which()), wire_size_(wire_size), segments_(segments), publish_(publish) {}
-  // A hand-read publish: the root comes from `lazy` on demand.
-  frame(const decoder* lazy, std::size_t wire_size, const publish_view* publish) noexcept
-      : which_(wire::Frame::PUBLISH), wire_size_(wire_size), segments_(1), publish_(publish), lazy_(lazy) {}
+  frame(wire::Frame::Reader root, std::size_t wire_size, std::uint32_t segments, const publish_view* publish,
+        const delivery_view* delivery) noexcept
+      : root_(root),
+        which_(root.which()),
+        wire_size_(wire_size),
+        segments_(segments),
+        publish_(publish),
+        delivery_(delivery) {}
+  // A hand-read frame: the root comes from `lazy` on demand.
+  frame(const decoder* lazy, wire::Frame::Which which, std::size_t wire_size, const publish_view* publish,
+        const delivery_view* delivery) noexcept
+      : which_(which),
+        wire_size_(wire_size),
+        segments_(1),
+        publish_(publish),
+        delivery_(delivery),
+        lazy_(lazy) {}
 
   wire::Frame::Reader root_;
   wire::Frame::Which which_;
   std::size_t wire_size_;
   std::uint32_t segments_;
   const publish_view* publish_;
+  const delivery_view* delivery_;
   const decoder* lazy_ = nullptr;
 };
 
@@ -93,11 +107,17 @@ class frame {
 void read_publish(wire::Publish::Reader p, std::uint32_t max_headers, std::vector<header>& headers,
                   publish_view& view);
 
+/// The same for a delivery (may throw kj::Exception).
+void read_delivery(wire::Message::Reader m, std::uint32_t max_headers, std::vector<header>& headers,
+                   delivery_view& view);
+
 /// The same for a one-segment frame read by hand (proto/flat.hpp), without
 /// capnp's reader: true and `view` filled if `segment` is a Frame holding a
-/// publish without headers, every pointer checked; false for anything else,
-/// which the caller then reads with capnp (and `view` may hold garbage).
+/// publish (a delivery) without headers, every pointer checked; false for
+/// anything else, which the caller then reads with capnp (and `view` may hold
+/// garbage).
 bool read_flat_publish(std::span<const std::byte> segment, publish_view& view) noexcept;
+bool read_flat_delivery(std::span<const std::byte> segment, delivery_view& view) noexcept;
 
 class decoder {
  public:
@@ -175,6 +195,7 @@ class decoder {
   // Built for every frame but a hand-read publish, whose root() builds it (so mutable).
   mutable std::optional<capnp::SegmentArrayMessageReader> reader_;
   publish_view publish_;          // the current frame's, when it is a publish
+  delivery_view delivery_;        // the current frame's, when it is a delivery
   std::vector<header> headers_;   // its headers, reused
   status error_;
 };

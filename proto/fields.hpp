@@ -31,4 +31,13 @@ struct publish_view {
   std::uint64_t ack_id = 0;
 };
 
+/// A delivery (Message frame) read once by the decoder, for clients: the same
+/// fields as a publish (ack_id unused), plus where and in what order it was
+/// routed.
+struct delivery_view : publish_view {
+  std::uint32_t sid = 0;
+  std::uint32_t owner_core = 0;
+  std::uint64_t seq = 0;
+};
+
 }  // namespace keyway::proto

@@ -13,37 +13,28 @@ namespace {
 
 using W = wire::Frame;
 
-// `headers` is a range of header entries; name_of/value_of give their name
-// and value as something with size() (a view or a capnp reader).
-template <class Headers, class Name, class Value>
-status check_headers(std::uint32_t count, const Headers& headers, Name name_of, Value value_of, const limits& lim,
-                     std::string_view kind) {
-  const std::string f = std::string(kind) + ".headers";
-  if (count > lim.max_headers) {
-    return {errc::payload_too_large, f + " has " + std::to_string(count) + " entries, over limits.max_headers (" +
-                                         std::to_string(lim.max_headers) + "); send fewer headers"};
+// The header list of a publish or delivery as the decoder read it.
+status check_headers(const publish_view& p, const limits& lim, std::string_view kind) {
+  auto f = [kind] { return std::string(kind) + ".headers"; };  // built only for an error
+  if (p.header_count > lim.max_headers) {
+    return {errc::payload_too_large, f() + " has " + std::to_string(p.header_count) +
+                                         " entries, over limits.max_headers (" + std::to_string(lim.max_headers) +
+                                         "); send fewer headers"};
   }
   std::uint64_t bytes = 0;
   std::uint32_t i = 0;
-  for (const auto& h : headers) {
-    const std::size_t name = name_of(h).size();
-    if (name == 0) {
-      return {errc::protocol, f + "[" + std::to_string(i) + "] has an empty name; header names must be non-empty"};
+  for (const header& h : p.headers) {
+    if (h.name.empty()) {
+      return {errc::protocol, f() + "[" + std::to_string(i) + "] has an empty name; header names must be non-empty"};
     }
-    bytes += name + value_of(h).size();
+    bytes += h.name.size() + h.value.size();
     ++i;
   }
   if (bytes > lim.max_header_bytes) {
-    return {errc::payload_too_large, f + " of " + format_size(bytes) + " exceeds limits.max_header_bytes (" +
+    return {errc::payload_too_large, f() + " of " + format_size(bytes) + " exceeds limits.max_header_bytes (" +
                                          format_size(lim.max_header_bytes) + "); send smaller headers"};
   }
   return {};
-}
-
-status check_headers(capnp::List<wire::Header>::Reader list, const limits& lim, std::string_view kind) {
-  return check_headers(
-      list.size(), list, [](wire::Header::Reader h) { return h.getName(); },
-      [](wire::Header::Reader h) { return h.getValue(); }, lim, kind);
 }
 
 status check_reply_to(std::string_view reply_to, const limits& lim, std::string_view field) {
@@ -62,11 +53,7 @@ status check_publish(const publish_view& p, const limits& lim) {
                                          format_size(lim.max_payload) +
                                          "); raise it in keyway.toml or send smaller payloads"};
   }
-  if (auto st = check_headers(
-          p.header_count, p.headers, [](const header& h) { return h.name; }, [](const header& h) { return h.value; },
-          lim, "publish");
-      !st.ok())
-    return st;
+  if (auto st = check_headers(p, lim, "publish"); !st.ok()) return st;
   if (p.headers.size() != p.header_count) {
     // The decoder read no headers because the list was over the max_headers it
     // was built with: the connection opened before a reload raised the limit.
@@ -76,6 +63,20 @@ status check_publish(const publish_view& p, const limits& lim) {
                                          std::to_string(lim.max_headers) + ")"};
   }
   return check_reply_to(p.reply_to, lim, "publish.replyTo");
+}
+
+status check_delivery(const delivery_view& m, const limits& lim) {
+  if (auto st = validate_publish_subject(m.subject, lim, "message.subject"); !st.ok()) return st;
+  if (m.key.size() > lim.max_key) {
+    return {errc::invalid_key, "message.key of " + format_size(m.key.size()) + " exceeds limits.max_key (" +
+                                   format_size(lim.max_key) + ")"};
+  }
+  if (m.payload.size() > lim.max_payload) {
+    return {errc::payload_too_large, "message.payload of " + format_size(m.payload.size()) +
+                                         " exceeds limits.max_payload (" + format_size(lim.max_payload) + ")"};
+  }
+  if (auto st = check_headers(m, lim, "message"); !st.ok()) return st;
+  return check_reply_to(m.reply_to, lim, "message.replyTo");
 }
 
 status check_publish(wire::Publish::Reader p, const limits& lim) {
@@ -138,20 +139,10 @@ status server_frame(W::Reader f, const limits& lim) {
     case W::PING:
     case W::PONG: return {};
     case W::MESSAGE: {
-      auto m = f.getMessage();
-      if (auto st = validate_publish_subject(as_string_view(m.getSubject()), lim, "message.subject"); !st.ok()) {
-        return st;
-      }
-      if (const auto key = m.getKey().size(); key > lim.max_key) {
-        return {errc::invalid_key, "message.key of " + format_size(key) + " exceeds limits.max_key (" +
-                                       format_size(lim.max_key) + ")"};
-      }
-      if (const auto payload = m.getPayload().size(); payload > lim.max_payload) {
-        return {errc::payload_too_large, "message.payload of " + format_size(payload) +
-                                             " exceeds limits.max_payload (" + format_size(lim.max_payload) + ")"};
-      }
-      if (auto st = check_headers(m.getHeaders(), lim, "message"); !st.ok()) return st;
-      return check_reply_to(as_string_view(m.getReplyTo()), lim, "message.replyTo");
+      thread_local std::vector<header> headers;  // reused: validation does not allocate once warm
+      delivery_view view;
+      read_delivery(f.getMessage(), lim.max_headers, headers, view);
+      return check_delivery(view, lim);
     }
     case W::HELLO:
     case W::PUBLISH:
@@ -186,6 +177,12 @@ status validate_client_frame(const proto::frame& f, const limits& lim) noexcept 
 
 status validate_server_frame(wire::Frame::Reader frame, const limits& lim) noexcept {
   return guarded([&] { return server_frame(frame, lim); });
+}
+
+status validate_server_frame(const proto::frame& f, const limits& lim) noexcept {
+  // A delivery was read by the decoder already: check its view, not the frame.
+  if (const delivery_view* d = f.delivery()) return guarded([&] { return check_delivery(*d, lim); });
+  return validate_server_frame(f.root(), lim);
 }
 
 std::uint64_t request_id_of(wire::Frame::Reader frame) noexcept {

@@ -44,6 +44,9 @@ status validate_client_frame(const frame& f, const limits& lim) noexcept;
 /// errc::protocol. Checks the sizes of a message delivery against `lim`
 /// (the client's own idea of the limits, e.g. from welcome).
 status validate_server_frame(wire::Frame::Reader frame, const limits& lim) noexcept;
+/// The same for a decoded frame: a delivery's view when the decoder read one
+/// (no second walk of the frame), else the root.
+status validate_server_frame(const frame& f, const limits& lim) noexcept;
 
 /// The ackId or requestId a frame carries (publish, subscribe, unsubscribe),
 /// to put in the error frame that rejects it; 0 for other kinds.

@@ -53,17 +53,15 @@ class keyway_conn final : public conn {
       auto next = dec_->next();
       if (!next) return fail("undecodable stream from keywayd: " + dec_->error().message());
       if (!next->has_value()) return;
-      const wire::Frame::Reader root = (*next)->root();
-      if (auto st = proto::validate_server_frame(root, limits_); !st)
+      const proto::frame& f = **next;
+      if (auto st = proto::validate_server_frame(f, limits_); !st)
         return fail("invalid frame from keywayd: " + st.message());
+      if (const proto::delivery_view* d = f.delivery()) {
+        if (sink_ != nullptr) sink_->on_delivery(d->payload, d->reply_to, now);
+        continue;
+      }
+      const wire::Frame::Reader root = f.root();
       switch (root.which()) {
-        case wire::Frame::MESSAGE: {
-          const auto m = root.getMessage();
-          if (sink_ != nullptr)
-            sink_->on_delivery(proto::as_bytes(m.getPayload()),
-                               proto::as_string_view(m.getReplyTo()), now);
-          break;
-        }
         case wire::Frame::ACK:
           acks_.push_back(root.getAck().getRequestId());
           break;

@@ -1,6 +1,7 @@
-// The hand reader of publishes (proto/flat.hpp, read_flat_publish) against
-// capnp's reader: on every frame the hand reader accepts, both must read the
-// same fields; frames it refuses go to capnp, which reads or rejects them.
+// The hand readers of publishes and deliveries (proto/flat.hpp,
+// read_flat_publish, read_flat_delivery) against capnp's reader: on every
+// frame a hand reader accepts, both must read the same fields; frames it
+// refuses go to capnp, which reads or rejects them.
 #include "proto/flat.hpp"
 
 #include <doctest/doctest.h>
@@ -36,15 +37,20 @@ std::span<const std::byte> as_span(const std::vector<capnp::word>& w) {
   return {reinterpret_cast<const std::byte*>(w.data()), w.size() * 8};
 }
 
+/// The segment behind a one-segment table: the stream format FlatArrayMessageReader reads.
+std::vector<capnp::word> framed_of(const std::vector<capnp::word>& w) {
+  std::vector<capnp::word> framed(w.size() + 1);
+  const std::uint32_t table[2] = {0, static_cast<std::uint32_t>(w.size())};
+  std::memcpy(static_cast<void*>(framed.data()), table, 8);
+  std::memcpy(static_cast<void*>(framed.data() + 1), w.data(), w.size() * 8);
+  return framed;
+}
+
 /// capnp's reading of the same segment: nullopt when it throws or the frame
 /// is not a publish. The view points into `framed`, the segment behind its table.
 std::optional<publish_view> capnp_read(const std::vector<capnp::word>& w, std::vector<header>& headers,
                                        std::vector<capnp::word>& framed) {
-  // FlatArrayMessageReader reads the stream format: the segment table first.
-  framed.assign(w.size() + 1, capnp::word{});
-  const std::uint32_t table[2] = {0, static_cast<std::uint32_t>(w.size())};
-  std::memcpy(static_cast<void*>(framed.data()), table, 8);
-  std::memcpy(static_cast<void*>(framed.data() + 1), w.data(), w.size() * 8);
+  framed = framed_of(w);
   try {
     capnp::FlatArrayMessageReader reader(kj::arrayPtr(framed.data(), framed.size()));
     auto root = reader.getRoot<wire::Frame>();
@@ -171,5 +177,65 @@ TEST_CASE("flat reader on mutated frames: whatever it accepts, capnp reads the s
   }
   MESSAGE("accepted " << accepted << ", refused " << refused);
   CHECK(accepted > 0);
+  CHECK(refused > 0);
+}
+
+TEST_CASE("flat reader reads deliveries as capnp does, and on mutated ones accepts only what capnp reads the same") {
+  std::mt19937_64 rng(keyway::test::seed());
+  encoder enc;
+  std::size_t accepted = 0, refused = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string payload(rng() % 40, 'x'), key(rng() % 12, 'k');
+    delivery_fields f;
+    f.sid = static_cast<std::uint32_t>(rng());
+    f.subject = "orders.eu";
+    f.key = bytes_of(key);
+    f.payload = bytes_of(payload);
+    f.reply_to = rng() % 2 ? "_INBOX.1" : "";
+    f.owner_core = static_cast<std::uint32_t>(rng() % 8);
+    f.seq = rng();
+    out_buffer out;
+    REQUIRE(enc.message(out, f).has_value());
+    auto w = segment_of(drain(out));
+    const bool mutate = i % 2 == 1;
+    if (mutate) {
+      auto* b = reinterpret_cast<std::uint8_t*>(w.data());
+      const std::size_t n = w.size() * 8;
+      const std::size_t pos = rng() % 4 ? rng() % std::min<std::size_t>(n, 80) : rng() % n;
+      b[pos] = static_cast<std::uint8_t>(rng());
+    }
+    delivery_view fast;
+    std::optional<delivery_view> slow;
+    const std::vector<capnp::word> framed = framed_of(w);
+    try {
+      capnp::FlatArrayMessageReader reader(kj::arrayPtr(framed.data(), framed.size()));
+      auto root = reader.getRoot<wire::Frame>();
+      if (root.which() == wire::Frame::MESSAGE) {
+        std::vector<header> hs;
+        delivery_view v;
+        read_delivery(root.getMessage(), 64, hs, v);
+        slow = v;
+      }
+    } catch (const kj::Exception&) {
+    }
+    const bool flat = read_flat_delivery(as_span(w), fast);
+    if (!mutate) REQUIRE(flat);
+    if (flat) {
+      ++accepted;
+      if (!slow) FAIL("flat accepted a delivery capnp refuses, case " << i);
+      check_same(fast, *slow);
+      CHECK(fast.sid == slow->sid);
+      CHECK(fast.owner_core == slow->owner_core);
+      CHECK(fast.seq == slow->seq);
+      if (!mutate) {
+        CHECK(fast.sid == f.sid);
+        CHECK(fast.seq == f.seq);
+        CHECK(to_string(fast.payload) == payload);
+      }
+    } else {
+      ++refused;
+    }
+  }
+  CHECK(accepted > 10000);
   CHECK(refused > 0);
 }
