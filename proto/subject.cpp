@@ -1,11 +1,23 @@
 #include "proto/subject.hpp"
 
+#include <array>
 #include <string>
 
 namespace keyway::proto {
 namespace {
 
-bool forbidden_byte(unsigned char c) noexcept { return c <= 0x20 || c == 0x7f; }
+constexpr bool forbidden_byte(unsigned char c) noexcept { return c <= 0x20 || c == 0x7f; }
+
+// Byte classes for the subject scan: most bytes are plain and cost one load.
+enum byte_class : unsigned char { plain, forbidden, dot, wild };
+constexpr auto byte_classes = [] {
+  std::array<unsigned char, 256> t{};
+  for (unsigned c = 0; c < 256; ++c) t[c] = forbidden_byte(static_cast<unsigned char>(c)) ? forbidden : plain;
+  t['.'] = dot;
+  t['*'] = wild;
+  t['>'] = wild;
+  return t;
+}();
 
 std::string at_byte(std::size_t i) { return "at byte " + std::to_string(i); }
 
@@ -16,7 +28,9 @@ std::string hex_byte(unsigned char c) {
 
 // Checks shared by subjects and patterns: emptiness, length, bad bytes, empty
 // tokens. Returns ok when the remaining (wildcard) rules should run.
-status check_common(std::string_view s, const limits& lim, std::string_view field) {
+// One pass over the bytes; `wildcard` gets the position of the first '*' or
+// '>' (npos if none) for the caller's own rules.
+status check_common(std::string_view s, const limits& lim, std::string_view field, std::size_t& wildcard) {
   auto f = [field] { return std::string(field); };  // built only for an error
   if (s.empty()) {
     return {errc::invalid_subject,
@@ -27,18 +41,25 @@ status check_common(std::string_view s, const limits& lim, std::string_view fiel
                                        format_size(lim.max_subject) + "); use a shorter subject"};
   }
   std::size_t token_start = 0;
+  wildcard = std::string_view::npos;
   for (std::size_t i = 0; i < s.size(); ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (forbidden_byte(c)) {
-      return {errc::invalid_subject, f() + " " + quote(s) + " has a space or control character " +
-                                         hex_byte(c) + " " + at_byte(i) + "; subjects may not contain whitespace or control characters"};
-    }
-    if (c == '.') {
-      if (i == token_start) {
-        return {errc::invalid_subject, f() + " " + quote(s) + " has an empty token " + at_byte(i) +
-                                           "; tokens between dots must be non-empty"};
-      }
-      token_start = i + 1;
+    const auto c = static_cast<unsigned char>(s[i]);
+    switch (byte_classes[c]) {
+      case plain: continue;
+      case forbidden:
+        return {errc::invalid_subject, f() + " " + quote(s) + " has a space or control character " + hex_byte(c) +
+                                           " " + at_byte(i) +
+                                           "; subjects may not contain whitespace or control characters"};
+      case dot:
+        if (i == token_start) {
+          return {errc::invalid_subject, f() + " " + quote(s) + " has an empty token " + at_byte(i) +
+                                             "; tokens between dots must be non-empty"};
+        }
+        token_start = i + 1;
+        continue;
+      case wild:
+        if (wildcard == std::string_view::npos) wildcard = i;
+        continue;
     }
   }
   if (token_start == s.size()) {
@@ -54,8 +75,9 @@ bool is_literal_subject(std::string_view subject) noexcept {
 }
 
 status validate_publish_subject(std::string_view subject, const limits& lim, std::string_view field) {
-  if (auto st = check_common(subject, lim, field); !st.ok()) return st;
-  if (auto pos = subject.find_first_of("*>"); pos != std::string_view::npos) {
+  std::size_t pos;
+  if (auto st = check_common(subject, lim, field, pos); !st.ok()) return st;
+  if (pos != std::string_view::npos) {
     return {errc::invalid_subject,
             std::string(field) + " " + quote(subject) + " contains the wildcard '" + subject[pos] + "' " +
                 at_byte(pos) + "; publish subjects must be literal (wildcards are for subscriptions)"};
@@ -64,7 +86,8 @@ status validate_publish_subject(std::string_view subject, const limits& lim, std
 }
 
 status validate_pattern(std::string_view pattern, const limits& lim, std::string_view field) {
-  if (auto st = check_common(pattern, lim, field); !st.ok()) return st;
+  std::size_t wildcard;  // the token rules below place wildcards
+  if (auto st = check_common(pattern, lim, field, wildcard); !st.ok()) return st;
   std::size_t token = 0;
   std::size_t start = 0;
   while (start <= pattern.size()) {
