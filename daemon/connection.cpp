@@ -182,6 +182,17 @@ void connection::on_hello(wire::Hello::Reader h) {
 }
 
 bool connection::on_publish(const proto::publish_view& p) {
+  router_.stats().published.add();
+  if (p.ack_id == 0 && !router_.has_interest(p.subject)) {
+    // No subscription matches, by this worker's replica of the index, which
+    // holds every acknowledged subscription: nothing to order or deliver.
+    // Dropped here, without a copy or a hop to the owner (nats-server drops a
+    // message with no interest the same way). A publish with an ack request
+    // still goes to its owner, which answers after routing it.
+    router_.stats().unmatched.add();
+    if (!p.reply_to.empty()) send_no_responders(p.subject, p.reply_to, 0);
+    return true;
+  }
   shared_message* msg = shared_message::make(p.subject, p.key, p.payload, p.reply_to, p.headers);
   msg->set_received_ns(static_cast<std::uint64_t>(last_read_.time_since_epoch() / std::chrono::nanoseconds(1)));
   publish_op op;
@@ -189,7 +200,6 @@ bool connection::on_publish(const proto::publish_view& p) {
   op.conn = id_;
   op.ack_id = p.ack_id;
   op.from = router_.worker().id();
-  router_.stats().published.add();
   if (router_.route(op)) return true;
   blocked_owner_ = router_.owner_of(*op.msg);
   blocked_.emplace(std::move(op));
@@ -318,6 +328,13 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   router_.stats().delivered.add();
   router_.stats().latency.record(router_.turn_ns(m.received_ns()) - m.received_ns());
   queued();
+}
+
+void connection::send_no_responders(std::string_view subject, std::string_view reply_to, std::uint64_t ack_id) {
+  send_error(proto::errc::no_responders,
+             "no subscriber matched request subject " + proto::quote(subject) + " (reply_to " + proto::quote(reply_to) +
+                 ")",
+             ack_id, false, reply_to);
 }
 
 void connection::send_ack(std::uint64_t request_id, std::uint32_t delivered) {

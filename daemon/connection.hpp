@@ -53,6 +53,8 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Queue one delivery. Applies the slow-consumer policy.
   void deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq);
   void send_ack(std::uint64_t request_id, std::uint32_t delivered);
+  /// The answer to a request (a publish with reply_to) that matched no subscriber.
+  void send_no_responders(std::string_view subject, std::string_view reply_to, std::uint64_t ack_id);
   void send_error(proto::errc code, std::string_view message, std::uint64_t request_id, bool fatal,
                   std::string_view reply_to = {});
   /// Router: one worker applied a subscription change this connection asked for.

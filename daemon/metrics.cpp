@@ -119,6 +119,9 @@ std::vector<MetricFamily> metrics_collector::Collect() const {
                            C, [](const worker_stats&, const daemon_stats& d) { return d.published.get(); }));
   out.push_back(per_worker(s, "keyway_messages_routed_total", "Publishes ordered at their owner core", C,
                            [](const worker_stats&, const daemon_stats& d) { return d.routed.get(); }));
+  out.push_back(per_worker(s, "keyway_messages_unmatched_total",
+                           "Publishes without an ack request that matched no subscription, dropped at ingress", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.unmatched.get(); }));
   out.push_back(per_worker(s, "keyway_messages_delivered_total",
                            "Message frames queued to subscribers, by the subscriber's worker", C,
                            [](const worker_stats&, const daemon_stats& d) { return d.delivered.get(); }));

@@ -38,6 +38,7 @@ struct alignas(core::cache_line) daemon_stats {
   core::counter bytes_out;          // bytes written to client sockets
   core::counter published;          // publishes accepted at ingress
   core::counter routed;             // publishes ordered at their owner core
+  core::counter unmatched;          // publishes without ack that matched no subscription, dropped at ingress
   core::counter delivered;          // message frames queued to subscribers
   core::counter acks_sent;
   core::counter slow_consumers;     // connections that crossed max_pending_bytes

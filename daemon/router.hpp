@@ -102,6 +102,9 @@ class router final : public core::worker_handler {
   bool route(publish_op& op);
   /// The worker that owns op.msg's routing key.
   std::uint32_t owner_of(const shared_message& m) noexcept;
+  /// Whether any subscription matches `subject`, by this worker's replica of
+  /// the index (which holds every acknowledged subscription).
+  bool has_interest(std::string_view subject) { return index_.any_match(subject); }
   /// Broadcasts subscription changes to every worker (self included).
   void broadcast(std::vector<sub_spec> changes);
   std::uint32_t alloc_uid();

@@ -120,6 +120,7 @@ void subject_index::collect(node& n, std::span<const std::byte> key, std::vector
 void subject_index::match_from(node& n, std::span<const std::string_view> tokens, std::size_t i,
                                matched_nodes& found, std::vector<node*>& spill) {
   auto hit = [&](node& leaf) {
+    if (leaf.plain.empty() && leaf.groups.empty()) return;  // a path to longer patterns only
     found.push(&leaf);
     spill.push_back(&leaf);
   };
@@ -140,24 +141,27 @@ void subject_index::match_from(node& n, std::span<const std::string_view> tokens
   }
 }
 
-std::size_t subject_index::match(std::string_view subject, std::span<const std::byte> key,
-                                 std::vector<sub_ref>& out) {
-  const std::size_t before = out.size();
-  if (auto it = cache_.find(subject); it != cache_.end()) {
-    for (std::size_t i = 0; i < it->second.count; ++i) collect(*it->second.nodes[i], key, out);
-    return out.size() - before;
-  }
+std::span<subject_index::node* const> subject_index::lookup(std::string_view subject) {
+  if (auto it = cache_.find(subject); it != cache_.end()) return {it->second.nodes.data(), it->second.count};
   std::string_view tokens[max_tokens];
   const std::size_t count = split(subject, tokens);
   matched_nodes found;
   spill_.clear();
   if (count != 0) match_from(root_, std::span<const std::string_view>(tokens, count), 0, found, spill_);
-  for (node* n : spill_) collect(*n, key, out);
   if (found.count <= cached_nodes) {
     if (cache_.size() >= cache_capacity) cache_.clear();
     cache_.emplace(std::string(subject), found);
   }
+  return spill_;
+}
+
+std::size_t subject_index::match(std::string_view subject, std::span<const std::byte> key,
+                                 std::vector<sub_ref>& out) {
+  const std::size_t before = out.size();
+  for (node* n : lookup(subject)) collect(*n, key, out);
   return out.size() - before;
 }
+
+bool subject_index::any_match(std::string_view subject) { return !lookup(subject).empty(); }
 
 }  // namespace keyway::daemon

@@ -57,6 +57,9 @@ class subject_index {
   /// valid literal subject. Returns the number appended. Allocation-free once
   /// `out` has grown to its working size.
   std::size_t match(std::string_view subject, std::span<const std::byte> key, std::vector<sub_ref>& out);
+  /// Whether any subscription matches `subject` (what match() would append
+  /// something for, whatever the key). Uses and fills the same cache.
+  bool any_match(std::string_view subject);
 
   static constexpr std::size_t max_tokens = 128;
   /// Subjects whose matching nodes are cached.
@@ -102,6 +105,9 @@ class subject_index {
     }
   };
 
+  /// The nodes with subscriptions that `subject` matches: a cache entry, or
+  /// spill_ (valid until the next lookup).
+  std::span<node* const> lookup(std::string_view subject);
   static void collect(node& n, std::span<const std::byte> key, std::vector<sub_ref>& out);
   static void match_from(node& n, std::span<const std::string_view> tokens, std::size_t i, matched_nodes& found,
                          std::vector<node*>& spill);

@@ -134,6 +134,10 @@ TEST_CASE("admin: metrics count what was published and delivered") {
   REQUIRE(sub.collect(n, 10s).size() == n);
   (void)pub.publish_acked("m.acked", "k", "x");  // one more, acknowledged (m.> matches it)
   sub.collect(1, 5s);
+  // Seven that no subscription matches: dropped at ingress, not routed.
+  for (int i = 0; i < 7; ++i) pub.publish("nobody.listens", "k", "p");
+  CHECK(pub.publish_acked("nobody.acked", "k", "x").delivered == 0);  // with an ack: routed, reaches 0
+  pub.ping();
   raw_client bad = raw_client::connect(d.url());
   bad.send_hello(proto::protocol_version + 7, "old");
   bad.wait_closed(5s);
@@ -142,11 +146,12 @@ TEST_CASE("admin: metrics count what was published and delivered") {
   REQUIRE(r.status == 200);
   CHECK(r.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8");
   const std::string& m = r.body;
-  CHECK(metric_sum(m, "keyway_messages_received_total") == n + 1);
-  CHECK(metric_sum(m, "keyway_messages_routed_total") == n + 1);
+  CHECK(metric_sum(m, "keyway_messages_received_total") == n + 1 + 7 + 1);
+  CHECK(metric_sum(m, "keyway_messages_routed_total") == n + 1 + 1);
+  CHECK(metric_sum(m, "keyway_messages_unmatched_total") == 7);
   CHECK(metric_sum(m, "keyway_messages_delivered_total") == n + 1);
   CHECK(metric_sum(m, "keyway_delivery_latency_seconds_count") == n + 1);
-  CHECK(metric_sum(m, "keyway_acks_sent_total") == 2);  // the subscribe and the acked publish
+  CHECK(metric_sum(m, "keyway_acks_sent_total") == 3);  // the subscribe and the two acked publishes
   CHECK(m.find("keyway_errors_total{code=\"unsupported_version\"} 1") != std::string::npos);
   CHECK(m.find("keyway_connections{transport=\"tcp\"} 2") != std::string::npos);
   CHECK(metric_sum(m, "keyway_connections_accepted_total") == 3);
