@@ -38,8 +38,11 @@ struct delivery_target {
 struct deliver_op {
   message_ref msg;
   std::uint64_t seq = 0;
-  std::uint32_t core = 0;                // owner core that stamped seq
-  std::vector<delivery_target> targets;  // all on the receiving worker
+  std::uint32_t core = 0;  // owner core that stamped seq
+  // The targets, all on the receiving worker: `first`, then `more`. One
+  // subscriber per worker (the usual case) needs no allocation.
+  delivery_target first;
+  std::vector<delivery_target> more;
 };
 
 struct reply_op {

@@ -143,8 +143,9 @@ void router::on_publish(publish_op& op) {
   for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid) {
     auto& targets = per_worker_[wid];
     if (targets.empty()) continue;
-    deliver_op d{op.msg, seq, self, std::move(targets)};
-    targets = {};
+    deliver_op d{op.msg, seq, self, targets.front(), {}};
+    if (targets.size() > 1) d.more.assign(targets.begin() + 1, targets.end());
+    targets.clear();
     if (wid == self)
       on_deliver(d);
     else
@@ -161,14 +162,16 @@ void router::on_publish(publish_op& op) {
 }
 
 void router::on_deliver(deliver_op& op) {
-  for (const delivery_target& t : op.targets) {
+  auto deliver_to = [&](const delivery_target& t) {
     auto it = conns_.find(t.conn);
     if (it == conns_.end()) {
       stats_.drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
-      continue;
+      return;
     }
     it->second->deliver(*op.msg, t.sid, op.core, op.seq);
-  }
+  };
+  deliver_to(op.first);
+  for (const delivery_target& t : op.more) deliver_to(t);
 }
 
 void router::on_reply(reply_op& op) {

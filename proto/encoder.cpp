@@ -182,8 +182,9 @@ struct flat_list {
 };
 
 /// Frame{tag: struct{data; pointers}} with `lists` laid out in the order given.
+// Inlined into each caller so that the loops unroll over constant layouts.
 template <std::size_t DataWords, std::size_t Lists>
-result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Frame::Which tag,
+[[gnu::always_inline]] inline result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Frame::Which tag,
                                std::uint16_t pointers, const std::array<std::uint64_t, DataWords>& data,
                                const std::array<flat_list, Lists>& lists) noexcept {
   constexpr std::size_t root = 0, frame = 1, frame_ptr = 2, body = 3, body_ptrs = body + DataWords;
@@ -205,7 +206,6 @@ result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Fra
   }
   static_assert(std::endian::native == std::endian::little);
   std::byte* p = out.prepare(total).data();
-  std::memset(p, 0, total);
   const auto put64 = [&](std::size_t word, std::uint64_t v) { std::memcpy(p + 8 + 8 * word, &v, 8); };
   const std::uint32_t table[2] = {0, static_cast<std::uint32_t>(words)};  // segment count - 1, segment words
   std::memcpy(p, table, 8);
@@ -213,10 +213,14 @@ result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Fra
   put64(frame, static_cast<std::uint16_t>(tag));
   put64(frame_ptr, struct_pointer(frame_ptr, body, DataWords, pointers));
   for (std::size_t i = 0; i < DataWords; ++i) put64(body + i, data[i]);
+  std::memset(p + 8 + 8 * body_ptrs, 0, 8 * std::size_t{pointers});  // null unless set below
   for (std::size_t i = 0; i < Lists; ++i) {
     const flat_list& l = lists[i];
+    const std::size_t list_words = words_for(l.elements());
+    if (list_words == 0) continue;
     put64(body_ptrs + l.slot, byte_list_pointer(body_ptrs + l.slot, at[i], l.elements()));
-    if (l.size != 0) std::memcpy(p + 8 + 8 * at[i], l.data, l.size);
+    put64(at[i] + list_words - 1, 0);  // the padding, and a Text's NUL
+    std::memcpy(p + 8 + 8 * at[i], l.data, l.size);
   }
   out.commit(total);
   return total;
