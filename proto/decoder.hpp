@@ -21,6 +21,12 @@
 // read only a few times (every read counts against the traversal budget;
 // each frame gets limits.traversal_factor times its own size). Unknown frame
 // kinds (a newer peer) pass next() unread; validate_client_frame() rejects them.
+//
+// Hot path: a one-segment publish or delivery without headers (nearly all of
+// them) is read by hand instead (proto/flat.hpp: every pointer is checked
+// against the segment; anything the hand reader does not accept goes the
+// capnp way above), into frame::publish() or frame::delivery(); capnp's reader
+// is then built only if frame::root() is called.
 #pragma once
 
 #include "core/result.hpp"
@@ -50,12 +56,12 @@ inline std::span<const std::byte> as_bytes(capnp::Data::Reader d) noexcept {
 /// "publish", "welcome", ... ; "unknown" for a kind this build does not know.
 std::string_view kind_name(wire::Frame::Which kind) noexcept;
 
+class decoder;
+
 /// One decoded frame: a view into the decoder that produced it. Valid until
 /// the next call to that decoder's next(), prepare(), feed(), shrink() or
 /// reset(), or its destruction, whichever comes first. commit() and the
 /// const accessors do not invalidate it. Cheap to copy (a few pointers).
-class decoder;
-
 class frame {
  public:
   /// The capnp root. For a publish or delivery the decoder read by hand,
