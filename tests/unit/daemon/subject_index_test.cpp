@@ -30,6 +30,46 @@ std::set<std::uint32_t> match_uids(subject_index& idx, std::string_view subject,
 
 sub_ref ref(std::uint32_t uid) { return sub_ref{uid, 0, 1, uid}; }
 
+using tokens = std::vector<std::string>;
+
+/// The NATS rule, token by token: the reference the index is checked against.
+bool brute_match(const tokens& pattern, const tokens& subject) {
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == ">") return subject.size() > i;
+    if (i >= subject.size()) return false;
+    if (pattern[i] != "*" && pattern[i] != subject[i]) return false;
+  }
+  return pattern.size() == subject.size();
+}
+
+std::string join(const tokens& t) {
+  std::string s;
+  for (const auto& x : t) s.append(s.empty() ? "" : ".").append(x);
+  return s;
+}
+
+/// A random pattern of 1..max_len tokens over a, b, c, `*` and a final `>`.
+tokens random_pattern(std::mt19937_64& rng, int max_len) {
+  static const char* const choices[] = {"a", "b", "c", "*", ">"};
+  tokens p;
+  const int len = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_len));
+  for (int i = 0; i < len; ++i) {
+    std::string t = choices[rng() % 5];
+    if (t == ">" && i != len - 1) t = "*";
+    p.push_back(t);
+  }
+  return p;
+}
+
+/// A random literal subject of 1..max_len tokens over a, b, c.
+tokens random_subject(std::mt19937_64& rng, int max_len) {
+  static const char* const choices[] = {"a", "b", "c"};
+  tokens t;
+  const int len = 1 + static_cast<int>(rng() % static_cast<unsigned>(max_len));
+  for (int i = 0; i < len; ++i) t.push_back(choices[rng() % 3]);
+  return t;
+}
+
 }  // namespace
 
 TEST_CASE("subject_index matches literals and star and tail wildcards like NATS") {
@@ -109,94 +149,46 @@ TEST_CASE("subject_index queue groups pick exactly one member per group by key")
 }
 
 TEST_CASE("subject_index agrees with a brute-force matcher on random subscriptions") {
-  const std::uint64_t seed = keyway::test::seed();
-  std::mt19937_64 rng(seed);
-  const char* tokens[] = {"a", "b", "c", "*", ">"};
-  auto brute = [](const std::vector<std::string>& pat, const std::vector<std::string>& sub) {
-    for (std::size_t i = 0; i < pat.size(); ++i) {
-      if (pat[i] == ">") return sub.size() > i;
-      if (i >= sub.size()) return false;
-      if (pat[i] != "*" && pat[i] != sub[i]) return false;
-    }
-    return pat.size() == sub.size();
-  };
+  std::mt19937_64 rng(keyway::test::seed());
   subject_index idx;
-  std::map<std::uint32_t, std::vector<std::string>> pats;
+  std::map<std::uint32_t, tokens> pats;
   for (std::uint32_t uid = 1; uid <= 200; ++uid) {
-    std::vector<std::string> p;
-    const int len = 1 + static_cast<int>(rng() % 4);
-    for (int i = 0; i < len; ++i) {
-      std::string t = tokens[rng() % 5];
-      if (t == ">" && i != len - 1) t = "*";
-      p.push_back(t);
-    }
-    std::string s;
-    for (auto& t : p) s += (s.empty() ? "" : ".") + t;
-    idx.add(s, "", ref(uid));
-    pats[uid] = p;
+    pats[uid] = random_pattern(rng, 4);
+    idx.add(join(pats[uid]), "", ref(uid));
   }
   for (std::uint32_t uid = 1; uid <= 200; uid += 3) {
     idx.remove(uid);
     pats.erase(uid);
   }
   for (int round = 0; round < 500; ++round) {
-    std::vector<std::string> sub;
-    const int len = 1 + static_cast<int>(rng() % 5);
-    std::string s;
-    for (int i = 0; i < len; ++i) {
-      sub.push_back(tokens[rng() % 3]);
-      s += (s.empty() ? "" : ".") + sub.back();
-    }
+    const tokens sub = random_subject(rng, 5);
     std::set<std::uint32_t> want;
     for (auto& [uid, p] : pats)
-      if (brute(p, sub)) want.insert(uid);
-    CHECK_MESSAGE(match_uids(idx, s) == want, "subject " << s);
+      if (brute_match(p, sub)) want.insert(uid);
+    CHECK_MESSAGE(match_uids(idx, join(sub)) == want, "subject " << join(sub));
   }
 }
 
 TEST_CASE("subject_index cached matches follow every add and remove") {
-  const std::uint64_t seed = keyway::test::seed();
-  std::mt19937_64 rng(seed);
-  const char* tokens[] = {"a", "b", "c", "*", ">"};
-  auto matches = [](const std::vector<std::string>& pat, const std::vector<std::string>& sub) {
-    for (std::size_t i = 0; i < pat.size(); ++i) {
-      if (pat[i] == ">") return sub.size() > i;
-      if (i >= sub.size()) return false;
-      if (pat[i] != "*" && pat[i] != sub[i]) return false;
-    }
-    return pat.size() == sub.size();
-  };
-  auto join = [](const std::vector<std::string>& t) {
-    std::string s;
-    for (const auto& x : t) s.append(s.empty() ? "" : ".").append(x);
-    return s;
-  };
+  std::mt19937_64 rng(keyway::test::seed());
   subject_index idx;
-  std::map<std::uint32_t, std::vector<std::string>> pats;
+  std::map<std::uint32_t, tokens> pats;
   std::uint32_t next_uid = 1;
   for (int round = 0; round < 3000; ++round) {
     const auto action = rng() % 10;
     if (action == 0 || pats.size() < 3) {
-      std::vector<std::string> p;
-      const int len = 1 + static_cast<int>(rng() % 3);
-      for (int i = 0; i < len; ++i) {
-        std::string t = tokens[rng() % 5];
-        if (t == ">" && i != len - 1) t = "*";
-        p.push_back(t);
-      }
-      idx.add(join(p), "", ref(next_uid));
-      pats[next_uid++] = p;
+      pats[next_uid] = random_pattern(rng, 3);
+      idx.add(join(pats[next_uid]), "", ref(next_uid));
+      ++next_uid;
     } else if (action == 1) {
       auto it = std::next(pats.begin(), static_cast<long>(rng() % pats.size()));
       CHECK(idx.remove(it->first));
       pats.erase(it);
     } else {
-      std::vector<std::string> sub;
-      const int len = 1 + static_cast<int>(rng() % 3);
-      for (int i = 0; i < len; ++i) sub.push_back(tokens[rng() % 3]);
+      const tokens sub = random_subject(rng, 3);
       std::set<std::uint32_t> want;
       for (auto& [uid, p] : pats)
-        if (matches(p, sub)) want.insert(uid);
+        if (brute_match(p, sub)) want.insert(uid);
       // The first lookup may fill the cache; the second reads it.
       CHECK_MESSAGE(match_uids(idx, join(sub)) == want, "subject " << join(sub) << " round " << round);
       CHECK_MESSAGE(match_uids(idx, join(sub)) == want, "subject " << join(sub) << " (cached) round " << round);
