@@ -13,7 +13,8 @@ namespace {
 
 using W = wire::Frame;
 
-// The header list of a publish or delivery as the decoder read it.
+// The header list of a publish or delivery as the decoder read it, which must
+// be the whole list.
 status check_headers(const publish_view& p, const limits& lim, std::string_view kind) {
   auto f = [kind] { return std::string(kind) + ".headers"; };  // built only for an error
   if (p.header_count > lim.max_headers) {
@@ -33,6 +34,14 @@ status check_headers(const publish_view& p, const limits& lim, std::string_view 
   if (bytes > lim.max_header_bytes) {
     return {errc::payload_too_large, f() + " of " + format_size(bytes) + " exceeds limits.max_header_bytes (" +
                                          format_size(lim.max_header_bytes) + "); send smaller headers"};
+  }
+  if (p.headers.size() != p.header_count) {
+    // The decoder read no headers because the list was over the max_headers it
+    // was built with: the connection opened before a reload raised the limit.
+    return {errc::payload_too_large, f() + " has " + std::to_string(p.header_count) +
+                                         " entries, over the limits.max_headers this connection was opened with; "
+                                         "reconnect to use the reloaded limit (" +
+                                         std::to_string(lim.max_headers) + ")"};
   }
   return {};
 }
@@ -54,14 +63,6 @@ status check_publish(const publish_view& p, const limits& lim) {
                                          "); raise it in keyway.toml or send smaller payloads"};
   }
   if (auto st = check_headers(p, lim, "publish"); !st.ok()) return st;
-  if (p.headers.size() != p.header_count) {
-    // The decoder read no headers because the list was over the max_headers it
-    // was built with: the connection opened before a reload raised the limit.
-    return {errc::payload_too_large, "publish.headers has " + std::to_string(p.header_count) +
-                                         " entries, over the limits.max_headers this connection was opened with; "
-                                         "reconnect to use the reloaded limit (" +
-                                         std::to_string(lim.max_headers) + ")"};
-  }
   return check_reply_to(p.reply_to, lim, "publish.replyTo");
 }
 

@@ -230,3 +230,24 @@ TEST_CASE("headers the decoder left unread are refused even when a reload raised
   CHECK(has(st, "publish.headers has 3 entries, over the limits.max_headers this connection was opened with"));
   CHECK(has(st, "reconnect to use the reloaded limit (4)"));
 }
+
+TEST_CASE("a delivery whose headers the decoder left unread is refused too") {
+  limits opened;
+  opened.max_headers = 2;
+  const std::vector<header> hs{{"a", {}}, {"b", {}}, {"c", {}}};
+  encoder enc;
+  out_buffer out;
+  REQUIRE(enc.message(out, {.sid = 1, .subject = "a", .headers = hs}).has_value());
+  decoder dec(opened);
+  dec.feed(drain(out));
+  auto r = dec.next();
+  REQUIRE(r.has_value());
+  REQUIRE(r->has_value());
+  REQUIRE((*r)->delivery() != nullptr);
+  CHECK((*r)->delivery()->headers.empty());
+  limits later;
+  later.max_headers = 4;
+  const auto st = validate_server_frame(**r, later);
+  CHECK(st.code() == errc::payload_too_large);
+  CHECK(has(st, "message.headers has 3 entries, over the limits.max_headers this connection was opened with"));
+}
