@@ -1,5 +1,6 @@
 #include "daemon/subject_index.hpp"
 
+#include <algorithm>
 #include <cassert>
 
 namespace keyway::daemon {
@@ -118,11 +119,10 @@ void subject_index::collect(node& n, std::span<const std::byte> key, std::vector
 }
 
 void subject_index::match_from(node& n, std::span<const std::string_view> tokens, std::size_t i,
-                               matched_nodes& found, std::vector<node*>& spill) {
+                               std::vector<node*>& found) {
   auto hit = [&](node& leaf) {
     if (leaf.plain.empty() && leaf.groups.empty()) return;  // a path to longer patterns only
-    found.push(&leaf);
-    spill.push_back(&leaf);
+    found.push_back(&leaf);
   };
   if (n.tail) hit(*n.tail);  // `>` matches tokens[i..], which is non-empty here
   const std::string_view t = tokens[i];
@@ -131,13 +131,13 @@ void subject_index::match_from(node& n, std::span<const std::string_view> tokens
     if (last)
       hit(*it->second);
     else
-      match_from(*it->second, tokens, i + 1, found, spill);
+      match_from(*it->second, tokens, i + 1, found);
   }
   if (n.star) {
     if (last)
       hit(*n.star);
     else
-      match_from(*n.star, tokens, i + 1, found, spill);
+      match_from(*n.star, tokens, i + 1, found);
   }
 }
 
@@ -145,14 +145,16 @@ std::span<subject_index::node* const> subject_index::lookup(std::string_view sub
   if (auto it = cache_.find(subject); it != cache_.end()) return {it->second.nodes.data(), it->second.count};
   std::string_view tokens[max_tokens];
   const std::size_t count = split(subject, tokens);
-  matched_nodes found;
-  spill_.clear();
-  if (count != 0) match_from(root_, std::span<const std::string_view>(tokens, count), 0, found, spill_);
-  if (found.count <= cached_nodes) {
+  found_.clear();
+  if (count != 0) match_from(root_, std::span<const std::string_view>(tokens, count), 0, found_);
+  if (found_.size() <= cached_nodes) {
     if (cache_.size() >= cache_capacity) cache_.clear();
-    cache_.emplace(std::string(subject), found);
+    matched_nodes entry;
+    std::copy(found_.begin(), found_.end(), entry.nodes.begin());
+    entry.count = found_.size();
+    cache_.emplace(std::string(subject), entry);
   }
-  return spill_;
+  return found_;
 }
 
 std::size_t subject_index::match(std::string_view subject, std::span<const std::byte> key,

@@ -95,22 +95,18 @@ class subject_index {
     std::string group;
   };
 
-  /// The nodes whose subscriptions a subject matches, in match order.
+  /// A cache entry: the nodes with subscriptions a subject matches, in match order.
   struct matched_nodes {
     std::array<node*, cached_nodes> nodes{};
-    std::size_t count = 0;  // > cached_nodes: too many to cache
-    void push(node* n) noexcept {
-      if (count < cached_nodes) nodes[count] = n;
-      ++count;
-    }
+    std::size_t count = 0;
   };
 
   /// The nodes with subscriptions that `subject` matches: a cache entry, or
-  /// spill_ (valid until the next lookup).
+  /// found_ (valid until the next lookup).
   std::span<node* const> lookup(std::string_view subject);
   static void collect(node& n, std::span<const std::byte> key, std::vector<sub_ref>& out);
-  static void match_from(node& n, std::span<const std::string_view> tokens, std::size_t i, matched_nodes& found,
-                         std::vector<node*>& spill);
+  static void match_from(node& n, std::span<const std::string_view> tokens, std::size_t i,
+                         std::vector<node*>& found);
   static std::size_t split(std::string_view subject, std::span<std::string_view> out);
   /// Removes `uid` below n along tokens[i..]; returns true if n became empty.
   static bool erase(node& n, std::span<const std::string_view> tokens, std::size_t i,
@@ -120,7 +116,7 @@ class subject_index {
   node root_;
   std::unordered_map<std::uint32_t, location> by_uid_;
   std::unordered_map<std::string, matched_nodes, string_hash, std::equal_to<>> cache_;
-  std::vector<node*> spill_;  // the matching nodes of a subject that matches more than cached_nodes
+  std::vector<node*> found_;  // the last cache miss's matching nodes (reused)
 };
 
 }  // namespace keyway::daemon
