@@ -179,7 +179,9 @@ void router::on_reply(reply_op& op) {
   if (it == conns_.end()) return;
   connection& c = *it->second;
   const shared_message& msg = *op.msg;
-  if (op.delivered == 0 && !msg.reply_to().empty()) return c.send_no_responders(msg.subject(), msg.reply_to(), op.ack_id);
+  if (op.delivered == 0 && !msg.reply_to().empty()) {
+    return c.send_no_responders(msg.subject(), msg.reply_to(), op.ack_id);
+  }
   c.send_ack(op.ack_id, op.delivered);
 }
 

@@ -182,10 +182,9 @@ struct flat_list {
 };
 
 /// Frame{tag: struct{data; pointers}} with `lists` laid out in the order given.
-// Inlined into each caller so that the loops unroll over constant layouts.
 template <std::size_t DataWords, std::size_t Lists>
-[[gnu::always_inline]] inline result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Frame::Which tag,
-                               std::uint16_t pointers, const std::array<std::uint64_t, DataWords>& data,
+result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Frame::Which tag, std::uint16_t pointers,
+                               const std::array<std::uint64_t, DataWords>& data,
                                const std::array<flat_list, Lists>& lists) noexcept {
   constexpr std::size_t root = 0, frame = 1, frame_ptr = 2, body = 3, body_ptrs = body + DataWords;
   std::array<std::size_t, Lists> at{};

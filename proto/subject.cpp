@@ -32,6 +32,7 @@ std::string hex_byte(unsigned char c) {
 // '>' (npos if none) for the caller's own rules.
 status check_common(std::string_view s, const limits& lim, std::string_view field, std::size_t& wildcard) {
   auto f = [field] { return std::string(field); };  // built only for an error
+  wildcard = std::string_view::npos;
   if (s.empty()) {
     return {errc::invalid_subject,
             f() + " is empty; a subject is one or more dot-separated tokens, like 'orders.eu'"};
@@ -41,7 +42,6 @@ status check_common(std::string_view s, const limits& lim, std::string_view fiel
                                        format_size(lim.max_subject) + "); use a shorter subject"};
   }
   std::size_t token_start = 0;
-  wildcard = std::string_view::npos;
   for (std::size_t i = 0; i < s.size(); ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
     switch (byte_classes[c]) {
