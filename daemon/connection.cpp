@@ -193,7 +193,7 @@ bool connection::on_publish(const proto::publish_view& p) {
     if (!p.reply_to.empty()) send_no_responders(p.subject, p.reply_to, 0);
     return true;
   }
-  shared_message* msg = shared_message::make(p.subject, p.key, p.payload, p.reply_to, p.headers);
+  shared_message* msg = shared_message::make(router_.pool(), p.subject, p.key, p.payload, p.reply_to, p.headers);
   msg->set_received_ns(static_cast<std::uint64_t>(last_read_.time_since_epoch() / std::chrono::nanoseconds(1)));
   publish_op op;
   op.msg = message_ref(msg);

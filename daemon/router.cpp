@@ -21,6 +21,7 @@ router::router(core::worker& w, server_context& ctx)
       ctx_(ctx),
       ep_(ctx.mesh->at(w.id())),
       stats_(*ctx.stats[w.id()]),
+      pool_(*ctx.pools[w.id()]),
       live_(ctx.options),
       tokens_(ctx.tokens),
       encoder_(std::make_unique<proto::encoder>(ctx.options.limits)),
@@ -47,6 +48,7 @@ void router::apply(const server_options& next, std::shared_ptr<const std::vector
 }
 
 void router::init() {
+  pool_.bind_to_this_thread();
   ep_.attach(w_, w_.stats());
   if (w_.id() == 0) start_accepting();
 }

@@ -45,6 +45,9 @@ struct server_context {
   server_options options;
   std::string server_id;
   std::size_t workers = 0;
+  /// Per worker, for the messages it builds; declared before the mesh so that
+  /// they outlive the messages still in its rings.
+  std::vector<std::unique_ptr<core::block_pool>> pools;
   std::unique_ptr<core::mesh<route_msg>> mesh;
   /// Per worker; written by that worker only.
   std::vector<std::unique_ptr<daemon_stats>> stats;
@@ -83,6 +86,8 @@ class router final : public core::worker_handler {
   void apply(const server_options& next, std::shared_ptr<const std::vector<std::string>> tokens);
   const server_context& context() const noexcept { return ctx_; }
   daemon_stats& stats() noexcept { return stats_; }
+  /// This worker's allocator for the messages it builds.
+  core::block_pool& pool() noexcept { return pool_; }
   /// The steady clock in ns, read once per loop turn (deliveries of one turn
   /// share it), and again when a message received later than that reading
   /// comes through: the "written" end of the latency histogram.
@@ -135,6 +140,7 @@ class router final : public core::worker_handler {
   server_context& ctx_;
   core::mesh<route_msg>::endpoint& ep_;
   daemon_stats& stats_;
+  core::block_pool& pool_;
   std::uint64_t turn_ns_ = 0;
   server_options live_;
   std::shared_ptr<const std::vector<std::string>> tokens_;

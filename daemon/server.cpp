@@ -49,6 +49,7 @@ void server::start() {
                              " (check server.workers and server.cpus against the CPUs this process may use)");
   pool_ = std::move(*pool);
   ctx_.workers = pool_->size();
+  for (std::size_t i = 0; i < ctx_.workers; ++i) ctx_.pools.push_back(std::make_unique<core::block_pool>());
   ctx_.mesh = std::make_unique<core::mesh<route_msg>>(ctx_.workers, o.ring_capacity);
   for (std::size_t i = 0; i < ctx_.workers; ++i) ctx_.stats.push_back(std::make_unique<daemon_stats>());
   if (o.partitioner == core::partition_strategy::round_robin)

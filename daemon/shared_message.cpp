@@ -10,7 +10,7 @@ namespace {
 constexpr std::uint32_t align8(std::size_t n) { return static_cast<std::uint32_t>((n + 7) & ~std::size_t{7}); }
 }  // namespace
 
-shared_message* shared_message::make(std::string_view subject, std::span<const std::byte> key,
+shared_message* shared_message::make(core::block_pool& pool, std::string_view subject, std::span<const std::byte> key,
                                      std::span<const std::byte> payload, std::string_view reply_to,
                                      std::span<const header_view> headers) {
   std::size_t header_bytes = 0;
@@ -23,10 +23,9 @@ shared_message* shared_message::make(std::string_view subject, std::span<const s
   const std::uint32_t headers_off = reply_off + static_cast<std::uint32_t>(reply_to.size());
   const std::size_t total = headers_off + header_bytes;
 
-  // Plain new: its alignment (16) covers the 8 the payload needs, without the
-  // aligned allocator's memalign path.
-  static_assert(__STDCPP_DEFAULT_NEW_ALIGNMENT__ >= 8 && alignof(shared_message) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
-  void* raw = ::operator new(total);
+  // The pool's alignment (16) covers the 8 the payload needs.
+  static_assert(alignof(shared_message) <= 16);
+  void* raw = pool.allocate(total);
   auto* m = new (raw) shared_message();
   auto* base = static_cast<std::byte*>(raw);
   if (!payload.empty()) std::memcpy(base + payload_off, payload.data(), payload.size());
@@ -59,7 +58,7 @@ shared_message* shared_message::make(std::string_view subject, std::span<const s
 
 void shared_message::destroy() noexcept {
   this->~shared_message();
-  ::operator delete(static_cast<void*>(this));
+  core::block_pool::deallocate(this);
 }
 
 }  // namespace keyway::daemon

@@ -2,10 +2,11 @@
 // worker that delivers it. One allocation holds the subject, key, payload,
 // reply-to and headers; the payload starts on an 8-byte boundary.
 //
-// Threads: built on the ingress worker, then only read, from any worker. The
-// reference count is the only thing written after construction (atomic).
-// Cost: one allocation + one copy of the publish's bytes at ingress; a fan-out
-// to k workers costs k-1 atomic increments, never a copy of the payload.
+// Threads: built on the ingress worker, from that worker's block_pool, then
+// only read, from any worker. The reference count is the only thing written
+// after construction (atomic); the last release returns the block to its pool.
+// Cost: one pooled allocation + one copy of the publish's bytes at ingress; a
+// fan-out to k workers costs k-1 atomic increments, never a copy of the payload.
 #pragma once
 
 #include <atomic>
@@ -15,6 +16,7 @@
 #include <string_view>
 #include <utility>
 
+#include "core/block_pool.hpp"
 #include "proto/encoder.hpp"
 
 namespace keyway::daemon {
@@ -23,8 +25,9 @@ using header_view = proto::header;
 
 class shared_message {
  public:
-  /// Copies everything in; the refcount starts at 1 (owned by the caller).
-  static shared_message* make(std::string_view subject, std::span<const std::byte> key,
+  /// Copies everything into a block of `pool` (the calling worker's); the
+  /// refcount starts at 1 (owned by the caller).
+  static shared_message* make(core::block_pool& pool, std::string_view subject, std::span<const std::byte> key,
                               std::span<const std::byte> payload, std::string_view reply_to,
                               std::span<const header_view> headers);
 

@@ -15,8 +15,10 @@ std::string str(std::span<const std::byte> b) { return {reinterpret_cast<const c
 }  // namespace
 
 TEST_CASE("shared_message keeps every field and aligns the payload") {
+  keyway::core::block_pool pool;
+  pool.bind_to_this_thread();
   std::vector<header_view> headers{{"trace", bytes("abc")}, {"n", bytes("")}};
-  message_ref m(shared_message::make("a.b", bytes("key"), bytes("payload!"), "inbox.1", headers));
+  message_ref m(shared_message::make(pool, "a.b", bytes("key"), bytes("payload!"), "inbox.1", headers));
   CHECK(m->subject() == "a.b");
   CHECK(str(m->key()) == "key");
   CHECK(str(m->payload()) == "payload!");
@@ -26,7 +28,7 @@ TEST_CASE("shared_message keeps every field and aligns the payload") {
   m->for_each_header([&](const header_view& h) { seen.emplace_back(std::string(h.name), str(h.value)); });
   CHECK(seen == std::vector<std::pair<std::string, std::string>>{{"trace", "abc"}, {"n", ""}});
   CHECK(str(m->routing_key()) == "key");
-  message_ref by_subject(shared_message::make("x.y", {}, {}, "", {}));
+  message_ref by_subject(shared_message::make(pool, "x.y", {}, {}, "", {}));
   CHECK(str(by_subject->routing_key()) == "x.y");
   message_ref copy = m;  // a second reference; both release cleanly (ASan checks)
   CHECK(copy->subject() == "a.b");

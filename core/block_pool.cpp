@@ -1,0 +1,139 @@
+#include "core/block_pool.hpp"
+
+#include <bit>
+#include <new>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define KEYWAY_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define KEYWAY_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define KEYWAY_POISON(p, n) ((void)(p), (void)(n))
+#define KEYWAY_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+namespace keyway::core {
+
+// Sits in front of every block; the user's memory starts header_bytes later,
+// so it keeps operator new's 16-byte alignment.
+struct block_pool::header {
+  block_pool* pool;
+  std::uint32_t size_class;  // class_count: not pooled (operator delete)
+  std::uint32_t unused;
+};
+
+namespace {
+constexpr std::uint32_t unpooled = block_pool::class_count;
+
+std::size_t class_of(std::size_t total) noexcept {
+  if (total <= block_pool::min_block) return 0;
+  return static_cast<std::size_t>(std::bit_width((total - 1) / block_pool::min_block));
+}
+
+std::size_t class_bytes(std::size_t size_class) noexcept {
+  return block_pool::min_block << size_class;
+}
+}  // namespace
+
+block_pool::~block_pool() {
+  static_assert(sizeof(header) == header_bytes);
+  refill();
+  for (std::size_t c = 0; c < class_count; ++c) {
+    for (free_block* b = free_[c].head; b != nullptr;) {
+      free_block* next = b->next;
+      auto* h = reinterpret_cast<header*>(reinterpret_cast<std::byte*>(b) - header_bytes);
+      KEYWAY_UNPOISON(h, class_bytes(c));
+      ::operator delete(static_cast<void*>(h));
+      b = next;
+    }
+  }
+}
+
+void* block_pool::allocate(std::size_t bytes) {
+  owner_.assert_owner();
+  const std::size_t total = bytes + header_bytes;
+  if (total > max_block) {
+    auto* h = static_cast<header*>(::operator new(total));
+    h->pool = this;
+    h->size_class = unpooled;
+    ++system_allocations_;
+    return reinterpret_cast<std::byte*>(h) + header_bytes;
+  }
+  const std::size_t c = class_of(total);
+  if (free_[c].head == nullptr) refill();
+  free_list& l = free_[c];
+  if (l.head == nullptr) return take_from_system(c);
+  free_block* b = l.head;
+  KEYWAY_UNPOISON(b, class_bytes(c) - header_bytes);
+  l.head = b->next;
+  --l.count;
+  return b;
+}
+
+void* block_pool::take_from_system(std::size_t size_class) {
+  auto* h = static_cast<header*>(::operator new(class_bytes(size_class)));
+  h->pool = this;
+  h->size_class = static_cast<std::uint32_t>(size_class);
+  ++system_allocations_;
+  return reinterpret_cast<std::byte*>(h) + header_bytes;
+}
+
+void block_pool::deallocate(void* p) noexcept {
+  if (p == nullptr) return;
+  auto* h = reinterpret_cast<header*>(static_cast<std::byte*>(p) - header_bytes);
+  if (h->size_class == unpooled) {
+    ::operator delete(static_cast<void*>(h));
+    return;
+  }
+  auto* b = static_cast<free_block*>(p);
+  block_pool& pool = *h->pool;
+  if (pool.owner_.is_owner())
+    pool.push_local(b, h->size_class);
+  else
+    pool.push_remote(b, h->size_class);
+}
+
+void block_pool::push_local(free_block* b, std::size_t size_class) noexcept {
+  free_list& l = free_[size_class];
+  if (l.count >= cache_limit(size_class)) {
+    ::operator delete(static_cast<void*>(reinterpret_cast<std::byte*>(b) - header_bytes));
+    return;
+  }
+  b->next = l.head;
+  l.head = b;
+  ++l.count;
+  // The link stays readable; the rest of the block is off limits until reused.
+  KEYWAY_POISON(reinterpret_cast<std::byte*>(b) + sizeof(free_block),
+                class_bytes(size_class) - header_bytes - sizeof(free_block));
+}
+
+void block_pool::push_remote(free_block* b, std::size_t size_class) noexcept {
+  // Poisoned before it is published: afterwards the owner may already reuse it.
+  KEYWAY_POISON(reinterpret_cast<std::byte*>(b) + sizeof(free_block),
+                class_bytes(size_class) - header_bytes - sizeof(free_block));
+  free_block* head = remote_.load(std::memory_order_relaxed);
+  do {
+    b->next = head;
+    // Release: the owner's exchange (acquire) sees the link written above.
+  } while (!remote_.compare_exchange_weak(head, b, std::memory_order_release,
+                                          std::memory_order_relaxed));
+}
+
+void block_pool::refill() noexcept {
+  if (remote_.load(std::memory_order_relaxed) == nullptr) return;
+  free_block* b = remote_.exchange(nullptr, std::memory_order_acquire);
+  while (b != nullptr) {
+    free_block* next = b->next;
+    const auto* h = reinterpret_cast<const header*>(reinterpret_cast<std::byte*>(b) - header_bytes);
+    push_local(b, h->size_class);
+    b = next;
+  }
+}
+
+std::size_t block_pool::cached_blocks() const noexcept {
+  std::size_t n = 0;
+  for (const free_list& l : free_) n += l.count;
+  return n;
+}
+
+}  // namespace keyway::core

@@ -1,0 +1,89 @@
+// block_pool: one worker's allocator for blocks that are built on that worker
+// and freed on any thread, such as a message built at ingress and released by
+// the worker that delivered it last.
+//
+// Why not malloc: glibc hands a block freed on another thread back to the
+// arena of the thread that allocated it, under that arena's lock. With two
+// workers trading every message, the lock and its futex calls were about a
+// fifth of keywayd's CPU (perf, bench/RESULTS.md). Here a block freed on its
+// own worker goes on a plain free list; a block freed elsewhere goes on the
+// pool's remote stack with one CAS, and the owner takes the whole stack back
+// with one exchange when a free list runs dry (mimalloc's "remote free" list).
+//
+// Size classes are powers of two from 64 to 4,096 bytes, header included;
+// larger blocks go straight to operator new/delete. Each class keeps at most
+// cache_bytes of free blocks; a block beyond that is freed to the system, on
+// the owner's thread.
+//
+// Threads: allocate() only on the owner (bind_to_this_thread(); asserted);
+// deallocate() from any thread. The pool must outlive every block it handed
+// out; its destructor frees what it caches.
+// Cost: allocate and a local deallocate are a few loads and stores; a remote
+// deallocate is one CAS on a line the owner touches once per refill.
+// Under ASan a free block is poisoned, so a use after free is still caught.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "core/assert.hpp"
+#include "core/cache.hpp"
+
+namespace keyway::core {
+
+class block_pool {
+ public:
+  static constexpr std::size_t min_block = 64;
+  static constexpr std::size_t class_count = 7;  // 64 .. 4,096 bytes
+  static constexpr std::size_t max_block = min_block << (class_count - 1);
+  static constexpr std::size_t header_bytes = 16;
+  static constexpr std::size_t default_cache_bytes = 4 * 1024 * 1024;
+
+  explicit block_pool(std::size_t cache_bytes = default_cache_bytes) noexcept
+      : cache_bytes_(cache_bytes) {}
+  ~block_pool();
+  block_pool(const block_pool&) = delete;
+  block_pool& operator=(const block_pool&) = delete;
+
+  /// The calling thread becomes the owner, the only one that may allocate.
+  void bind_to_this_thread() noexcept { owner_.bind_to_this_thread(); }
+
+  /// Owner thread: `bytes` of memory aligned to 16. Throws std::bad_alloc.
+  void* allocate(std::size_t bytes);
+  /// Any thread: frees what some pool's allocate() returned.
+  static void deallocate(void* p) noexcept;
+
+  /// Owner thread, for tests and statistics.
+  std::size_t cached_blocks() const noexcept;
+  /// Blocks taken from the system so far (not from a free list).
+  std::uint64_t system_allocations() const noexcept { return system_allocations_; }
+
+ private:
+  struct header;
+  struct free_block {
+    free_block* next;
+  };
+  struct free_list {
+    free_block* head = nullptr;
+    std::size_t count = 0;
+  };
+
+  void* take_from_system(std::size_t size_class);
+  void push_local(free_block* b, std::size_t size_class) noexcept;
+  void push_remote(free_block* b, std::size_t size_class) noexcept;
+  void refill() noexcept;
+  std::size_t cache_limit(std::size_t size_class) const noexcept {
+    return cache_bytes_ / (min_block << size_class);
+  }
+
+  owner_check owner_;
+  const std::size_t cache_bytes_;
+  std::array<free_list, class_count> free_{};
+  std::uint64_t system_allocations_ = 0;
+  // Written by other threads: on its own cache line.
+  alignas(cache_line) std::atomic<free_block*> remote_{nullptr};
+};
+
+}  // namespace keyway::core
