@@ -13,8 +13,12 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <span>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -35,6 +39,36 @@ struct delivery_target {
   std::uint32_t sid = 0;
 };
 
+/// Delivery targets beyond the first, in one block of the sending worker's
+/// pool: released on the receiving worker, the block goes back through the
+/// pool's remote list rather than through malloc's arena lock.
+class target_list {
+ public:
+  target_list() = default;
+  target_list(core::block_pool& pool, std::span<const delivery_target> targets)
+      : size_(targets.size()) {
+    if (targets.empty()) return;
+    data_ = static_cast<delivery_target*>(pool.allocate(targets.size_bytes()));
+    std::memcpy(static_cast<void*>(data_), targets.data(), targets.size_bytes());
+  }
+  target_list(target_list&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  target_list& operator=(target_list&& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+    return *this;
+  }
+  ~target_list() { core::block_pool::deallocate(data_); }
+
+  const delivery_target* begin() const noexcept { return data_; }
+  const delivery_target* end() const noexcept { return data_ + size_; }
+
+ private:
+  static_assert(std::is_trivially_copyable_v<delivery_target>);
+  delivery_target* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
 struct deliver_op {
   message_ref msg;
   std::uint64_t seq = 0;
@@ -42,7 +76,7 @@ struct deliver_op {
   // The targets, all on the receiving worker: `first`, then `more`. One
   // subscriber per worker (the usual case) needs no allocation.
   delivery_target first;
-  std::vector<delivery_target> more;
+  target_list more;
 };
 
 struct reply_op {

@@ -146,7 +146,7 @@ void router::on_publish(publish_op& op) {
     auto& targets = per_worker_[wid];
     if (targets.empty()) continue;
     deliver_op d{op.msg, seq, self, targets.front(), {}};
-    if (targets.size() > 1) d.more.assign(targets.begin() + 1, targets.end());
+    if (targets.size() > 1) d.more = target_list(pool_, std::span(targets).subspan(1));
     targets.clear();
     if (wid == self)
       on_deliver(d);
