@@ -142,17 +142,16 @@ void subject_index::match_from(node& n, std::span<const std::string_view> tokens
 }
 
 std::span<subject_index::node* const> subject_index::lookup(std::string_view subject) {
-  if (auto it = cache_.find(subject); it != cache_.end()) return {it->second.nodes.data(), it->second.count};
+  if (const matched_nodes* hit = cache_.find(subject)) return {hit->nodes.data(), hit->count};
   std::string_view tokens[max_tokens];
   const std::size_t count = split(subject, tokens);
   found_.clear();
   if (count != 0) match_from(root_, std::span<const std::string_view>(tokens, count), 0, found_);
   if (found_.size() <= cached_nodes) {
-    if (cache_.size() >= cache_capacity) cache_.clear();
     matched_nodes entry;
     std::copy(found_.begin(), found_.end(), entry.nodes.begin());
     entry.count = found_.size();
-    cache_.emplace(std::string(subject), entry);
+    cache_.insert(subject, entry);
   }
   return found_;
 }

@@ -5,8 +5,8 @@
 //
 // Threads: owned by one worker; every method runs on that worker's thread.
 // Cost: match() first looks the subject up in a cache of the trie nodes it
-// matched last time (as nats-server's sublist does): one hash of the subject
-// instead of one per token and a map lookup per level. A miss walks one trie
+// matched last time (as nats-server's sublist does; subject_cache): one XXH3
+// of the subject instead of one hash per token and a map lookup per level. A miss walks one trie
 // path per wildcard branch and caches the result (allocating once per new
 // subject; the cache is emptied when it holds cache_capacity subjects, and on
 // every add/remove, which may free nodes). Queue-group members are picked per
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "core/partitioner.hpp"
+#include "daemon/subject_cache.hpp"
 
 namespace keyway::daemon {
 
@@ -115,7 +116,7 @@ class subject_index {
   std::size_t group_slots_;
   node root_;
   std::unordered_map<std::uint32_t, location> by_uid_;
-  std::unordered_map<std::string, matched_nodes, string_hash, std::equal_to<>> cache_;
+  subject_cache<matched_nodes> cache_{cache_capacity};
   std::vector<node*> found_;  // the last cache miss's matching nodes (reused)
 };
 
