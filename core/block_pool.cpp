@@ -1,5 +1,6 @@
 #include "core/block_pool.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <new>
 
@@ -37,15 +38,20 @@ std::size_t class_bytes(std::size_t size_class) noexcept {
 
 block_pool::~block_pool() {
   static_assert(sizeof(header) == header_bytes);
-  refill();
   for (std::size_t c = 0; c < class_count; ++c) {
-    for (free_block* b = free_[c].head; b != nullptr;) {
-      free_block* next = b->next;
-      auto* h = reinterpret_cast<header*>(reinterpret_cast<std::byte*>(b) - header_bytes);
-      KEYWAY_UNPOISON(h, class_bytes(c));
-      ::operator delete(static_cast<void*>(h));
-      b = next;
-    }
+    release_all(free_[c].head, c);
+    const std::uint64_t word = remote_[c].head.exchange(0, std::memory_order_acquire);
+    release_all(reinterpret_cast<free_block*>(word & ((std::uint64_t{1} << count_shift) - 1)), c);
+  }
+}
+
+void block_pool::release_all(free_block* b, std::size_t size_class) noexcept {
+  while (b != nullptr) {
+    free_block* next = b->next;
+    auto* h = reinterpret_cast<header*>(reinterpret_cast<std::byte*>(b) - header_bytes);
+    KEYWAY_UNPOISON(h, class_bytes(size_class));
+    ::operator delete(static_cast<void*>(h));
+    b = next;
   }
 }
 
@@ -60,13 +66,16 @@ void* block_pool::allocate(std::size_t bytes) {
     return reinterpret_cast<std::byte*>(h) + header_bytes;
   }
   const std::size_t c = class_of(total);
-  if (free_[c].head == nullptr) refill();
+  if (free_[c].head == nullptr) refill(c);
   free_list& l = free_[c];
   if (l.head == nullptr) return take_from_system(c);
   free_block* b = l.head;
   KEYWAY_UNPOISON(b, class_bytes(c) - header_bytes);
   l.head = b->next;
   --l.count;
+  // The next block was likely last written on another CPU (freed there):
+  // start moving its line here now, while the caller fills this one.
+  __builtin_prefetch(l.head, 1);
   return b;
 }
 
@@ -111,28 +120,47 @@ void block_pool::push_remote(free_block* b, std::size_t size_class) noexcept {
   // Poisoned before it is published: afterwards the owner may already reuse it.
   KEYWAY_POISON(reinterpret_cast<std::byte*>(b) + sizeof(free_block),
                 class_bytes(size_class) - header_bytes - sizeof(free_block));
-  free_block* head = remote_.load(std::memory_order_relaxed);
+  constexpr std::uint64_t address_mask = (std::uint64_t{1} << count_shift) - 1;
+  const auto address = reinterpret_cast<std::uintptr_t>(b);
+  KEYWAY_ASSERT((address & ~address_mask) == 0);
+  std::atomic<std::uint64_t>& top = remote_[size_class].head;
+  std::uint64_t head = top.load(std::memory_order_relaxed);
+  std::uint64_t next;
   do {
-    b->next = head;
+    b->next = reinterpret_cast<free_block*>(head & address_mask);
+    const std::uint64_t count = std::min(count_max, (head >> count_shift) + 1);
+    next = (count << count_shift) | address;
     // Release: the owner's exchange (acquire) sees the link written above.
-  } while (!remote_.compare_exchange_weak(head, b, std::memory_order_release,
-                                          std::memory_order_relaxed));
+  } while (!top.compare_exchange_weak(head, next, std::memory_order_release, std::memory_order_relaxed));
 }
 
-void block_pool::refill() noexcept {
-  if (remote_.load(std::memory_order_relaxed) == nullptr) return;
-  free_block* b = remote_.exchange(nullptr, std::memory_order_acquire);
-  while (b != nullptr) {
-    free_block* next = b->next;
-    const auto* h = reinterpret_cast<const header*>(reinterpret_cast<std::byte*>(b) - header_bytes);
-    push_local(b, h->size_class);
-    b = next;
+void block_pool::refill(std::size_t size_class) noexcept {
+  std::atomic<std::uint64_t>& top = remote_[size_class].head;
+  if (top.load(std::memory_order_relaxed) == 0) return;
+  const std::uint64_t word = top.exchange(0, std::memory_order_acquire);
+  auto* chain = reinterpret_cast<free_block*>(word & ((std::uint64_t{1} << count_shift) - 1));
+  std::size_t count = static_cast<std::size_t>(word >> count_shift);
+  if (count == count_max) {  // saturated: count by walking (only after a burst)
+    count = 0;
+    for (free_block* b = chain; b != nullptr; b = b->next) ++count;
   }
+  // The list is empty (allocate() refills only then): the chain becomes it,
+  // up to the cache limit; the rest goes back to the system.
+  const std::size_t limit = cache_limit(size_class);
+  if (count > limit) {
+    free_block** cut = &chain;
+    for (std::size_t i = 0; i < limit; ++i) cut = &(*cut)->next;
+    release_all(*cut, size_class);
+    *cut = nullptr;
+    count = limit;
+  }
+  free_[size_class] = free_list{chain, count};
 }
 
 std::size_t block_pool::cached_blocks() const noexcept {
   std::size_t n = 0;
-  for (const free_list& l : free_) n += l.count;
+  for (std::size_t c = 0; c < class_count; ++c)
+    n += free_[c].count + (remote_[c].head.load(std::memory_order_relaxed) >> count_shift);
   return n;
 }
 

@@ -7,8 +7,10 @@
 // workers trading every message, the lock and its futex calls were about a
 // fifth of keywayd's CPU (perf, bench/RESULTS.md). Here a block freed on its
 // own worker goes on a plain free list; a block freed elsewhere goes on the
-// pool's remote stack with one CAS, and the owner takes the whole stack back
-// with one exchange when a free list runs dry (mimalloc's "remote free" list).
+// pool's remote stack for its size class with one CAS, and the owner takes the
+// whole stack back with one exchange when that class's free list runs dry
+// (mimalloc's "remote free" list). The stack's head word also counts its
+// blocks, so taking it back is O(1): no walk over lines another CPU wrote.
 //
 // Size classes are powers of two from 64 to 4,096 bytes, header included;
 // larger blocks go straight to operator new/delete. Each class keeps at most
@@ -55,7 +57,8 @@ class block_pool {
   /// Any thread: frees what some pool's allocate() returned.
   static void deallocate(void* p) noexcept;
 
-  /// Owner thread, for tests and statistics.
+  /// Owner thread, for tests and statistics: free blocks, on the free lists
+  /// and on the remote stacks (each of those counted up to 65,535).
   std::size_t cached_blocks() const noexcept;
   /// Blocks taken from the system so far (not from a free list).
   std::uint64_t system_allocations() const noexcept { return system_allocations_; }
@@ -70,10 +73,20 @@ class block_pool {
     std::size_t count = 0;
   };
 
+  // A remote stack's head: the top block's address in the low 48 bits, the
+  // number of blocks (saturating at count_max) in the high 16.
+  static constexpr unsigned count_shift = 48;
+  static constexpr std::uint64_t count_max = 0xffff;
+  struct alignas(cache_line) remote_stack {
+    std::atomic<std::uint64_t> head{0};
+  };
+
   void* take_from_system(std::size_t size_class);
   void push_local(free_block* b, std::size_t size_class) noexcept;
   void push_remote(free_block* b, std::size_t size_class) noexcept;
-  void refill() noexcept;
+  /// Moves the remote stack of `size_class` onto its (empty) free list.
+  void refill(std::size_t size_class) noexcept;
+  void release_all(free_block* b, std::size_t size_class) noexcept;
   std::size_t cache_limit(std::size_t size_class) const noexcept {
     return cache_bytes_ / (min_block << size_class);
   }
@@ -82,8 +95,8 @@ class block_pool {
   const std::size_t cache_bytes_;
   std::array<free_list, class_count> free_{};
   std::uint64_t system_allocations_ = 0;
-  // Written by other threads: on its own cache line.
-  alignas(cache_line) std::atomic<free_block*> remote_{nullptr};
+  // Written by other threads: each on its own cache line.
+  std::array<remote_stack, class_count> remote_{};
 };
 
 }  // namespace keyway::core

@@ -60,6 +60,21 @@ TEST_CASE("block_pool caches at most cache_bytes per class") {
   for (void* p : small) block_pool::deallocate(p);
   for (void* p : large) block_pool::deallocate(p);
   CHECK(pool.cached_blocks() == 16 + 2);
+
+  // Freed on another thread, they wait on the remote stack; taking it back
+  // keeps the limit too.
+  std::vector<void*> held;
+  for (int i = 0; i < 16; ++i) held.push_back(pool.allocate(8));  // empties the 64-byte list
+  small.clear();
+  for (int i = 0; i < 40; ++i) small.push_back(pool.allocate(8));
+  std::thread([&] {
+    for (void* p : small) block_pool::deallocate(p);
+  }).join();
+  CHECK(pool.cached_blocks() == 40 + 2);
+  void* again = pool.allocate(8);  // refill: keeps 16, frees 24, hands out one
+  CHECK(pool.cached_blocks() == 15 + 2);
+  block_pool::deallocate(again);
+  for (void* p : held) block_pool::deallocate(p);
 }
 
 TEST_CASE("block_pool: blocks freed on another thread return to their owner intact") {
@@ -111,8 +126,12 @@ TEST_CASE("block_pool: blocks freed on another thread return to their owner inta
   // at once, so nearly every allocation was a reuse.
   INFO("seed ", seed, ", system allocations ", pool.system_allocations());
   CHECK(pool.system_allocations() < total / 10);
-  // Everything came back: the owner collects the remote frees on its next refill.
-  void* p = pool.allocate(8);
-  block_pool::deallocate(p);
-  CHECK(pool.cached_blocks() > 0);
+  // Every block came back exactly once: all of them are free now.
+  CHECK(pool.cached_blocks() == pool.system_allocations());
+  // And the owner takes them back: one of each class the test used (sizes
+  // 8..607 plus the header: 64..1,024 bytes), without the system.
+  const auto before = pool.system_allocations();
+  for (std::size_t bytes = block_pool::min_block; bytes <= 1024; bytes *= 2)
+    block_pool::deallocate(pool.allocate(bytes - block_pool::header_bytes));
+  CHECK(pool.system_allocations() == before);
 }
