@@ -1,5 +1,5 @@
 // keyway-bench-queues: the runtime's micro-benchmarks (queues, mesh,
-// partitioners). Usage: keyway-bench-queues [--quick] [--json PATH]
+// partitioners, block_pool). Usage: keyway-bench-queues [--quick] [--json PATH]
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   keyway::bench::run_queue_benches(opt, rep);
   keyway::bench::run_mesh_benches(opt, rep);
   keyway::bench::run_partitioner_benches(opt, rep);
+  keyway::bench::run_pool_benches(opt, rep);
   rep.print_table();
   if (!json_path.empty() && !rep.write_json(json_path)) {
     std::fprintf(stderr, "cannot write %s\n", json_path.c_str());

@@ -37,5 +37,6 @@ class report {
 void run_queue_benches(const options& opt, report& out);        // bench/queue_bench.cpp
 void run_mesh_benches(const options& opt, report& out);         // bench/mesh_bench.cpp
 void run_partitioner_benches(const options& opt, report& out);  // bench/partitioner_bench.cpp
+void run_pool_benches(const options& opt, report& out);         // bench/pool_bench.cpp
 
 }  // namespace keyway::bench
