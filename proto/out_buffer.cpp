@@ -53,14 +53,9 @@ void out_buffer::make_room(std::size_t n) {
   capacity_ = new_capacity;
 }
 
-void out_buffer::reserve(std::size_t owned_bytes, std::size_t pieces) {
+void out_buffer::grow(std::size_t owned_bytes, std::size_t pieces) {
   make_room(owned_bytes);
   if (pieces_.capacity() - pieces_.size() < pieces) pieces_.reserve(std::max(pieces_.size() + pieces, 2 * pieces_.capacity()));
-}
-
-std::span<std::byte> out_buffer::prepare(std::size_t n) {
-  make_room(n);
-  return {data_.get() + end_, capacity_ - end_};
 }
 
 void out_buffer::add_owned(std::size_t n) {
@@ -77,11 +72,6 @@ void out_buffer::add_owned(std::size_t n) {
   pieces_.push_back({nullptr, end_, n});
   end_ += n;
   appended_ += n;
-}
-
-void out_buffer::commit(std::size_t n) {
-  assert(n <= capacity_ - end_);
-  add_owned(n);
 }
 
 void out_buffer::append(std::span<const std::byte> bytes) {

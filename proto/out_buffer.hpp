@@ -13,6 +13,7 @@
 // passed the appended_total() value read right after appending them.
 #pragma once
 
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -31,15 +32,34 @@ class out_buffer {
 
   // --- appending ---------------------------------------------------------
   /// Writable owned space for at least `n` bytes at the end; then commit().
-  std::span<std::byte> prepare(std::size_t n);
-  void commit(std::size_t n);
+  /// Inline when the space is there (the usual case on the hot path).
+  std::span<std::byte> prepare(std::size_t n) {
+    if (capacity_ - end_ < n) make_room(n);
+    return {data_.get() + end_, capacity_ - end_};
+  }
+  void commit(std::size_t n) {
+    assert(n <= capacity_ - end_);
+    if (n != 0 && head_ < pieces_.size()) {
+      piece& last = pieces_.back();
+      if (last.external == nullptr && last.offset + last.size == end_) {  // extends the last piece
+        last.size += n;
+        end_ += n;
+        appended_ += n;
+        return;
+      }
+    }
+    add_owned(n);
+  }
   void append(std::span<const std::byte> bytes);
   void append_zeros(std::size_t n);
   /// Queues `bytes` by reference (see the lifetime rule above).
   void append_external(std::span<const std::byte> bytes);
   /// Makes the next `owned_bytes` of owned appends and `pieces` new pieces
   /// not allocate (so a frame is appended whole or not at all).
-  void reserve(std::size_t owned_bytes, std::size_t pieces);
+  void reserve(std::size_t owned_bytes, std::size_t pieces) {
+    if (capacity_ - end_ < owned_bytes || pieces_.capacity() - pieces_.size() < pieces)
+      grow(owned_bytes, pieces);
+  }
 
   // --- draining ----------------------------------------------------------
   std::size_t size() const noexcept { return static_cast<std::size_t>(appended_ - consumed_); }
@@ -74,6 +94,7 @@ class out_buffer {
     return p.external != nullptr ? p.external : data_.get() + p.offset;
   }
   void make_room(std::size_t n);
+  void grow(std::size_t owned_bytes, std::size_t pieces);
   void compact() noexcept;
   void add_owned(std::size_t n);
 
