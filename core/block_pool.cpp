@@ -4,7 +4,14 @@
 #include <bit>
 #include <new>
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__)  // g++
+#define KEYWAY_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)  // clang
+#define KEYWAY_ASAN 1
+#endif
+#endif
+#if defined(KEYWAY_ASAN)
 #include <sanitizer/asan_interface.h>
 #define KEYWAY_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
 #define KEYWAY_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
