@@ -58,17 +58,7 @@ void out_buffer::grow(std::size_t owned_bytes, std::size_t pieces) {
   if (pieces_.capacity() - pieces_.size() < pieces) pieces_.reserve(std::max(pieces_.size() + pieces, 2 * pieces_.capacity()));
 }
 
-void out_buffer::add_owned(std::size_t n) {
-  if (n == 0) return;
-  if (!pieces_.empty() && head_ < pieces_.size()) {
-    piece& last = pieces_.back();
-    if (last.external == nullptr && last.offset + last.size == end_) {
-      last.size += n;
-      end_ += n;
-      appended_ += n;
-      return;
-    }
-  }
+void out_buffer::add_piece(std::size_t n) {
   pieces_.push_back({nullptr, end_, n});
   end_ += n;
   appended_ += n;

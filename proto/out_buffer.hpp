@@ -39,15 +39,6 @@ class out_buffer {
   }
   void commit(std::size_t n) {
     assert(n <= capacity_ - end_);
-    if (n != 0 && head_ < pieces_.size()) {
-      piece& last = pieces_.back();
-      if (last.external == nullptr && last.offset + last.size == end_) {  // extends the last piece
-        last.size += n;
-        end_ += n;
-        appended_ += n;
-        return;
-      }
-    }
     add_owned(n);
   }
   void append(std::span<const std::byte> bytes);
@@ -96,7 +87,22 @@ class out_buffer {
   void make_room(std::size_t n);
   void grow(std::size_t owned_bytes, std::size_t pieces);
   void compact() noexcept;
-  void add_owned(std::size_t n);
+  /// Counts `n` owned bytes written at end_: the last piece grows when they
+  /// follow it (inline, the usual case), else a new piece starts.
+  void add_owned(std::size_t n) {
+    if (n == 0) return;
+    if (head_ < pieces_.size()) {
+      piece& last = pieces_.back();
+      if (last.external == nullptr && last.offset + last.size == end_) {
+        last.size += n;
+        end_ += n;
+        appended_ += n;
+        return;
+      }
+    }
+    add_piece(n);
+  }
+  void add_piece(std::size_t n);
 
   std::unique_ptr<std::byte[]> data_;
   std::size_t capacity_ = 0;
