@@ -43,19 +43,27 @@ std::size_t class_bytes(std::size_t size_class) noexcept {
 }
 }  // namespace
 
+block_pool::header* block_pool::header_of(void* user) noexcept {
+  return reinterpret_cast<header*>(static_cast<std::byte*>(user) - header_bytes);
+}
+
+block_pool::free_block* block_pool::chain_of(std::uint64_t head_word) noexcept {
+  return reinterpret_cast<free_block*>(head_word & address_mask);
+}
+
 block_pool::~block_pool() {
   static_assert(sizeof(header) == header_bytes);
   for (std::size_t c = 0; c < class_count; ++c) {
     release_all(free_[c].head, c);
     const std::uint64_t word = remote_[c].head.exchange(0, std::memory_order_acquire);
-    release_all(reinterpret_cast<free_block*>(word & ((std::uint64_t{1} << count_shift) - 1)), c);
+    release_all(chain_of(word), c);
   }
 }
 
 void block_pool::release_all(free_block* b, std::size_t size_class) noexcept {
   while (b != nullptr) {
     free_block* next = b->next;
-    auto* h = reinterpret_cast<header*>(reinterpret_cast<std::byte*>(b) - header_bytes);
+    header* h = header_of(b);
     KEYWAY_UNPOISON(h, class_bytes(size_class));
     ::operator delete(static_cast<void*>(h));
     b = next;
@@ -65,17 +73,11 @@ void block_pool::release_all(free_block* b, std::size_t size_class) noexcept {
 void* block_pool::allocate(std::size_t bytes) {
   owner_.assert_owner();
   const std::size_t total = bytes + header_bytes;
-  if (total > max_block) {
-    auto* h = static_cast<header*>(::operator new(total));
-    h->pool = this;
-    h->size_class = unpooled;
-    ++system_allocations_;
-    return reinterpret_cast<std::byte*>(h) + header_bytes;
-  }
+  if (total > max_block) return from_system(total, unpooled);
   const std::size_t c = class_of(total);
   if (free_[c].head == nullptr) refill(c);
   free_list& l = free_[c];
-  if (l.head == nullptr) return take_from_system(c);
+  if (l.head == nullptr) return from_system(class_bytes(c), static_cast<std::uint32_t>(c));
   free_block* b = l.head;
   KEYWAY_UNPOISON(b, class_bytes(c) - header_bytes);
   l.head = b->next;
@@ -86,17 +88,17 @@ void* block_pool::allocate(std::size_t bytes) {
   return b;
 }
 
-void* block_pool::take_from_system(std::size_t size_class) {
-  auto* h = static_cast<header*>(::operator new(class_bytes(size_class)));
+void* block_pool::from_system(std::size_t total, std::uint32_t size_class) {
+  auto* h = static_cast<header*>(::operator new(total));
   h->pool = this;
-  h->size_class = static_cast<std::uint32_t>(size_class);
+  h->size_class = size_class;
   ++system_allocations_;
   return reinterpret_cast<std::byte*>(h) + header_bytes;
 }
 
 void block_pool::deallocate(void* p) noexcept {
   if (p == nullptr) return;
-  auto* h = reinterpret_cast<header*>(static_cast<std::byte*>(p) - header_bytes);
+  header* h = header_of(p);
   if (h->size_class == unpooled) {
     ::operator delete(static_cast<void*>(h));
     return;
@@ -112,7 +114,7 @@ void block_pool::deallocate(void* p) noexcept {
 void block_pool::push_local(free_block* b, std::size_t size_class) noexcept {
   free_list& l = free_[size_class];
   if (l.count >= cache_limit(size_class)) {
-    ::operator delete(static_cast<void*>(reinterpret_cast<std::byte*>(b) - header_bytes));
+    ::operator delete(static_cast<void*>(header_of(b)));
     return;
   }
   b->next = l.head;
@@ -127,14 +129,13 @@ void block_pool::push_remote(free_block* b, std::size_t size_class) noexcept {
   // Poisoned before it is published: afterwards the owner may already reuse it.
   KEYWAY_POISON(reinterpret_cast<std::byte*>(b) + sizeof(free_block),
                 class_bytes(size_class) - header_bytes - sizeof(free_block));
-  constexpr std::uint64_t address_mask = (std::uint64_t{1} << count_shift) - 1;
   const auto address = reinterpret_cast<std::uintptr_t>(b);
   KEYWAY_ASSERT((address & ~address_mask) == 0);
   std::atomic<std::uint64_t>& top = remote_[size_class].head;
   std::uint64_t head = top.load(std::memory_order_relaxed);
   std::uint64_t next;
   do {
-    b->next = reinterpret_cast<free_block*>(head & address_mask);
+    b->next = chain_of(head);
     const std::uint64_t count = std::min(count_max, (head >> count_shift) + 1);
     next = (count << count_shift) | address;
     // Release: the owner's exchange (acquire) sees the link written above.
@@ -145,7 +146,7 @@ void block_pool::refill(std::size_t size_class) noexcept {
   std::atomic<std::uint64_t>& top = remote_[size_class].head;
   if (top.load(std::memory_order_relaxed) == 0) return;
   const std::uint64_t word = top.exchange(0, std::memory_order_acquire);
-  auto* chain = reinterpret_cast<free_block*>(word & ((std::uint64_t{1} << count_shift) - 1));
+  free_block* chain = chain_of(word);
   std::size_t count = static_cast<std::size_t>(word >> count_shift);
   if (count == count_max) {  // saturated: count by walking (only after a burst)
     count = 0;

@@ -76,12 +76,16 @@ class block_pool {
   // A remote stack's head: the top block's address in the low 48 bits, the
   // number of blocks (saturating at count_max) in the high 16.
   static constexpr unsigned count_shift = 48;
+  static constexpr std::uint64_t address_mask = (std::uint64_t{1} << count_shift) - 1;
   static constexpr std::uint64_t count_max = 0xffff;
   struct alignas(cache_line) remote_stack {
     std::atomic<std::uint64_t> head{0};
   };
 
-  void* take_from_system(std::size_t size_class);
+  static header* header_of(void* user) noexcept;
+  static free_block* chain_of(std::uint64_t head_word) noexcept;
+  /// A fresh block of `total` bytes, header included, from operator new.
+  void* from_system(std::size_t total, std::uint32_t size_class);
   void push_local(free_block* b, std::size_t size_class) noexcept;
   void push_remote(free_block* b, std::size_t size_class) noexcept;
   /// Moves the remote stack of `size_class` onto its (empty) free list.
