@@ -8,7 +8,6 @@
 #include <pthread.h>
 #include <sched.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -28,18 +27,12 @@ namespace {
 
 constexpr std::size_t block_bytes = 128;
 
-struct allocator {
-  void* (*allocate)(void* ctx);
-  void (*deallocate)(void* p);
-  void* ctx;
-};
-
 void pin(const std::vector<int>& cpus, std::size_t k) {
   if (cpus.size() > 1) core::pin_current_thread(cpus[k % cpus.size()]);
 }
 
-double timed_round(const allocator& a, std::uint64_t count, const std::vector<int>& cpus,
-                   core::block_pool* pool) {
+/// One round: blocks from `pool`, or from operator new when it is null.
+double timed_round(core::block_pool* pool, std::uint64_t count, const std::vector<int>& cpus) {
   core::spsc_ring<void*> ring(1024);
   std::atomic<bool> go{false};
   std::chrono::steady_clock::time_point end;
@@ -52,7 +45,10 @@ double timed_round(const allocator& a, std::uint64_t count, const std::vector<in
       void* p;
       if (!ring.try_pop(p)) continue;
       sum += *static_cast<unsigned char*>(p);
-      a.deallocate(p);
+      if (pool != nullptr)
+        core::block_pool::deallocate(p);
+      else
+        ::operator delete(p);
       ++seen;
     }
     end = std::chrono::steady_clock::now();
@@ -64,7 +60,7 @@ double timed_round(const allocator& a, std::uint64_t count, const std::vector<in
     while (!go.load(std::memory_order_acquire)) {
     }
     for (std::uint64_t i = 0; i < count; ++i) {
-      void* p = a.allocate(a.ctx);
+      void* p = pool != nullptr ? pool->allocate(block_bytes) : ::operator new(block_bytes);
       std::memset(p, 7, block_bytes);
       while (!ring.try_push(p)) {
       }
@@ -81,35 +77,16 @@ double timed_round(const allocator& a, std::uint64_t count, const std::vector<in
 
 void run_pool_benches(const options& opt, report& out) {
   const std::string name = "block_pool 128B, allocated on one thread, freed on another";
-  if (const char* only = std::getenv("KWQB_ONLY"); only && name.find(only) == std::string::npos) return;
+  if (!selected(name)) return;
   const std::uint64_t count = opt.messages ? opt.messages : (opt.quick ? 1'000'000 : 5'000'000);
   const std::vector<int> cpus = core::allowed_cpus();
-  std::vector<double> mine, base;
-  for (int r = 0; r < 5; ++r) {  // alternate, so drift hits both
-    core::block_pool pool;       // fresh each round, like the baseline's warm-up
-    const allocator pooled{[](void* ctx) { return static_cast<core::block_pool*>(ctx)->allocate(block_bytes); },
-                           core::block_pool::deallocate, &pool};
-    const allocator system{[](void*) { return ::operator new(block_bytes); },
-                           [](void* p) { ::operator delete(p); }, nullptr};
-    if (r % 2 == 0) {
-      mine.push_back(timed_round(pooled, count, cpus, &pool));
-      base.push_back(timed_round(system, count, cpus, nullptr));
-    } else {
-      base.push_back(timed_round(system, count, cpus, nullptr));
-      mine.push_back(timed_round(pooled, count, cpus, &pool));
-    }
-  }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
-  row r;
-  r.case_name = name;
-  r.ns_per_msg = median(mine);
-  r.baseline_case = "operator new/delete (glibc malloc), same pattern";
-  r.baseline_ns_per_msg = median(base);
-  r.extra["best"] = *std::min_element(mine.begin(), mine.end());
-  r.extra["baseline_best"] = *std::min_element(base.begin(), base.end());
+  row r = compare_alternating(
+      name,
+      [&] {
+        core::block_pool pool;  // fresh each round: its first blocks come from the system too
+        return timed_round(&pool, count, cpus);
+      },
+      "operator new/delete (glibc malloc), same pattern", [&] { return timed_round(nullptr, count, cpus); }, 5);
   r.extra["messages"] = static_cast<double>(count);
   out.add(std::move(r));
 }

@@ -245,33 +245,14 @@ double timed_round(const subject& s, shape sh, std::uint64_t per_producer,
   return std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(total);
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 void compare(report& out, const std::string& name, const subject& mine,
              const std::string& base_name, const subject& base, shape sh,
              std::uint64_t messages, const std::vector<int>& cpus) {
-  if (const char* only = std::getenv("KWQB_ONLY"); only && name.find(only) == std::string::npos) return;
+  if (!selected(name)) return;
   const std::uint64_t per_producer = messages / static_cast<std::uint64_t>(sh.producers);
-  std::vector<double> a, b;
-  for (int r = 0; r < repetitions; ++r) {  // alternate, so drift hits both
-    if (r % 2 == 0) {
-      a.push_back(timed_round(mine, sh, per_producer, cpus));
-      b.push_back(timed_round(base, sh, per_producer, cpus));
-    } else {
-      b.push_back(timed_round(base, sh, per_producer, cpus));
-      a.push_back(timed_round(mine, sh, per_producer, cpus));
-    }
-  }
-  row r;
-  r.case_name = name;
-  r.ns_per_msg = median(a);
-  r.baseline_case = base_name;
-  r.baseline_ns_per_msg = median(b);
-  r.extra["best"] = *std::min_element(a.begin(), a.end());
-  r.extra["baseline_best"] = *std::min_element(b.begin(), b.end());
+  row r = compare_alternating(
+      name, [&] { return timed_round(mine, sh, per_producer, cpus); }, base_name,
+      [&] { return timed_round(base, sh, per_producer, cpus); }, repetitions);
   r.extra["messages"] = static_cast<double>(per_producer * static_cast<std::uint64_t>(sh.producers));
   out.add(std::move(r));
 }

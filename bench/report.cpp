@@ -1,10 +1,17 @@
 #include "bench/report.hpp"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
 namespace keyway::bench {
 namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
 
 std::string json_string(const std::string& s) {
   std::string out = "\"";
@@ -52,6 +59,34 @@ bool report::write_json(const std::string& path) const {
   }
   f << "]\n";
   return static_cast<bool>(f);
+}
+
+bool selected(const std::string& name) {
+  const char* only = std::getenv("KWQB_ONLY");
+  return only == nullptr || name.find(only) != std::string::npos;
+}
+
+row compare_alternating(const std::string& name, const std::function<double()>& mine,
+                        const std::string& baseline_name, const std::function<double()>& baseline,
+                        int rounds) {
+  std::vector<double> a, b;
+  for (int r = 0; r < rounds; ++r) {
+    if (r % 2 == 0) {
+      a.push_back(mine());
+      b.push_back(baseline());
+    } else {
+      b.push_back(baseline());
+      a.push_back(mine());
+    }
+  }
+  row out;
+  out.case_name = name;
+  out.ns_per_msg = median(a);
+  out.baseline_case = baseline_name;
+  out.baseline_ns_per_msg = median(b);
+  out.extra["best"] = *std::min_element(a.begin(), a.end());
+  out.extra["baseline_best"] = *std::min_element(b.begin(), b.end());
+  return out;
 }
 
 }  // namespace keyway::bench

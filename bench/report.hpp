@@ -2,6 +2,7 @@
 // printed as a table and written as JSON. Single-threaded; not on any hot path.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -32,6 +33,16 @@ class report {
  private:
   std::vector<row> rows_;
 };
+
+/// False when KWQB_ONLY is set and `name` does not contain it (run one case).
+bool selected(const std::string& name);
+
+/// Runs mine() and baseline() `rounds` times each, alternating so that drift
+/// hits both, and returns the row: medians, plus the best of each as extras.
+/// Each call returns ns per message.
+row compare_alternating(const std::string& name, const std::function<double()>& mine,
+                        const std::string& baseline_name, const std::function<double()>& baseline,
+                        int rounds);
 
 // Each group of cases lives in its own file and appends its rows.
 void run_queue_benches(const options& opt, report& out);        // bench/queue_bench.cpp
