@@ -6,11 +6,12 @@
 // Threads: owned by one worker; every method runs on that worker's thread.
 // Cost: match() first looks the subject up in a cache of the trie nodes it
 // matched last time (as nats-server's sublist does; subject_cache): one XXH3
-// of the subject instead of one hash per token and a map lookup per level. A miss walks one trie
-// path per wildcard branch and caches the result (allocating once per new
-// subject; the cache is emptied when it holds cache_capacity subjects, and on
-// every add/remove, which may free nodes). Queue-group members are picked per
-// message from the cached nodes, so the key still decides.
+// of the subject instead of one hash per token and a map lookup per level.
+// A miss walks one trie path per wildcard branch and caches the result
+// (copying the subject into the cache's arena; the cache is emptied when it
+// holds cache_capacity subjects, and on every add/remove, which may free
+// nodes). Queue-group members are picked per message from the cached nodes, so
+// the key still decides.
 // add/remove are control-plane operations (allocate, may rebuild a group's
 // partitioner table).
 #pragma once
