@@ -16,7 +16,7 @@ constexpr auto setup_timeout = 10s;
 constexpr auto final_sync_timeout = 10s;
 constexpr auto stall_timeout = 2s;         // window full and no subscriber progress
 constexpr auto hard_extra = 15s;           // beyond `duration`, for every loop
-constexpr std::size_t batch = 32;          // publishes encoded per write
+constexpr std::size_t batch = 32;          // publishes stamped with one send time
 constexpr std::size_t out_high = 1 << 20;  // queued bytes before a publisher waits for the socket
 
 double seconds(nanoseconds d) {
@@ -226,7 +226,7 @@ void publisher_body(conn& c, const pubsub_options& opt, pubsub_state& st, int id
     }
     // Counted before the bytes leave, so a subscriber never sees more than was sent.
     st.sent[id].v.store(seq, std::memory_order_relaxed);
-    c.write_some();
+    if (rate > 0 || c.out_size() >= opt.write_bytes) c.write_some();
     while (c.out_size() > out_high && !c.failed() && clock::now() < hard_end) {
       c.read_some();
       c.wait(1ms);

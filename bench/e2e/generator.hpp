@@ -6,7 +6,10 @@
 // Each connection has its own thread with a blocking-style poll() loop. Every
 // payload starts with the send time (steady_clock ns) and the publisher's
 // sequence number; subscribers record now - send time into a per-thread
-// histogram. Flat out, publishers keep the subscriber furthest behind (a
+// histogram. Flat out, a publisher writes when it has queued `write_bytes`
+// (32 KiB, the write buffer nats.go flushes at by default; Keyway's client
+// library writes all it has queued), or when it must wait; at a fixed rate it
+// writes every batch at once. Flat out, publishers keep the subscriber furthest behind (a
 // queue group counts as one) at most `window` messages behind the publishes
 // (counted in this process; 8192 messages, or 4 MiB of payload when that is
 // fewer), so a subscriber that falls behind slows the
@@ -50,6 +53,7 @@ struct pubsub_options {
   int keys = 64;              // distinct keys, round robin (Keyway only)
   double rate = 0;            // total msgs/s over all publishers; 0 = flat out
   std::uint64_t count = 0;    // per publisher; 0 = bounded by duration only
+  std::size_t write_bytes = 32 << 10;  // flat out: queued bytes before a write (1: every batch)
   nanoseconds duration = std::chrono::seconds(3);
   std::uint64_t window =
       0;  // flat out: in-flight messages per subscriber; 0 = window_bytes / payload,

@@ -6,7 +6,7 @@
 //       every scenario against servers it starts itself (what `bench/run e2e` runs)
 //   keyway-bench pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M]
 //       [--group] [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S]
-//       [--window N] one pub/sub scenario against a running server
+//       [--window N] [--write-bytes B] one pub/sub scenario against a running server
 //   keyway-bench reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | --closed-loop]
 //       [--size BYTES] [--duration S]
 //       one request/reply scenario against a running server
@@ -31,6 +31,7 @@ int usage(const char* argv0) {
       "[--group]\n"
       "                 [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S] "
       "[--window N]\n"
+      "                 [--write-bytes B]\n"
       "       %s reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | "
       "--closed-loop]\n"
       "                 [--size BYTES] [--duration S]\n",
@@ -132,6 +133,8 @@ int main(int argc, char** argv) {
         ps.count = std::stoull(value(a));
       else if (a == "--duration")
         ps.duration = rr.duration = seconds(value(a));
+      else if (a == "--write-bytes")
+        ps.write_bytes = std::stoull(value(a));
       else if (a == "--window")
         ps.window = std::stoull(value(a));
       else if (a == "--closed-loop")
