@@ -234,7 +234,14 @@ void router::mark_dirty(connection* c) { dirty_.push_back(c); }
 void router::mark_paused(connection* c) { paused_.push_back(c); }
 
 void router::resume_paused() {
-  std::erase_if(paused_, [](connection* c) { return c->resume(); });
+  // resume() reads on, and that may pause a connection again (mark_paused) or
+  // close one (forget): both change paused_, so walk it moved out of the way.
+  // A connection closed meanwhile stays alive in graveyard_ until flush(),
+  // and its resume() returns true.
+  resuming_.swap(paused_);
+  for (connection* c : resuming_)
+    if (!c->resume() && std::find(paused_.begin(), paused_.end(), c) == paused_.end()) paused_.push_back(c);
+  resuming_.clear();
 }
 
 void router::forget(connection& c) {

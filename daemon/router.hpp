@@ -154,6 +154,7 @@ class router final : public core::worker_handler {
   std::unordered_map<std::uint64_t, std::shared_ptr<connection>> conns_;
   std::vector<connection*> dirty_;
   std::vector<connection*> paused_;
+  std::vector<connection*> resuming_;  // resume_paused()'s working copy of paused_
   /// Connections closed this turn; kept alive until the turn's flush is done,
   /// since dirty_ may still point at them.
   std::vector<std::shared_ptr<connection>> graveyard_;
