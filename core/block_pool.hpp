@@ -95,9 +95,15 @@ class block_pool {
     return cache_bytes_ / (min_block << size_class);
   }
 
+  // Read by every thread that frees a block here, and written only before
+  // the pool is used.
   owner_check owner_;
   const std::size_t cache_bytes_;
-  std::array<free_list, class_count> free_{};
+  // Written by the owner on every allocation: on cache lines of their own, or
+  // each free by another thread (which reads owner_) would pull the line
+  // away from the owner, and perf showed allocate() and deallocate() stalled
+  // on it.
+  alignas(cache_line) std::array<free_list, class_count> free_{};
   std::uint64_t system_allocations_ = 0;
   // Written by other threads: each on its own cache line.
   std::array<remote_stack, class_count> remote_{};
