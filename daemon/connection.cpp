@@ -217,8 +217,8 @@ bool connection::resume() {
   if (!router_.route(*blocked_)) return false;
   blocked_.reset();
   last_active_ = std::chrono::steady_clock::now();
-  process();
-  return !blocked_;
+  process();  // may pause again, through on_publish's mark_paused
+  return true;
 }
 
 void connection::on_subscribe(wire::Subscribe::Reader s) {

@@ -59,7 +59,10 @@ class connection : public std::enable_shared_from_this<connection> {
                   std::string_view reply_to = {});
   /// Router: one worker applied a subscription change this connection asked for.
   void sub_applied(std::uint64_t request_id);
-  /// Router: credit came back. Returns true if the connection is no longer paused.
+  /// Router: credit came back. Returns false if the held publish still has
+  /// no credit: the caller keeps the connection on its paused list. A publish
+  /// further on that pauses it again puts it back there itself (mark_paused),
+  /// and resume() returns true.
   bool resume();
   /// Router, end of turn: start a socket write of everything queued.
   void flush();

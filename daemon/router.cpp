@@ -240,7 +240,7 @@ void router::resume_paused() {
   // and its resume() returns true.
   resuming_.swap(paused_);
   for (connection* c : resuming_)
-    if (!c->resume() && std::find(paused_.begin(), paused_.end(), c) == paused_.end()) paused_.push_back(c);
+    if (!c->resume()) paused_.push_back(c);
   resuming_.clear();
 }
 
