@@ -64,7 +64,8 @@ void connection::read_more() {
   if (reading_ || state_ == state::closing || state_ == state::closed || blocked_) return;
   if (router_.draining()) return;
   reading_ = true;
-  auto buf = decoder_.prepare(4096);
+  auto buf = decoder_.prepare(read_size_);
+  offered_ = buf.size();
   socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
                           [self = shared_from_this()](std::error_code ec, std::size_t n) {
                             self->on_read(ec, n);
@@ -81,6 +82,7 @@ void connection::on_read(std::error_code ec, std::size_t n) {
   }
   if (router_.draining()) return;  // read after the drain began: not accepted
   decoder_.commit(n);
+  if (n == offered_ && read_size_ < max_read) read_size_ *= 2;
   router_.stats().bytes_in.add(n);
   last_read_ = std::chrono::steady_clock::now();
   last_active_ = last_read_;
