@@ -70,11 +70,25 @@ status check_common(std::string_view s, const limits& lim, std::string_view fiel
 
 }  // namespace
 
-bool is_literal_subject(std::string_view subject) noexcept {
-  return subject.find_first_of("*>") == std::string_view::npos;
+bool is_valid_publish_subject(std::string_view s, const limits& lim) noexcept {
+  if (s.empty() || s.size() > lim.max_subject) return false;
+  bool token_start = true;  // no byte of the current token seen yet
+  for (const char ch : s) {
+    switch (byte_classes[static_cast<unsigned char>(ch)]) {
+      case plain: token_start = false; continue;
+      case dot:
+        if (token_start) return false;
+        token_start = true;
+        continue;
+      case forbidden:
+      case wild: return false;
+    }
+  }
+  return !token_start;
 }
 
 status validate_publish_subject(std::string_view subject, const limits& lim, std::string_view field) {
+  if (is_valid_publish_subject(subject, lim)) return {};
   std::size_t pos;
   if (auto st = check_common(subject, lim, field, pos); !st.ok()) return st;
   if (pos != std::string_view::npos) {
@@ -83,6 +97,10 @@ status validate_publish_subject(std::string_view subject, const limits& lim, std
                 at_byte(pos) + "; publish subjects must be literal (wildcards are for subscriptions)"};
   }
   return {};
+}
+
+bool is_literal_subject(std::string_view subject) noexcept {
+  return subject.find_first_of("*>") == std::string_view::npos;
 }
 
 status validate_pattern(std::string_view pattern, const limits& lim, std::string_view field) {

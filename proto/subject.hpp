@@ -19,6 +19,11 @@ namespace keyway::proto {
 status validate_publish_subject(std::string_view subject, const limits& lim,
                                 std::string_view field = "subject");
 
+/// validate_publish_subject(subject, lim).ok(), without building a status:
+/// one pass over a byte-class table. The hot path asks this first and builds
+/// the status that names the problem only when it says no.
+bool is_valid_publish_subject(std::string_view subject, const limits& lim) noexcept;
+
 /// A subscription pattern: `*` and a final `>` allowed as whole tokens.
 status validate_pattern(std::string_view pattern, const limits& lim,
                         std::string_view field = "pattern");

@@ -102,3 +102,54 @@ TEST_CASE("queue groups") {
   lim.max_subject = 3;
   CHECK(has(validate_queue_group("abcd", lim), "limits.max_subject (3 bytes)"));
 }
+
+namespace {
+// The subject rules written plainly, as the reference for the fast check:
+// non-empty, at most max_subject bytes, dot-separated non-empty tokens, no
+// byte <= 0x20, no 0x7f, no '*' or '>'.
+bool reference_valid_subject(std::string_view s, std::size_t max_subject) {
+  if (s.empty() || s.size() > max_subject) return false;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t end = std::min(s.find('.', start), s.size());
+    if (end == start) return false;  // empty token
+    for (std::size_t i = start; i < end; ++i) {
+      const auto c = static_cast<unsigned char>(s[i]);
+      if (c <= 0x20 || c == 0x7f || c == '*' || c == '>') return false;
+    }
+    if (end == s.size()) return true;
+    start = end + 1;
+  }
+}
+}  // namespace
+
+TEST_CASE("is_valid_publish_subject agrees with the rules and with validate_publish_subject on every short string") {
+  // Every string of up to 5 bytes over an alphabet with one byte of each
+  // class (plain ASCII, UTF-8 lead byte, dot, both wildcards, space, control,
+  // DEL), with a limit of 4 bytes so that the length rule is hit too.
+  const std::string alphabet = {'a', '\xc3', '.', '*', '>', ' ', '\x01', '\x7f'};
+  limits lim;
+  lim.max_subject = 4;
+  std::size_t checked = 0, valid = 0;
+  std::string s;
+  for (std::size_t len = 0; len <= 5; ++len) {
+    std::size_t combos = 1;
+    for (std::size_t i = 0; i < len; ++i) combos *= alphabet.size();
+    for (std::size_t n = 0; n < combos; ++n) {
+      s.clear();
+      for (std::size_t i = 0, k = n; i < len; ++i, k /= alphabet.size()) s += alphabet[k % alphabet.size()];
+      CAPTURE(quote(s));
+      const bool expected = reference_valid_subject(s, lim.max_subject);
+      REQUIRE(is_valid_publish_subject(s, lim) == expected);
+      const auto st = validate_publish_subject(s, lim);
+      REQUIRE(st.ok() == expected);
+      if (!expected) REQUIRE(st.code() == errc::invalid_subject);
+      ++checked;
+      valid += expected ? 1 : 0;
+    }
+  }
+  CHECK(checked == 1 + 8 + 64 + 512 + 4096 + 32768);
+  // The valid ones: tokens of the two plain bytes joined by single dots, 1-4
+  // bytes: 2 + 4 + (8 + 4) + (16 + 8 + 8).
+  CHECK(valid == 50);
+}
