@@ -226,30 +226,27 @@ bool read_flat_fields(std::span<const std::byte> segment, wire::Frame::Which tag
   static_assert(wire::Frame::_capnpPrivate::dataWordSize == 1 && wire::Frame::_capnpPrivate::pointerCount == 1);
   static_assert(wire::Publish::_capnpPrivate::pointerCount == 5 && wire::Message::_capnpPrivate::pointerCount == 5);
   const flat::segment seg(segment.data(), segment.size() / 8);
-  if (seg.size() == 0) return false;
-  const auto root = seg.read_struct(0);
-  if (!root) return false;
+  flat::segment::structure root, p;
+  if (seg.size() == 0 || !seg.read_struct(0, root)) return false;
   // The union tag: bits [0, 16) of the Frame's data section.
-  if ((seg.data_word(*root, 0) & 0xffff) != tag) return false;
-  std::optional<flat::segment::structure> p = flat::segment::structure{};
-  if (const auto at = flat::segment::pointer(*root, 0)) p = seg.read_struct(*at);
-  if (!p) return false;
+  if ((seg.data_word(root, 0) & 0xffff) != tag) return false;
+  if (root.pointers > 0 && !seg.read_struct(root.data + root.data_words, p)) return false;
   // Headers are rare: a frame with any goes through capnp's reader.
-  if (const auto at = flat::segment::pointer(*p, 3); at && seg.word(*at) != 0) return false;
-  const auto subject = seg.read_text(flat::segment::pointer(*p, 0));
-  const auto key = seg.read_data(flat::segment::pointer(*p, 1));
-  const auto payload = seg.read_data(flat::segment::pointer(*p, 2));
-  const auto reply_to = seg.read_text(flat::segment::pointer(*p, 4));
-  if (!subject || !key || !payload || !reply_to) return false;
-  view.subject = *subject;
-  view.key = *key;
-  view.payload = *payload;
-  view.reply_to = *reply_to;
+  if (seg.pointer_word(p, 3) != 0) return false;
+  std::string_view subject, reply_to;
+  std::span<const std::byte> key, payload;
+  if (!seg.read_text(p, 0, subject) || !seg.read_data(p, 1, key) || !seg.read_data(p, 2, payload) ||
+      !seg.read_text(p, 4, reply_to))
+    return false;
+  view.subject = subject;
+  view.key = key;
+  view.payload = payload;
+  view.reply_to = reply_to;
   view.header_count = 0;
   view.headers = {};
   view.ack_id = 0;
-  data[0] = seg.data_word(*p, 0);
-  data[1] = seg.data_word(*p, 1);
+  data[0] = seg.data_word(p, 0);
+  data[1] = seg.data_word(p, 1);
   return true;
 }
 

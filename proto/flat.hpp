@@ -18,7 +18,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <optional>
 #include <span>
 #include <string_view>
 
@@ -52,55 +51,70 @@ class segment {
   }
 
   /// A struct: where its data and pointer sections start, and their sizes.
+  /// The empty struct (a null pointer) has no data and no pointers.
   struct structure {
     std::size_t data = 0;  // word index; data words, then pointer words
     std::uint16_t data_words = 0;
     std::uint16_t pointers = 0;
   };
 
-  /// The struct the pointer at word `at` points to; an empty struct for a
-  /// null pointer; nullopt when it is not an in-bounds struct pointer.
-  std::optional<structure> read_struct(std::size_t at) const noexcept {
+  /// The struct the pointer at word `at` (< size()) points to, into `out`;
+  /// the empty struct for a null pointer. False when it is not an in-bounds
+  /// struct pointer.
+  bool read_struct(std::size_t at, structure& out) const noexcept {
     const std::uint64_t w = word(at);
-    if (w == 0) return structure{};
-    if ((w & 3) != 0) return std::nullopt;
+    if (w == 0) {
+      out = {};
+      return true;
+    }
+    if ((w & 3) != 0) return false;
     const auto target = static_cast<std::int64_t>(at) + 1 + offset_of(w);
     const auto data_words = static_cast<std::uint16_t>(w >> 32);
     const auto pointers = static_cast<std::uint16_t>(w >> 48);
-    if (target < 0 || static_cast<std::uint64_t>(target) + data_words + pointers > n_) return std::nullopt;
-    return structure{static_cast<std::size_t>(target), data_words, pointers};
+    if (target < 0 || static_cast<std::uint64_t>(target) + data_words + pointers > n_) return false;
+    out = {static_cast<std::size_t>(target), data_words, pointers};
+    return true;
   }
 
-  /// Pointer `i` of struct `s`, as a word index; nullopt past its pointer section
-  /// (a field the sender's schema did not have: it reads as null).
-  static std::optional<std::size_t> pointer(const structure& s, std::size_t i) noexcept {
-    if (i >= s.pointers) return std::nullopt;
-    return s.data + s.data_words + i;
+  /// Pointer `i` of struct `s`, as a word; 0 (null) past its pointer section
+  /// (a field the sender's schema did not have).
+  std::uint64_t pointer_word(const structure& s, std::size_t i) const noexcept {
+    return i < s.pointers ? word(s.data + s.data_words + i) : 0;
   }
   /// Data word `i` of struct `s`; 0 past its data section.
   std::uint64_t data_word(const structure& s, std::size_t i) const noexcept {
     return i < s.data_words ? word(s.data + i) : 0;
   }
 
-  /// The bytes of a byte list (Data) at pointer word `at`, empty when null;
-  /// nullopt when it is anything but an in-bounds list of bytes.
-  std::optional<std::span<const std::byte>> read_data(std::optional<std::size_t> at) const noexcept {
-    if (!at) return std::span<const std::byte>{};
-    const std::uint64_t w = word(*at);
-    if (w == 0) return std::span<const std::byte>{};
-    if ((w & 3) != 1 || ((w >> 32) & 7) != 2) return std::nullopt;
-    const auto target = static_cast<std::int64_t>(*at) + 1 + offset_of(w);
+  /// Pointer `i` of struct `s` as a byte list (Data) into `out`, empty when
+  /// null; false when it is anything but an in-bounds list of bytes.
+  bool read_data(const structure& s, std::size_t i, std::span<const std::byte>& out) const noexcept {
+    const std::uint64_t w = pointer_word(s, i);
+    if (w == 0) {
+      out = {};
+      return true;
+    }
+    // A list pointer (A = 1) of one-byte elements (element size 2).
+    if ((w & 0x700000003) != 0x200000001) return false;
+    const auto target = static_cast<std::int64_t>(s.data + s.data_words + i) + 1 + offset_of(w);
     const std::uint64_t count = w >> 35;
-    if (target < 0 || static_cast<std::uint64_t>(target) + words_for(count) > n_) return std::nullopt;
-    return std::span<const std::byte>(p_ + 8 * static_cast<std::size_t>(target), count);
+    if (target < 0 || static_cast<std::uint64_t>(target) + words_for(count) > n_) return false;
+    out = std::span<const std::byte>(p_ + 8 * static_cast<std::size_t>(target), count);
+    return true;
   }
-  /// Text: a byte list whose last byte is a NUL, without it.
-  /// A non-null Text of no bytes lacks its NUL too.
-  std::optional<std::string_view> read_text(std::optional<std::size_t> at) const noexcept {
-    if (!at || word(*at) == 0) return std::string_view{};
-    auto bytes = read_data(at);
-    if (!bytes || bytes->empty() || bytes->back() != std::byte{0}) return std::nullopt;
-    return std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size() - 1);
+  /// Pointer `i` as Text: a byte list whose last byte is a NUL, without it;
+  /// empty when null. A non-null Text of no bytes lacks its NUL too.
+  bool read_text(const structure& s, std::size_t i, std::string_view& out) const noexcept {
+    std::span<const std::byte> bytes;
+    if (!read_data(s, i, bytes)) return false;
+    if (bytes.empty()) {
+      if (pointer_word(s, i) != 0) return false;
+      out = {};
+      return true;
+    }
+    if (bytes.back() != std::byte{0}) return false;
+    out = std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size() - 1);
+    return true;
   }
 
  private:

@@ -72,19 +72,17 @@ status check_common(std::string_view s, const limits& lim, std::string_view fiel
 
 bool is_valid_publish_subject(std::string_view s, const limits& lim) noexcept {
   if (s.empty() || s.size() > lim.max_subject) return false;
-  bool token_start = true;  // no byte of the current token seen yet
-  for (const char ch : s) {
-    switch (byte_classes[static_cast<unsigned char>(ch)]) {
-      case plain: token_start = false; continue;
-      case dot:
-        if (token_start) return false;
-        token_start = true;
-        continue;
-      case forbidden:
-      case wild: return false;
-    }
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const auto* const end = p + s.size();
+  // Token by token: a run of plain bytes, then a dot or the end.
+  for (;;) {
+    const auto* const token = p;
+    while (p != end && byte_classes[*p] == plain) ++p;
+    if (p == token) return false;  // empty token (also: a leading, doubled or final dot)
+    if (p == end) return true;
+    if (byte_classes[*p] != dot) return false;  // forbidden byte or wildcard
+    ++p;
   }
-  return !token_start;
 }
 
 status validate_publish_subject(std::string_view subject, const limits& lim, std::string_view field) {
