@@ -48,7 +48,6 @@ TEST_CASE("pause/resume: 4 publishers on 8-slot mesh rings pause again and again
   o.admin.reset();
   o.workers = 2;
   o.ring_capacity = 8;
-  o.log_level = "warn";
   server s(o);
   s.start();
   const std::string url = s.addresses().front();
