@@ -4,6 +4,8 @@
 
 #include <asio/write.hpp>
 
+#include <algorithm>
+
 #include "daemon/auth.hpp"
 #include "daemon/router.hpp"
 #include "proto/validate.hpp"
@@ -64,8 +66,12 @@ void connection::read_more() {
   if (reading_ || state_ == state::closing || state_ == state::closed || blocked_) return;
   if (router_.draining()) return;
   reading_ = true;
+  // Memory back once reads are small again, after a burst or a large frame,
+  // so an idle connection holds a small buffer (nothing is lost: shrink keeps
+  // what is buffered, and only an empty buffer is shrunk here).
+  const std::size_t keep = std::max(read_size_, proto::decoder::default_initial_capacity);
+  if (decoder_.capacity() > 4 * keep && decoder_.buffered() == 0) (void)decoder_.shrink(keep);
   auto buf = decoder_.prepare(read_size_);
-  offered_ = buf.size();
   socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
                           [self = shared_from_this()](std::error_code ec, std::size_t n) {
                             self->on_read(ec, n);
@@ -82,7 +88,10 @@ void connection::on_read(std::error_code ec, std::size_t n) {
   }
   if (router_.draining()) return;  // read after the drain began: not accepted
   decoder_.commit(n);
-  if (n == offered_ && read_size_ < max_read) read_size_ *= 2;
+  if (n >= read_size_ && read_size_ < max_read)
+    read_size_ *= 2;
+  else if (n < read_size_ / 8 && read_size_ > min_read)
+    read_size_ /= 2;
   router_.stats().bytes_in.add(n);
   last_read_ = std::chrono::steady_clock::now();
   last_active_ = last_read_;

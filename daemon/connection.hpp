@@ -99,13 +99,14 @@ class connection : public std::enable_shared_from_this<connection> {
   bool writing_now_ = false;
   bool dirty_ = false;
   proto::decoder decoder_;
-  // Bytes asked of the next read: doubles while reads fill what they are
-  // offered, up to max_read, as nats-server's read buffer grows; a busy
-  // publisher then pays one read syscall per 64 KiB instead of per 4-16 KiB.
+  // Bytes asked of the next read: doubles after a read of at least that
+  // much, up to max_read, and halves after one of less than an eighth, as
+  // nats-server's read buffer grows and shrinks. A busy publisher pays one
+  // read syscall per 64 KiB instead of per 4-16 KiB; read_more() gives the
+  // buffer back once reads are small again.
   static constexpr std::size_t min_read = 4096;
   static constexpr std::size_t max_read = 64 * 1024;
   std::size_t read_size_ = min_read;
-  std::size_t offered_ = 0;  // bytes the pending read may fill
   // Two buffers: frames are appended to out_ while writing_ is on the wire.
   // Payloads appended by reference are kept alive by the matching refs.
   proto::out_buffer out_;
