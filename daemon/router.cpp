@@ -138,14 +138,15 @@ void router::on_publish(publish_op& op) {
   stats_.routed.add();
   matches_.clear();
   index_.match(msg.subject(), msg.routing_key(), matches_);
-  for (const sub_ref& r : matches_) per_worker_[r.worker].push_back({r.conn, r.sid});
+  std::uint32_t last = 0;  // the last worker with targets
+  for (const sub_ref& r : matches_) {
+    per_worker_[r.worker].push_back({r.conn, r.sid});
+    last = std::max(last, r.worker);
+  }
 
   const auto delivered = static_cast<std::uint32_t>(matches_.size());
   const bool wants_reply = op.ack_id != 0 || (delivered == 0 && !msg.reply_to().empty());
   const std::uint32_t self = w_.id();
-  std::uint32_t last = ctx_.workers;  // the last worker with targets
-  for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid)
-    if (!per_worker_[wid].empty()) last = wid;
   for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid) {
     auto& targets = per_worker_[wid];
     if (targets.empty()) continue;

@@ -57,7 +57,9 @@ status check_reply_to(std::string_view reply_to, const limits& lim, std::string_
 // compares is_valid_publish_subject with a reference). Anything else goes
 // through the checks below, which name the problem.
 bool plain_fields_ok(const publish_view& p, const limits& lim) noexcept {
-  return p.header_count == 0 && p.headers.empty() && p.key.size() <= lim.max_key &&
+  // header_count == 0 means no headers were read either (the readers fill
+  // `headers` only from a list of header_count entries).
+  return p.header_count == 0 && p.key.size() <= lim.max_key &&
          p.payload.size() <= lim.max_payload && is_valid_publish_subject(p.subject, lim) &&
          (p.reply_to.empty() || is_valid_publish_subject(p.reply_to, lim));
 }
