@@ -44,13 +44,6 @@ inline std::size_t socket_count(pid_t pid) {
   return n;
 }
 
-/// A connected client that has completed the handshake.
-inline raw_client open_client(const std::string& url, std::string_view name = "itest") {
-  raw_client c = raw_client::connect(url);
-  (void)c.hello(name);
-  return c;
-}
-
 /// `sub` subscribes to a fresh subject, `pub` publishes one acknowledged
 /// message to it: the ack must count one subscriber and `sub` must get it.
 inline void check_round_trip(raw_client& sub, raw_client& pub) {

@@ -254,4 +254,11 @@ class raw_client {
   std::uint64_t next_id_ = auto_id_base;
 };
 
+/// A connected client that has completed the handshake.
+inline raw_client open_client(const std::string& url, std::string_view name = "itest") {
+  raw_client c = raw_client::connect(url);
+  (void)c.hello(name);
+  return c;
+}
+
 }  // namespace keyway::itest

@@ -21,18 +21,13 @@ namespace {
 
 using namespace std::chrono_literals;
 using itest::message_frame;
+using itest::open_client;
 using itest::raw_client;
 
 constexpr int publishers = 4;
 constexpr int per_publisher = 4000;
 constexpr int keys = 64;
 constexpr std::size_t total = std::size_t{publishers} * per_publisher;
-
-raw_client connect(const std::string& url, const std::string& name) {
-  raw_client c = raw_client::connect(url);
-  (void)c.hello(name);
-  return c;
-}
 
 std::uint64_t paused_reads(const server& s) {
   std::uint64_t n = 0;
@@ -56,11 +51,11 @@ TEST_CASE("pause/resume: 4 publishers on 8-slot mesh rings pause again and again
   // turn, so both workers have publishers and subscribers.
   std::vector<raw_client> subs;
   for (int i = 0; i < 2; ++i) {
-    subs.push_back(connect(url, "sub-" + std::to_string(i)));
+    subs.push_back(open_client(url, "sub-" + std::to_string(i)));
     subs.back().subscribe(static_cast<std::uint32_t>(i + 1), "pr.>");
   }
   std::vector<raw_client> pubs;
-  for (int p = 0; p < publishers; ++p) pubs.push_back(connect(url, "pub-" + std::to_string(p)));
+  for (int p = 0; p < publishers; ++p) pubs.push_back(open_client(url, "pub-" + std::to_string(p)));
 
   std::mutex error_mutex;
   std::vector<std::string> errors;
