@@ -317,18 +317,16 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
     return;
   }
   slow_logged_ = false;
-  headers_.clear();
-  m.for_each_header([&](const header_view& h) { headers_.push_back(h); });
   proto::delivery_fields f;
   f.sid = sid;
   f.subject = m.subject();
   f.key = m.key();
   f.payload = m.payload();
-  f.headers = headers_;
   f.reply_to = m.reply_to();
   f.owner_core = core;
   f.seq = seq;
-  auto r = router_.encoder().message_ref(out_, f);
+  auto& enc = router_.encoder();
+  result<std::size_t> r = m.plain() ? enc.stamped_message(out_, f, m.frame_lists()) : encode_with_headers(m, f);
   if (!r) {
     spdlog::error("connection {}: cannot encode a delivery: {}", id_, r.error().message());
     router_.stats().drops[static_cast<std::size_t>(drop_reason::encode_failed)].add();
@@ -339,6 +337,13 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   router_.stats().delivered.add();
   router_.stats().latency.record(router_.turn_ns(m.received_ns()) - m.received_ns());
   queued();
+}
+
+result<std::size_t> connection::encode_with_headers(const shared_message& m, proto::delivery_fields& f) {
+  headers_.clear();
+  m.for_each_header([&](const header_view& h) { headers_.push_back(h); });
+  f.headers = headers_;
+  return router_.encoder().message_ref(out_, f);
 }
 
 void connection::send_no_responders(std::string_view subject, std::string_view reply_to, std::uint64_t ack_id) {

@@ -81,6 +81,9 @@ class connection : public std::enable_shared_from_this<connection> {
   void process();
   /// Returns false if this frame paused the connection.
   bool handle(const proto::frame& f);
+  /// A delivery of a message with headers, which are not kept in frame layout
+  /// (shared_message.hpp): `f` has every other field.
+  result<std::size_t> encode_with_headers(const shared_message& m, proto::delivery_fields& f);
   void on_hello(proto::wire::Hello::Reader h);
   bool on_publish(const proto::publish_view& p);
   void on_subscribe(proto::wire::Subscribe::Reader s);

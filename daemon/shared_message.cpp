@@ -13,6 +13,7 @@ constexpr std::uint32_t align8(std::size_t n) { return static_cast<std::uint32_t
 shared_message* shared_message::make(core::block_pool& pool, std::string_view subject, std::span<const std::byte> key,
                                      std::span<const std::byte> payload, std::string_view reply_to,
                                      std::span<const header_view> headers) {
+  if (headers.empty()) return make_plain(pool, subject, key, payload, reply_to);
   std::size_t header_bytes = 0;
   for (const header_view& h : headers) header_bytes += 8 + h.name.size() + h.value.size();
   // Layout: [object][payload, 8-aligned][subject][key][reply_to][headers]
@@ -53,6 +54,30 @@ shared_message* shared_message::make(core::block_pool& pool, std::string_view su
   m->reply_off_ = reply_off;
   m->reply_len_ = static_cast<std::uint32_t>(reply_to.size());
   m->headers_off_ = headers_off;
+  return m;
+}
+
+shared_message* shared_message::make_plain(core::block_pool& pool, std::string_view subject,
+                                           std::span<const std::byte> key, std::span<const std::byte> payload,
+                                           std::string_view reply_to) {
+  // Layout: [object][the delivery frame's byte lists, 8-aligned]: subject,
+  // key, reply-to, payload, each padded, so frame_lists() runs from the
+  // subject to the payload's padding.
+  const proto::delivery_fields f{.subject = subject, .key = key, .payload = payload, .reply_to = reply_to};
+  const std::uint32_t lists_off = align8(sizeof(shared_message));
+  const std::size_t lists_len = proto::encoder::plain_message_lists_size(f);
+  void* raw = pool.allocate(lists_off + lists_len);
+  auto* m = new (raw) shared_message();
+  const auto at = proto::encoder::write_plain_message_lists(static_cast<std::byte*>(raw) + lists_off, f);
+  const auto off = [&](std::size_t o) { return static_cast<std::uint32_t>(lists_off + o); };
+  m->payload_off_ = off(at.payload);
+  m->payload_len_ = static_cast<std::uint32_t>(payload.size());
+  m->subject_off_ = off(at.subject);
+  m->subject_len_ = static_cast<std::uint32_t>(subject.size());
+  m->key_off_ = off(at.key);
+  m->key_len_ = static_cast<std::uint32_t>(key.size());
+  m->reply_off_ = off(at.reply_to);
+  m->reply_len_ = static_cast<std::uint32_t>(reply_to.size());
   return m;
 }
 

@@ -1,6 +1,10 @@
 // shared_message: one published message, immutable once built, shared by every
 // worker that delivers it. One allocation holds the subject, key, payload,
-// reply-to and headers; the payload starts on an 8-byte boundary.
+// reply-to and headers; the payload starts on an 8-byte boundary. A message
+// without headers keeps its fields as its delivery frame lays them out
+// (proto::encoder::write_plain_message_lists): a delivery writes the frame's
+// 11 head words and copies the lists in one piece (stamped_message) instead of
+// encoding every field again for every subscriber.
 //
 // Threads: built on the ingress worker, from that worker's block_pool, then
 // only read, from any worker. The reference count is the only thing written
@@ -36,6 +40,12 @@ class shared_message {
   std::span<const std::byte> payload() const noexcept { return {bytes(payload_off_), payload_len_}; }
   std::string_view reply_to() const noexcept { return {chars(reply_off_), reply_len_}; }
   std::uint32_t header_count() const noexcept { return header_count_; }
+  /// A message without headers keeps its fields in the delivery frame's
+  /// layout: these bytes, from the subject to the payload's padding.
+  bool plain() const noexcept { return header_count_ == 0; }
+  std::span<const std::byte> frame_lists() const noexcept {
+    return {bytes(subject_off_), payload_off_ + ((payload_len_ + 7) & ~std::uint32_t{7}) - subject_off_};
+  }
   /// Calls fn(header_view) for each header, in order.
   template <class Fn>
   void for_each_header(Fn&& fn) const;
@@ -56,6 +66,8 @@ class shared_message {
 
  private:
   shared_message() = default;
+  static shared_message* make_plain(core::block_pool& pool, std::string_view subject, std::span<const std::byte> key,
+                                    std::span<const std::byte> payload, std::string_view reply_to);
   void destroy() noexcept;
   const char* chars(std::uint32_t off) const noexcept { return reinterpret_cast<const char*>(this) + off; }
   const std::byte* bytes(std::uint32_t off) const noexcept {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cassert>
 #include <cstring>
 #include <new>
 
@@ -172,6 +173,10 @@ constexpr std::uint16_t frame_data_words = wire::Frame::_capnpPrivate::dataWordS
 constexpr std::uint16_t frame_pointers = wire::Frame::_capnpPrivate::pointerCount;
 static_assert(frame_data_words == 1 && frame_pointers == 1);
 
+// A list pointer holds 29 bits of element count; every list here is shorter
+// than the frame, so bounding the frame bounds them all.
+constexpr std::size_t max_list_elems = (std::size_t{1} << 29) - 1;
+
 /// A Text (with its NUL; empty = null) or Data field: its pointer slot and bytes.
 struct flat_list {
   std::size_t slot;
@@ -194,9 +199,6 @@ result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Fra
     words += words_for(lists[i].elements());
   }
   const std::size_t total = 8 + words * 8;  // one-segment table, then the segment
-  // A list pointer holds 29 bits of element count; every list here is shorter
-  // than the frame, so bounding the frame bounds them all.
-  constexpr std::size_t max_list_elems = (std::size_t{1} << 29) - 1;
   if (total > max_frame || total > max_list_elems) return unexpected(errc::frame_too_large);
   try {
     out.reserve(total, 1);
@@ -227,16 +229,119 @@ result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Fra
 
 }  // namespace
 
+namespace {
+
+// Message: sid and ownerCore in word 0, seq in word 1; subject, key, payload,
+// headers (null here), replyTo in pointers 0-4. Written by hand, not by
+// write_flat: it is built once per message and its layout is fixed.
+static_assert(wire::Message::_capnpPrivate::dataWordSize == 2 && wire::Message::_capnpPrivate::pointerCount == 5);
+constexpr std::size_t message_lists_at = 10;       // words: root, Frame, its pointer, 2 data words, 5 pointers
+
+/// Words of each list: a Text with its NUL (none when empty), a Data as is.
+struct message_words {
+  std::size_t subject, key, reply_to, payload;
+  std::size_t segment() const noexcept { return message_lists_at + subject + key + reply_to + payload; }
+};
+
+message_words words_of(const delivery_fields& f) noexcept {
+  const auto text = [](std::string_view s) { return s.empty() ? 0 : words_for(s.size() + 1); };
+  return {text(f.subject), words_for(f.key.size()), text(f.reply_to), words_for(f.payload.size())};
+}
+
+}  // namespace
+
+namespace {
+
+/// The segment table, root pointer, Frame, its pointer, the Message's data
+/// words and its five pointers: 11 words, set from `f`'s ids and sizes.
+void write_message_head(std::byte* dst, const message_words& w, const delivery_fields& f) noexcept {
+  static_assert(std::endian::native == std::endian::little);
+  std::uint64_t head[1 + message_lists_at] = {};
+  head[0] = std::uint64_t{static_cast<std::uint32_t>(w.segment())} << 32;  // segment count - 1 = 0, its words
+  head[1] = struct_pointer(0, 1, frame_data_words, frame_pointers);
+  head[2] = static_cast<std::uint16_t>(wire::Frame::MESSAGE);
+  head[3] = struct_pointer(2, 3, 2, 5);
+  head[4] = std::uint64_t{f.sid} | (std::uint64_t{f.owner_core} << 32);
+  head[5] = f.seq;
+  // Pointer i is segment word 5 + i; the lists follow the head in the order
+  // the builder sets them: subject, key, replyTo, payload.
+  const std::size_t subject_at = message_lists_at, key_at = subject_at + w.subject,
+                    reply_at = key_at + w.key, payload_at = reply_at + w.reply_to;
+  const auto ptr = [&](std::size_t i, std::size_t at, std::size_t elements) {
+    head[6 + i] = byte_list_pointer(5 + i, at, elements);  // null when empty
+  };
+  ptr(0, subject_at, f.subject.empty() ? 0 : f.subject.size() + 1);
+  ptr(1, key_at, f.key.size());
+  ptr(2, payload_at, f.payload.size());
+  ptr(4, reply_at, f.reply_to.empty() ? 0 : f.reply_to.size() + 1);
+  std::memcpy(dst, head, sizeof head);
+}
+
+constexpr std::size_t message_head_bytes = 8 * (1 + message_lists_at);
+
+}  // namespace
+
+std::size_t encoder::plain_message_lists_size(const delivery_fields& f) noexcept {
+  return 8 * (words_of(f).segment() - message_lists_at);
+}
+
+encoder::plain_message_offsets encoder::write_plain_message_lists(std::byte* dst, const delivery_fields& f) noexcept {
+  std::size_t at = 0;  // bytes
+  const auto list = [&](const void* bytes, std::size_t size, std::size_t words) {
+    const std::size_t start = at;
+    if (words != 0) {
+      std::memset(dst + start + 8 * (words - 1), 0, 8);  // the padding, and a Text's NUL
+      std::memcpy(dst + start, bytes, size);
+      at += 8 * words;
+    }
+    return start;
+  };
+  const message_words w = words_of(f);
+  plain_message_offsets o;
+  o.subject = list(f.subject.data(), f.subject.size(), w.subject);
+  o.key = list(f.key.data(), f.key.size(), w.key);
+  o.reply_to = list(f.reply_to.data(), f.reply_to.size(), w.reply_to);
+  o.payload = list(f.payload.data(), f.payload.size(), w.payload);
+  return o;
+}
+
 result<std::size_t> encoder::plain_message(out_buffer& out, const delivery_fields& f) noexcept {
-  static_assert(wire::Message::_capnpPrivate::dataWordSize == 2 && wire::Message::_capnpPrivate::pointerCount == 5);
-  // Message: sid and ownerCore in word 0, seq in word 1; subject, key,
-  // payload, headers (null here), replyTo in pointers 0-4.
-  return write_flat<2, 4>(out, max_frame_, wire::Frame::MESSAGE, 5,
-                          {std::uint64_t{f.sid} | (std::uint64_t{f.owner_core} << 32), f.seq},
-                          {flat_list{0, f.subject.data(), f.subject.size(), true},
-                           flat_list{1, f.key.data(), f.key.size(), false},
-                           flat_list{4, f.reply_to.data(), f.reply_to.size(), true},
-                           flat_list{2, f.payload.data(), f.payload.size(), false}});
+  const message_words w = words_of(f);
+  const std::size_t total = 8 + 8 * w.segment();
+  if (total > max_frame_ || total > max_list_elems) return unexpected(errc::frame_too_large);
+  try {
+    out.reserve(total, 1);
+  } catch (...) {
+    return unexpected(errc::internal);
+  }
+  std::byte* p = out.prepare(total).data();
+  write_message_head(p, w, f);
+  write_plain_message_lists(p + message_head_bytes, f);
+  out.commit(total);
+  return total;
+}
+
+result<std::size_t> encoder::stamped_message(out_buffer& out, const delivery_fields& f,
+                                             std::span<const std::byte> lists) noexcept {
+  const message_words w = words_of(f);
+  assert(lists.size() == plain_message_lists_size(f));
+  const std::size_t total = 8 + 8 * w.segment();
+  if (total > max_frame_ || total > max_list_elems) return unexpected(errc::frame_too_large);
+  // Copied: the head and the lists up to the payload, and the payload too
+  // unless it is large; then its words (padding included) go by reference.
+  const bool by_ref = f.payload.size() >= ref_threshold_;
+  const std::size_t copied = by_ref ? 8 * (w.subject + w.key + w.reply_to) : lists.size();
+  try {
+    out.reserve(message_head_bytes + copied, 2);
+  } catch (...) {
+    return unexpected(errc::internal);
+  }
+  std::byte* p = out.prepare(message_head_bytes + copied).data();
+  write_message_head(p, w, f);
+  std::memcpy(p + message_head_bytes, lists.data(), copied);
+  out.commit(message_head_bytes + copied);
+  if (by_ref) out.append_external(lists.subspan(copied));
+  return total;
 }
 
 result<std::size_t> encoder::plain_publish(out_buffer& out, const publish_fields& f) noexcept {

@@ -114,6 +114,24 @@ class encoder {
   /// (the hot path; message() takes it when there are no headers). Public so
   /// tests can compare its bytes with the builder's.
   result<std::size_t> plain_message(out_buffer& out, const delivery_fields& f) noexcept;
+  /// A delivery without headers whose field bytes are kept in the frame's
+  /// layout (daemon/shared_message.hpp), so that sending it to a subscriber is
+  /// 11 words written from the sizes and one copy. write_plain_message_lists()
+  /// writes the four byte lists as plain_message() lays them out (subject,
+  /// key, replyTo, payload, each NUL-ended and padded as the frame has them),
+  /// plain_message_lists_size() bytes at `dst`, and returns where each field
+  /// starts. stamped_message() appends the frame of `f` taking those lists from
+  /// `lists` (written for the same sizes; `f`'s byte views are not read), the
+  /// same bytes as plain_message() and refused the same way. A payload of
+  /// ref_threshold bytes or more is appended by reference, as message_ref()
+  /// does: `lists` must then outlive its consumption from `out`.
+  struct plain_message_offsets {
+    std::size_t subject = 0, key = 0, reply_to = 0, payload = 0;
+  };
+  static std::size_t plain_message_lists_size(const delivery_fields& f) noexcept;
+  static plain_message_offsets write_plain_message_lists(std::byte* dst, const delivery_fields& f) noexcept;
+  result<std::size_t> stamped_message(out_buffer& out, const delivery_fields& f,
+                                      std::span<const std::byte> lists) noexcept;
   /// message() through the capnp builder whatever the fields (the reference).
   result<std::size_t> built_message(out_buffer& out, const delivery_fields& f) noexcept;
   /// One delivery whose payload is appended by reference when it is at least

@@ -34,6 +34,28 @@ TEST_CASE("shared_message keeps every field and aligns the payload") {
   CHECK(copy->subject() == "a.b");
 }
 
+TEST_CASE("shared_message without headers keeps its fields as the delivery frame lays them out") {
+  keyway::core::block_pool pool;
+  pool.bind_to_this_thread();
+  message_ref m(shared_message::make(pool, "orders.eu", bytes("k1"), bytes("seventeen bytes!!"), "inbox.7", {}));
+  REQUIRE(m->plain());
+  CHECK(m->subject() == "orders.eu");
+  CHECK(str(m->key()) == "k1");
+  CHECK(str(m->payload()) == "seventeen bytes!!");
+  CHECK(m->reply_to() == "inbox.7");
+  CHECK(reinterpret_cast<std::uintptr_t>(m->payload().data()) % 8 == 0);
+  // The encoder's own lists for the same fields, byte for byte.
+  const keyway::proto::delivery_fields f{
+      .subject = m->subject(), .key = m->key(), .payload = m->payload(), .reply_to = m->reply_to()};
+  std::vector<std::byte> expected(keyway::proto::encoder::plain_message_lists_size(f));
+  keyway::proto::encoder::write_plain_message_lists(expected.data(), f);
+  const auto lists = m->frame_lists();
+  CHECK(std::vector<std::byte>(lists.begin(), lists.end()) == expected);
+  std::vector<header_view> one{{"h", bytes("v")}};
+  message_ref with_headers(shared_message::make(pool, "a", {}, bytes("p"), "", one));
+  CHECK_FALSE(with_headers->plain());
+}
+
 TEST_CASE("parse_listen_url accepts tcp and unix URLs and names what is wrong") {
   auto t = parse_listen_url("tcp://127.0.0.1:0");
   CHECK(t.type == listen_address::kind::tcp);
