@@ -171,23 +171,34 @@ void router::on_publish(publish_op& op) {
     ep_.send(op.from, route_msg(std::move(r)));
 }
 
+connection* router::find_conn(std::uint64_t id) noexcept {
+  // Consecutive deliveries mostly go to the same connection (perf: the hash
+  // lookup was 2.6 % of the delivering worker's samples on 1->1).
+  if (id == last_conn_id_ && last_conn_ != nullptr) return last_conn_;
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return nullptr;
+  last_conn_id_ = id;
+  last_conn_ = it->second.get();
+  return last_conn_;
+}
+
 void router::on_deliver(deliver_op& op) {
   auto deliver_to = [&](const delivery_target& t) {
-    auto it = conns_.find(t.conn);
-    if (it == conns_.end()) {
+    connection* c = find_conn(t.conn);
+    if (c == nullptr) {
       stats_.drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
       return;
     }
-    it->second->deliver(*op.msg, t.sid, op.core, op.seq);
+    c->deliver(*op.msg, t.sid, op.core, op.seq);
   };
   deliver_to(op.first);
   for (const delivery_target& t : op.more) deliver_to(t);
 }
 
 void router::on_reply(reply_op& op) {
-  auto it = conns_.find(op.conn);
-  if (it == conns_.end()) return;
-  connection& c = *it->second;
+  connection* found = find_conn(op.conn);
+  if (found == nullptr) return;
+  connection& c = *found;
   const shared_message& msg = *op.msg;
   if (op.delivered == 0 && !msg.reply_to().empty()) {
     return c.send_no_responders(msg.subject(), msg.reply_to(), op.ack_id);
@@ -221,7 +232,7 @@ void router::on_sub_change(const sub_change_op& op) {
 }
 
 void router::on_sub_applied(const sub_applied_op& op) {
-  if (auto it = conns_.find(op.conn); it != conns_.end()) it->second->sub_applied(op.request_id);
+  if (connection* c = find_conn(op.conn)) c->sub_applied(op.request_id);
 }
 
 std::uint32_t router::alloc_uid() {
@@ -269,6 +280,7 @@ void router::forget(connection& c) {
     c.subs_.clear();
     broadcast(std::move(changes));
   }
+  if (last_conn_ == it->second.get()) last_conn_ = nullptr;
   graveyard_.push_back(std::move(it->second));
   conns_.erase(it);
   auto& gauge = stats_.connections_on(c.unix_socket());

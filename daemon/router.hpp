@@ -122,6 +122,8 @@ class router final : public core::worker_handler {
  private:
   void dispatch(route_msg& m);
   void on_publish(publish_op& op);
+  /// The connection with this id on this worker, or nullptr.
+  connection* find_conn(std::uint64_t id) noexcept;
   void on_deliver(deliver_op& op);
   void on_reply(reply_op& op);
   void on_sub_change(const sub_change_op& op);
@@ -152,6 +154,9 @@ class router final : public core::worker_handler {
   std::uint32_t next_uid_ = 0;
   std::vector<std::uint32_t> free_uids_;
   std::unordered_map<std::uint64_t, std::shared_ptr<connection>> conns_;
+  /// find_conn()'s memo of the last connection found; cleared when it leaves conns_.
+  std::uint64_t last_conn_id_ = 0;
+  connection* last_conn_ = nullptr;
   std::vector<connection*> dirty_;
   std::vector<connection*> paused_;
   std::vector<connection*> resuming_;  // resume_paused()'s working copy of paused_
