@@ -11,7 +11,9 @@
 // max_frame therefore does not allocate. message_ref() writes large payloads
 // by reference instead (no copy at all); that path allocates Cap'n Proto's
 // small multi-segment bookkeeping once per frame, which is why it is only
-// used above `ref_threshold` bytes.
+// used above `ref_threshold` bytes. The two most frequent frames, a publish and
+// a delivery without headers, skip the builder: plain_publish(),
+// plain_message() and stamped_message() write them word by word.
 //
 // Errors: every function returns the frame's wire size, or errc::frame_too_large
 // (the frame would exceed limits.max_frame; nothing is appended) or
