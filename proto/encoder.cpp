@@ -338,7 +338,7 @@ result<std::size_t> encoder::stamped_message(out_buffer& out, const delivery_fie
   }
   std::byte* p = out.prepare(message_head_bytes + copied).data();
   write_message_head(p, w, f);
-  std::memcpy(p + message_head_bytes, lists.data(), copied);
+  if (copied != 0) std::memcpy(p + message_head_bytes, lists.data(), copied);  // no lists: data() may be null
   out.commit(message_head_bytes + copied);
   if (by_ref) out.append_external(lists.subspan(copied));
   return total;
