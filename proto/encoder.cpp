@@ -227,15 +227,11 @@ result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Fra
   return total;
 }
 
-}  // namespace
-
-namespace {
-
 // Message: sid and ownerCore in word 0, seq in word 1; subject, key, payload,
 // headers (null here), replyTo in pointers 0-4. Written by hand, not by
 // write_flat: it is built once per message and its layout is fixed.
 static_assert(wire::Message::_capnpPrivate::dataWordSize == 2 && wire::Message::_capnpPrivate::pointerCount == 5);
-constexpr std::size_t message_lists_at = 10;       // words: root, Frame, its pointer, 2 data words, 5 pointers
+constexpr std::size_t message_lists_at = 10;  // words: root, Frame, its pointer, 2 data words, 5 pointers
 
 /// Words of each list: a Text with its NUL (none when empty), a Data as is.
 struct message_words {
@@ -247,10 +243,6 @@ message_words words_of(const delivery_fields& f) noexcept {
   const auto text = [](std::string_view s) { return s.empty() ? 0 : words_for(s.size() + 1); };
   return {text(f.subject), words_for(f.key.size()), text(f.reply_to), words_for(f.payload.size())};
 }
-
-}  // namespace
-
-namespace {
 
 /// The segment table, root pointer, Frame, its pointer, the Message's data
 /// words and its five pointers: 11 words, set from `f`'s ids and sizes.
