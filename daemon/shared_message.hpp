@@ -1,10 +1,10 @@
 // shared_message: one published message, immutable once built, shared by every
 // worker that delivers it. One allocation holds the subject, key, payload,
-// reply-to and headers; the payload starts on an 8-byte boundary. A message
-// without headers keeps its fields as its delivery frame lays them out
-// (proto::encoder::write_plain_message_lists): a delivery writes the frame's
-// 11 head words and copies the lists in one piece (stamped_message) instead of
-// encoding every field again for every subscriber.
+// reply-to and headers. The first four are kept as a delivery frame lays them
+// out (proto::encoder::write_plain_message_lists; the payload starts on an
+// 8-byte boundary), so that delivering a message without headers writes the
+// frame's 11 head words and copies them in one piece (stamped_message)
+// instead of encoding every field again for every subscriber.
 //
 // Threads: built on the ingress worker, from that worker's block_pool, then
 // only read, from any worker. The reference count is the only thing written
@@ -40,9 +40,10 @@ class shared_message {
   std::span<const std::byte> payload() const noexcept { return {bytes(payload_off_), payload_len_}; }
   std::string_view reply_to() const noexcept { return {chars(reply_off_), reply_len_}; }
   std::uint32_t header_count() const noexcept { return header_count_; }
-  /// A message without headers keeps its fields in the delivery frame's
-  /// layout: these bytes, from the subject to the payload's padding.
+  /// A message without headers: frame_lists() is all its delivery needs.
   bool plain() const noexcept { return header_count_ == 0; }
+  /// The fields in the delivery frame's layout, from the subject to the
+  /// payload's padding.
   std::span<const std::byte> frame_lists() const noexcept {
     return {bytes(subject_off_), payload_off_ + ((payload_len_ + 7) & ~std::uint32_t{7}) - subject_off_};
   }
@@ -66,8 +67,6 @@ class shared_message {
 
  private:
   shared_message() = default;
-  static shared_message* make_plain(core::block_pool& pool, std::string_view subject, std::span<const std::byte> key,
-                                    std::span<const std::byte> payload, std::string_view reply_to);
   void destroy() noexcept;
   const char* chars(std::uint32_t off) const noexcept { return reinterpret_cast<const char*>(this) + off; }
   const std::byte* bytes(std::uint32_t off) const noexcept {
