@@ -133,9 +133,9 @@ result<std::size_t> encoder::built_publish(out_buffer& out, const publish_fields
     auto p = fr.initPublish();
     set_text(f.subject, [&](unsigned n) { return p.initSubject(n); });
     if (!f.key.empty()) p.setKey(data(f.key));
-    if (!f.payload.empty()) p.setPayload(data(f.payload));
     if (!f.headers.empty()) set_headers(p.initHeaders(static_cast<unsigned>(f.headers.size())), f.headers);
     set_text(f.reply_to, [&](unsigned n) { return p.initReplyTo(n); });
+    if (!f.payload.empty()) p.setPayload(data(f.payload));  // last, as plain_publish() lays it out
     p.setAckId(f.ack_id);
   });
 }
@@ -173,94 +173,56 @@ constexpr std::uint16_t frame_data_words = wire::Frame::_capnpPrivate::dataWordS
 constexpr std::uint16_t frame_pointers = wire::Frame::_capnpPrivate::pointerCount;
 static_assert(frame_data_words == 1 && frame_pointers == 1);
 
+// Publish and Message share their pointers: subject, key, payload, headers
+// (null here), replyTo in 0-4. Their data words differ: a Publish has ackId;
+// a Message has sid and ownerCore in word 0, seq in word 1.
+constexpr std::uint16_t plain_pointers = 5;
+static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 && wire::Publish::_capnpPrivate::pointerCount == 5);
+static_assert(wire::Message::_capnpPrivate::dataWordSize == 2 && wire::Message::_capnpPrivate::pointerCount == 5);
+
 // A list pointer holds 29 bits of element count; every list here is shorter
 // than the frame, so bounding the frame bounds them all.
 constexpr std::size_t max_list_elems = (std::size_t{1} << 29) - 1;
 
-/// A Text (with its NUL; empty = null) or Data field: its pointer slot and bytes.
-struct flat_list {
-  std::size_t slot;
-  const void* data;
-  std::size_t size;  // bytes, without the NUL
-  bool text;
-  std::size_t elements() const noexcept { return size == 0 ? 0 : size + (text ? 1 : 0); }
-};
-
-/// Frame{tag: struct{data; pointers}} with `lists` laid out in the order given.
-template <std::size_t DataWords, std::size_t Lists>
-result<std::size_t> write_flat(out_buffer& out, std::size_t max_frame, wire::Frame::Which tag, std::uint16_t pointers,
-                               const std::array<std::uint64_t, DataWords>& data,
-                               const std::array<flat_list, Lists>& lists) noexcept {
-  constexpr std::size_t root = 0, frame = 1, frame_ptr = 2, body = 3, body_ptrs = body + DataWords;
-  std::array<std::size_t, Lists> at{};
-  std::size_t words = body_ptrs + pointers;
-  for (std::size_t i = 0; i < Lists; ++i) {
-    at[i] = words;
-    words += words_for(lists[i].elements());
-  }
-  const std::size_t total = 8 + words * 8;  // one-segment table, then the segment
-  if (total > max_frame || total > max_list_elems) return unexpected(errc::frame_too_large);
-  try {
-    out.reserve(total, 1);
-  } catch (...) {
-    return unexpected(errc::internal);
-  }
-  static_assert(std::endian::native == std::endian::little);
-  std::byte* p = out.prepare(total).data();
-  const auto put64 = [&](std::size_t word, std::uint64_t v) { std::memcpy(p + 8 + 8 * word, &v, 8); };
-  const std::uint32_t table[2] = {0, static_cast<std::uint32_t>(words)};  // segment count - 1, segment words
-  std::memcpy(p, table, 8);
-  put64(root, struct_pointer(root, frame, frame_data_words, frame_pointers));
-  put64(frame, static_cast<std::uint16_t>(tag));
-  put64(frame_ptr, struct_pointer(frame_ptr, body, DataWords, pointers));
-  for (std::size_t i = 0; i < DataWords; ++i) put64(body + i, data[i]);
-  std::memset(p + 8 + 8 * body_ptrs, 0, 8 * std::size_t{pointers});  // null unless set below
-  for (std::size_t i = 0; i < Lists; ++i) {
-    const flat_list& l = lists[i];
-    const std::size_t list_words = words_for(l.elements());
-    if (list_words == 0) continue;
-    put64(body_ptrs + l.slot, byte_list_pointer(body_ptrs + l.slot, at[i], l.elements()));
-    put64(at[i] + list_words - 1, 0);  // the padding, and a Text's NUL
-    std::memcpy(p + 8 + 8 * at[i], l.data, l.size);
-  }
-  out.commit(total);
-  return total;
-}
-
-// Message: sid and ownerCore in word 0, seq in word 1; subject, key, payload,
-// headers (null here), replyTo in pointers 0-4. Written by hand, not by
-// write_flat: it is built once per message and its layout is fixed.
-static_assert(wire::Message::_capnpPrivate::dataWordSize == 2 && wire::Message::_capnpPrivate::pointerCount == 5);
-constexpr std::size_t message_lists_at = 10;  // words: root, Frame, its pointer, 2 data words, 5 pointers
+/// Segment words before the lists: root pointer, Frame, its pointer, the data words, the pointers.
+template <std::size_t DataWords>
+constexpr std::size_t lists_at = 3 + DataWords + plain_pointers;
+/// Bytes before the lists: the one-segment table, then those words.
+template <std::size_t DataWords>
+constexpr std::size_t head_bytes = 8 * (1 + lists_at<DataWords>);
 
 /// Words of each list: a Text with its NUL (none when empty), a Data as is.
-struct message_words {
+struct list_words {
   std::size_t subject, key, reply_to, payload;
-  std::size_t segment() const noexcept { return message_lists_at + subject + key + reply_to + payload; }
+  std::size_t all() const noexcept { return subject + key + reply_to + payload; }
 };
 
-message_words words_of(const delivery_fields& f) noexcept {
+/// `Fields` is publish_fields or delivery_fields: only the byte fields are read.
+template <class Fields>
+list_words words_of(const Fields& f) noexcept {
   const auto text = [](std::string_view s) { return s.empty() ? 0 : words_for(s.size() + 1); };
   return {text(f.subject), words_for(f.key.size()), text(f.reply_to), words_for(f.payload.size())};
 }
 
-/// The segment table, root pointer, Frame, its pointer, the Message's data
-/// words and its five pointers: 11 words, set from `f`'s ids and sizes.
-void write_message_head(std::byte* dst, const message_words& w, const delivery_fields& f) noexcept {
+/// The segment table, root pointer, Frame{tag} and its pointer, the struct's
+/// data words and its five pointers, set from `data` and `f`'s sizes.
+template <std::size_t DataWords, class Fields>
+void write_head(std::byte* dst, wire::Frame::Which tag, const std::array<std::uint64_t, DataWords>& data,
+                const list_words& w, const Fields& f) noexcept {
   static_assert(std::endian::native == std::endian::little);
-  std::uint64_t head[1 + message_lists_at] = {};
-  head[0] = std::uint64_t{static_cast<std::uint32_t>(w.segment())} << 32;  // segment count - 1 = 0, its words
+  constexpr std::size_t body = 3, body_ptrs = body + DataWords, first_list = lists_at<DataWords>;
+  std::uint64_t head[1 + first_list] = {};  // [0] is the table; segment word i is head[1 + i]
+  head[0] = std::uint64_t{static_cast<std::uint32_t>(first_list + w.all())} << 32;  // segment count - 1 = 0, its words
   head[1] = struct_pointer(0, 1, frame_data_words, frame_pointers);
-  head[2] = static_cast<std::uint16_t>(wire::Frame::MESSAGE);
-  head[3] = struct_pointer(2, 3, 2, 5);
-  head[4] = std::uint64_t{f.sid} | (std::uint64_t{f.owner_core} << 32);
-  head[5] = f.seq;
-  // Pointer i is segment word 5 + i; the lists follow the head in the order
-  // the builder sets them: subject, key, replyTo, payload.
-  const std::size_t subject_at = message_lists_at, key_at = subject_at + w.subject,
-                    reply_at = key_at + w.key, payload_at = reply_at + w.reply_to;
+  head[2] = static_cast<std::uint16_t>(tag);
+  head[3] = struct_pointer(2, body, DataWords, plain_pointers);
+  for (std::size_t i = 0; i < DataWords; ++i) head[1 + body + i] = data[i];
+  // The lists follow the head in the order the builder sets them: subject,
+  // key, replyTo, payload.
+  const std::size_t subject_at = first_list, key_at = subject_at + w.subject, reply_at = key_at + w.key,
+                    payload_at = reply_at + w.reply_to;
   const auto ptr = [&](std::size_t i, std::size_t at, std::size_t elements) {
-    head[6 + i] = byte_list_pointer(5 + i, at, elements);  // null when empty
+    head[1 + body_ptrs + i] = byte_list_pointer(body_ptrs + i, at, elements);  // null when empty
   };
   ptr(0, subject_at, f.subject.empty() ? 0 : f.subject.size() + 1);
   ptr(1, key_at, f.key.size());
@@ -269,15 +231,9 @@ void write_message_head(std::byte* dst, const message_words& w, const delivery_f
   std::memcpy(dst, head, sizeof head);
 }
 
-constexpr std::size_t message_head_bytes = 8 * (1 + message_lists_at);
-
-}  // namespace
-
-std::size_t encoder::plain_message_lists_size(const delivery_fields& f) noexcept {
-  return 8 * (words_of(f).segment() - message_lists_at);
-}
-
-encoder::plain_message_offsets encoder::write_plain_message_lists(std::byte* dst, const delivery_fields& f) noexcept {
+/// The four lists as write_head() points at them, at `dst`; where each starts.
+template <class Fields>
+encoder::plain_message_offsets write_lists(std::byte* dst, const Fields& f) noexcept {
   std::size_t at = 0;  // bytes
   const auto list = [&](const void* bytes, std::size_t size, std::size_t words) {
     const std::size_t start = at;
@@ -288,8 +244,8 @@ encoder::plain_message_offsets encoder::write_plain_message_lists(std::byte* dst
     }
     return start;
   };
-  const message_words w = words_of(f);
-  plain_message_offsets o;
+  const list_words w = words_of(f);
+  encoder::plain_message_offsets o;
   o.subject = list(f.subject.data(), f.subject.size(), w.subject);
   o.key = list(f.key.data(), f.key.size(), w.key);
   o.reply_to = list(f.reply_to.data(), f.reply_to.size(), w.reply_to);
@@ -297,27 +253,47 @@ encoder::plain_message_offsets encoder::write_plain_message_lists(std::byte* dst
   return o;
 }
 
-result<std::size_t> encoder::plain_message(out_buffer& out, const delivery_fields& f) noexcept {
-  const message_words w = words_of(f);
-  const std::size_t total = 8 + 8 * w.segment();
-  if (total > max_frame_ || total > max_list_elems) return unexpected(errc::frame_too_large);
+/// The whole frame of `f` without headers: head and lists, or frame_too_large.
+template <std::size_t DataWords, class Fields>
+result<std::size_t> write_plain(out_buffer& out, std::size_t max_frame, wire::Frame::Which tag,
+                                const std::array<std::uint64_t, DataWords>& data, const Fields& f) noexcept {
+  const list_words w = words_of(f);
+  const std::size_t total = head_bytes<DataWords> + 8 * w.all();
+  if (total > max_frame || total > max_list_elems) return unexpected(errc::frame_too_large);
   try {
     out.reserve(total, 1);
   } catch (...) {
     return unexpected(errc::internal);
   }
   std::byte* p = out.prepare(total).data();
-  write_message_head(p, w, f);
-  write_plain_message_lists(p + message_head_bytes, f);
+  write_head(p, tag, data, w, f);
+  write_lists(p + head_bytes<DataWords>, f);
   out.commit(total);
   return total;
 }
 
+std::array<std::uint64_t, 2> message_data(const delivery_fields& f) noexcept {
+  return {std::uint64_t{f.sid} | (std::uint64_t{f.owner_core} << 32), f.seq};
+}
+constexpr std::size_t message_head_bytes = head_bytes<2>;
+
+}  // namespace
+
+std::size_t encoder::plain_message_lists_size(const delivery_fields& f) noexcept { return 8 * words_of(f).all(); }
+
+encoder::plain_message_offsets encoder::write_plain_message_lists(std::byte* dst, const delivery_fields& f) noexcept {
+  return write_lists(dst, f);
+}
+
+result<std::size_t> encoder::plain_message(out_buffer& out, const delivery_fields& f) noexcept {
+  return write_plain(out, max_frame_, wire::Frame::MESSAGE, message_data(f), f);
+}
+
 result<std::size_t> encoder::stamped_message(out_buffer& out, const delivery_fields& f,
                                              std::span<const std::byte> lists) noexcept {
-  const message_words w = words_of(f);
-  assert(lists.size() == plain_message_lists_size(f));
-  const std::size_t total = 8 + 8 * w.segment();
+  const list_words w = words_of(f);
+  assert(lists.size() == 8 * w.all());
+  const std::size_t total = message_head_bytes + lists.size();
   if (total > max_frame_ || total > max_list_elems) return unexpected(errc::frame_too_large);
   // Copied: the head and the lists up to the payload, and the payload too
   // unless it is large; then its words (padding included) go by reference.
@@ -329,7 +305,7 @@ result<std::size_t> encoder::stamped_message(out_buffer& out, const delivery_fie
     return unexpected(errc::internal);
   }
   std::byte* p = out.prepare(message_head_bytes + copied).data();
-  write_message_head(p, w, f);
+  write_head(p, wire::Frame::MESSAGE, message_data(f), w, f);
   if (copied != 0) std::memcpy(p + message_head_bytes, lists.data(), copied);  // no lists: data() may be null
   out.commit(message_head_bytes + copied);
   if (by_ref) out.append_external(lists.subspan(copied));
@@ -337,14 +313,7 @@ result<std::size_t> encoder::stamped_message(out_buffer& out, const delivery_fie
 }
 
 result<std::size_t> encoder::plain_publish(out_buffer& out, const publish_fields& f) noexcept {
-  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 && wire::Publish::_capnpPrivate::pointerCount == 5);
-  // Publish: ackId in word 0; subject, key, payload, headers (null here),
-  // replyTo in pointers 0-4.
-  return write_flat<1, 4>(out, max_frame_, wire::Frame::PUBLISH, 5, {f.ack_id},
-                          {flat_list{0, f.subject.data(), f.subject.size(), true},
-                           flat_list{1, f.key.data(), f.key.size(), false},
-                           flat_list{2, f.payload.data(), f.payload.size(), false},
-                           flat_list{4, f.reply_to.data(), f.reply_to.size(), true}});
+  return write_plain<1>(out, max_frame_, wire::Frame::PUBLISH, {f.ack_id}, f);
 }
 
 result<std::size_t> encoder::message(out_buffer& out, const delivery_fields& f) noexcept {
