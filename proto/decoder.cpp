@@ -219,35 +219,39 @@ unexpected decoder::fail(errc code, std::string message) {
 namespace {
 
 // Publish and Message (the two frames on the hot path) share their pointer
-// layout: subject, key, payload, headers, replyTo in pointers 0-4. Reads one of
-// kind `tag` without headers into `view`, and its first two data words.
-bool read_flat_fields(std::span<const std::byte> segment, wire::Frame::Which tag, publish_view& view,
-                      std::uint64_t (&data)[2]) noexcept {
+// layout: subject, key, payload, headers, replyTo in pointers 0-4. Reads either
+// without headers, the Frame's root read once: into `publish` or `delivery` by
+// its tag, which it returns (0 when the frame is not flat).
+unsigned read_flat_fields(std::span<const std::byte> segment, publish_view& publish, delivery_view& delivery) noexcept {
   static_assert(wire::Frame::_capnpPrivate::dataWordSize == 1 && wire::Frame::_capnpPrivate::pointerCount == 1);
   static_assert(wire::Publish::_capnpPrivate::pointerCount == 5 && wire::Message::_capnpPrivate::pointerCount == 5);
+  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 && wire::Message::_capnpPrivate::dataWordSize == 2);
+  static_assert(wire::Frame::PUBLISH != 0 && wire::Frame::MESSAGE != 0);
   const flat::segment seg(segment.data(), segment.size() / 8);
   flat::segment::structure root, p;
-  if (seg.size() == 0 || !seg.read_struct(0, root)) return false;
+  if (seg.size() == 0 || !seg.read_struct(0, root)) return 0;
   // The union tag: bits [0, 16) of the Frame's data section.
-  if ((seg.data_word(root, 0) & 0xffff) != tag) return false;
-  if (root.pointers > 0 && !seg.read_struct(root.data + root.data_words, p)) return false;
+  const auto tag = static_cast<unsigned>(seg.data_word(root, 0) & 0xffff);
+  if (tag != wire::Frame::PUBLISH && tag != wire::Frame::MESSAGE) return 0;
+  if (root.pointers > 0 && !seg.read_struct(root.data + root.data_words, p)) return 0;
   // Headers are rare: a frame with any goes through capnp's reader.
-  if (seg.pointer_word(p, 3) != 0) return false;
-  std::string_view subject, reply_to;
-  std::span<const std::byte> key, payload;
-  if (!seg.read_text(p, 0, subject) || !seg.read_data(p, 1, key) || !seg.read_data(p, 2, payload) ||
-      !seg.read_text(p, 4, reply_to))
-    return false;
-  view.subject = subject;
-  view.key = key;
-  view.payload = payload;
-  view.reply_to = reply_to;
+  if (seg.pointer_word(p, 3) != 0) return 0;
+  publish_view& view = tag == wire::Frame::PUBLISH ? publish : delivery;
+  if (!seg.read_text(p, 0, view.subject) || !seg.read_data(p, 1, view.key) || !seg.read_data(p, 2, view.payload) ||
+      !seg.read_text(p, 4, view.reply_to))
+    return 0;
   view.header_count = 0;
   view.headers = {};
   view.ack_id = 0;
-  data[0] = seg.data_word(p, 0);
-  data[1] = seg.data_word(p, 1);
-  return true;
+  if (tag == wire::Frame::PUBLISH) {
+    publish.ack_id = seg.data_word(p, 0);
+  } else {
+    const std::uint64_t ids = seg.data_word(p, 0);
+    delivery.sid = static_cast<std::uint32_t>(ids);
+    delivery.owner_core = static_cast<std::uint32_t>(ids >> 32);
+    delivery.seq = seg.data_word(p, 1);
+  }
+  return tag;
 }
 
 template <class Reader>
@@ -271,21 +275,13 @@ void read_common(Reader r, std::uint32_t max_headers, std::vector<header>& heade
 }  // namespace
 
 bool read_flat_publish(std::span<const std::byte> segment, publish_view& view) noexcept {
-  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1);
-  std::uint64_t data[2];
-  if (!read_flat_fields(segment, wire::Frame::PUBLISH, view, data)) return false;
-  view.ack_id = data[0];
-  return true;
+  delivery_view unused;
+  return read_flat_fields(segment, view, unused) == wire::Frame::PUBLISH;
 }
 
 bool read_flat_delivery(std::span<const std::byte> segment, delivery_view& view) noexcept {
-  static_assert(wire::Message::_capnpPrivate::dataWordSize == 2);
-  std::uint64_t data[2];
-  if (!read_flat_fields(segment, wire::Frame::MESSAGE, view, data)) return false;
-  view.sid = static_cast<std::uint32_t>(data[0]);
-  view.owner_core = static_cast<std::uint32_t>(data[0] >> 32);
-  view.seq = data[1];
-  return true;
+  publish_view unused;
+  return read_flat_fields(segment, unused, view) == wire::Frame::MESSAGE;
 }
 
 void read_delivery(wire::Message::Reader m, std::uint32_t max_headers, std::vector<header>& headers,
@@ -337,13 +333,14 @@ result<std::optional<frame>> decoder::next() noexcept {
   if (h.segments == 1) {
     const std::span<const std::byte> seg{reinterpret_cast<const std::byte*>(segments_[0].begin()),
                                          segments_[0].size() * sizeof(capnp::word)};
-    if (read_flat_publish(seg, publish_)) {
-      current_ = h.frame_bytes;
-      return std::optional<frame>(frame(this, wire::Frame::PUBLISH, h.frame_bytes, &publish_, nullptr));
-    }
-    if (read_flat_delivery(seg, delivery_)) {
-      current_ = h.frame_bytes;
-      return std::optional<frame>(frame(this, wire::Frame::MESSAGE, h.frame_bytes, nullptr, &delivery_));
+    switch (read_flat_fields(seg, publish_, delivery_)) {
+      case wire::Frame::PUBLISH:
+        current_ = h.frame_bytes;
+        return std::optional<frame>(frame(this, wire::Frame::PUBLISH, h.frame_bytes, &publish_, nullptr));
+      case wire::Frame::MESSAGE:
+        current_ = h.frame_bytes;
+        return std::optional<frame>(frame(this, wire::Frame::MESSAGE, h.frame_bytes, nullptr, &delivery_));
+      default: break;
     }
   }
   try {
