@@ -205,9 +205,10 @@ list_words words_of(const Fields& f) noexcept {
 }
 
 /// The segment table, root pointer, Frame{tag} and its pointer, the struct's
-/// data words and its five pointers, set from `data` and `f`'s sizes.
+/// data words and its five pointers, set from `data` and `f`'s sizes. Inlined
+/// into every caller (bench/profile: 8 Ir more per delivery when it is not).
 template <std::size_t DataWords, class Fields>
-void write_head(std::byte* dst, wire::Frame::Which tag, const std::array<std::uint64_t, DataWords>& data,
+[[gnu::always_inline]] inline void write_head(std::byte* dst, wire::Frame::Which tag, const std::array<std::uint64_t, DataWords>& data,
                 const list_words& w, const Fields& f) noexcept {
   static_assert(std::endian::native == std::endian::little);
   constexpr std::size_t body = 3, body_ptrs = body + DataWords, first_list = lists_at<DataWords>;
