@@ -208,8 +208,9 @@ list_words words_of(const Fields& f) noexcept {
 /// data words and its five pointers, set from `data` and `f`'s sizes. Inlined
 /// into every caller (bench/profile: 8 Ir more per delivery when it is not).
 template <std::size_t DataWords, class Fields>
-[[gnu::always_inline]] inline void write_head(std::byte* dst, wire::Frame::Which tag, const std::array<std::uint64_t, DataWords>& data,
-                const list_words& w, const Fields& f) noexcept {
+[[gnu::always_inline]] inline void write_head(std::byte* dst, wire::Frame::Which tag,
+                                              const std::array<std::uint64_t, DataWords>& data, const list_words& w,
+                                              const Fields& f) noexcept {
   static_assert(std::endian::native == std::endian::little);
   constexpr std::size_t body = 3, body_ptrs = body + DataWords, first_list = lists_at<DataWords>;
   std::uint64_t head[1 + first_list] = {};  // [0] is the table; segment word i is head[1 + i]
