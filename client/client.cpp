@@ -170,15 +170,53 @@ outcome<void> connection::check_publish(std::string_view subject, std::string_vi
 bool connection::wait_room_locked(std::unique_lock<std::mutex>& lock) {
   if (!on_io_thread()) {
     room_cv_.wait(
-        lock, [&] { return state_ != state::open || out_.size() < options_.max_pending_bytes; });
+        lock, [&] { return state_ != state::open || queued_locked() < options_.max_pending_bytes; });
   }
   return state_ == state::open;
+}
+
+proto::out_buffer& connection::out_locked() {
+  if (batch_count_ == 0) return out_;
+  if (auto r = encoder_->publish_batch(out_, batch_subject_, batch_count_, batch_entries_); !r) {
+    // Only an allocation failure gets here (a batch is kept far under
+    // limits.max_frame): its publishes are lost, and the handler hears of it.
+    error e{r.error(),
+            std::to_string(batch_count_) + " publishes to " + proto::quote(batch_subject_) +
+                " were lost: encoding their publishBatch failed: " + r.error().message(),
+            false};
+    asio::post(io_, [this, e = std::move(e)] { report(e); });
+  }
+  batch_entries_.clear();
+  batch_count_ = 0;
+  return out_;
+}
+
+bool connection::stage_publish_locked(std::string_view subject, std::string_view key,
+                                      std::string_view payload) {
+  if (info_.protocol_version < proto::batch_version) return false;
+  const std::size_t size = proto::batch_entry_size(key.size(), payload.size());
+  // A batch stays under 64 KiB, and far under the server's frame limit.
+  const std::size_t room = std::min<std::size_t>(
+      max_batch_bytes, limits_.max_frame > 4096 + 2 * subject.size() ? limits_.max_frame / 2 - subject.size() : 0);
+  if (size > room / 4) return false;
+  if (batch_count_ != 0 && (subject != batch_subject_ || batch_entries_.size() + size > room)) (void)out_locked();
+  if (batch_count_ == 0) batch_subject_.assign(subject);
+  const std::size_t at = batch_entries_.size();
+  batch_entries_.resize(at + size);
+  proto::write_batch_entry(batch_entries_.data() + at, as_bytes(key), as_bytes(payload));
+  ++batch_count_;
+  return true;
 }
 
 outcome<void> connection::encode_publish_locked(std::string_view subject, std::string_view key,
                                                 std::string_view payload,
                                                 std::span<const header> headers,
                                                 std::string_view reply_to, std::uint64_t ack_id) {
+  // Plain publishes wait for the writer in one publishBatch frame, in order.
+  if (headers.empty() && reply_to.empty() && ack_id == 0 && stage_publish_locked(subject, key, payload)) {
+    kick_locked();
+    return {};
+  }
   header_scratch_.clear();
   for (const header& h : headers) header_scratch_.push_back({h.name, as_bytes(h.value)});
   proto::publish_fields f;
@@ -188,7 +226,7 @@ outcome<void> connection::encode_publish_locked(std::string_view subject, std::s
   f.headers = header_scratch_;
   f.reply_to = reply_to;
   f.ack_id = ack_id;
-  auto r = encoder_->publish(out_, f);
+  auto r = encoder_->publish(out_locked(), f);
   if (!r) {
     if (r.error() == proto::errc::frame_too_large) {
       return error{
@@ -326,13 +364,13 @@ void connection::subscribe_async(std::string_view pattern, message_handler handl
           if (r.error().code == errc::timeout) {
             // The server may still apply it: take it back (no ack wanted).
             std::lock_guard lk(mu_);
-            if (state_ == state::open && encoder_->unsubscribe(out_, sid, 0)) kick_locked();
+            if (state_ == state::open && encoder_->unsubscribe(out_locked(), sid, 0)) kick_locked();
           }
           done(r.error());
         };
         const std::uint64_t id = add_pending_locked(std::move(op));
         auto r = encoder_->subscribe(
-            out_, {.sid = sid, .pattern = pattern, .queue_group = group, .request_id = id});
+            out_locked(), {.sid = sid, .pattern = pattern, .queue_group = group, .request_id = id});
         if (!r) {
           auto failed = take_pending_locked(id);
           lock.unlock();
@@ -385,7 +423,7 @@ void connection::unsubscribe_async(subscription sub, done_handler done) {
       done(r.error());
     };
     const std::uint64_t id = add_pending_locked(std::move(op));
-    if (!encoder_->unsubscribe(out_, sid, id)) {
+    if (!encoder_->unsubscribe(out_locked(), sid, id)) {
       auto failed = take_pending_locked(id);
       lock.unlock();
       failed->on_ack(error{errc::invalid_argument, "cannot encode the unsubscribe", false});
@@ -459,7 +497,7 @@ void connection::request_async(std::string_view subject, std::string_view payloa
   inbox_op_ = add_pending_locked(std::move(inbox));
   const std::string pattern = inbox_prefix_ + "*";
   if (!encoder_->subscribe(
-          out_, {.sid = sid, .pattern = pattern, .queue_group = {}, .request_id = inbox_op_})) {
+          out_locked(), {.sid = sid, .pattern = pattern, .queue_group = {}, .request_id = inbox_op_})) {
     // Cannot happen with sane limits; leave the requests to their deadlines.
     return;
   }
@@ -495,7 +533,7 @@ void connection::flush_async(done_handler done) {
     done(r.error());
   };
   const std::uint64_t id = add_pending_locked(std::move(op));
-  if (!encoder_->ping(out_, id)) {
+  if (!encoder_->ping(out_locked(), id)) {
     auto failed = take_pending_locked(id);
     lock.unlock();
     failed->on_ack(error{errc::invalid_argument, "cannot encode a ping", false});

@@ -27,6 +27,11 @@
 //     everything queued in one socket write; publishes that arrive while a
 //     write is in flight go out together in the next one. Only the first
 //     publish of a batch wakes the IO thread.
+//   - With protocol version 2, consecutive plain publishes (no headers,
+//     reply_to or ack) to one subject wait for that write in one
+//     publishBatch frame (up to 64 KiB of entries; larger payloads go as
+//     publish frames): about 8 bytes of framing per message instead of ~100.
+//     The server routes each entry by its own key, in order.
 //   - Backpressure: when more than connect_options::max_pending_bytes are
 //     queued (the server pushes back, or the network is slow), publish()
 //     blocks the calling thread until the IO thread has written some — except
@@ -232,7 +237,16 @@ class connection {
   /// Waits (mu_ held through `lock`) until out_ has room, unless on the IO
   /// thread. False if the connection is not open.
   bool wait_room_locked(std::unique_lock<std::mutex>& lock);
-  /// Encodes one publish into out_ and wakes the writer (mu_ held).
+  /// out_, after encoding the publishes staged for a publishBatch (mu_ held):
+  /// every frame goes in through it, so the batch keeps its place in order.
+  proto::out_buffer& out_locked();
+  /// Stages a plain publish for the next publishBatch (protocol version 2),
+  /// sealing the one open first if it is for another subject or full. False
+  /// when it must go as a publish frame (version 1, or a large entry).
+  bool stage_publish_locked(std::string_view subject, std::string_view key, std::string_view payload);
+  /// Bytes queued for the writer, staged ones included (mu_ held).
+  std::size_t queued_locked() const noexcept { return out_.size() + batch_entries_.size(); }
+  /// Encodes one publish (into out_, or staged for a batch) and wakes the writer (mu_ held).
   outcome<void> encode_publish_locked(std::string_view subject, std::string_view key,
                                       std::string_view payload, std::span<const header> headers,
                                       std::string_view reply_to, std::uint64_t ack_id);
@@ -311,6 +325,13 @@ class connection {
   std::uint64_t inbox_op_ = 0;
   std::vector<deferred_request> deferred_;
   std::vector<proto::header> header_scratch_;
+  // Plain publishes staged for one publishBatch frame: sealed into out_ by
+  // out_locked() when another frame is queued, the subject changes, the batch
+  // is full or the writer takes out_.
+  static constexpr std::size_t max_batch_bytes = 64 * 1024;
+  std::string batch_subject_;
+  std::vector<std::byte> batch_entries_;
+  std::uint32_t batch_count_ = 0;
   std::string close_reason_;  // why the connection closed, for later calls' errors
 
   std::mutex join_mu_;  // serialises close()'s join

@@ -244,10 +244,11 @@ void connection::on_handshake_frame() {
   switch (root.which()) {
     case wire::Frame::WELCOME: {
       const auto w = root.getWelcome();
-      if (w.getProtocolVersion() != proto::protocol_version) {
+      if (w.getProtocolVersion() < proto::min_protocol_version ||
+          w.getProtocolVersion() > proto::protocol_version) {
         finish_handshake(error{proto::errc::unsupported_version,
-                               "the server speaks protocol version " +
-                                   std::to_string(w.getProtocolVersion()) + ", this client " +
+                               "the server chose protocol version " + std::to_string(w.getProtocolVersion()) +
+                                   ", this client speaks " + std::to_string(proto::min_protocol_version) + " to " +
                                    std::to_string(proto::protocol_version),
                                false});
         return;
@@ -358,6 +359,10 @@ void connection::on_read(std::error_code ec, std::size_t n) {
 
 void connection::dispatch(const proto::frame& f) {
   if (const proto::delivery_view* d = f.delivery()) return on_message(*d);
+  if (const proto::message_batch_view* b = f.message_batch()) {
+    proto::for_each_delivery(*b, [&](const proto::delivery_view& d) { on_message(d); });
+    return;
+  }
   const wire::Frame::Reader root = f.root();
   switch (root.which()) {
     case wire::Frame::ACK:
@@ -368,7 +373,7 @@ void connection::dispatch(const proto::frame& f) {
       return;
     case wire::Frame::PING: {
       std::lock_guard lock(mu_);
-      if (state_ == state::open && encoder_->pong(out_, root.getPing().getId())) kick_locked();
+      if (state_ == state::open && encoder_->pong(out_locked(), root.getPing().getId())) kick_locked();
       return;
     }
     case wire::Frame::PONG:
@@ -497,7 +502,7 @@ void connection::start_write() {
       return;
     }
     // Everything the callers queued since the last write goes out in one go.
-    if (writing_.empty()) std::swap(out_, writing_);
+    if (writing_.empty()) std::swap(out_locked(), writing_);
     if (writing_.empty()) {
       write_scheduled_ = false;
       closing = state_ == state::closing;
@@ -629,6 +634,8 @@ void connection::shut_down(const error& reason, bool report_it) {
     deferred_.clear();
     timer_at_.reset();
     out_.clear();
+    batch_entries_.clear();
+    batch_count_ = 0;
     inbox_ = inbox_state::none;
   }
   room_cv_.notify_all();

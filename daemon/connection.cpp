@@ -20,6 +20,7 @@ connection::connection(router& r, socket_type socket, std::uint64_t id, bool uni
       id_(id),
       unix_(unix_socket),
       decoder_(r.options().limits),
+      batch_out_(std::min<std::size_t>(max_message_batch, r.options().limits.max_frame)),
       timer_(r.worker().io()) {}
 
 connection::~connection() = default;
@@ -119,6 +120,14 @@ bool connection::handle(const proto::frame& f) {
                true);
     return true;
   }
+  // A kind the agreed version lacks is refused whatever it holds.
+  if (f.which() == wire::Frame::PUBLISH_BATCH && protocol_version_ < proto::batch_version) {
+    send_error(proto::errc::protocol,
+               "publishBatch needs protocol version " + std::to_string(proto::batch_version) +
+                   "; this connection agreed on version " + std::to_string(protocol_version_) + " in its hello",
+               0, true);
+    return true;
+  }
   if (auto st = proto::validate_client_frame(f, router_.options().limits); !st) {
     fail(st, f.publish() ? f.publish()->ack_id : proto::request_id_of(f.root()));
     return true;
@@ -129,6 +138,10 @@ bool connection::handle(const proto::frame& f) {
       return true;
     case wire::Frame::PUBLISH:
       return on_publish(*f.publish());
+    case wire::Frame::PUBLISH_BATCH:
+      batch_subject_ = f.publish_batch()->subject;
+      batch_at_ = proto::batch_cursor(f.publish_batch()->entries);
+      return publish_entries();
     case wire::Frame::SUBSCRIBE:
       on_subscribe(f.root().getSubscribe());
       return true;
@@ -136,7 +149,7 @@ bool connection::handle(const proto::frame& f) {
       on_unsubscribe(f.root().getUnsubscribe());
       return true;
     case wire::Frame::PING:
-      (void)router_.encoder().pong(out_, f.root().getPing().getId());
+      (void)router_.encoder().pong(out(), f.root().getPing().getId());
       queued();
       return true;
     case wire::Frame::PONG:
@@ -156,13 +169,17 @@ void connection::on_hello(wire::Hello::Reader h) {
     send_error(proto::errc::protocol, "hello sent twice; send it once, as the first frame", 0, true);
     return;
   }
-  if (h.getProtocolVersion() != proto::protocol_version) {
+  // The client names the highest version it speaks; both speak the lower of
+  // that and ours from now on.
+  if (h.getProtocolVersion() < proto::min_protocol_version) {
     send_error(proto::errc::unsupported_version,
-               "protocol version " + std::to_string(h.getProtocolVersion()) + " is not supported; this server speaks " +
-                   std::to_string(proto::protocol_version),
+               "protocol version " + std::to_string(h.getProtocolVersion()) +
+                   " is not supported; this server speaks versions " + std::to_string(proto::min_protocol_version) +
+                   " to " + std::to_string(proto::protocol_version),
                0, true);
     return;
   }
+  protocol_version_ = std::min(h.getProtocolVersion(), proto::protocol_version);
   if (!router_.tokens().empty()) {
     const std::string_view token = proto::as_string_view(h.getAuthToken());
     if (!token_matches(router_.tokens(), token)) {
@@ -184,11 +201,12 @@ void connection::on_hello(wire::Hello::Reader h) {
   proto::welcome_fields wf;
   wf.server_id = router_.context().server_id;
   wf.server_version = KEYWAY_VERSION;
+  wf.protocol_version = protocol_version_;
   wf.worker_count = static_cast<std::uint32_t>(router_.context().workers);
   wf.server_limits = o.limits;
   wf.max_subscriptions = o.max_subscriptions;
   wf.max_pending_bytes = o.max_pending_bytes;
-  (void)router_.encoder().welcome(out_, wf);
+  (void)router_.encoder().welcome(out(), wf);
   queued();
 }
 
@@ -219,6 +237,14 @@ bool connection::on_publish(const proto::publish_view& p) {
   return false;
 }
 
+bool connection::publish_entries() {
+  proto::batch_entry e;
+  while (batch_at_.next(e)) {
+    if (!on_publish({.subject = batch_subject_, .key = e.key, .payload = e.payload})) return false;
+  }
+  return true;
+}
+
 bool connection::resume() {
   if (!blocked_) return true;
   if (state_ == state::closed) {
@@ -228,7 +254,9 @@ bool connection::resume() {
   if (!router_.route(*blocked_)) return false;
   blocked_.reset();
   last_active_ = std::chrono::steady_clock::now();
-  process();  // may pause again, through on_publish's mark_paused
+  // The rest of a paused batch first, then the frames after it; either may
+  // pause again, through on_publish's mark_paused.
+  if (publish_entries()) process();
   return true;
 }
 
@@ -326,7 +354,11 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   f.owner_core = core;
   f.seq = seq;
   auto& enc = router_.encoder();
-  result<std::size_t> r = m.plain() ? enc.stamped_message(out_, f, m.frame_lists()) : encode_with_headers(m, f);
+  const bool batched = protocol_version_ >= proto::batch_version && m.plain() && f.reply_to.empty() &&
+                       f.payload.size() < proto::encoder::default_ref_threshold && batch_out_.fits(f);
+  result<std::size_t> r = batched     ? add_to_batch(f)
+                          : m.plain() ? enc.stamped_message(out(), f, m.frame_lists())
+                                      : encode_with_headers(m, f);
   if (!r) {
     spdlog::error("connection {}: cannot encode a delivery: {}", id_, r.error().message());
     router_.stats().drops[static_cast<std::size_t>(drop_reason::encode_failed)].add();
@@ -343,7 +375,19 @@ result<std::size_t> connection::encode_with_headers(const shared_message& m, pro
   headers_.clear();
   m.for_each_header([&](const header_view& h) { headers_.push_back(h); });
   f.headers = headers_;
-  return router_.encoder().message_ref(out_, f);
+  return router_.encoder().message_ref(out(), f);
+}
+
+result<std::size_t> connection::add_to_batch(const proto::delivery_fields& f) {
+  try {
+    if (batch_out_.accepts(f))
+      batch_out_.add(out_, f);
+    else
+      batch_out_.start(out_, f);
+  } catch (const std::bad_alloc&) {
+    return unexpected(proto::errc::internal);
+  }
+  return std::size_t{0};
 }
 
 void connection::send_no_responders(std::string_view subject, std::string_view reply_to, std::uint64_t ack_id) {
@@ -355,7 +399,7 @@ void connection::send_no_responders(std::string_view subject, std::string_view r
 
 void connection::send_ack(std::uint64_t request_id, std::uint32_t delivered) {
   if (state_ != state::open) return;
-  (void)router_.encoder().ack(out_, request_id, delivered);
+  (void)router_.encoder().ack(out(), request_id, delivered);
   router_.stats().acks_sent.add();
   queued();
 }
@@ -368,8 +412,9 @@ void connection::send_error(proto::errc code, std::string_view message, std::uin
     // so the error frame is next in line.
     out_.clear();
     out_refs_.clear();
+    batch_out_.discard();
   }
-  (void)router_.encoder().error(out_, {code, message, request_id, fatal, reply_to});
+  (void)router_.encoder().error(out(), {code, message, request_id, fatal, reply_to});
   router_.stats().errors[static_cast<std::size_t>(code)].add();
   if (fatal) {
     spdlog::info("closing connection {} ({}): {}: {}", id_, client_name_, proto::to_string(code), message);
@@ -401,7 +446,7 @@ void connection::flush() {
     return;
   }
   if (writing_.empty()) {
-    std::swap(out_, writing_);
+    std::swap(out(), writing_);
     std::swap(out_refs_, writing_refs_);
   }
   write_some();

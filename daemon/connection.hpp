@@ -84,8 +84,18 @@ class connection : public std::enable_shared_from_this<connection> {
   /// A delivery of a message with headers, which are not kept in frame layout
   /// (shared_message.hpp): `f` has every other field.
   result<std::size_t> encode_with_headers(const shared_message& m, proto::delivery_fields& f);
+  /// `f` as the next entry of the open messageBatch, or of a new one.
+  result<std::size_t> add_to_batch(const proto::delivery_fields& f);
+  /// out_ for any frame but a batched delivery: completes the open batch first.
+  proto::out_buffer& out() noexcept {
+    batch_out_.finish(out_);
+    return out_;
+  }
   void on_hello(proto::wire::Hello::Reader h);
   bool on_publish(const proto::publish_view& p);
+  /// Publishes the entries of the current publishBatch from batch_at_ on;
+  /// false if one paused the connection (batch_at_ then holds the rest).
+  bool publish_entries();
   void on_subscribe(proto::wire::Subscribe::Reader s);
   void on_unsubscribe(proto::wire::Unsubscribe::Reader u);
   void fail(const proto::status& st, std::uint64_t request_id);
@@ -114,6 +124,12 @@ class connection : public std::enable_shared_from_this<connection> {
   // Payloads appended by reference are kept alive by the matching refs.
   proto::out_buffer out_;
   proto::out_buffer writing_;
+  // Deliveries without headers or replyTo to a version 2 client, for one sid
+  // and subject in a row, go as one messageBatch at the end of out_, up to
+  // max_message_batch bytes (or limits.max_frame if smaller). Completed by
+  // out() and before out_ goes on the wire.
+  static constexpr std::size_t max_message_batch = 64 * 1024;
+  proto::message_batch_writer batch_out_;
   std::vector<message_ref> out_refs_;
   std::vector<message_ref> writing_refs_;
   static constexpr std::size_t max_iov = 64;
@@ -123,6 +139,12 @@ class connection : public std::enable_shared_from_this<connection> {
   std::chrono::steady_clock::time_point last_active_{};  // last read or resume: the idle timer
   std::optional<publish_op> blocked_;  // a publish waiting for credit
   std::uint32_t blocked_owner_ = 0;
+  // The publishBatch being published: its subject and the entries not yet
+  // routed, into the decoder's current frame (valid until the next frame is
+  // decoded, which waits while blocked_ is set).
+  std::string_view batch_subject_;
+  proto::batch_cursor batch_at_;
+  std::uint32_t protocol_version_ = 0;  // agreed in the welcome
   struct subscription {
     std::uint32_t uid;
   };

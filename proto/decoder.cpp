@@ -114,6 +114,8 @@ std::string_view kind_name(wire::Frame::Which kind) noexcept {
     case W::ERROR: return "error";
     case W::PING: return "ping";
     case W::PONG: return "pong";
+    case W::PUBLISH_BATCH: return "publishBatch";
+    case W::MESSAGE_BATCH: return "messageBatch";
   }
   return "unknown";
 }
@@ -355,11 +357,24 @@ result<std::optional<frame>> decoder::next() noexcept {
     } else if (root.which() == wire::Frame::MESSAGE) {
       read_delivery(root.getMessage(), limits_.max_headers, headers_, delivery_);
       delivery = &delivery_;
+    } else if (root.which() == wire::Frame::PUBLISH_BATCH) {
+      // Batches are read by capnp: one reader per batch costs little per entry.
+      const auto b = root.getPublishBatch();
+      batch_ = {as_string_view(b.getSubject()), b.getCount(), as_bytes(b.getEntries())};
+    } else if (root.which() == wire::Frame::MESSAGE_BATCH) {
+      const auto b = root.getMessageBatch();
+      message_batch_.subject = as_string_view(b.getSubject());
+      message_batch_.count = b.getCount();
+      message_batch_.entries = as_bytes(b.getEntries());
+      message_batch_.sid = b.getSid();
     } else {
       read_all(root);
     }
     current_ = h.frame_bytes;
-    return std::optional<frame>(frame(root, h.frame_bytes, h.segments, publish, delivery));
+    frame out(root, h.frame_bytes, h.segments, publish, delivery);
+    if (root.which() == wire::Frame::PUBLISH_BATCH) out.batch_ = &batch_;
+    if (root.which() == wire::Frame::MESSAGE_BATCH) out.message_batch_ = &message_batch_;
+    return std::optional<frame>(out);
   } catch (const kj::Exception& e) {
     reader_.reset();
     return fail(errc::protocol, "malformed frame of " + format_size(h.frame_bytes) + ": " +

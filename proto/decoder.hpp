@@ -77,6 +77,10 @@ class frame {
   const publish_view* publish() const noexcept { return publish_; }
   /// A delivery's (Message frame's) fields, read once; null for other kinds.
   const delivery_view* delivery() const noexcept { return delivery_; }
+  /// A publishBatch's subject and entries, read once; null for other kinds.
+  const publish_batch_view* publish_batch() const noexcept { return batch_; }
+  /// A messageBatch's sid, subject and entries, read once; null for other kinds.
+  const message_batch_view* message_batch() const noexcept { return message_batch_; }
 
  private:
   friend class decoder;
@@ -104,6 +108,8 @@ class frame {
   std::uint32_t segments_;
   const publish_view* publish_;
   const delivery_view* delivery_;
+  const publish_batch_view* batch_ = nullptr;
+  const message_batch_view* message_batch_ = nullptr;
   const decoder* lazy_ = nullptr;
 };
 
@@ -202,6 +208,8 @@ class decoder {
   mutable std::optional<capnp::SegmentArrayMessageReader> reader_;
   publish_view publish_;          // the current frame's, when it is a publish
   delivery_view delivery_;        // the current frame's, when it is a delivery
+  publish_batch_view batch_;      // the current frame's, when it is a publishBatch
+  message_batch_view message_batch_;  // ... a messageBatch
   std::vector<header> headers_;   // its headers, reused
   status error_;
 };

@@ -274,6 +274,44 @@ result<std::size_t> write_plain(out_buffer& out, std::size_t max_frame, wire::Fr
   return total;
 }
 
+// PublishBatch and MessageBatch share their shape: one data word (a batch's
+// count; a message batch's sid, then count), then two pointers, to the subject
+// and to the entries, which follow in that order.
+static_assert(wire::PublishBatch::_capnpPrivate::dataWordSize == 1 &&
+              wire::PublishBatch::_capnpPrivate::pointerCount == 2);
+static_assert(wire::MessageBatch::_capnpPrivate::dataWordSize == 1 &&
+              wire::MessageBatch::_capnpPrivate::pointerCount == 2);
+constexpr std::size_t batch_lists_at = 6;  // segment words before the lists
+constexpr std::size_t batch_head_bytes = 8 * (1 + batch_lists_at);
+
+/// A batch's subject as a list: its bytes, the NUL and the padding.
+std::size_t batch_subject_bytes(std::string_view subject) noexcept {
+  return subject.empty() ? 0 : 8 * words_for(subject.size() + 1);
+}
+
+/// The segment table, root pointer, Frame{tag}, the batch's data word, its
+/// two pointers and the subject list, for `entries` bytes of entries.
+void write_batch_head(std::byte* dst, wire::Frame::Which tag, std::uint64_t data, std::string_view subject,
+                      std::size_t entries) noexcept {
+  constexpr std::size_t body = 3;
+  const std::size_t subject_words = batch_subject_bytes(subject) / 8;
+  const std::size_t words = batch_lists_at + subject_words + words_for(entries);
+  const std::uint64_t w[1 + batch_lists_at] = {
+      std::uint64_t{static_cast<std::uint32_t>(words)} << 32,  // one segment of `words`
+      struct_pointer(0, 1, frame_data_words, frame_pointers),
+      static_cast<std::uint16_t>(tag),
+      struct_pointer(2, body, 1, 2),
+      data,
+      byte_list_pointer(body + 1, batch_lists_at, subject.empty() ? 0 : subject.size() + 1),
+      byte_list_pointer(body + 2, batch_lists_at + subject_words, entries),
+  };
+  std::memcpy(dst, w, sizeof w);
+  if (subject_words != 0) {
+    std::memset(dst + batch_head_bytes + 8 * (subject_words - 1), 0, 8);  // the NUL and padding
+    std::memcpy(dst + batch_head_bytes, subject.data(), subject.size());
+  }
+}
+
 std::array<std::uint64_t, 2> message_data(const delivery_fields& f) noexcept {
   return {std::uint64_t{f.sid} | (std::uint64_t{f.owner_core} << 32), f.seq};
 }
@@ -316,6 +354,66 @@ result<std::size_t> encoder::stamped_message(out_buffer& out, const delivery_fie
 
 result<std::size_t> encoder::plain_publish(out_buffer& out, const publish_fields& f) noexcept {
   return write_plain<1>(out, max_frame_, wire::Frame::PUBLISH, {f.ack_id}, f);
+}
+
+result<std::size_t> encoder::publish_batch(out_buffer& out, std::string_view subject, std::uint32_t count,
+                                           std::span<const std::byte> entries) noexcept {
+  const std::size_t head = batch_head_bytes + batch_subject_bytes(subject);
+  const std::size_t total = head + 8 * words_for(entries.size());
+  if (total > max_frame_ || total > max_list_elems) return unexpected(errc::frame_too_large);
+  try {
+    out.reserve(total, 1);
+  } catch (...) {
+    return unexpected(errc::internal);
+  }
+  std::byte* p = out.prepare(total).data();
+  std::memset(p + total - 8, 0, 8);  // the entries' padding (or the head's last word, overwritten next)
+  write_batch_head(p, wire::Frame::PUBLISH_BATCH, count, subject, entries.size());
+  if (!entries.empty()) std::memcpy(p + head, entries.data(), entries.size());
+  out.commit(total);
+  return total;
+}
+
+std::size_t message_batch_writer::entry_size(const delivery_fields& f) noexcept {
+  return batch_entry_size(f.key.size(), f.payload.size(), message_entry_head);
+}
+
+std::size_t message_batch_writer::start_size(std::string_view subject) noexcept {
+  return batch_head_bytes + batch_subject_bytes(subject);
+}
+
+void message_batch_writer::start(out_buffer& out, const delivery_fields& f) {
+  finish(out);
+  const std::size_t head = start_size(f.subject);
+  out.reserve(head + entry_size(f) + 8, 1);
+  // The head for no entries for now; finish() writes the real sizes.
+  write_batch_head(out.prepare(head).data(), wire::Frame::MESSAGE_BATCH, f.sid, f.subject, 0);
+  out.commit(head);
+  sid_ = f.sid;
+  subject_.assign(f.subject);
+  bytes_ = head;
+  entries_ = 0;
+  count_ = 0;
+  add(out, f);
+}
+
+void message_batch_writer::add(out_buffer& out, const delivery_fields& f) {
+  const std::size_t n = entry_size(f);
+  std::byte* p = out.prepare(n + 8).data();  // and room for finish()'s padding
+  write_message_entry(p, f.key, f.payload, f.owner_core, f.seq);
+  out.commit(n);
+  bytes_ += n;
+  entries_ += n;
+  ++count_;
+}
+
+void message_batch_writer::finish(out_buffer& out) noexcept {
+  if (bytes_ == 0) return;
+  const std::size_t pad = 8 * words_for(entries_) - entries_;
+  out.append_zeros(pad);
+  write_batch_head(out.owned_tail(bytes_ + pad), wire::Frame::MESSAGE_BATCH,
+                   std::uint64_t{sid_} | (std::uint64_t{count_} << 32), subject_, entries_);
+  bytes_ = 0;
 }
 
 result<std::size_t> encoder::message(out_buffer& out, const delivery_fields& f) noexcept {

@@ -13,7 +13,8 @@
 // small multi-segment bookkeeping once per frame, which is why it is only
 // used above `ref_threshold` bytes. The two most frequent frames, a publish and
 // a delivery without headers, skip the builder: plain_publish(),
-// plain_message() and stamped_message() write them word by word.
+// plain_message() and stamped_message() write them word by word, and so do
+// the batches of protocol version 2 (publish_batch(), message_batch_writer).
 //
 // Errors: every function returns the frame's wire size, or errc::frame_too_large
 // (the frame would exceed limits.max_frame; nothing is appended) or
@@ -35,6 +36,7 @@
 #include <cstdlib>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace keyway::proto {
@@ -90,6 +92,51 @@ struct error_fields {
   std::string_view reply_to{};  // no_responders: the request's reply_to
 };
 
+/// A messageBatch (protocol version 2) written in place at the end of an
+/// out_buffer, one delivery at a time, so that the deliveries queued for one
+/// subscription between two socket writes go out as one frame: start() writes
+/// its head and subject and the first entry, add() one more, finish() the
+/// final sizes into its head and the padding. While a batch is open, nothing
+/// else may be appended to that out_buffer (finish() first) and none of it
+/// may be consumed. Deliveries with headers or a replyTo are Message frames;
+/// the caller decides (accepts()) and keeps batches under `max_bytes`.
+/// Threading: the out_buffer's. start() and add() may throw std::bad_alloc
+/// (nothing of the entry is then appended; an open batch stays valid).
+class message_batch_writer {
+ public:
+  explicit message_batch_writer(std::size_t max_bytes) noexcept : max_bytes_(max_bytes) {}
+
+  bool open() const noexcept { return bytes_ != 0; }
+  /// Whether `f` can be added to the open batch: same sid and subject, room left.
+  bool accepts(const delivery_fields& f) const noexcept {
+    return open() && f.sid == sid_ && bytes_ + entry_size(f) + 8 <= max_bytes_ && f.subject == subject_;
+  }
+  /// Whether a batch of `f` alone fits max_bytes.
+  bool fits(const delivery_fields& f) const noexcept {
+    return start_size(f.subject) + entry_size(f) + 8 <= max_bytes_;
+  }
+  /// Finishes any open batch and starts one with `f` (no headers, no replyTo).
+  void start(out_buffer& out, const delivery_fields& f);
+  /// Adds `f` to the open batch (accepts(f) holds).
+  void add(out_buffer& out, const delivery_fields& f);
+  /// Completes the open batch, if any. Never allocates (start() and add()
+  /// left room for the padding).
+  void finish(out_buffer& out) noexcept;
+  /// Forgets the open batch after its out_buffer was cleared.
+  void discard() noexcept { bytes_ = 0; }
+
+ private:
+  static std::size_t entry_size(const delivery_fields& f) noexcept;
+  static std::size_t start_size(std::string_view subject) noexcept;
+
+  std::size_t max_bytes_;
+  std::size_t bytes_ = 0;    // of the open frame so far, without the entries' padding; 0 = none open
+  std::size_t entries_ = 0;  // bytes of its entries
+  std::uint32_t count_ = 0;
+  std::uint32_t sid_ = 0;
+  std::string subject_;      // a copy: the delivery's subject does not outlive the call
+};
+
 class encoder {
  public:
   static constexpr std::size_t default_ref_threshold = 8 * 1024;
@@ -108,6 +155,12 @@ class encoder {
   /// reference). Public so tests can compare their bytes.
   result<std::size_t> plain_publish(out_buffer& out, const publish_fields& f) noexcept;
   result<std::size_t> built_publish(out_buffer& out, const publish_fields& f) noexcept;
+  /// A publishBatch (protocol version 2: send it only when welcome says so)
+  /// of `count` entries to `subject`, `entries` already in the wire layout
+  /// (write_batch_entry() in proto/fields.hpp), copied once. Written directly
+  /// in the builder's layout, like plain_publish().
+  result<std::size_t> publish_batch(out_buffer& out, std::string_view subject, std::uint32_t count,
+                                    std::span<const std::byte> entries) noexcept;
   result<std::size_t> subscribe(out_buffer& out, const subscribe_fields& f) noexcept;
   result<std::size_t> unsubscribe(out_buffer& out, std::uint32_t sid, std::uint64_t request_id = 0) noexcept;
   /// One delivery; the payload is copied into `out`.

@@ -1,4 +1,5 @@
-# Keyway wire schema, protocol version 1.
+# Keyway wire schema, protocol version 2 (version 1 is version 2 without
+# publishBatch and messageBatch).
 #
 # Framing: standard Cap'n Proto stream framing (unpacked): a segment table
 # (u32 segment count - 1, u32 size in words per segment, padded to 8 bytes),
@@ -21,8 +22,9 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("keyway::proto::wire");
 
-const protocolVersion :UInt32 = 1;
+const protocolVersion :UInt32 = 2;
 # The version this schema describes; hello and welcome carry it.
+# 2: adds publishBatch and messageBatch.
 
 struct Frame {
   union {
@@ -36,6 +38,8 @@ struct Frame {
     error       @7 :Error;        # server -> client
     ping        @8 :Ping;         # either way
     pong        @9 :Pong;         # either way, answers ping
+    publishBatch @10 :PublishBatch; # client -> server, protocol version 2
+    messageBatch @11 :MessageBatch; # server -> client, protocol version 2
   }
 }
 
@@ -81,6 +85,18 @@ struct Publish {
   ackId   @5 :UInt64;           # 0 = no ack wanted; else answered by Ack or Error
 }
 
+struct PublishBatch {
+  # Many publishes to one subject in one frame, each routed by its own key
+  # as if it were a Publish of its own, in the order of the entries. No
+  # headers, replyTo or ackId: send a Publish for those.
+  subject @0 :Text;             # literal subject, no wildcards, for every entry
+  count   @1 :UInt32;           # entries in `entries`
+  entries @2 :Data;
+  # The entries back to back, no padding. Each: u32 key size, u32 payload
+  # size (little-endian), then the key's bytes, then the payload's. Empty
+  # key = route by subject.
+}
+
 struct Subscribe {
   sid        @0 :UInt32;        # chosen by the client, non-zero, unique per connection
   pattern    @1 :Text;          # subject pattern, may use `*` and a final `>`
@@ -102,6 +118,19 @@ struct Message {
   replyTo   @5 :Text;           # empty = none
   ownerCore @6 :UInt32;         # the core that ordered this key
   seq       @7 :UInt64;         # rises strictly per ownerCore
+}
+
+struct MessageBatch {
+  # Deliveries to one subscription of messages published to one subject,
+  # in delivery order, each as if it were a Message of its own (no headers,
+  # no replyTo: those come as Message frames).
+  sid     @0 :UInt32;           # the subscription that matched
+  subject @1 :Text;             # the subject they were published to
+  count   @2 :UInt32;           # entries in `entries`
+  entries @3 :Data;
+  # The entries back to back, no padding. Each: u32 key size, u32 payload
+  # size, u32 ownerCore, u64 seq (little-endian), then the key's bytes, then
+  # the payload's.
 }
 
 struct Ack {

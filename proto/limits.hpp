@@ -14,6 +14,10 @@ namespace keyway::proto {
 
 /// The protocol version this build speaks (const protocolVersion in keyway.capnp).
 inline constexpr std::uint32_t protocol_version = wire::PROTOCOL_VERSION;
+/// The oldest version it still speaks: a hello asking for less is refused.
+inline constexpr std::uint32_t min_protocol_version = 1;
+/// The first version with Frame.publishBatch and Frame.messageBatch.
+inline constexpr std::uint32_t batch_version = 2;
 
 struct limits {
   static constexpr std::uint32_t kib = 1024;

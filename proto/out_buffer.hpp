@@ -43,6 +43,14 @@ class out_buffer {
   }
   void append(std::span<const std::byte> bytes);
   void append_zeros(std::size_t n);
+  /// The last `n` owned bytes appended, to patch a frame written in parts;
+  /// they must all have been appended by prepare/commit, append or
+  /// append_zeros since the last append_external(), and not consumed. Valid
+  /// until the next non-const call.
+  std::byte* owned_tail(std::size_t n) noexcept {
+    assert(n <= end_);
+    return data_.get() + end_ - n;
+  }
   /// Queues `bytes` by reference (see the lifetime rule above).
   void append_external(std::span<const std::byte> bytes);
   /// Makes the next `owned_bytes` of owned appends and `pieces` new pieces

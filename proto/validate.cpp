@@ -95,6 +95,50 @@ status check_delivery(const delivery_view& m, const limits& lim) {
   return check_reply_to(m.reply_to, lim, "message.replyTo");
 }
 
+// A publishBatch (kind "publishBatch", entries of publish_entry_head) or a
+// messageBatch ("messageBatch", message_entry_head): the subject once, every
+// entry's sizes, and that the entries are exactly `count` whole ones.
+// `refused` ends the message of a size error.
+status check_batch(const publish_batch_view& b, std::string_view kind, std::size_t head, const limits& lim,
+                   std::string_view refused) {
+  if (!is_valid_publish_subject(b.subject, lim)) {
+    if (auto st = validate_publish_subject(b.subject, lim, std::string(kind) + ".subject"); !st.ok()) return st;
+  }
+  batch_cursor c(b.entries, head);
+  batch_entry e;
+  std::uint64_t n = 0;
+  const auto entry = [&] { return std::string(kind) + " entry " + std::to_string(n) + " (counting from 0): "; };
+  for (; c.next(e); ++n) {
+    if (e.key.size() > lim.max_key) {
+      return {errc::invalid_key, entry() + "key of " + format_size(e.key.size()) + " exceeds limits.max_key (" +
+                                     format_size(lim.max_key) + ")" + std::string(refused)};
+    }
+    if (e.payload.size() > lim.max_payload) {
+      return {errc::payload_too_large, entry() + "payload of " + format_size(e.payload.size()) +
+                                           " exceeds limits.max_payload (" + format_size(lim.max_payload) + ")" +
+                                           std::string(refused)};
+    }
+  }
+  if (c.left() != 0) {
+    return {errc::protocol, entry() + "is cut short: " + std::to_string(c.left()) + " bytes are left of " +
+                                std::string(kind) + ".entries, less than its " + std::to_string(head) +
+                                "-byte head and the key and payload sizes it announces"};
+  }
+  if (n != b.count) {
+    return {errc::protocol, std::string(kind) + ".count is " + std::to_string(b.count) + " but " + std::string(kind) +
+                                ".entries holds " + std::to_string(n) + (n == 1 ? " entry" : " entries")};
+  }
+  return {};
+}
+
+status check_publish_batch(const publish_batch_view& b, const limits& lim) {
+  return check_batch(b, "publishBatch", publish_entry_head, lim, "; no entry of the batch was published");
+}
+
+status check_message_batch(const message_batch_view& b, const limits& lim) {
+  return check_batch(b, "messageBatch", message_entry_head, lim, "");
+}
+
 status check_publish(wire::Publish::Reader p, const limits& lim) {
   thread_local std::vector<header> headers;  // reused: validation does not allocate once warm
   publish_view view;
@@ -143,7 +187,12 @@ status client_frame(W::Reader f, const limits& lim) {
       return {};
     case W::PING:
     case W::PONG: return {};
-    default: return not_allowed(f.which(), "client", "hello, publish, subscribe, unsubscribe, ping and pong");
+    case W::PUBLISH_BATCH: {
+      const auto b = f.getPublishBatch();
+      return check_publish_batch({as_string_view(b.getSubject()), b.getCount(), as_bytes(b.getEntries())}, lim);
+    }
+    default:
+      return not_allowed(f.which(), "client", "hello, publish, publishBatch, subscribe, unsubscribe, ping and pong");
   }
 }
 
@@ -154,6 +203,15 @@ status server_frame(W::Reader f, const limits& lim) {
     case W::ERROR:
     case W::PING:
     case W::PONG: return {};
+    case W::MESSAGE_BATCH: {
+      const auto b = f.getMessageBatch();
+      message_batch_view v;
+      v.subject = as_string_view(b.getSubject());
+      v.count = b.getCount();
+      v.entries = as_bytes(b.getEntries());
+      v.sid = b.getSid();
+      return check_message_batch(v, lim);
+    }
     case W::MESSAGE: {
       thread_local std::vector<header> headers;  // reused: validation does not allocate once warm
       delivery_view view;
@@ -162,8 +220,9 @@ status server_frame(W::Reader f, const limits& lim) {
     }
     case W::HELLO:
     case W::PUBLISH:
+    case W::PUBLISH_BATCH:
     case W::SUBSCRIBE:
-    case W::UNSUBSCRIBE: return not_allowed(f.which(), "server", "welcome, message, ack, error, ping and pong");
+    case W::UNSUBSCRIBE: return not_allowed(f.which(), "server", "welcome, message, messageBatch, ack, error, ping and pong");
   }
   return {};  // a newer server's kind: ignore
 }
@@ -188,6 +247,7 @@ status validate_client_frame(wire::Frame::Reader frame, const limits& lim) noexc
 status validate_client_frame(const proto::frame& f, const limits& lim) noexcept {
   // A publish was read by the decoder already: check its view, not the frame.
   if (const publish_view* p = f.publish()) return guarded([&] { return check_publish(*p, lim); });
+  if (const publish_batch_view* b = f.publish_batch()) return guarded([&] { return check_publish_batch(*b, lim); });
   return validate_client_frame(f.root(), lim);
 }
 
@@ -198,6 +258,7 @@ status validate_server_frame(wire::Frame::Reader frame, const limits& lim) noexc
 status validate_server_frame(const proto::frame& f, const limits& lim) noexcept {
   // A delivery was read by the decoder already: check its view, not the frame.
   if (const delivery_view* d = f.delivery()) return guarded([&] { return check_delivery(*d, lim); });
+  if (const message_batch_view* b = f.message_batch()) return guarded([&] { return check_message_batch(*b, lim); });
   return validate_server_frame(f.root(), lim);
 }
 

@@ -78,6 +78,13 @@ class conn {
   /// `key` is used by Keyway only; NATS and Redis have no keys.
   virtual void queue_publish(std::string_view subject, std::span<const std::byte> key,
                              std::span<const std::byte> payload, std::string_view reply_to) = 0;
+  /// The publishes queued since the last call are complete: an adapter that
+  /// gathers them (Keyway's publishBatch, with set_batching(true)) encodes
+  /// them now. Call it before writing.
+  virtual void end_publishes() {}
+  /// Whether queue_publish() may gather plain publishes into batches (Keyway
+  /// with protocol version 2; the others have none and ignore it).
+  void set_batching(bool on) noexcept { batching_ = on; }
   virtual std::size_t out_size() const noexcept = 0;
   /// Writes what the socket takes now; false once the connection failed.
   bool write_some() noexcept;
@@ -138,6 +145,7 @@ class conn {
   std::uint64_t pings_sent_ = 0;
   std::uint64_t pongs_received_ = 0;
   std::uint64_t publish_replies_ = 0;
+  bool batching_ = false;
 
  private:
   std::string failure_;

@@ -224,6 +224,7 @@ void publisher_body(conn& c, const pubsub_options& opt, pubsub_state& st, int id
       c.queue_publish(opt.subject, {reinterpret_cast<const std::byte*>(key.data()), key.size()},
                       payload, {});
     }
+    c.end_publishes();
     // Counted before the bytes leave, so a subscriber never sees more than was sent.
     st.sent[id].v.store(seq, std::memory_order_relaxed);
     if (rate > 0 || c.out_size() >= opt.write_bytes) c.write_some();
@@ -338,9 +339,11 @@ run_result run_pubsub(const endpoint& ep, const pubsub_options& opt) {
           make_conn(ep.kind, ep.host, ep.port, "bench-sub-" + std::to_string(i), deadline));
       subs.back()->subscribe(opt.subject, opt.queue_group ? "bench_group" : "", deadline);
     }
-    for (int i = 0; i < opt.publishers; ++i)
+    for (int i = 0; i < opt.publishers; ++i) {
       pubs.push_back(
           make_conn(ep.kind, ep.host, ep.port, "bench-pub-" + std::to_string(i), deadline));
+      pubs.back()->set_batching(opt.batch);
+    }
   } catch (const bench_error& e) {
     res.error = std::string("setup: ") + e.what();
     return res;

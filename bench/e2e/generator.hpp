@@ -54,6 +54,7 @@ struct pubsub_options {
   double rate = 0;            // total msgs/s over all publishers; 0 = flat out
   std::uint64_t count = 0;    // per publisher; 0 = bounded by duration only
   std::size_t write_bytes = 32 << 10;  // flat out: queued bytes before a write (1: every batch)
+  bool batch = true;          // Keyway: each group of publishes queued together goes as one publishBatch
   nanoseconds duration = std::chrono::seconds(3);
   std::uint64_t window =
       0;  // flat out: in-flight messages per subscriber; 0 = window_bytes / payload,

@@ -34,12 +34,30 @@ class keyway_conn final : public conn {
 
   void queue_publish(std::string_view subject, std::span<const std::byte> key,
                      std::span<const std::byte> payload, std::string_view reply_to) override {
+    if (batching_ && batch_version_ && reply_to.empty()) {
+      if (staged_count_ != 0 && (subject != staged_subject_ || staged_.size() >= max_batch_bytes))
+        end_publishes();
+      if (staged_count_ == 0) staged_subject_.assign(subject);
+      const std::size_t at = staged_.size();
+      staged_.resize(at + proto::batch_entry_size(key.size(), payload.size()));
+      proto::write_batch_entry(staged_.data() + at, key, payload);
+      ++staged_count_;
+      return;
+    }
+    end_publishes();  // keeps the order of what was staged before
     proto::publish_fields f;
     f.subject = subject;
     f.key = key;
     f.payload = payload;
     f.reply_to = reply_to;
     if (!enc_->publish(out_, f)) fail("cannot encode a publish");
+  }
+
+  void end_publishes() override {
+    if (staged_count_ == 0) return;
+    check(enc_->publish_batch(out_, staged_subject_, staged_count_, staged_), "publishBatch");
+    staged_.clear();
+    staged_count_ = 0;
   }
 
   std::size_t out_size() const noexcept override { return out_.size(); }
@@ -60,6 +78,11 @@ class keyway_conn final : public conn {
         if (sink_ != nullptr) sink_->on_delivery(d->payload, d->reply_to, now);
         continue;
       }
+      if (const proto::message_batch_view* b = f.message_batch()) {
+        if (sink_ != nullptr)
+          proto::for_each_delivery(*b, [&](const proto::delivery_view& d) { sink_->on_delivery(d.payload, {}, now); });
+        continue;
+      }
       const wire::Frame::Reader root = f.root();
       switch (root.which()) {
         case wire::Frame::ACK:
@@ -76,6 +99,7 @@ class keyway_conn final : public conn {
         }
         case wire::Frame::WELCOME:
           welcomed_ = true;
+          batch_version_ = root.getWelcome().getProtocolVersion() >= proto::batch_version;
           break;
         case wire::Frame::PING:
           check(enc_->pong(out_, root.getPing().getId()), "pong");
@@ -91,7 +115,10 @@ class keyway_conn final : public conn {
 
   std::span<const std::byte> out_front() const noexcept override { return out_.front(); }
   void out_consume(std::size_t n) noexcept override { out_.consume(n); }
-  void queue_ping() override { check(enc_->ping(out_, pings_sent_ + 1), "ping"); }
+  void queue_ping() override {
+    end_publishes();
+    check(enc_->ping(out_, pings_sent_ + 1), "ping");
+  }
 
  private:
   void check(const result<std::size_t>& r, const char* what) {
@@ -112,6 +139,12 @@ class keyway_conn final : public conn {
   std::unique_ptr<proto::decoder> dec_ = std::make_unique<proto::decoder>(limits_, 256 * 1024);
   proto::out_buffer out_;
   bool welcomed_ = false;
+  bool batch_version_ = false;  // the welcome agreed on a version with publishBatch
+  // Publishes gathered for one publishBatch: its subject, entries in wire layout.
+  std::string staged_subject_;
+  std::vector<std::byte> staged_;
+  std::uint32_t staged_count_ = 0;
+  static constexpr std::size_t max_batch_bytes = 64 * 1024;  // far inside limits.max_frame
   std::uint32_t next_sid_ = 1;
   std::uint64_t next_id_ = 1;
   std::vector<std::uint64_t> acks_;  // setup only: a handful of entries

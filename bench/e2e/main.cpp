@@ -6,7 +6,8 @@
 //       every scenario against servers it starts itself (what `bench/run e2e` runs)
 //   keyway-bench pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M]
 //       [--group] [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S]
-//       [--window N] [--write-bytes B] one pub/sub scenario against a running server
+//       [--window N] [--write-bytes B] [--no-batch] one pub/sub scenario against a running server
+//       (--no-batch: Keyway publishers send one publish frame per message, not publishBatch)
 //   keyway-bench reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | --closed-loop]
 //       [--size BYTES] [--duration S]
 //       one request/reply scenario against a running server
@@ -31,7 +32,7 @@ int usage(const char* argv0) {
       "[--group]\n"
       "                 [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S] "
       "[--window N]\n"
-      "                 [--write-bytes B]\n"
+      "                 [--write-bytes B] [--no-batch]\n"
       "       %s reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | "
       "--closed-loop]\n"
       "                 [--size BYTES] [--duration S]\n",
@@ -135,6 +136,8 @@ int main(int argc, char** argv) {
         ps.duration = rr.duration = seconds(value(a));
       else if (a == "--write-bytes")
         ps.write_bytes = std::stoull(value(a));
+      else if (a == "--no-batch")
+        ps.batch = false;
       else if (a == "--window")
         ps.window = std::stoull(value(a));
       else if (a == "--closed-loop")

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,44 @@ inline void check_daemon_serves(keywayd_process& d, raw_client& established) {
   raw_client fresh = open_client(d.url(), "fresh");
   check_round_trip(established, fresh);
   check_round_trip(fresh, established);
+}
+
+/// Expects `c` to receive a fatal error with `code` and then be closed by the
+/// daemon. Returns the error frame.
+inline error_frame expect_fatal_then_close(raw_client& c, proto::errc code, ms timeout = default_timeout) {
+  std::vector<server_frame> seen;
+  const bool closed = c.wait_closed(timeout, &seen);
+  CHECK_MESSAGE(closed, "the daemon did not close the connection");
+  error_frame found;
+  int errors = 0;
+  for (const auto& f : seen) {
+    if (const auto* e = std::get_if<error_frame>(&f)) {
+      found = *e;
+      ++errors;
+    } else {
+      FAIL_CHECK("unexpected frame before the close: " << describe(f));
+    }
+  }
+  REQUIRE_MESSAGE(errors == 1, "expected exactly one error frame, got " << errors);
+  CHECK_MESSAGE(found.code == code, "got " << proto::to_string(found.code) << ": " << found.message);
+  CHECK(found.fatal);
+  CHECK_FALSE(found.message.empty());
+  return found;
+}
+
+/// Sum of every sample of `name` (any labels) in Prometheus text output.
+inline double metric_sum(const std::string& text, const std::string& name) {
+  double sum = 0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line.compare(0, name.size(), name) != 0) continue;
+    const char next = line.size() > name.size() ? line[name.size()] : '\0';
+    if (next != ' ' && next != '{') continue;
+    sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
 }
 
 /// Little-endian 64-bit words, for hand-made frames.

@@ -1,7 +1,9 @@
 // raw_client: a small synchronous Keyway client for integration tests, built
 // straight on the proto codec (not on keyway::client), so a test can send any
 // frame — well-formed, out of order or hostile bytes — and see exactly which
-// frames the daemon answers with, in order.
+// frames the daemon answers with, in order. A messageBatch (protocol version
+// 2) is read as the Message frames it stands for, one message_frame each, in
+// order; message_batches() counts them.
 //
 // Every read and every write takes a deadline: nothing here can block for
 // ever. Failures that make the rest of a test meaningless (connect refused,
@@ -101,6 +103,16 @@ inline std::span<const std::byte> as_bytes(std::string_view s) noexcept {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
+/// One entry of a publishBatch, as a test writes it (binary-safe strings).
+struct batch_item {
+  std::string key;
+  std::string payload;
+};
+
+/// The wire bytes of `items` as publishBatch.entries: proto::write_batch_entry
+/// for each, back to back.
+std::vector<std::byte> batch_entries(std::span<const batch_item> items);
+
 // ---- the client --------------------------------------------------------------
 
 class raw_client {
@@ -132,6 +144,9 @@ class raw_client {
   void queue_subscribe(const proto::subscribe_fields& f);
   void queue_unsubscribe(std::uint32_t sid, std::uint64_t request_id);
   void queue_ping(std::uint64_t id);
+  /// A publishBatch with these very fields: `entries` may be any bytes and
+  /// `count` any number, so a test can lie about either.
+  void queue_publish_batch(std::string_view subject, std::uint32_t count, std::span<const std::byte> entries);
   /// Writes everything queued (see send_raw for the failure modes).
   void flush(ms timeout = default_timeout);
   std::size_t queued_bytes() const noexcept { return out_.size(); }
@@ -156,6 +171,10 @@ class raw_client {
   }
 
   void send_hello(std::uint32_t version = proto::protocol_version, std::string_view name = "itest");
+  /// One publishBatch of `items` to `subject`, sent now; its count is
+  /// items.size() unless `count_override` says otherwise.
+  void send_publish_batch(std::string_view subject, std::span<const batch_item> items,
+                          std::optional<std::uint32_t> count_override = std::nullopt);
   /// Fire and forget (ack_id 0 unless given).
   void publish(std::string_view subject, std::string_view key, std::string_view payload,
                std::string_view reply_to = {}, std::uint64_t ack_id = 0);
@@ -169,6 +188,8 @@ class raw_client {
   bool eof() const noexcept { return eof_; }
   bool reset_by_peer() const noexcept { return reset_; }
   std::uint64_t bytes_received() const noexcept { return bytes_in_; }
+  /// messageBatch frames decoded so far (their deliveries come as message_frames).
+  std::uint64_t message_batches() const noexcept { return message_batches_; }
 
   /// Reads until a frame satisfies `pred`, or the deadline passes or the peer
   /// closes (nullopt). Frames that do not match are kept back, in order, for
@@ -212,6 +233,10 @@ class raw_client {
   // ---- request/response helpers (throw io_error on failure) ----------------
   /// Sends hello and waits for welcome.
   welcome_frame hello(std::string_view name = "itest", ms timeout = default_timeout);
+  /// The same with hello.protocolVersion = `version` (the highest this client
+  /// claims to speak); the welcome carries the version agreed.
+  welcome_frame hello_version(std::uint32_t version, std::string_view name = "itest",
+                              ms timeout = default_timeout);
   /// Subscribes with a request id and waits for the ack: afterwards no
   /// matching publish is missed.
   void subscribe(std::uint32_t sid, std::string_view pattern, std::string_view group = {},
@@ -248,6 +273,8 @@ class raw_client {
   std::unique_ptr<proto::encoder> enc_;
   proto::out_buffer out_;
   std::deque<server_frame> backlog_;
+  std::deque<server_frame> unbatched_;  // the rest of the last messageBatch decoded
+  std::uint64_t message_batches_ = 0;
   bool eof_ = false;
   bool reset_ = false;
   std::uint64_t bytes_in_ = 0;

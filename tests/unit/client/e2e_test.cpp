@@ -21,6 +21,7 @@
 
 #include "client/client.hpp"
 #include "proto/errc.hpp"
+#include "tests/support/http_get.hpp"
 #include "tests/unit/client/test_daemon.hpp"
 
 using namespace keyway::client;
@@ -537,6 +538,67 @@ TEST_CASE("client e2e: concurrent publishers under backpressure keep per-key ord
     }
     CHECK(next.size() == threads);
     for (const auto& [key, n] : next) CHECK(n == per_thread);
+  }
+  stop_daemon(*d);
+}
+
+TEST_CASE("client e2e: plain publishes go out in publishBatch frames, in order with every other frame") {
+  auto d = start_daemon();
+  {
+    auto sub_conn = must_connect(d->url());
+    collector got;
+    REQUIRE(sub_conn->subscribe("cb.*", got.handler()));
+    auto pub = must_connect(d->url());
+    REQUIRE(pub->info().protocol_version == 2);
+
+    // One key throughout: the subscriber must see exactly the publish order,
+    // across batches, subject changes, a publish with headers and an acked one.
+    publish_options po;
+    po.key = "k";
+    publish_options with_headers = po;
+    const header hs[] = {{"h", "v"}};
+    with_headers.headers = hs;
+    int next = 0;
+    std::vector<std::string> subjects;
+    const auto plain = [&](const std::string& subject, int n) {
+      for (int i = 0; i < n; ++i, ++next) {
+        REQUIRE(pub->publish(subject, std::to_string(next), po));
+        subjects.push_back(subject);
+      }
+    };
+    plain("cb.a", 100);
+    REQUIRE(pub->publish("cb.a", std::to_string(next++), with_headers));
+    subjects.push_back("cb.a");
+    plain("cb.b", 100);
+    auto acked = pub->publish_ack("cb.a", std::to_string(next++), po);
+    REQUIRE(acked);
+    CHECK(*acked == 1);
+    subjects.push_back("cb.a");
+    plain("cb.a", 100);
+    REQUIRE(pub->flush());
+    const std::size_t total = static_cast<std::size_t>(next);
+    REQUIRE(got.wait_for(total));
+
+    const auto msgs = got.messages();
+    REQUIRE(msgs.size() == total);
+    for (std::size_t i = 0; i < total; ++i) {
+      CHECK(msgs[i].payload == std::to_string(i));
+      CHECK(msgs[i].subject == subjects[i]);
+      CHECK(msgs[i].headers.size() == (i == 100 ? 1u : 0u));
+    }
+
+    // Fewer frames than publishes reached the daemon: the plain ones were
+    // batched (without batches it would be every publish plus the hellos,
+    // the subscribe and the flushes' pings).
+    const auto metrics = keyway::test::http_get(d->admin_port(), "/metrics").body;
+    double frames = 0;
+    for (std::size_t at = metrics.find("\nkeyway_frames_received_total{"); at != std::string::npos;
+         at = metrics.find("\nkeyway_frames_received_total{", at + 1)) {
+      frames += std::stod(metrics.substr(metrics.find("} ", at) + 2));
+    }
+    INFO(metrics);
+    CHECK(frames > 0);
+    CHECK(frames < static_cast<double>(total));
   }
   stop_daemon(*d);
 }
