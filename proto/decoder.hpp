@@ -27,6 +27,10 @@
 // against the segment; anything the hand reader does not accept goes the
 // capnp way above), into frame::publish() or frame::delivery(); capnp's reader
 // is then built only if frame::root() is called.
+//
+// Batches (protocol version 2): a publishBatch or messageBatch is read by
+// capnp's reader into frame::publish_batch() / frame::message_batch(), one
+// reader for many messages; batch_cursor (proto/fields.hpp) walks the entries.
 #pragma once
 
 #include "core/result.hpp"
