@@ -138,10 +138,18 @@ bool connection::handle(const proto::frame& f) {
       return true;
     case wire::Frame::PUBLISH:
       return on_publish(*f.publish());
-    case wire::Frame::PUBLISH_BATCH:
-      batch_subject_ = f.publish_batch()->subject;
-      batch_at_ = proto::batch_cursor(f.publish_batch()->entries);
+    case wire::Frame::PUBLISH_BATCH: {
+      const proto::publish_batch_view& b = *f.publish_batch();
+      router_.stats().published.add(b.count);
+      // One subject for every entry: the interest check of on_publish, once.
+      if (!router_.has_interest(b.subject)) {
+        router_.stats().unmatched.add(b.count);
+        return true;
+      }
+      batch_subject_ = b.subject;
+      batch_at_ = proto::batch_cursor(b.entries);
       return publish_entries();
+    }
     case wire::Frame::SUBSCRIBE:
       on_subscribe(f.root().getSubscribe());
       return true;
@@ -222,6 +230,10 @@ bool connection::on_publish(const proto::publish_view& p) {
     if (!p.reply_to.empty()) send_no_responders(p.subject, p.reply_to, 0);
     return true;
   }
+  return route_publish(p);
+}
+
+bool connection::route_publish(const proto::publish_view& p) {
   shared_message* msg = shared_message::make(router_.pool(), p.subject, p.key, p.payload, p.reply_to, p.headers);
   msg->set_received_ns(static_cast<std::uint64_t>(last_read_.time_since_epoch() / std::chrono::nanoseconds(1)));
   publish_op op;
@@ -240,7 +252,7 @@ bool connection::on_publish(const proto::publish_view& p) {
 bool connection::publish_entries() {
   proto::batch_entry e;
   while (batch_at_.next(e)) {
-    if (!on_publish({.subject = batch_subject_, .key = e.key, .payload = e.payload})) return false;
+    if (!route_publish({.subject = batch_subject_, .key = e.key, .payload = e.payload})) return false;
   }
   return true;
 }
@@ -255,7 +267,7 @@ bool connection::resume() {
   blocked_.reset();
   last_active_ = std::chrono::steady_clock::now();
   // The rest of a paused batch first, then the frames after it; either may
-  // pause again, through on_publish's mark_paused.
+  // pause again, through route_publish's mark_paused.
   if (publish_entries()) process();
   return true;
 }

@@ -93,6 +93,9 @@ class connection : public std::enable_shared_from_this<connection> {
   }
   void on_hello(proto::wire::Hello::Reader h);
   bool on_publish(const proto::publish_view& p);
+  /// on_publish() past the interest check: copy, pick the owner, hand over;
+  /// false if that paused the connection.
+  bool route_publish(const proto::publish_view& p);
   /// Publishes the entries of the current publishBatch from batch_at_ on;
   /// false if one paused the connection (batch_at_ then holds the rest).
   bool publish_entries();

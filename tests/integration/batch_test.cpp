@@ -211,6 +211,16 @@ TEST_CASE("batch: 200 entries over several keys arrive whole and in per-key orde
   CHECK(metric_sum(m, "keyway_messages_routed_total") == 200);
   CHECK(metric_sum(m, "keyway_messages_delivered_total") == 400);
   CHECK(metric_sum(m, "keyway_messages_unmatched_total") == 0);
+
+  // A batch to a subject nobody subscribes to: counted, dropped whole.
+  const std::vector<batch_item> unheard{{"a", "1"}, {"b", "2"}, {"c", "3"}};
+  pub.send_publish_batch("batch.nobody", unheard);
+  pub.ping();
+  CHECK(sub.collect_until_quiet(100ms, 2s).empty());
+  const std::string after = metrics_of(d);
+  CHECK(metric_sum(after, "keyway_messages_received_total") == 203);
+  CHECK(metric_sum(after, "keyway_messages_unmatched_total") == 3);
+  CHECK(metric_sum(after, "keyway_messages_routed_total") == 200);
   check_daemon_serves(d, pub);
 }
 
