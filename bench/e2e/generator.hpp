@@ -88,6 +88,7 @@ struct run_result {
   double sub_rate = 0;             // received / sub_seconds
   histogram latency;               // ns
   std::uint64_t server_errors = 0;
+  double stolen_ms = -1;  // CPU time the hypervisor took during the run (suite only; -1: not read)
 };
 
 run_result run_pubsub(const endpoint& ep, const pubsub_options& opt);

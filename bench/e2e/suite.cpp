@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -65,6 +66,28 @@ double load_average() {
   return l;
 }
 
+/// CPU time stolen from this VM by its hypervisor since boot, all CPUs
+/// together, in ms (/proc/stat's `steal` column); -1 where not available.
+double stolen_ms() {
+  std::ifstream f("/proc/stat");
+  std::string cpu;
+  unsigned long long v[8] = {};
+  if (!(f >> cpu) || cpu != "cpu") return -1;
+  for (auto& x : v)
+    if (!(f >> x)) return -1;
+  return static_cast<double>(v[7]) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+/// One run, with the CPU time stolen while it ran: a latency tail of
+/// milliseconds on this VM comes with stolen time.
+run_result measured(const std::function<run_result()>& run) {
+  const double before = stolen_ms();
+  run_result r = run();
+  const double after = stolen_ms();
+  if (before >= 0 && after >= 0) r.stolen_ms = after - before;
+  return r;
+}
+
 result_row to_row(const scenario& s, system_kind kind, const run_result& r) {
   result_row row;
   row.scenario = s.info.id;
@@ -86,7 +109,7 @@ result_row to_row(const scenario& s, system_kind kind, const run_result& r) {
 }
 
 /// The median of `runs` (by msgs/s; by p99 for fixed-rate scenarios, whose
-/// rate is set), with every run's figure in the note.
+/// rate is set), with every run's figure and stolen CPU time in the note.
 result_row median_row(const scenario& s, system_kind kind, const std::vector<run_result>& runs) {
   auto key = [&](const run_result& r) {
     if (s.fixed_rate) return static_cast<double>(r.latency.percentile(99));
@@ -97,29 +120,36 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
   std::sort(order.begin(), order.end(),
             [&](std::size_t a, std::size_t b) { return key(runs[a]) < key(runs[b]); });
   result_row row = to_row(s, kind, runs[order[order.size() / 2]]);
+  std::string all;
   if (runs.size() > 1) {
-    std::string all = "median of " + std::to_string(runs.size()) + " runs (" +
-                      (s.fixed_rate ? "p99 µs: " : "msgs/s: ");
+    all = "median of " + std::to_string(runs.size()) + " runs (" + (s.fixed_rate ? "p99 µs: " : "msgs/s: ");
     for (std::size_t i = 0; i < runs.size(); ++i) {
       char buf[32];
       std::snprintf(buf, sizeof buf, "%s%.0f", i ? ", " : "",
                     s.fixed_rate ? key(runs[i]) / 1e3 : key(runs[i]));
       all += buf;
     }
-    all += ")";
-    row.note = row.note.empty() ? all : all + "; " + row.note;
+    all += "; ";
   }
+  all += "CPU ms stolen by the hypervisor: ";
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    if (i) all += ", ";
+    all += runs[i].stolen_ms >= 0 ? std::to_string(std::lround(runs[i].stolen_ms)) : "?";
+  }
+  if (runs.size() > 1) all += ")";
+  row.note = row.note.empty() ? all : all + "; " + row.note;
   return row;
 }
 
 void print_progress(const scenario& s, system_kind kind, const run_result& r) {
   std::fprintf(stderr,
                "  %-24s %-7s sent %10llu  recv %10llu  pub %11.0f/s  sub %11.0f/s  p50 %8.1f us  "
-               "p99 %9.1f us%s%s\n",
+               "p99 %9.1f us  stolen %5.0f ms%s%s\n",
                s.info.id.c_str(), std::string(to_string(kind)).c_str(),
                static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.received),
                r.pub_rate, r.sub_rate, static_cast<double>(r.latency.percentile(50)) / 1e3,
-               static_cast<double>(r.latency.percentile(99)) / 1e3, r.error.empty() ? "" : "  ! ",
+               static_cast<double>(r.latency.percentile(99)) / 1e3, r.stolen_ms,
+               r.error.empty() ? "" : "  ! ",
                r.error.c_str());
 }
 
@@ -225,6 +255,7 @@ int run_suite(const suite_options& opt) {
                info.nats_version.c_str(), info.redis_version.c_str(), info.machine.c_str());
 
   const double load_at_start = load_average();
+  const double stolen_at_start = stolen_ms();
   std::vector<result_row> rows;
   std::vector<scenario_info> infos;
   int status = 0;
@@ -261,7 +292,7 @@ int run_suite(const suite_options& opt) {
       for (int rep = 0; rep < reps; ++rep) {
         for (int k = 0; k < 3; ++k) {
           if (eps[k].kind == system_kind::redis && !s.redis) continue;
-          runs[k].push_back(s.run(eps[k]));
+          runs[k].push_back(measured([&] { return s.run(eps[k]); }));
           print_progress(s, eps[k].kind, runs[k].back());
         }
       }
@@ -305,7 +336,7 @@ int run_suite(const suite_options& opt) {
       for (int rep = 0; rep < reps; ++rep) {
         for (int w = 0; w < 2; ++w) {
           const endpoint ep{system_kind::keyway, "127.0.0.1", w == 0 ? port1 : kport};
-          runs[w].push_back(run_pubsub(ep, o));
+          runs[w].push_back(measured([&] { return run_pubsub(ep, o); }));
           print_progress(pair[w], system_kind::keyway, runs[w].back());
         }
       }
@@ -369,9 +400,15 @@ int run_suite(const suite_options& opt) {
   }
 
   info.total_seconds = std::chrono::duration<double>(clock::now() - suite_start).count();
-  char load[160];
-  std::snprintf(load, sizeof load, "load average (1 min) %.2f at the start, %.2f at the end",
-                load_at_start, load_average());
+  const double stolen_at_end = stolen_ms();
+  char stolen[48] = "not available";
+  if (stolen_at_start >= 0 && stolen_at_end >= 0)
+    std::snprintf(stolen, sizeof stolen, "%.1f s", (stolen_at_end - stolen_at_start) / 1e3);
+  char load[240];
+  std::snprintf(load, sizeof load,
+                "load average (1 min) %.2f at the start, %.2f at the end; CPU time stolen by the "
+                "hypervisor over the suite: %s (/proc/stat steal; each median's note lists it per run)",
+                load_at_start, load_average(), stolen);
   info.notes.insert(info.notes.begin(), load);
   const std::string tables = format_tables(info, infos, rows);
   std::fputs(tables.c_str(), stdout);
