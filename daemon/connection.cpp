@@ -140,12 +140,8 @@ bool connection::handle(const proto::frame& f) {
       return on_publish(*f.publish());
     case wire::Frame::PUBLISH_BATCH: {
       const proto::publish_batch_view& b = *f.publish_batch();
-      router_.stats().published.add(b.count);
-      // One subject for every entry: the interest check of on_publish, once.
-      if (!router_.has_interest(b.subject)) {
-        router_.stats().unmatched.add(b.count);
-        return true;
-      }
+      // One subject for every entry: one interest check for all of them.
+      if (!admit(b.subject, b.count, false)) return true;
       batch_subject_ = b.subject;
       batch_at_ = proto::batch_cursor(b.entries);
       return publish_entries();
@@ -218,15 +214,20 @@ void connection::on_hello(wire::Hello::Reader h) {
   queued();
 }
 
+bool connection::admit(std::string_view subject, std::uint32_t count, bool to_owner) {
+  router_.stats().published.add(count);
+  // No subscription matches, by this worker's replica of the index, which
+  // holds every acknowledged subscription: nothing to order or deliver.
+  // Dropped here, without a copy or a hop to the owner (nats-server drops a
+  // message with no interest the same way). A publish with an ack request
+  // still goes to its owner, which answers after routing it.
+  if (to_owner || router_.has_interest(subject)) return true;
+  router_.stats().unmatched.add(count);
+  return false;
+}
+
 bool connection::on_publish(const proto::publish_view& p) {
-  router_.stats().published.add();
-  if (p.ack_id == 0 && !router_.has_interest(p.subject)) {
-    // No subscription matches, by this worker's replica of the index, which
-    // holds every acknowledged subscription: nothing to order or deliver.
-    // Dropped here, without a copy or a hop to the owner (nats-server drops a
-    // message with no interest the same way). A publish with an ack request
-    // still goes to its owner, which answers after routing it.
-    router_.stats().unmatched.add();
+  if (!admit(p.subject, 1, p.ack_id != 0)) {
     if (!p.reply_to.empty()) send_no_responders(p.subject, p.reply_to, 0);
     return true;
   }

@@ -92,6 +92,9 @@ class connection : public std::enable_shared_from_this<connection> {
     return out_;
   }
   void on_hello(proto::wire::Hello::Reader h);
+  /// Counts `count` publishes to `subject`; false (counted as unmatched) when
+  /// no subscription matches and none needs its owner (`to_owner`: an ack).
+  bool admit(std::string_view subject, std::uint32_t count, bool to_owner);
   bool on_publish(const proto::publish_view& p);
   /// on_publish() past the interest check: copy, pick the owner, hand over;
   /// false if that paused the connection.
