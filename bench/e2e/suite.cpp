@@ -120,23 +120,20 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
   std::sort(order.begin(), order.end(),
             [&](std::size_t a, std::size_t b) { return key(runs[a]) < key(runs[b]); });
   result_row row = to_row(s, kind, runs[order[order.size() / 2]]);
-  std::string all;
-  if (runs.size() > 1) {
-    all = "median of " + std::to_string(runs.size()) + " runs (" + (s.fixed_rate ? "p99 µs: " : "msgs/s: ");
-    for (std::size_t i = 0; i < runs.size(); ++i) {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "%s%.0f", i ? ", " : "",
-                    s.fixed_rate ? key(runs[i]) / 1e3 : key(runs[i]));
-      all += buf;
-    }
-    all += "; ";
-  }
-  all += "CPU ms stolen by the hypervisor: ";
+  std::string figures, stolen;
   for (std::size_t i = 0; i < runs.size(); ++i) {
-    if (i) all += ", ";
-    all += runs[i].stolen_ms >= 0 ? std::to_string(std::lround(runs[i].stolen_ms)) : "?";
+    const char* sep = i ? ", " : "";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%.0f", sep, s.fixed_rate ? key(runs[i]) / 1e3 : key(runs[i]));
+    figures += buf;
+    stolen += sep;
+    stolen += runs[i].stolen_ms >= 0 ? std::to_string(std::lround(runs[i].stolen_ms)) : "?";
   }
-  if (runs.size() > 1) all += ")";
+  stolen = "CPU ms stolen by the hypervisor: " + stolen;
+  const std::string all = runs.size() < 2 ? stolen
+                                          : "median of " + std::to_string(runs.size()) + " runs (" +
+                                                (s.fixed_rate ? "p99 µs: " : "msgs/s: ") + figures + "; " +
+                                                stolen + ")";
   row.note = row.note.empty() ? all : all + "; " + row.note;
   return row;
 }
