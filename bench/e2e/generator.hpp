@@ -33,6 +33,7 @@
 #include "bench/e2e/conn.hpp"
 #include "bench/e2e/histogram.hpp"
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -89,6 +90,7 @@ struct run_result {
   histogram latency;               // ns
   std::uint64_t server_errors = 0;
   double stolen_ms = -1;  // CPU time the hypervisor took during the run (suite only; -1: not read)
+  std::array<double, 2> cross_cpu_ns{-1, -1};  // CPU 0 -> 1 -> 0 cache-line round trip before and after (suite only)
 };
 
 run_result run_pubsub(const endpoint& ep, const pubsub_options& opt);

@@ -4,11 +4,15 @@
 #include "bench/e2e/results.hpp"
 #include "bench/e2e/servers.hpp"
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -78,13 +82,66 @@ double stolen_ms() {
   return static_cast<double>(v[7]) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
-/// One run, with the CPU time stolen while it ran: a latency tail of
-/// milliseconds on this VM comes with stolen time.
+/// The time one cache line takes to go from CPU 0 to CPU 1 and back, in ns:
+/// two threads pinned there take turns writing one atomic word, up to 20,000
+/// times or 50 ms. -1 where CPUs 0 and 1 are not both usable. On this VM it
+/// changes between about 100 and 480 ns as the hypervisor places the vCPUs,
+/// and every message keywayd hands from one worker to the other pays it.
+double cross_cpu_round_trip_ns() {
+  cpu_set_t allowed;
+  if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0 || !CPU_ISSET(0, &allowed) ||
+      !CPU_ISSET(1, &allowed))
+    return -1;
+  constexpr long rounds = 20000;
+  alignas(64) std::atomic<long> turn{0};  // odd: CPU 1 answers with turn + 1
+  std::atomic<bool> stop{false}, pinned_ok{true};
+  auto pin = [&](int cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    if (::pthread_setaffinity_np(::pthread_self(), sizeof one, &one) != 0) pinned_ok = false;
+  };
+  std::thread echo([&] {
+    pin(1);
+    while (!stop.load(std::memory_order_relaxed)) {
+      const long t = turn.load(std::memory_order_acquire);
+      if ((t & 1) != 0) turn.store(t + 1, std::memory_order_release);
+    }
+  });
+  double ns = -1;
+  std::thread lead([&] {
+    pin(0);
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + 50ms;
+    long done = 0;  // completed round trips
+    for (bool late = false; done < rounds; ++done) {
+      turn.store(2 * done + 1, std::memory_order_release);
+      for (long spins = 1; turn.load(std::memory_order_acquire) != 2 * done + 2 && !late; ++spins)
+        late = (spins & 1023) == 0 && std::chrono::steady_clock::now() > deadline;
+      if (late) break;
+    }
+    if (done > 0)
+      ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count() /
+           static_cast<double>(done);
+  });
+  lead.join();
+  stop = true;
+  echo.join();
+  if (!pinned_ok) return -1;
+  return ns;
+}
+
+/// One run, with the CPU time stolen while it ran (a latency tail of
+/// milliseconds on this VM comes with stolen time) and the cross-CPU round
+/// trip just before and just after it (the vCPUs' placement can change
+/// within seconds).
 run_result measured(const std::function<run_result()>& run) {
+  const double cross_cpu_before = cross_cpu_round_trip_ns();
   const double before = stolen_ms();
   run_result r = run();
   const double after = stolen_ms();
   if (before >= 0 && after >= 0) r.stolen_ms = after - before;
+  r.cross_cpu_ns = {cross_cpu_before, cross_cpu_round_trip_ns()};
   return r;
 }
 
@@ -120,20 +177,24 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
   std::sort(order.begin(), order.end(),
             [&](std::size_t a, std::size_t b) { return key(runs[a]) < key(runs[b]); });
   result_row row = to_row(s, kind, runs[order[order.size() / 2]]);
-  std::string figures, stolen;
+  auto rounded = [](double v) { return v >= 0 ? std::to_string(std::lround(v)) : std::string("?"); };
+  std::string figures, stolen, cross_cpu;
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const char* sep = i ? ", " : "";
     char buf[32];
     std::snprintf(buf, sizeof buf, "%s%.0f", sep, s.fixed_rate ? key(runs[i]) / 1e3 : key(runs[i]));
     figures += buf;
     stolen += sep;
-    stolen += runs[i].stolen_ms >= 0 ? std::to_string(std::lround(runs[i].stolen_ms)) : "?";
+    stolen += rounded(runs[i].stolen_ms);
+    cross_cpu += sep;
+    cross_cpu += rounded(runs[i].cross_cpu_ns[0]) + "/" + rounded(runs[i].cross_cpu_ns[1]);
   }
-  stolen = "CPU ms stolen by the hypervisor: " + stolen;
-  const std::string all = runs.size() < 2 ? stolen
+  const std::string machine =
+      "CPU ms stolen by the hypervisor: " + stolen + "; CPU 0↔1 cache-line round trip ns before/after: " + cross_cpu;
+  const std::string all = runs.size() < 2 ? machine
                                           : "median of " + std::to_string(runs.size()) + " runs (" +
                                                 (s.fixed_rate ? "p99 µs: " : "msgs/s: ") + figures + "; " +
-                                                stolen + ")";
+                                                machine + ")";
   row.note = row.note.empty() ? all : all + "; " + row.note;
   return row;
 }
@@ -141,11 +202,11 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
 void print_progress(const scenario& s, system_kind kind, const run_result& r) {
   std::fprintf(stderr,
                "  %-24s %-7s sent %10llu  recv %10llu  pub %11.0f/s  sub %11.0f/s  p50 %8.1f us  "
-               "p99 %9.1f us  stolen %5.0f ms%s%s\n",
+               "p99 %9.1f us  stolen %5.0f ms  cpu0-1 %4.0f/%4.0f ns%s%s\n",
                s.info.id.c_str(), std::string(to_string(kind)).c_str(),
                static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.received),
                r.pub_rate, r.sub_rate, static_cast<double>(r.latency.percentile(50)) / 1e3,
-               static_cast<double>(r.latency.percentile(99)) / 1e3, r.stolen_ms,
+               static_cast<double>(r.latency.percentile(99)) / 1e3, r.stolen_ms, r.cross_cpu_ns[0], r.cross_cpu_ns[1],
                r.error.empty() ? "" : "  ! ",
                r.error.c_str());
 }
@@ -401,10 +462,12 @@ int run_suite(const suite_options& opt) {
   char stolen[48] = "not available";
   if (stolen_at_start >= 0 && stolen_at_end >= 0)
     std::snprintf(stolen, sizeof stolen, "%.1f s", (stolen_at_end - stolen_at_start) / 1e3);
-  char load[240];
+  char load[400];
   std::snprintf(load, sizeof load,
                 "load average (1 min) %.2f at the start, %.2f at the end; CPU time stolen by the "
-                "hypervisor over the suite: %s (/proc/stat steal; each median's note lists it per run)",
+                "hypervisor over the suite: %s (/proc/stat steal; each median's note lists it per run, "
+                "and the time a cache line takes from CPU 0 to CPU 1 and back, measured before and "
+                "after each run)",
                 load_at_start, load_average(), stolen);
   info.notes.insert(info.notes.begin(), load);
   const std::string tables = format_tables(info, infos, rows);
