@@ -32,6 +32,9 @@ struct block_pool::header {
 
 namespace {
 constexpr std::uint32_t unpooled = block_pool::class_count;
+// Pooled blocks start on a cache line, so that a block shares no line with
+// its neighbour, which another CPU may be reading while this one fills it.
+constexpr std::align_val_t pooled_alignment{cache_line};
 
 std::size_t class_of(std::size_t total) noexcept {
   if (total <= block_pool::min_block) return 0;
@@ -65,7 +68,7 @@ void block_pool::release_all(free_block* b, std::size_t size_class) noexcept {
     free_block* next = b->next;
     header* h = header_of(b);
     KEYWAY_UNPOISON(h, class_bytes(size_class));
-    ::operator delete(static_cast<void*>(h));
+    ::operator delete(static_cast<void*>(h), pooled_alignment);
     b = next;
   }
 }
@@ -83,13 +86,20 @@ void* block_pool::allocate(std::size_t bytes) {
   l.head = b->next;
   --l.count;
   // The next block was likely last written on another CPU (freed there):
-  // start moving its line here now, while the caller fills this one.
-  __builtin_prefetch(l.head, 1);
+  // start moving its lines here, writable, while the caller fills this one.
+  // Without this, on a VM whose vCPUs sat ~240 ns apart, the stores into
+  // every new message waited on those lines (bench/RESULTS.md, session 10).
+  if (l.head != nullptr) {
+    const auto* first = reinterpret_cast<const std::byte*>(header_of(l.head));
+    const std::size_t bytes = std::min<std::size_t>(class_bytes(c), prefetch_bytes);
+    for (std::size_t off = 0; off < bytes; off += cache_line) prefetch_for_write(first + off);
+  }
   return b;
 }
 
 void* block_pool::from_system(std::size_t total, std::uint32_t size_class) {
-  auto* h = static_cast<header*>(::operator new(total));
+  auto* h = static_cast<header*>(size_class == unpooled ? ::operator new(total)
+                                                       : ::operator new(total, pooled_alignment));
   h->pool = this;
   h->size_class = size_class;
   ++system_allocations_;
@@ -114,7 +124,7 @@ void block_pool::deallocate(void* p) noexcept {
 void block_pool::push_local(free_block* b, std::size_t size_class) noexcept {
   free_list& l = free_[size_class];
   if (l.count >= cache_limit(size_class)) {
-    ::operator delete(static_cast<void*>(header_of(b)));
+    ::operator delete(static_cast<void*>(header_of(b)), pooled_alignment);
     return;
   }
   b->next = l.head;

@@ -38,6 +38,21 @@ TEST_CASE("block_pool reuses a freed block of the same class and aligns to 16") 
   CHECK(pool.cached_blocks() == 2);
 }
 
+TEST_CASE("block_pool starts every pooled block on a cache line, so that blocks share no line") {
+  block_pool pool;
+  pool.bind_to_this_thread();
+  std::vector<void*> blocks;
+  for (std::size_t bytes : {1u, 48u, 100u, 200u, 1000u, 4000u, 4080u})
+    for (int i = 0; i < 8; ++i) blocks.push_back(pool.allocate(bytes));
+  for (void* p : blocks)
+    CHECK(reinterpret_cast<std::uintptr_t>(p) % keyway::core::cache_line == block_pool::header_bytes);
+  for (void* p : blocks) block_pool::deallocate(p);
+  // Reused blocks keep their alignment.
+  void* again = pool.allocate(100);
+  CHECK(reinterpret_cast<std::uintptr_t>(again) % keyway::core::cache_line == block_pool::header_bytes);
+  block_pool::deallocate(again);
+}
+
 TEST_CASE("block_pool sends blocks above its largest class to the system") {
   block_pool pool;
   pool.bind_to_this_thread();
