@@ -118,13 +118,15 @@ class mesh {
 
     /// Consumes every inbound ring whole; fn(T&) runs for each message.
     /// fn may send() or try_send() on this endpoint. Returns the count.
-    template <class Fn>
-    std::size_t drain(Fn&& fn) {
+    /// ahead(T&) sees each message a few messages before fn does
+    /// (spsc_ring::consume_all), to prefetch what fn will read.
+    template <class Fn, class Ahead = void (*)(T&) noexcept>
+    std::size_t drain(Fn&& fn, Ahead&& ahead = [](T&) noexcept {}) {
       owner_.assert_owner();
       std::size_t total = 0;
       for (std::uint32_t from = 0; from < m_.n_; ++from) {
         link& l = *m_.links_[id_ * m_.n_ + from];
-        const std::size_t n = l.ring.consume_all(fn);
+        const std::size_t n = l.ring.consume_all(fn, ahead);
         if (n == 0) continue;
         total += n;
         // Pairs with the sender raising sender_waiting, then re-checking room.

@@ -57,7 +57,16 @@ std::size_t router::poll() {
   w_.assert_owner();
   turn_ns_ = 0;
   if (draining() && !drain_started_) start_drain();
-  const std::size_t n = ep_.drain([this](route_msg& m) { dispatch(m); });
+  // A publish or delivery from the other worker carries a message that CPU
+  // wrote: start fetching it a few messages before dispatch reads it
+  // (bench/RESULTS.md, session 10).
+  const std::size_t n = ep_.drain([this](route_msg& m) { dispatch(m); },
+                                  [](route_msg& m) noexcept {
+                                    if (const auto* d = std::get_if<deliver_op>(&m))
+                                      d->msg->prefetch();
+                                    else if (const auto* p = std::get_if<publish_op>(&m))
+                                      p->msg->prefetch();
+                                  });
   if (!paused_.empty()) resume_paused();
   return n;
 }

@@ -105,6 +105,35 @@ TEST_CASE("spsc_ring batches across the wrap point") {
   CHECK(next_out == next_in);
 }
 
+TEST_CASE("spsc_ring consume_all shows each item to `ahead` once, in order, before fn gets it") {
+  for (int count : {0, 1, 3, 4, 5, 10}) {
+    CAPTURE(count);
+    spsc_ring<int> r(16);
+    for (int i = 0; i < count; ++i) REQUIRE(r.try_push(i));
+    std::vector<std::pair<char, int>> events;
+    const std::size_t got = r.consume_all([&](int& v) { events.emplace_back('f', v); },
+                                          [&](int& v) noexcept { events.emplace_back('a', v); });
+    CHECK(got == static_cast<std::size_t>(count));
+    std::vector<int> ahead_order, fn_order;
+    for (std::size_t e = 0; e < events.size(); ++e) {
+      auto& order = events[e].first == 'a' ? ahead_order : fn_order;
+      order.push_back(events[e].second);
+      if (events[e].first == 'f') {  // its `ahead` came earlier, and as many ahead as there were
+        const auto seen_ahead = std::count(events.begin(), events.begin() + static_cast<std::ptrdiff_t>(e),
+                                           std::pair<char, int>{'a', events[e].second});
+        CHECK(seen_ahead == 1);
+        const int expect_ahead =
+            std::min<int>(count, events[e].second + 1 + static_cast<int>(spsc_ring<int>::consume_lookahead));
+        CHECK(static_cast<int>(ahead_order.size()) == expect_ahead);
+      }
+    }
+    std::vector<int> all(static_cast<std::size_t>(count));
+    for (int i = 0; i < count; ++i) all[static_cast<std::size_t>(i)] = i;
+    CHECK(ahead_order == all);
+    CHECK(fn_order == all);
+  }
+}
+
 TEST_CASE("spsc_ring consume_all visits items in order and empties the ring") {
   spsc_ring<int> r(16);
   for (int i = 0; i < 10; ++i) REQUIRE(r.try_push(i));
