@@ -35,6 +35,8 @@ constexpr std::uint32_t unpooled = block_pool::class_count;
 // Pooled blocks start on a cache line, so that a block shares no line with
 // its neighbour, which another CPU may be reading while this one fills it.
 constexpr std::align_val_t pooled_alignment{cache_line};
+// allocate() prefetches up to this much of the block it will hand out next.
+constexpr std::size_t prefetch_bytes = 256;
 
 std::size_t class_of(std::size_t total) noexcept {
   if (total <= block_pool::min_block) return 0;

@@ -44,8 +44,6 @@ class block_pool {
   static constexpr std::size_t max_block = min_block << (class_count - 1);
   static constexpr std::size_t header_bytes = 16;
   static constexpr std::size_t default_cache_bytes = 4 * 1024 * 1024;
-  /// allocate() prefetches up to this much of the block it will hand out next.
-  static constexpr std::size_t prefetch_bytes = 256;
 
   explicit block_pool(std::size_t cache_bytes = default_cache_bytes) noexcept
       : cache_bytes_(cache_bytes) {}

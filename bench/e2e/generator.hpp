@@ -90,7 +90,7 @@ struct run_result {
   histogram latency;               // ns
   std::uint64_t server_errors = 0;
   double stolen_ms = -1;  // CPU time the hypervisor took during the run (suite only; -1: not read)
-  std::array<double, 2> cross_cpu_ns{-1, -1};  // CPU 0 -> 1 -> 0 cache-line round trip before and after (suite only)
+  std::array<double, 2> cross_cpu_ns{-1, -1};  // cross-CPU cache-line round trip before and after (suite only)
 };
 
 run_result run_pubsub(const endpoint& ep, const pubsub_options& opt);

@@ -3,9 +3,8 @@
 #include "bench/e2e/generator.hpp"
 #include "bench/e2e/results.hpp"
 #include "bench/e2e/servers.hpp"
+#include "core/worker.hpp"
 
-#include <pthread.h>
-#include <sched.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -82,27 +81,23 @@ double stolen_ms() {
   return static_cast<double>(v[7]) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
-/// The time one cache line takes to go from CPU 0 to CPU 1 and back, in ns:
-/// two threads pinned there take turns writing one atomic word, up to 20,000
-/// times or 50 ms. -1 where CPUs 0 and 1 are not both usable. On this VM it
+/// The time one cache line takes to go from one CPU to another and back, in
+/// ns: two threads pinned to the first two CPUs of the affinity mask (where
+/// keywayd's two workers pin) take turns writing one atomic word, up to
+/// 20,000 times or 50 ms. -1 with fewer than two CPUs. On this VM it
 /// changes between about 100 and 480 ns as the hypervisor places the vCPUs,
 /// and every message keywayd hands from one worker to the other pays it.
 double cross_cpu_round_trip_ns() {
-  cpu_set_t allowed;
-  if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0 || !CPU_ISSET(0, &allowed) ||
-      !CPU_ISSET(1, &allowed))
-    return -1;
+  const std::vector<int> cpus = core::allowed_cpus();
+  if (cpus.size() < 2) return -1;
   constexpr long rounds = 20000;
-  alignas(64) std::atomic<long> turn{0};  // odd: CPU 1 answers with turn + 1
+  alignas(64) std::atomic<long> turn{0};  // odd: the echo thread answers with turn + 1
   std::atomic<bool> stop{false}, pinned_ok{true};
   auto pin = [&](int cpu) {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    if (::pthread_setaffinity_np(::pthread_self(), sizeof one, &one) != 0) pinned_ok = false;
+    if (core::pin_current_thread(cpu) != 0) pinned_ok = false;
   };
   std::thread echo([&] {
-    pin(1);
+    pin(cpus[1]);
     while (!stop.load(std::memory_order_relaxed)) {
       const long t = turn.load(std::memory_order_acquire);
       if ((t & 1) != 0) turn.store(t + 1, std::memory_order_release);
@@ -110,7 +105,7 @@ double cross_cpu_round_trip_ns() {
   });
   double ns = -1;
   std::thread lead([&] {
-    pin(0);
+    pin(cpus[0]);
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + 50ms;
     long done = 0;  // completed round trips
@@ -190,7 +185,7 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
     cross_cpu += rounded(runs[i].cross_cpu_ns[0]) + "/" + rounded(runs[i].cross_cpu_ns[1]);
   }
   const std::string machine =
-      "CPU ms stolen by the hypervisor: " + stolen + "; CPU 0↔1 cache-line round trip ns before/after: " + cross_cpu;
+      "CPU ms stolen by the hypervisor: " + stolen + "; cross-CPU cache-line round trip ns before/after: " + cross_cpu;
   const std::string all = runs.size() < 2 ? machine
                                           : "median of " + std::to_string(runs.size()) + " runs (" +
                                                 (s.fixed_rate ? "p99 µs: " : "msgs/s: ") + figures + "; " +
@@ -202,7 +197,7 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
 void print_progress(const scenario& s, system_kind kind, const run_result& r) {
   std::fprintf(stderr,
                "  %-24s %-7s sent %10llu  recv %10llu  pub %11.0f/s  sub %11.0f/s  p50 %8.1f us  "
-               "p99 %9.1f us  stolen %5.0f ms  cpu0-1 %4.0f/%4.0f ns%s%s\n",
+               "p99 %9.1f us  stolen %5.0f ms  cross-CPU %4.0f/%4.0f ns%s%s\n",
                s.info.id.c_str(), std::string(to_string(kind)).c_str(),
                static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.received),
                r.pub_rate, r.sub_rate, static_cast<double>(r.latency.percentile(50)) / 1e3,
@@ -466,8 +461,8 @@ int run_suite(const suite_options& opt) {
   std::snprintf(load, sizeof load,
                 "load average (1 min) %.2f at the start, %.2f at the end; CPU time stolen by the "
                 "hypervisor over the suite: %s (/proc/stat steal; each median's note lists it per run, "
-                "and the time a cache line takes from CPU 0 to CPU 1 and back, measured before and "
-                "after each run)",
+                "and the time a cache line takes from one CPU to another and back, measured before "
+                "and after each run)",
                 load_at_start, load_average(), stolen);
   info.notes.insert(info.notes.begin(), load);
   const std::string tables = format_tables(info, infos, rows);
