@@ -3,8 +3,6 @@
 // Prometheus server scraping a running keywayd, read back through its query
 // API. Each tool is the Debian package's (scripts/deps.sh installs them).
 #include <doctest/doctest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -14,6 +12,7 @@
 #include "tests/integration/itest.hpp"
 #include "tests/support/child_process.hpp"
 #include "tests/support/http_get.hpp"
+#include "tests/support/loopback_port.hpp"
 
 namespace keyway::itest {
 namespace {
@@ -26,18 +25,6 @@ std::pair<int, std::string> run(const std::string& command, ms timeout = 60s) {
   child_process p({"/bin/sh", "-c", command});
   const auto code = p.wait(timeout);
   return {code.value_or(-1), p.out() + p.err()};
-}
-
-std::uint16_t free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-  socklen_t len = sizeof sa;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  ::close(fd);
-  return ntohs(sa.sin_port);
 }
 
 }  // namespace
@@ -80,7 +67,7 @@ TEST_CASE("deploy: a real Prometheus scrapes keywayd and promtool accepts its me
   INFO("promtool check metrics: " << out);
   CHECK(code == 0);
 
-  const std::uint16_t port = free_port();
+  const std::uint16_t port = keyway::test::closed_loopback_port();
   std::ofstream(dir.path() / "prometheus.yml")
       << "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: keyway\n    static_configs:\n"
       << "      - targets: [\"127.0.0.1:" << d.admin_port() << "\"]\n";

@@ -18,6 +18,7 @@
 #include "tests/integration/itest.hpp"
 #include "tests/support/child_process.hpp"
 #include "tests/support/http_get.hpp"
+#include "tests/support/loopback_port.hpp"
 
 namespace keyway::itest {
 namespace {
@@ -286,16 +287,9 @@ TEST_CASE("systemd: READY then RELOADING and READY on SIGHUP then STOPPING with 
 }
 
 TEST_CASE("systemd: a socket passed with LISTEN_FDS is adopted instead of binding") {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  const auto [fd, port] = keyway::test::bind_loopback();
   REQUIRE(::listen(fd, 64) == 0);
-  socklen_t len = sizeof sa;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  const std::string url = "tcp://127.0.0.1:" + std::to_string(ntohs(sa.sin_port));
+  const std::string url = "tcp://127.0.0.1:" + std::to_string(port);
   keywayd_process d({"--workers", "2"}, 10s, {{}, fd});
   ::close(fd);
   REQUIRE(d.addresses().size() == 1);

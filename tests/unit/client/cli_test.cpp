@@ -3,15 +3,13 @@
 // request/reply and the exit codes of req (0, 3 timeout, 4 no responders)
 // and of a refused connection (1). Every wait has a deadline.
 #include <doctest/doctest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <string>
 #include <vector>
 
 #include "tests/support/child_process.hpp"
+#include "tests/support/loopback_port.hpp"
 #include "tests/unit/client/test_daemon.hpp"
 
 using namespace std::chrono_literals;
@@ -128,15 +126,7 @@ TEST_CASE("client cli: req and reply with their exit codes") {
 }
 
 TEST_CASE("client cli: a refused connection is a clear error") {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  const std::string url = "tcp://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  const std::string url = "tcp://127.0.0.1:" + std::to_string(keyway::test::closed_loopback_port());
 
   auto pub = keyway_cli(url, {"pub", "a.b", "x"});
   CHECK(pub.wait(10s) == 1);

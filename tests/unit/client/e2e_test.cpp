@@ -3,8 +3,6 @@
 // --workers 2. Every wait has a deadline; each test ends by stopping the
 // daemon with SIGTERM and checking that it exits 0.
 #include <doctest/doctest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -22,6 +20,7 @@
 #include "client/client.hpp"
 #include "proto/errc.hpp"
 #include "tests/support/http_get.hpp"
+#include "tests/support/loopback_port.hpp"
 #include "tests/unit/client/test_daemon.hpp"
 
 using namespace keyway::client;
@@ -70,20 +69,6 @@ std::string temp_socket_path() {
          ".sock";
 }
 
-/// A loopback port nothing listens on (bound, then released).
-std::uint16_t closed_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 }  // namespace
 
 TEST_CASE("client e2e: connect reads the welcome") {
@@ -119,7 +104,7 @@ TEST_CASE("client e2e: connect reads the welcome") {
 TEST_CASE("client e2e: connect errors are clear") {
   connect_options quick;
   quick.connect_timeout = 3s;
-  auto refused = connect("tcp://127.0.0.1:" + std::to_string(closed_port()), quick);
+  auto refused = connect("tcp://127.0.0.1:" + std::to_string(keyway::test::closed_loopback_port()), quick);
   REQUIRE_FALSE(refused);
   CHECK((refused.error().code == errc::connect_failed));
   CHECK(refused.error().message.find("refused") != std::string::npos);
