@@ -32,6 +32,10 @@
 //     publishBatch frame (up to 64 KiB of entries; larger payloads go as
 //     publish frames): about 8 bytes of framing per message instead of ~100.
 //     The server routes each entry by its own key, in order.
+//   - Against a server of protocol version 1, which refuses any other
+//     version, connect() reconnects once saying 1 (within connect_timeout);
+//     publishes then go one frame each, and server_info::protocol_version
+//     says 1.
 //   - Backpressure: when more than connect_options::max_pending_bytes are
 //     queued (the server pushes back, or the network is slow), publish()
 //     blocks the calling thread until the IO thread has written some — except
@@ -258,6 +262,7 @@ class connection {
   // ---- IO thread (client_io.cpp) --------------------------------------------
   void run_io();
   void start_connect(std::function<void(outcome<void>)> done);
+  void open_socket();  // resolve, connect, then send_hello()
   void send_hello();
   void read_handshake_frame(std::size_t have, std::size_t need);
   void on_handshake_frame();
@@ -302,6 +307,7 @@ class connection {
   asio::steady_timer close_timer_;
   std::function<void(outcome<void>)> connect_done_;
   std::vector<std::byte> handshake_bytes_;
+  std::uint32_t hello_version_ = proto::protocol_version;  // 1 after a version-1 server refused more
   std::optional<proto::decoder> decoder_;
   proto::out_buffer writing_;
   std::array<asio::const_buffer, 16> iov_;

@@ -123,6 +123,10 @@ void connection::start_connect(std::function<void(outcome<void>)> done) {
                                " ms (connect timeout); is keywayd running there and reachable?",
                            false});
   });
+  open_socket();
+}
+
+void connection::open_socket() {
   const auto on_connected = [this](std::error_code ec) {
     if (!connect_done_) return;
     if (ec) {
@@ -171,6 +175,7 @@ void connection::send_hello() {
   small.max_frame = 64 * 1024;
   proto::encoder enc(small);
   proto::hello_fields h;
+  h.protocol_version = hello_version_;
   h.client_name = options_.client_name;
   h.auth_token = options_.auth_token;
   if (auto r = enc.hello(writing_, h); !r) {
@@ -273,6 +278,18 @@ void connection::on_handshake_frame() {
     }
     case wire::Frame::ERROR: {
       const auto e = root.getError();
+      // Servers of protocol version 2 and later answer a higher hello with
+      // the version both speak; a version-1 server refused anything but 1
+      // with unsupportedVersion and closed. Say 1 to it on a new connection,
+      // within the same connect timeout.
+      if (proto::from_wire(e.getCode()) == proto::errc::unsupported_version &&
+          hello_version_ > proto::min_protocol_version) {
+        hello_version_ = proto::min_protocol_version;
+        std::error_code ignored;
+        socket_.close(ignored);
+        open_socket();
+        return;
+      }
       finish_handshake(error{proto::make_error_code(proto::from_wire(e.getCode())),
                              std::string(proto::as_string_view(e.getMessage())), true});
       return;
