@@ -21,8 +21,6 @@
 // ConsumerToken per consumer (its fastest mode) for MPSC/MPMC, preallocated
 // with the same 4096 slots; try_enqueue for the bounded 1-producer case,
 // enqueue otherwise (see cq_subject for why).
-#include <pthread.h>
-#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -47,6 +45,7 @@
 #include "core/spsc_ring.hpp"
 #include "core/unbounded_mpsc_queue.hpp"
 #include "core/unbounded_spsc_queue.hpp"
+#include "core/worker.hpp"
 
 namespace keyway::bench {
 namespace {
@@ -54,24 +53,6 @@ namespace {
 using msg = std::uint64_t;  // the 8-byte message of every case
 constexpr std::size_t bounded_capacity = 4096;
 constexpr int repetitions = 5;
-
-std::vector<int> allowed_cpus() {
-  std::vector<int> cpus;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) == 0)
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  return cpus;
-}
-
-/// Pins the calling thread; quietly does nothing when it cannot.
-void pin_to(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
@@ -221,7 +202,7 @@ double timed_round(const subject& s, shape sh, std::uint64_t per_producer,
   const int n = sh.producers + sh.consumers;
   for (int k = 0; k < n; ++k) {
     threads.emplace_back([&, k] {
-      if (cpus.size() > 1) pin_to(cpu_for(sh, k, cpus));
+      if (cpus.size() > 1) (void)core::pin_current_thread(cpu_for(sh, k, cpus));  // best effort
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) cpu_relax();
       if (k < sh.producers) s.produce(k, per_producer);
@@ -403,7 +384,7 @@ std::shared_ptr<std::unique_ptr<T>> slot_for() {
 }  // namespace
 
 void run_queue_benches(const options& opt, report& out) {
-  const std::vector<int> cpus = allowed_cpus();
+  const std::vector<int> cpus = core::allowed_cpus();
   const int ncpu = std::max<int>(1, static_cast<int>(cpus.size()));
   const std::uint64_t spsc_n = opt.messages ? opt.messages : (opt.quick ? 2'000'000 : 20'000'000);
   const std::uint64_t multi_n = opt.messages ? opt.messages : (opt.quick ? 1'000'000 : 10'000'000);
