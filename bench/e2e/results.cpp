@@ -87,7 +87,11 @@ std::string format_tables(const run_info& info, const std::vector<scenario_info>
   std::ostringstream os;
   os << "Command: `" << info.command << "` (" << info.mode << ": " << info.repetitions << " run"
      << (info.repetitions > 1 ? "s" : "") << " of " << fmt("%.0f", info.seconds_per_run)
-     << " s per scenario and system" << (info.repetitions > 1 ? ", median reported" : "") << "; "
+     << " s per scenario and system"
+     << (info.latency_repetitions != info.repetitions
+             ? " (" + std::to_string(info.latency_repetitions) + " for the fixed-rate scenarios)"
+             : std::string())
+     << (info.repetitions > 1 ? ", median reported" : "") << "; "
      << fmt("%.0f", info.total_seconds) << " s in all)\n\n";
   os << "Machine: " << info.machine << "\n\n";
   os << "Versions: " << info.keyway_version << "; " << info.nats_version << "; "

@@ -36,6 +36,7 @@ struct run_info {
   std::string mode;  // "quick" or "full"
   double seconds_per_run = 0;
   int repetitions = 1;  // runs per (scenario, system); the median is reported
+  int latency_repetitions = 1;  // the same for the fixed-rate scenarios (median by p99)
   double total_seconds = 0;
   std::vector<std::string> notes;  // facts about the run as a whole (server logs, ...)
 };
