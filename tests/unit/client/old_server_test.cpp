@@ -4,7 +4,8 @@
 // hello of any version but 1 with the fatal unsupportedVersion error that
 // server sent and closes, as it did; it welcomes version 1, answers pings,
 // and records every hello's version and the kind of every later frame. Every
-// wait has a deadline.
+// wait has a deadline. The stand-in's thread asserts nothing: a failure there
+// shows as a connect() error or missing frames in the test's own checks.
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -109,8 +110,7 @@ class version1_server {
             e.code = proto::errc::unsupported_version;
             e.message = why;
             e.fatal = true;
-            REQUIRE(enc.error(out, e));
-            send_all(fd, out);
+            if (enc.error(out, e)) send_all(fd, out);
             return;
           }
           proto::welcome_fields w;
@@ -118,14 +118,14 @@ class version1_server {
           w.server_version = "0.1.0";
           w.protocol_version = 1;
           w.worker_count = 1;
-          REQUIRE(enc.welcome(out, w));
+          if (!enc.welcome(out, w)) return;
           welcomed = true;
         } else {
           {
             std::lock_guard lock(mu_);
             kinds_.emplace_back(proto::kind_name(f.which()));
           }
-          if (f.which() == wire::Frame::PING) REQUIRE(enc.pong(out, f.root().getPing().getId()));
+          if (f.which() == wire::Frame::PING && !enc.pong(out, f.root().getPing().getId())) return;
         }
       }
       if (!send_all(fd, out)) return;
