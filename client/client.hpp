@@ -262,7 +262,8 @@ class connection {
   // ---- IO thread (client_io.cpp) --------------------------------------------
   void run_io();
   void start_connect(std::function<void(outcome<void>)> done);
-  void open_socket();  // resolve, connect, then send_hello()
+  void on_connected(std::error_code ec);
+  bool retry_with_version_1(std::string_view refusal);
   void send_hello();
   void read_handshake_frame(std::size_t have, std::size_t need);
   void on_handshake_frame();
@@ -308,6 +309,8 @@ class connection {
   std::function<void(outcome<void>)> connect_done_;
   std::vector<std::byte> handshake_bytes_;
   std::uint32_t hello_version_ = proto::protocol_version;  // 1 after a version-1 server refused more
+  std::string fallback_from_;  // why hello_version_ dropped to 1, for a later connect error
+  asio::generic::stream_protocol::endpoint peer_;  // the address the socket connected to
   std::optional<proto::decoder> decoder_;
   proto::out_buffer writing_;
   std::array<asio::const_buffer, 16> iov_;

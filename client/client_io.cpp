@@ -123,35 +123,16 @@ void connection::start_connect(std::function<void(outcome<void>)> done) {
                                " ms (connect timeout); is keywayd running there and reachable?",
                            false});
   });
-  open_socket();
-}
-
-void connection::open_socket() {
-  const auto on_connected = [this](std::error_code ec) {
-    if (!connect_done_) return;
-    if (ec) {
-      finish_handshake(error{errc::connect_failed,
-                             "cannot connect to " + url_.to_string() + ": " + ec.message() +
-                                 "; is keywayd running there?",
-                             false});
-      return;
-    }
-    if (url_.type == server_url::kind::tcp) {
-      std::error_code ignored;
-      socket_.set_option(asio::ip::tcp::no_delay(true), ignored);  // we batch writes ourselves
-    }
-    send_hello();
-  };
+  const auto connected = [this](std::error_code ec) { on_connected(ec); };
   if (url_.type == server_url::kind::unix_path) {
     socket_.async_connect(
         asio::generic::stream_protocol::endpoint(asio::local::stream_protocol::endpoint(url_.path)),
-        on_connected);
+        connected);
     return;
   }
   resolver_.async_resolve(
       url_.host, std::to_string(url_.port),
-      [this, on_connected](std::error_code ec,
-                           const asio::ip::tcp::resolver::results_type& results) {
+      [this, connected](std::error_code ec, const asio::ip::tcp::resolver::results_type& results) {
         if (!connect_done_) return;
         if (ec) {
           finish_handshake(
@@ -164,10 +145,42 @@ void connection::open_socket() {
         for (const auto& r : results) endpoints.emplace_back(r.endpoint());
         asio::async_connect(
             socket_, endpoints,
-            [on_connected](std::error_code e, const asio::generic::stream_protocol::endpoint&) {
-              on_connected(e);
+            [connected](std::error_code e, const asio::generic::stream_protocol::endpoint&) {
+              connected(e);
             });
       });
+}
+
+void connection::on_connected(std::error_code ec) {
+  if (!connect_done_) return;
+  if (ec) {
+    finish_handshake(error{errc::connect_failed,
+                           "cannot connect to " + url_.to_string() + ": " + ec.message() +
+                               "; is keywayd running there?",
+                           false});
+    return;
+  }
+  std::error_code ignored;
+  if (url_.type == server_url::kind::tcp)
+    socket_.set_option(asio::ip::tcp::no_delay(true), ignored);  // we batch writes ourselves
+  peer_ = socket_.remote_endpoint(ignored);
+  send_hello();
+}
+
+/// A version-1 server refused our hello: connect again to the address that
+/// answered and say 1. False when the connection is being closed.
+bool connection::retry_with_version_1(std::string_view refusal) {
+  {
+    std::lock_guard lock(mu_);
+    if (state_ != state::connecting) return false;
+  }
+  std::error_code ec;
+  fallback_from_ = "the server refused protocol version " + std::to_string(hello_version_) + " (" +
+                   std::string(refusal) + ") and the client tried again with 1";
+  hello_version_ = proto::min_protocol_version;
+  socket_.close(ec);
+  socket_.async_connect(peer_, [this](std::error_code e) { on_connected(e); });
+  return true;
 }
 
 void connection::send_hello() {
@@ -280,16 +293,12 @@ void connection::on_handshake_frame() {
       const auto e = root.getError();
       // Servers of protocol version 2 and later answer a higher hello with
       // the version both speak; a version-1 server refused anything but 1
-      // with unsupportedVersion and closed. Say 1 to it on a new connection,
-      // within the same connect timeout.
-      if (proto::from_wire(e.getCode()) == proto::errc::unsupported_version &&
-          hello_version_ > proto::min_protocol_version) {
-        hello_version_ = proto::min_protocol_version;
-        std::error_code ignored;
-        socket_.close(ignored);
-        open_socket();
+      // with a fatal unsupportedVersion and closed. Say 1 to it on a new
+      // connection, within the same connect timeout.
+      if (proto::from_wire(e.getCode()) == proto::errc::unsupported_version && e.getFatal() &&
+          hello_version_ > proto::min_protocol_version &&
+          retry_with_version_1(proto::as_string_view(e.getMessage())))
         return;
-      }
       finish_handshake(error{proto::make_error_code(proto::from_wire(e.getCode())),
                              std::string(proto::as_string_view(e.getMessage())), true});
       return;
@@ -308,6 +317,11 @@ void connection::finish_handshake(outcome<void> result) {
   connect_done_ = nullptr;
   handshake_bytes_ = {};
   connect_timer_.cancel();
+  if (!result && !fallback_from_.empty()) {
+    error e = result.error();
+    e.message += " (" + fallback_from_ + ")";
+    result = std::move(e);
+  }
   if (result) {
     start_read();
   } else {

@@ -1,18 +1,21 @@
 // keyway::client against a server of protocol version 1. Such a server (keywayd
 // before protocol version 2, commit 4fce48c) cannot be built from this tree,
-// so a stand-in speaks for it here, over loopback on port 0: it answers a
-// hello of any version but 1 with the fatal unsupportedVersion error that
-// server sent and closes, as it did; it welcomes version 1, answers pings,
-// and records every hello's version and the kind of every later frame. Every
-// wait has a deadline. The stand-in's thread asserts nothing: a failure there
+// so a stand-in speaks for it here, on 127.0.0.1:0 or a temporary Unix
+// socket: it answers a hello of any version but 1 with the fatal
+// unsupportedVersion error that server sent and closes, as it did; it
+// welcomes version 1, answers pings, and records every hello's version and
+// the kind of every later frame. Set to refuse version 1 as well, it stands
+// for a server that no longer speaks it. Every wait has a deadline. The stand-in's thread asserts nothing: a failure there
 // shows as a connect() error or missing frames in the test's own checks.
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -28,22 +31,43 @@ namespace wire = keyway::proto::wire;
 
 namespace {
 
+struct stand_in_options {
+  bool welcome_version_1 = true;  // false: refuse every version, 1 too
+  std::string unix_path;          // listen there instead of on 127.0.0.1:0
+};
+
 class version1_server {
  public:
-  version1_server() {
-    const auto s = keyway::test::bind_loopback();
-    listen_fd_ = s.fd;
-    port_ = s.port;
-    REQUIRE(::listen(listen_fd_, 4) == 0);
+  explicit version1_server(stand_in_options o = {}) : welcome_1_(o.welcome_version_1), unix_path_(o.unix_path) {
+    if (unix_path_.empty()) {
+      const auto s = keyway::test::bind_loopback();
+      listen_fd_ = s.fd;
+      url_ = "tcp://127.0.0.1:" + std::to_string(s.port);
+    } else {
+      listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      REQUIRE(unix_path_.size() < sizeof a.sun_path);
+      std::memcpy(a.sun_path, unix_path_.c_str(), unix_path_.size() + 1);
+      ::unlink(unix_path_.c_str());
+      const bool bound = listen_fd_ >= 0 && ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+      if (!bound && listen_fd_ >= 0) ::close(listen_fd_);
+      REQUIRE(bound);
+      url_ = "unix://" + unix_path_;
+    }
+    const bool listening = ::listen(listen_fd_, 4) == 0;
+    if (!listening) ::close(listen_fd_);
+    REQUIRE(listening);
     thread_ = std::thread([this] { run(); });
   }
   ~version1_server() {
     stop_ = true;
     thread_.join();
     ::close(listen_fd_);
+    if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
   }
 
-  std::string url() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  const std::string& url() const { return url_; }
   std::vector<std::uint32_t> hellos() const {
     std::lock_guard lock(mu_);
     return hellos_;
@@ -103,9 +127,10 @@ class version1_server {
             std::lock_guard lock(mu_);
             hellos_.push_back(version);
           }
-          if (version != 1) {
+          if (version != 1 || !welcome_1_) {
             const std::string why = "protocol version " + std::to_string(version) +
-                                    " is not supported; this server speaks 1";
+                                    (welcome_1_ ? " is not supported; this server speaks 1"
+                                                : " is not supported; this server speaks 3 and up");
             proto::error_fields e;
             e.code = proto::errc::unsupported_version;
             e.message = why;
@@ -132,8 +157,10 @@ class version1_server {
     }
   }
 
+  const bool welcome_1_;
+  const std::string unix_path_;
   int listen_fd_ = -1;
-  std::uint16_t port_ = 0;
+  std::string url_;
   std::atomic<bool> stop_{false};
   mutable std::mutex mu_;
   std::vector<std::uint32_t> hellos_;
@@ -143,23 +170,54 @@ class version1_server {
 
 }  // namespace
 
-TEST_CASE("client: against a version-1 server, connect falls back to version 1 and sends no batches") {
-  version1_server server;
-  keyway::client::connect_options options;
-  options.connect_timeout = 5s;
-  options.op_timeout = 5s;
-  auto c = keyway::client::connect(server.url(), options);
+namespace {
+
+keyway::client::connect_options quick_options() {
+  keyway::client::connect_options o;
+  o.connect_timeout = 5s;
+  o.op_timeout = 5s;
+  return o;
+}
+
+// connect() falls back to version 1, and plain publishes to one subject, which
+// would go as one publishBatch to a version-2 server, go as publish frames, in
+// order, then the flush's ping.
+void check_fallback(version1_server& server) {
+  auto c = keyway::client::connect(server.url(), quick_options());
   REQUIRE_MESSAGE(c.has_value(), (c ? std::string() : c.error().to_string()));
   auto& conn = **c;
   CHECK(conn.info().protocol_version == 1);
   CHECK(conn.info().server_version == "0.1.0");
   CHECK(server.hellos() == std::vector<std::uint32_t>{proto::protocol_version, 1});
-
-  // Plain publishes to one subject would go as one publishBatch to a
-  // version-2 server; here each is a publish frame, in order, then the
-  // flush's ping.
   for (const char* payload : {"m0", "m1", "m2"}) REQUIRE(conn.publish("a.b", payload));
   REQUIRE(conn.flush());
   CHECK(server.kinds() == std::vector<std::string>{"publish", "publish", "publish", "ping"});
   conn.close();
+}
+
+}  // namespace
+
+TEST_CASE("client: against a version-1 server, connect falls back to version 1 and sends no batches") {
+  version1_server server;
+  check_fallback(server);
+}
+
+TEST_CASE("client: the fallback to version 1 works over a Unix socket too") {
+  version1_server server({true, "/tmp/keyway-v1-stand-in-" + std::to_string(::getpid()) + ".sock"});
+  check_fallback(server);
+}
+
+TEST_CASE("client: a server that refuses version 1 as well fails connect once, saying both refusals") {
+  version1_server server({false, ""});
+  const auto start = std::chrono::steady_clock::now();
+  auto c = keyway::client::connect(server.url(), quick_options());
+  REQUIRE_FALSE(c.has_value());
+  INFO(c.error().to_string());
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // not the connect timeout: two refusals
+  CHECK((c.error().code == proto::errc::unsupported_version));
+  CHECK(c.error().message.find("protocol version 1 is not supported; this server speaks 3 and up") !=
+        std::string::npos);
+  CHECK(c.error().message.find("refused protocol version 2") != std::string::npos);
+  CHECK(c.error().message.find("tried again with 1") != std::string::npos);
+  CHECK(server.hellos() == std::vector<std::uint32_t>{proto::protocol_version, 1});
 }
