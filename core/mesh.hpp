@@ -120,8 +120,8 @@ class mesh {
     /// fn may send() or try_send() on this endpoint. Returns the count.
     /// ahead(T&) sees each message a few messages before fn does
     /// (spsc_ring::consume_all), to prefetch what fn will read.
-    template <class Fn, class Ahead = void (*)(T&) noexcept>
-    std::size_t drain(Fn&& fn, Ahead&& ahead = [](T&) noexcept {}) {
+    template <class Fn, class Ahead = no_lookahead>
+    std::size_t drain(Fn&& fn, Ahead&& ahead = {}) {
       owner_.assert_owner();
       std::size_t total = 0;
       for (std::uint32_t from = 0; from < m_.n_; ++from) {

@@ -32,6 +32,14 @@
 
 namespace keyway::core {
 
+/// The default `ahead` of spsc_ring::consume_all and mesh::endpoint::drain:
+/// sees nothing, and compiles to nothing (a function-pointer default would be
+/// an indirect call per item unless the compiler proves its target).
+struct no_lookahead {
+  template <class T>
+  void operator()(T&) const noexcept {}
+};
+
 template <class T>
 class spsc_ring {
   static_assert(std::is_nothrow_move_constructible_v<T>);
@@ -132,8 +140,8 @@ class spsc_ring {
   /// ahead(T&) sees each item once, in order, consume_lookahead items before
   /// fn does: time to prefetch what fn will read through the item (memory the
   /// producer's CPU wrote). It must not throw or change the item.
-  template <class Fn, class Ahead = void (*)(T&) noexcept>
-  std::size_t consume_all(Fn&& fn, Ahead&& ahead = [](T&) noexcept {}) {
+  template <class Fn, class Ahead = no_lookahead>
+  std::size_t consume_all(Fn&& fn, Ahead&& ahead = {}) {
     const std::uint64_t head = head_.load(std::memory_order_relaxed);
     tail_cache_ = tail_.load(std::memory_order_acquire);
     const std::uint64_t tail = tail_cache_;
