@@ -12,7 +12,7 @@
 #include "tests/integration/itest.hpp"
 #include "tests/support/child_process.hpp"
 #include "tests/support/http_get.hpp"
-#include "tests/support/loopback_port.hpp"
+#include "tests/support/local_socket.hpp"
 
 namespace keyway::itest {
 namespace {

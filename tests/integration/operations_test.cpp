@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -18,7 +17,7 @@
 #include "tests/integration/itest.hpp"
 #include "tests/support/child_process.hpp"
 #include "tests/support/http_get.hpp"
-#include "tests/support/loopback_port.hpp"
+#include "tests/support/local_socket.hpp"
 
 namespace keyway::itest {
 namespace {
@@ -45,11 +44,7 @@ bool welcomed(raw_client& c) {
 class notify_socket {
  public:
   explicit notify_socket(const std::filesystem::path& path) : path_(path.string()) {
-    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    std::strncpy(sa.sun_path, path_.c_str(), sizeof sa.sun_path - 1);
-    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+    fd_ = keyway::test::bind_unix(path_, SOCK_DGRAM);
   }
   ~notify_socket() { ::close(fd_); }
   const std::string& path() const { return path_; }
@@ -307,12 +302,7 @@ namespace keyway::itest {
 TEST_CASE("systemd: a Unix socket passed with LISTEN_FDS is adopted") {
   temp_dir dir;
   const std::string path = (dir.path() / "act.sock").string();
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+  const int fd = keyway::test::bind_unix(path);
   REQUIRE(::listen(fd, 64) == 0);
   keywayd_process d({"--workers", "2"}, 10s, {{}, fd});
   ::close(fd);

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "tests/support/child_process.hpp"
-#include "tests/support/loopback_port.hpp"
+#include "tests/support/local_socket.hpp"
 #include "tests/unit/client/test_daemon.hpp"
 
 using namespace std::chrono_literals;

@@ -20,7 +20,7 @@
 #include "client/client.hpp"
 #include "proto/errc.hpp"
 #include "tests/support/http_get.hpp"
-#include "tests/support/loopback_port.hpp"
+#include "tests/support/local_socket.hpp"
 #include "tests/unit/client/test_daemon.hpp"
 
 using namespace keyway::client;

@@ -10,12 +10,10 @@
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -23,7 +21,7 @@
 
 #include "client/client.hpp"
 #include "proto/codec.hpp"
-#include "tests/support/loopback_port.hpp"
+#include "tests/support/local_socket.hpp"
 
 using namespace std::chrono_literals;
 namespace proto = keyway::proto;
@@ -44,15 +42,7 @@ class version1_server {
       listen_fd_ = s.fd;
       url_ = "tcp://127.0.0.1:" + std::to_string(s.port);
     } else {
-      listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un a{};
-      a.sun_family = AF_UNIX;
-      REQUIRE(unix_path_.size() < sizeof a.sun_path);
-      std::memcpy(a.sun_path, unix_path_.c_str(), unix_path_.size() + 1);
-      ::unlink(unix_path_.c_str());
-      const bool bound = listen_fd_ >= 0 && ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-      if (!bound && listen_fd_ >= 0) ::close(listen_fd_);
-      REQUIRE(bound);
+      listen_fd_ = keyway::test::bind_unix(unix_path_);
       url_ = "unix://" + unix_path_;
     }
     const bool listening = ::listen(listen_fd_, 4) == 0;

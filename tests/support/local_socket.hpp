@@ -1,8 +1,10 @@
-// Loopback TCP sockets on a port the kernel picks, for tests. Header only.
+// Local sockets for tests: TCP on 127.0.0.1 at a port the kernel picks, and
+// Unix sockets at a path. Header only.
 #pragma once
 
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -41,6 +43,27 @@ inline std::uint16_t closed_loopback_port() {
   const loopback_socket s = bind_loopback();
   ::close(s.fd);
   return s.port;
+}
+
+/// A Unix socket of `type` (SOCK_STREAM or SOCK_DGRAM, close-on-exec) bound
+/// at `path`, not yet listening; a file left at `path` is removed first. The
+/// caller closes it. Throws std::runtime_error.
+inline int bind_unix(const std::string& path, int type = SOCK_STREAM) {
+  sockaddr_un a{};
+  if (path.size() >= sizeof a.sun_path)
+    throw std::runtime_error("unix socket path of " + std::to_string(path.size()) +
+                             " bytes is over the limit of " + std::to_string(sizeof a.sun_path - 1));
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  const int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+  ::unlink(path.c_str());
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    const std::string why = std::strerror(errno);
+    ::close(fd);
+    throw std::runtime_error("binding " + path + ": " + why);
+  }
+  return fd;
 }
 
 }  // namespace keyway::test
