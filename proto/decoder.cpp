@@ -122,12 +122,23 @@ std::string_view kind_name(wire::Frame::Which kind) noexcept {
 
 decoder::decoder(const limits& lim, std::size_t initial_capacity)
     : limits_(lim),
+      frame_cap_(lim.max_frame),
       capacity_(round_up8(std::max<std::size_t>(initial_capacity, 64))),
       segments_(std::max<std::uint32_t>(lim.max_segments, 1)) {
   buffer_ = std::make_unique_for_overwrite<capnp::word[]>(capacity_ / 8);
 }
 
 decoder::~decoder() = default;
+
+void decoder::cap_frames(std::uint32_t bytes, std::string what) {
+  frame_cap_ = std::min(bytes, limits_.max_frame);
+  frame_cap_what_ = std::move(what);
+}
+
+void decoder::lift_frame_cap() noexcept {
+  frame_cap_ = limits_.max_frame;
+  frame_cap_what_.clear();
+}
 
 capnp::ReaderOptions decoder::reader_options(std::size_t frame_bytes) const noexcept {
   capnp::ReaderOptions options;
@@ -167,7 +178,7 @@ decoder::header_state decoder::parse_header(header_info& out) const noexcept {
   for (std::uint64_t i = 0; i < count; ++i) words += load_u32(p + 4 + 4 * i);
   const std::uint64_t total = out.table_bytes + words * 8;  // at most 2^9 * 2^32 * 8: no overflow
   out.frame_bytes = static_cast<std::size_t>(std::min<std::uint64_t>(total, SIZE_MAX));
-  return total > limits_.max_frame ? header_state::bad : header_state::ok;
+  return total > frame_cap_ ? header_state::bad : header_state::ok;
 }
 
 std::size_t decoder::wanted() const noexcept {
@@ -315,6 +326,9 @@ result<std::optional<frame>> decoder::next() noexcept {
                         std::to_string(limits_.max_segments) +
                         "); the peer is not speaking this protocol or builds oversized messages");
       }
+      if (frame_cap_ < limits_.max_frame)
+        return fail(errc::frame_too_large, "frame of " + format_size(h.frame_bytes) + " exceeds " + frame_cap_what_ +
+                                               " (" + format_size(frame_cap_) + ")");
       return fail(errc::frame_too_large,
                   "frame of " + format_size(h.frame_bytes) + " exceeds limits.max_frame (" +
                       format_size(limits_.max_frame) + "); raise it in keyway.toml or send smaller payloads");

@@ -173,6 +173,13 @@ class decoder {
   std::size_t capacity() const noexcept { return capacity_; }
   const limits& get_limits() const noexcept { return limits_; }
 
+  /// Refuses frames larger than `bytes` (below limits.max_frame) until
+  /// lift_frame_cap(): a connection's window before its hello, so that an
+  /// unauthenticated peer can make the decoder buffer only a hello-sized
+  /// frame. `what` names the cap in the error message.
+  void cap_frames(std::uint32_t bytes, std::string what);
+  void lift_frame_cap() noexcept;
+
   /// Gives memory back after a burst of big frames: reallocates to
   /// max(buffered(), target) bytes if capacity() is larger. True if it did.
   bool shrink(std::size_t target);
@@ -202,6 +209,8 @@ class decoder {
   std::byte* bytes() noexcept { return reinterpret_cast<std::byte*>(buffer_.get()); }
 
   limits limits_;
+  std::uint32_t frame_cap_;       // limits_.max_frame unless cap_frames() lowered it
+  std::string frame_cap_what_;    // names the cap in messages when lowered
   std::unique_ptr<capnp::word[]> buffer_;
   std::size_t capacity_ = 0;   // bytes, a multiple of 8
   std::size_t begin_ = 0;      // first unread byte; always a multiple of 8

@@ -25,6 +25,8 @@ class category final : public std::error_category {
       case errc::timeout: return "timeout";
       case errc::internal: return "internal error";
       case errc::invalid_key: return "invalid key";
+      case errc::too_many_connections: return "too many connections";
+      case errc::count_: break;
     }
     return "unknown keyway.proto error " + std::to_string(code);
   }
@@ -53,6 +55,8 @@ std::string_view to_string(errc e) noexcept {
     case errc::timeout: return "timeout";
     case errc::internal: return "internal";
     case errc::invalid_key: return "invalid_key";
+    case errc::too_many_connections: return "too_many_connections";
+    case errc::count_: break;
   }
   return "unknown";
 }
@@ -66,6 +70,7 @@ bool fatal_by_default(errc e) noexcept {
     case errc::shutting_down:
     case errc::unsupported_version:
     case errc::timeout:
+    case errc::too_many_connections:
       return true;
     default:
       return false;
@@ -87,6 +92,8 @@ wire::ErrorCode to_wire(errc e) noexcept {
     case errc::unsupported_version: return W::UNSUPPORTED_VERSION;
     case errc::timeout: return W::TIMEOUT;
     case errc::invalid_key: return W::INVALID_KEY;
+    case errc::too_many_connections: return W::TOO_MANY_CONNECTIONS;
+    case errc::count_:
     case errc::ok:
     case errc::internal: return W::INTERNAL;
   }
@@ -109,6 +116,7 @@ errc from_wire(wire::ErrorCode code) noexcept {
     case W::TIMEOUT: return errc::timeout;
     case W::INTERNAL: return errc::internal;
     case W::INVALID_KEY: return errc::invalid_key;
+    case W::TOO_MANY_CONNECTIONS: return errc::too_many_connections;
   }
   return errc::internal;
 }

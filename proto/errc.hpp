@@ -32,6 +32,8 @@ enum class errc {
   timeout,                 // handshake or idle timeout (fatal)
   internal,                // a handler failed; the connection carries on
   invalid_key,             // key over limits.max_key
+  too_many_connections,    // over limits.max_connections (fatal)
+  count_,                  // sentinel: the number of codes, for arrays indexed by errc
 };
 
 const std::error_category& proto_category() noexcept;

@@ -152,6 +152,7 @@ enum ErrorCode {
   timeout              @10;
   internal             @11;
   invalidKey           @12;     # key longer than maxKey
+  tooManyConnections   @13;     # over limits.max_connections (fatal); an older client reads it as internal
 }
 
 struct Error {

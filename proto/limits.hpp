@@ -65,6 +65,13 @@ struct limits {
            2 * (std::uint64_t{max_subject} + 8) + 512 + 8 * std::uint64_t{max_segments};
   }
 
+  /// The largest frame accepted before a connection's hello: a hello with
+  /// its auth token and client name at their limits, and nothing more, so
+  /// that a peer that has not authenticated can pin only this much.
+  constexpr std::uint32_t hello_frame_limit() const noexcept {
+    return max_auth_token + max_client_name + 1024;
+  }
+
   /// Defaults with `max_payload` changed and max_frame following it.
   static constexpr limits with_max_payload(std::uint32_t max_payload) noexcept {
     limits l;

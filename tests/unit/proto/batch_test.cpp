@@ -167,7 +167,7 @@ TEST_CASE("batch_cursor: hostile sizes are not read past the entries") {
   }
 }
 
-TEST_CASE("validate: a good batch passes; an empty one too") {
+TEST_CASE("validate: a good batch passes, and an empty one too") {
   CHECK(check("orders.eu", 3, entries_of({{"k1", "a"}, {"", ""}, {"k3", std::string(100, 'p')}})).ok());
   CHECK(check("orders.eu", 0, {}).ok());
 }

@@ -261,7 +261,7 @@ TEST_CASE("our framing is standard Cap'n Proto stream framing, both ways") {
   CHECK((*r)->root().getPing().getId() == 99);
 }
 
-TEST_CASE("multi-segment frames decode; more segments than max_segments are refused") {
+TEST_CASE("multi-segment frames decode, and more segments than max_segments are refused") {
   // A builder with a tiny first segment and fixed-size growth spreads one
   // publish over many segments, each reached through far pointers.
   capnp::MallocMessageBuilder msg(4, capnp::AllocationStrategy::FIXED_SIZE);
@@ -391,7 +391,7 @@ TEST_CASE("many frames in one read decode one after the other without growing th
   CHECK(dec.capacity() == cap);  // partial frames were slid to the front, never reallocated
 }
 
-TEST_CASE("a frame bigger than the buffer grows it once; shrink gives it back") {
+TEST_CASE("a frame bigger than the buffer grows it once, and shrink gives it back") {
   encoder enc;
   out_buffer out;
   REQUIRE(enc.publish(out, {.subject = "big", .payload = pattern_bytes(200000, 5)}).has_value());
@@ -442,7 +442,7 @@ TEST_CASE("a segment table announcing 4 GiB is refused at once, without allocati
   CHECK(again.error() == errc::frame_too_large);
 }
 
-TEST_CASE("a frame one word over max_frame is refused; exactly max_frame is not") {
+TEST_CASE("a frame one word over max_frame is refused, and exactly max_frame is not") {
   limits lim;
   lim.max_frame = 64;  // table (8) + 7 words
   decoder over(lim);

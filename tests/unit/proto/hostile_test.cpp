@@ -188,3 +188,31 @@ TEST_CASE("validation of an unvalidated hostile reader does not throw") {
   CHECK_NOTHROW(st = validate_client_frame(reader.getRoot<W>(), limits{}));
   CHECK(st.code() == errc::protocol);
 }
+
+TEST_CASE("decoder: before hello only a hello-sized frame is buffered") {
+  keyway::proto::limits lim;
+  keyway::proto::decoder d(lim);
+  d.cap_frames(lim.hello_frame_limit(), "the limit before hello");
+  CHECK(lim.hello_frame_limit() == lim.max_auth_token + lim.max_client_name + 1024);
+  // A segment table announcing one segment of 64 KiB: refused from its 8
+  // bytes, before any of the frame is buffered.
+  const std::uint32_t words = (64 * 1024) / 8;
+  std::byte table[8]{};
+  std::memcpy(table + 4, &words, 4);
+  d.feed(table);
+  auto r = d.next();
+  REQUIRE_FALSE(r);
+  CHECK(d.error().code() == keyway::proto::errc::frame_too_large);
+  CHECK(d.error().message().find("the limit before hello") != std::string::npos);
+  CHECK(d.capacity() <= keyway::proto::decoder::default_initial_capacity);
+
+  // The same frame after the cap is lifted only waits for its bytes.
+  keyway::proto::decoder open(lim);
+  open.cap_frames(lim.hello_frame_limit(), "the limit before hello");
+  open.lift_frame_cap();
+  open.feed(table);
+  auto waiting = open.next();
+  REQUIRE(waiting);
+  CHECK_FALSE(waiting->has_value());
+  CHECK(open.wanted() == 64 * 1024);
+}

@@ -15,7 +15,7 @@ using namespace keyway::proto;
 using namespace keyway::proto::test;
 using W = wire::Frame;
 
-TEST_CASE("out_buffer: owned and external pieces come out in order; partial consume") {
+TEST_CASE("out_buffer: owned and external pieces come out in order, and partial consume") {
   out_buffer out(64);
   const std::string ext = "EXTERNAL";
   out.append(bytes_of("head-"));

@@ -193,7 +193,7 @@ TEST_CASE("which frames a server may send") {
   CHECK(validate_server_frame(f.asReader(), limits{}).ok());
 }
 
-TEST_CASE("limits: defaults are consistent; with_max_payload keeps them so") {
+TEST_CASE("limits: defaults are consistent, and with_max_payload keeps them so") {
   CHECK(validate_limits(limits{}).ok());
   const auto big = limits::with_max_payload(8 * limits::mib);
   CHECK(big.max_payload == 8 * limits::mib);
