@@ -18,15 +18,23 @@
 //
 // Threads: owned by one thread (see partitioner.hpp).
 // Cost: pick is O(1): XXH3 of the key, a load from the 2-byte-per-slot table and a load
-// from the id array. add is O(S) (two 8-byte XXH3 per slot, plus two logs per slot when
-// weights differ); remove is O(S) (re-elects only the leaver's slots over the n remaining
-// members); at S = 65536 each takes about 1 ms on the bench machine, on the owner's
-// thread, so membership changes are control-path events. Memory: 2 * S bytes + 14 bytes
-// per member. At most 65536 members.
+// from the id array. A member id is found through an open-addressing table (id -> member
+// index), so add and remove do no per-member search. add is O(S) (two 8-byte XXH3 per
+// slot, plus two logs per slot when weights differ) plus amortised O(1) for the id table;
+// remove is O(S + m) (a scan of the table and of the m member indexes ever used, m <= the
+// most members there were at once) plus re-electing only the leaver's slots (about S/n of
+// them) over the n remaining members: O(S) expected. At S = 65536 each takes about 1 ms on
+// the bench machine, on the owner's thread, so membership changes are control-path events.
+// remove never allocates.
+// Memory: 2 * S bytes for the table, plus per member 16 bytes of arrays and 4 to 16 bytes of
+// id table (arrays grow by doubling, so up to twice that just after a growth), and a map
+// node per distinct weight.
+// At most max_members (65536) members: add refuses more with an error value.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <span>
 #include <vector>
 
@@ -37,11 +45,14 @@ namespace keyway::core {
 class consistent_partitioner final : public partitioner {
  public:
   static constexpr std::size_t max_members = 65536;
+  /// index_of() of a member that is not present.
+  static constexpr std::size_t no_index = static_cast<std::size_t>(-1);
 
   /// Precondition: slots is a power of two in [2, 2^24] (make_partitioner checks it).
   consistent_partitioner(std::size_t slots, std::uint64_t seed);
 
-  /// Adds errc::invalid_argument when max_members are present.
+  /// errc::invalid_weight, errc::duplicate_member, or errc::invalid_argument when
+  /// max_members are present; on error nothing changes.
   result<void> add(std::uint32_t member, double weight = 1.0) override;
   result<void> remove(std::uint32_t member) override;
   std::size_t size() const noexcept override { return live_; }
@@ -53,6 +64,15 @@ class consistent_partitioner final : public partitioner {
   /// slots_owned / slots. O(S); for tests and benchmarks.
   std::size_t slots_owned(std::uint32_t member) const noexcept;
 
+  /// Member indexes, for a caller that keeps per-member data in an array: a member keeps
+  /// its index from add() to remove(); a removed member's index is reused by a later add.
+  /// Every index is below index_bound(), which never exceeds max_members.
+  /// The member's index, or no_index. O(1) expected.
+  std::size_t index_of(std::uint32_t member) const noexcept;
+  std::size_t index_bound() const noexcept { return ids_.size(); }
+  /// The index of pick(key). Precondition: size() > 0. Hot path, like pick().
+  std::size_t pick_index(std::span<const std::byte> key) const noexcept;
+
  private:
   std::uint32_t do_pick(std::span<const std::byte> key) noexcept override;
   /// Score of member index `m` for `slot`; higher wins, ties go to the higher id.
@@ -60,15 +80,22 @@ class consistent_partitioner final : public partitioner {
   bool beats(std::size_t a, double score_a, std::size_t b, double score_b) const noexcept {
     return score_a != score_b ? score_a > score_b : ids_[a] > ids_[b];
   }
-  std::size_t find(std::uint32_t member) const noexcept;  // index, or ids_.size()
-  void refresh_uniform() noexcept;
+  // The id table: open addressing with linear probing over id_slots_ (a power of two,
+  // at least twice the live members); an entry is a member index + 1, 0 is empty.
+  std::size_t home(std::uint32_t member) const noexcept;
+  void index_insert(std::size_t m);   // member index m, whose id is not present
+  void index_erase(std::size_t pos);  // backward-shift deletion, no tombstones
+  void index_grow();
 
   std::uint64_t seed_;
-  unsigned shift_;                    // 64 - log2(S)
-  std::vector<std::uint16_t> table_;  // slot -> member index
-  std::vector<std::uint32_t> ids_;    // member index -> id
-  std::vector<double> weights_;       // member index -> weight; 0 marks a free index
-  std::vector<std::uint16_t> free_;   // free member indexes, reused by add
+  unsigned shift_;                                 // 64 - log2(S)
+  std::vector<std::uint16_t> table_;               // slot -> member index
+  std::vector<std::uint32_t> ids_;                 // member index -> id
+  std::vector<double> weights_;                    // member index -> weight; 0 marks a free index
+  std::vector<std::uint16_t> free_;                // free member indexes, reused by add
+  std::vector<std::uint16_t> live_scratch_;        // remove(): the live member indexes
+  std::vector<std::uint32_t> id_slots_;            // id table, see above
+  std::map<double, std::uint32_t> weight_counts_;  // live members per distinct weight
   std::size_t live_ = 0;
   // All weights equal: the score is then the raw 52-bit hash (same order as -w/ln(u),
   // without the logarithms).
