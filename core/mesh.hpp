@@ -19,8 +19,14 @@
 // socket until credits(to) > 0 again. The receiver, after draining a ring whose
 // sender is waiting, wakes that sender. send() is for derived traffic that must
 // not be refused (deliveries, acks): it always stages, and what does not fit
-// in the ring stays staged until room appears. Its volume is bounded because
-// every derived message stems from a publish admitted through try_send().
+// in the ring stays staged until room appears. That staged backlog is bounded
+// by feeding it back into credit: an endpoint with more than the ring
+// capacity staged for any one destination is `backlogged` (a flag any worker
+// may read), and while it is, every try_send() to it is refused as if its
+// ring were full, so no new publish reaches it until its backlog is back
+// under the capacity; it then wakes every worker. What is still in its
+// inbound rings can add at most capacity × fan-out more. The staged total is
+// exported as worker_stats::mesh_staged.
 //
 // Receiving: drain() consumes every inbound ring whole, in sender order per
 // ring, calling fn(T&) for each message.
@@ -93,7 +99,7 @@ class mesh {
     /// Stages `msg` for `to` if it has credit; otherwise returns false, leaves
     /// `msg` untouched, and arranges to be woken when credit returns.
     bool try_send(std::uint32_t to, T&& msg) {
-      if (credits(to) == 0) {
+      if (credits(to) == 0 || m_.endpoints_[to]->backlogged()) {
         stats_->credit_stalls.add();
         out_[to].awaiting_credit = true;
         inbound(to).sender_waiting.store(true, std::memory_order_relaxed);
@@ -109,12 +115,31 @@ class mesh {
       stage(to, std::move(msg));
     }
 
-    /// Publishes everything staged that fits. End of every loop turn.
+    /// Publishes everything staged that fits, then updates the backlog flag
+    /// and staged_total(). End of every loop turn.
     void flush() {
       owner_.assert_owner();
-      for (std::uint32_t to = 0; to < m_.n_; ++to)
+      std::size_t total = 0;
+      bool over = false;
+      for (std::uint32_t to = 0; to < m_.n_; ++to) {
         if (!out_[to].staged.empty()) flush_to(to);
+        total += out_[to].staged.size();
+        over = over || out_[to].staged.size() > m_.capacity_;
+      }
+      stats_->mesh_staged.set(total);
+      if (over == backlogged_.load(std::memory_order_relaxed)) return;
+      backlogged_.store(over, std::memory_order_relaxed);
+      // Senders refused meanwhile wait for credit; tell them it is back
+      // (wake() fences against their has_work() check).
+      if (!over)
+        for (std::uint32_t w = 0; w < m_.n_; ++w)
+          if (w != id_ && m_.wakers_[w]->wake()) stats_->wakeups_sent.add();
     }
+
+    /// Any thread: this endpoint holds more than the ring capacity staged
+    /// for some destination (as of its last flush); senders must hold off.
+    bool backlogged() const noexcept { return backlogged_.load(std::memory_order_relaxed); }
+
 
     /// Consumes every inbound ring whole; fn(T&) runs for each message.
     /// fn may send() or try_send() on this endpoint. Returns the count.
@@ -149,7 +174,7 @@ class mesh {
       for (std::uint32_t to = 0; to < m_.n_; ++to) {
         out& o = out_[to];
         if (o.staged.empty() && !o.awaiting_credit) continue;
-        if (inbound(to).ring.free_slots() > o.staged.size()) {
+        if (inbound(to).ring.free_slots() > o.staged.size() && !m_.endpoints_[to]->backlogged()) {
           o.awaiting_credit = false;
           return true;
         }
@@ -209,6 +234,8 @@ class mesh {
     owner_check owner_;
     worker_stats* stats_ = nullptr;
     std::vector<out> out_;
+    // Written by the owner at flush, read by every sender.
+    alignas(cache_line) std::atomic<bool> backlogged_{false};
   };
 
   /// Endpoint of worker i. Hand each to its worker; use it only there.

@@ -35,6 +35,7 @@ struct alignas(cache_line) worker_stats {
   counter mesh_sent;         // messages this worker pushed onto the mesh
   counter mesh_received;     // messages this worker drained from the mesh
   counter credit_stalls;     // sends refused because the destination had no credit
+  counter mesh_staged;       // gauge: messages staged for other workers, not yet in a ring (at the last flush)
   counter handler_errors;    // exceptions caught from handlers
 };
 

@@ -90,7 +90,11 @@ void worker::run_loop(worker_handler& handler) {
 
   std::size_t idle_turns = 0;
   while (!stop_requested()) {
-    std::size_t work = guarded([&] { return io_.poll(); });
+    std::size_t work = guarded([&] {
+      std::size_t n = 0;
+      while (n < max_handlers_per_turn && io_.poll_one() != 0) ++n;
+      return n;
+    });
     work += guarded([&] { return handler.poll(); });
     guarded([&] {
       handler.flush();

@@ -6,8 +6,12 @@
 // worker's own thread; KEYWAY_ASSERT(on_owner_thread()) guards entry points.
 // wake(), state() and stats() reads are safe from any thread.
 //
-// Loop: each turn runs ready io handlers (io().poll()), then handler.poll()
-// (e.g. drain the mesh), then handler.flush() (e.g. publish staged batches).
+// Loop: each turn runs up to `max_handlers_per_turn` ready io handlers, then
+// handler.poll() (e.g. drain the mesh), then handler.flush() (e.g. publish
+// staged batches and start socket writes). The cap matters: asio completes a
+// read at once when data is already there, so a peer that keeps its socket
+// full would otherwise keep io().poll() running for as long as it sends, and
+// the mesh and every write on this worker would wait for it.
 // After `spin_turns` idle turns the worker sets `sleeping_`, re-checks
 // handler.has_work(), and blocks in io().run_one(). A sender that published
 // work calls wake(): a seq_cst fence, then one load of `sleeping_`; only if it
@@ -105,6 +109,7 @@ class worker final : public waker {
   const std::uint32_t id_;
   const std::optional<int> cpu_;
   const std::size_t spin_turns_;
+  static constexpr std::size_t max_handlers_per_turn = 16;
   owner_check owner_;
   asio::io_context io_{1};
   asio::executor_work_guard<asio::io_context::executor_type> keep_alive_;

@@ -174,3 +174,47 @@ TEST_CASE("mesh publishes a batch of 16 before the end of the turn") {
   m.at(0).send(1, msg{0, 15});
   CHECK(m.depth(1, 0) == 16);
 }
+
+TEST_CASE("mesh: a backlog of derived traffic over the ring capacity refuses publishes to its worker") {
+  // Worker 1 (the owner) has more than a ring's worth staged for worker 2
+  // (a slow subscriber's worker); worker 0 (an ingress) must not hand it
+  // more publishes until that backlog drains, and is woken when it has.
+  mesh<msg> m(3, 4);
+  struct counting_waker : waker {
+    int wakes = 0;
+    bool wake() noexcept override {
+      ++wakes;
+      return false;
+    }
+  } w0, w1, w2;
+  worker_stats s0, s1, s2;
+  auto& ingress = m.at(0);
+  auto& owner = m.at(1);
+  auto& sub = m.at(2);
+  ingress.attach(w0, s0);
+  owner.attach(w1, s1);
+  sub.attach(w2, s2);
+  CHECK(ingress.try_send(1, msg{0, 0}));
+  for (std::uint64_t i = 0; i < 9; ++i) owner.send(2, msg{1, i});  // ring 4 + 5 staged
+  owner.flush();
+  CHECK(owner.staged(2) == 5);
+  CHECK(owner.backlogged());
+  CHECK(s1.mesh_staged.get() == 5);
+  CHECK_FALSE(ingress.try_send(1, msg{0, 1}));  // refused although its ring to 1 has room
+  CHECK(s0.credit_stalls.get() == 1);
+  CHECK_FALSE(ingress.has_work());  // nothing to retry while the owner is backlogged
+  CHECK(ingress.try_send(2, msg{0, 2}));  // other destinations are unaffected
+
+  // The subscriber's worker drains; the owner flushes what was staged and,
+  // no longer over the capacity, wakes the others.
+  std::size_t drained = sub.drain([](msg&) {});
+  owner.flush();
+  drained += sub.drain([](msg&) {});
+  owner.flush();
+  CHECK(drained == 8);  // the ring's 4, then 4 of the 5 staged
+  CHECK(owner.staged(2) == 0);
+  CHECK_FALSE(owner.backlogged());
+  CHECK(w0.wakes > 0);
+  CHECK(ingress.has_work());
+  CHECK(ingress.try_send(1, msg{0, 3}));
+}
