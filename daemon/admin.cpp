@@ -6,14 +6,16 @@
 
 #include <asio/ip/address.hpp>
 #include <asio/ip/tcp.hpp>
-#include <asio/read_until.hpp>
 #include <asio/steady_timer.hpp>
-#include <asio/streambuf.hpp>
 #include <asio/write.hpp>
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <thread>
 
+#include "daemon/accept_backoff.hpp"
+#include "daemon/http_request.hpp"
 #include "daemon/metrics.hpp"
 #include "daemon/server.hpp"
 
@@ -23,7 +25,6 @@ namespace {
 using namespace std::chrono_literals;
 using asio::ip::tcp;
 
-constexpr std::size_t max_request = 16 * 1024;
 constexpr auto request_timeout = 10s;
 
 std::string json_string(std::string_view s) {
@@ -132,6 +133,13 @@ std::string status_json(const server& srv, const std::string& admin_url) {
 struct admin_service::impl {
   server& srv;
   std::optional<listen_address> listen;
+  const std::size_t max_connections;
+  // Admin thread only, after start().
+  std::size_t open_sessions = 0;  // sessions not yet closed: each holds a descriptor
+  std::uint64_t refused = 0;  // over max_connections since that was last logged
+  std::chrono::steady_clock::time_point next_refusal_log{};
+  accept_backoff backoff_policy{"admin"};
+  std::string refusal;  // the 503 sent over max_connections, built once
   asio::io_context io;
   tcp::acceptor acceptor{io};
   asio::steady_timer tick{io};
@@ -142,7 +150,14 @@ struct admin_service::impl {
   std::uint64_t watchdog_usec = 0;
   std::chrono::steady_clock::time_point last_watchdog{};
 
-  impl(server& s, std::optional<listen_address> l) : srv(s), listen(std::move(l)) {}
+  impl(server& s, std::optional<listen_address> l, std::size_t max)
+      : srv(s), listen(std::move(l)), max_connections(std::max<std::size_t>(max, 1)) {
+    const std::string body =
+        "too many admin connections (admin.max_connections is " + std::to_string(max_connections) + ")\n";
+    refusal = "HTTP/1.1 503 " + std::string(reason(503)) +
+              "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
+              "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" + body;
+  }
 
   response route(std::string_view method, std::string_view target) {
     response r;
@@ -179,73 +194,140 @@ struct admin_service::impl {
     return r;
   }
 
+  // One admin connection: read a request head, answer it, close. Every path
+  // ends in close(), which the deadline timer calls at the latest; close()
+  // gives the connection's slot back.
   struct session : std::enable_shared_from_this<session> {
     impl& owner;
     tcp::socket sock;
-    asio::streambuf buf{max_request};
     asio::steady_timer deadline;
+    std::string in;  // the request so far
+    std::array<char, 2048> chunk;
     std::string out;
+    bool line_judged = false;  // the request line's end arrived and was parsed
+    bool closed = false;
     session(impl& o, tcp::socket s) : owner(o), sock(std::move(s)), deadline(o.io) {}
 
     void run() {
       deadline.expires_after(request_timeout);
       deadline.async_wait([self = shared_from_this()](std::error_code ec) {
-        if (!ec) self->sock.close(ec);
+        if (!ec) self->close();
       });
-      asio::async_read_until(sock, buf, "\r\n\r\n", [self = shared_from_this()](std::error_code ec, std::size_t) {
-        self->on_request(ec);
+      read();
+    }
+    void read() {
+      sock.async_read_some(asio::buffer(chunk), [self = shared_from_this()](std::error_code ec, std::size_t n) {
+        self->on_read(ec, n);
       });
     }
-    void on_request(std::error_code ec) {
+    void on_read(std::error_code ec, std::size_t n) {
+      if (closed) return;
+      if (ec) {
+        // EOF: the client sent all it will (it may still read). A whole (or
+        // wrong) request is answered; part of one cannot become whole, so the
+        // connection is closed now rather than at the deadline.
+        if (ec == asio::error::eof) {
+          const http_request r = parse_request(in);
+          if (r.state != http_request::parse_state::incomplete) return answer(r);
+        }
+        return close();
+      }
+      const std::size_t before = in.size();
+      in.append(chunk.data(), n);
+      // Parse only when the verdict can change: the first bytes (garbage is
+      // refused at once), the request line's end, the blank line that ends
+      // the head, the size limit. A client sending a byte at a time costs a
+      // few parses, not one per read.
+      const std::size_t from = before < 3 ? 0 : before - 3;
+      bool parse = before == 0 || in.size() >= max_request_bytes ||
+                   in.find("\r\n\r\n", from) != std::string::npos;
+      if (!line_judged && in.find("\r\n", before == 0 ? 0 : before - 1) != std::string::npos) {
+        line_judged = true;
+        parse = true;
+      }
+      if (parse) {
+        const http_request r = parse_request(in);
+        if (r.state != http_request::parse_state::incomplete) return answer(r);
+        // parse_request never says incomplete at the limit (it says 431);
+        // this only keeps the buffer bounded should that change.
+        if (in.size() >= max_request_bytes) return close();
+      }
+      read();
+    }
+    void answer(const http_request& req) {
       response r;
       bool head = false;
-      if (ec == asio::error::not_found) {  // the buffer filled up without an end of headers
-        r.status = 431;
-        r.body = "request headers over 16 KiB\n";
-      } else if (ec) {
-        return;  // closed, or timed out
+      if (req.state == http_request::parse_state::bad) {
+        r.status = req.status;
+        r.body = std::string(req.error);
       } else {
-        std::string text(asio::buffers_begin(buf.data()), asio::buffers_end(buf.data()));
-        const std::string line = text.substr(0, text.find("\r\n"));
-        const auto a = line.find(' ');
-        const auto b = a == std::string::npos ? a : line.find(' ', a + 1);
-        if (b == std::string::npos || line.compare(b + 1, 5, "HTTP/") != 0) {
-          r.status = 400;
-          r.body = "malformed request line\n";
-        } else {
-          const std::string method = line.substr(0, a);
-          head = method == "HEAD";
-          try {
-            r = owner.route(method, std::string_view(line).substr(a + 1, b - a - 1));
-          } catch (const std::exception& e) {
-            r.status = 503;
-            r.body = std::string("cannot answer: ") + e.what() + "\n";
-          }
+        head = req.method == "HEAD";
+        try {
+          r = owner.route(req.method, req.target);
+        } catch (const std::exception& e) {
+          r.status = 503;
+          r.body = std::string("cannot answer: ") + e.what() + "\n";
         }
       }
       out = "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(reason(r.status)) +
             "\r\nContent-Type: " + r.content_type + "\r\nContent-Length: " + std::to_string(r.body.size()) +
             "\r\nConnection: close\r\n" + r.extra_headers + "\r\n";
       if (!head) out += r.body;
-      asio::async_write(sock, asio::buffer(out), [self = shared_from_this()](std::error_code, std::size_t) {
-        std::error_code ignored;
-        self->sock.shutdown(tcp::socket::shutdown_both, ignored);
-        self->sock.close(ignored);
-        self->deadline.cancel();
-      });
+      asio::async_write(sock, asio::buffer(out),
+                        [self = shared_from_this()](std::error_code, std::size_t) { self->close(); });
+    }
+    void close() {
+      if (closed) return;
+      closed = true;
+      std::error_code ignored;
+      sock.shutdown(tcp::socket::shutdown_both, ignored);
+      sock.close(ignored);
+      deadline.cancel();
+      owner.session_closed();
     }
   };
+
+  void session_closed() { --open_sessions; }
+
+  // Over max_connections: a best-effort 503 without waiting, then close.
+  // What the client already sent is read and dropped first, so that the
+  // close is a FIN after the answer rather than a reset that could discard
+  // it; a request arriving later than that may still see a reset.
+  // The log line comes at most every 10 s, however fast connections come.
+  void refuse(tcp::socket s) {
+    ++refused;
+    if (const auto now = std::chrono::steady_clock::now(); now >= next_refusal_log) {
+      spdlog::warn("admin: {} connections open, admin.max_connections is {}; answering new ones 503 and closing "
+                   "them ({} refused since this was last logged; logged at most every 10 s)",
+                   open_sessions, max_connections, refused);
+      refused = 0;
+      next_refusal_log = now + 10s;
+    }
+    std::error_code ec;
+    s.non_blocking(true, ec);
+    std::array<char, 1024> drop;
+    for (int i = 0; i < 16 && !ec; ++i) (void)s.read_some(asio::buffer(drop), ec);
+    (void)s.write_some(asio::buffer(refusal), ec);
+    s.shutdown(tcp::socket::shutdown_send, ec);
+    s.close(ec);
+  }
 
   void accept() {
     acceptor.async_accept([this](std::error_code ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted) return;
       if (!ec) {
-        std::make_shared<session>(*this, std::move(s))->run();
+        backoff_policy.succeeded();
+        if (open_sessions >= max_connections) {
+          refuse(std::move(s));
+        } else {
+          ++open_sessions;
+          std::make_shared<session>(*this, std::move(s))->run();
+        }
         return accept();
       }
-      // Out of descriptors or memory: accepting again at once would spin.
-      spdlog::warn("admin: accept failed: {}; retrying in 100 ms", ec.message());
-      backoff.expires_after(std::chrono::milliseconds(100));
+      // Out of descriptors or memory: the connection stays queued and
+      // accepting again at once would fail at once, in a loop.
+      backoff.expires_after(backoff_policy.failed(ec));
       backoff.async_wait([this](std::error_code wait_ec) {
         if (!wait_ec) accept();
       });
@@ -269,8 +351,8 @@ struct admin_service::impl {
   }
 };
 
-admin_service::admin_service(server& srv, std::optional<listen_address> listen)
-    : impl_(std::make_unique<impl>(srv, std::move(listen))) {}
+admin_service::admin_service(server& srv, std::optional<listen_address> listen, std::size_t max_connections)
+    : impl_(std::make_unique<impl>(srv, std::move(listen), max_connections)) {}
 
 admin_service::~admin_service() { stop(); }
 

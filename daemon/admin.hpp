@@ -12,15 +12,29 @@
 //   GET /status    JSON: version, uptime, phase, workers, connections,
 //                  subscriptions, queue depths, listeners
 //
-// HTTP/1.1 with Connection: close, GET and HEAD only; requests over 16 KiB
-// get 431, anything else malformed 400, and a client silent for 10 s is
-// dropped. Every second the thread runs server::check_progress() and, when
-// systemd's watchdog is on, sends WATCHDOG=1 every half period while no worker
-// is stalled.
+// HTTP/1.1 with Connection: close, GET and HEAD only; the request head is
+// parsed by parse_request() (daemon/http_request.hpp): over 16 KiB it gets
+// 431, anything else malformed 400. A connection gets 10 s in all to send its
+// request and read the answer. A client that half-closes (EOF) after a whole
+// request is answered; after part of one, or nothing, it is closed at once.
 //
-// Threads: construct, start() and stop() on the main thread.
+// At most `max_connections` (admin.max_connections, default 64) admin
+// connections are open at once. One more is answered at once with
+//   503 "too many admin connections (admin.max_connections is 64)"
+// (best effort: written without waiting, the request is not looked at) and
+// closed; the log says so at most every 10 s. A failed accept (out
+// of file descriptors or memory) backs off, 10 ms doubling to 1 s, with one
+// log line per episode (daemon/accept_backoff.hpp).
+//
+// Every second the thread runs server::check_progress() and, when systemd's
+// watchdog is on, sends WATCHDOG=1 every half period while no worker is
+// stalled.
+//
+// Threads: construct, start() and stop() on the main thread. Cost: one
+// thread; per connection a socket, a timer and its request (up to 16 KiB).
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,8 +47,12 @@ class server;
 
 class admin_service {
  public:
+  static constexpr std::size_t default_max_connections = 64;
+
   /// `listen` unset: no HTTP listener, only the health clock.
-  admin_service(server& srv, std::optional<listen_address> listen);
+  /// `max_connections`: admin connections open at once, at least 1.
+  admin_service(server& srv, std::optional<listen_address> listen,
+                std::size_t max_connections = default_max_connections);
   ~admin_service();
   admin_service(const admin_service&) = delete;
   admin_service& operator=(const admin_service&) = delete;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Keyway needs, only those that are missing.
-# Usage: scripts/deps.sh build|test|bench
+# Usage: scripts/deps.sh build|test|bench|fuzz
 set -euo pipefail
 
 build_pkgs=(build-essential cmake ninja-build pkg-config
@@ -8,13 +8,18 @@ build_pkgs=(build-essential cmake ninja-build pkg-config
   libcapnp-dev capnproto doctest-dev libsystemd-dev libxxhash-dev nlohmann-json3-dev)
 test_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev prometheus systemd)
 bench_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev nats-server redis-server gnuplot-nox)
+# The fuzz preset (scripts/fuzz): clang 14, and libclang-rt-14-dev for libFuzzer and
+# the sanitizer runtimes (libclang_rt.fuzzer-x86_64.a, only recommended by clang-14);
+# llvm-14 for llvm-symbolizer (stack traces with lines).
+fuzz_pkgs=(clang-14 libclang-rt-14-dev llvm-14)
 
 want=("${build_pkgs[@]}")
 case "${1:-build}" in
   build) ;;
-  test) want+=("${test_pkgs[@]}") ;;
+  test) want+=("${test_pkgs[@]}" "${fuzz_pkgs[@]}") ;;
   bench) want+=("${bench_pkgs[@]}") ;;
-  *) echo "usage: $0 build|test|bench" >&2; exit 2 ;;
+  fuzz) want+=("${fuzz_pkgs[@]}") ;;
+  *) echo "usage: $0 build|test|bench|fuzz" >&2; exit 2 ;;
 esac
 
 missing=()
