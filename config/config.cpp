@@ -34,11 +34,12 @@ const std::vector<section_schema>& schema() {
   static const std::vector<section_schema> s{
       {"server", {"workers", "cpus", "drain_timeout"}},
       {"listen", {"tcp", "unix", "unix_socket_mode"}},
-      {"admin", {"listen"}},
+      {"admin", {"listen", "max_connections"}},
       {"routing", {"partitioner", "slots", "vnodes", "split_points"}},
       {"limits",
-       {"max_payload", "max_connections", "max_subscriptions", "max_pending_bytes", "slow_consumer",
-        "handshake_timeout", "idle_timeout"}},
+       {"max_payload", "max_connections", "max_subscriptions", "max_pattern_tokens", "max_queue_group_members",
+        "max_pattern_shapes", "max_subscription_bytes", "max_total_subscription_bytes", "max_pending_bytes",
+        "slow_consumer", "slow_consumer_grace", "handshake_timeout", "idle_timeout"}},
       {"log", {"level", "format"}},
       {"auth", {"tokens_file"}},
   };
@@ -427,6 +428,10 @@ void reader::read_listen(server_options& o) {
 }
 
 void reader::read_admin(server_options& o) {
+  if (const auto* m = find("admin", "max_connections")) {
+    if (auto v = integer("admin.max_connections", *m, 1, 10'000, "1..10000"))
+      o.admin_max_connections = static_cast<std::size_t>(*v);
+  }
   const auto* n = find("admin", "listen");
   if (n == nullptr) return;
   if (n->is_string() && n->as_string()->get().empty()) {
@@ -538,12 +543,35 @@ void reader::read_limits(server_options& o) {
     }
   }
   if (const auto* n = find("limits", "max_connections")) {
-    if (auto v = integer("limits.max_connections", *n, 1, 1'000'000, "1..1000000"))
+    if (auto v = integer("limits.max_connections", *n, 0, 1'000'000, "0..1000000 (0 = from the file-descriptor limit)"))
       o.max_connections = *v;
   }
   if (const auto* n = find("limits", "max_subscriptions")) {
     if (auto v = integer("limits.max_subscriptions", *n, 1, 1'000'000, "1..1000000 per connection"))
       o.max_subscriptions = static_cast<std::uint32_t>(*v);
+  }
+  if (const auto* n = find("limits", "max_pattern_tokens")) {
+    if (auto v = integer("limits.max_pattern_tokens", *n, 1, 128, "1..128"))
+      o.max_pattern_tokens = static_cast<std::uint32_t>(*v);
+  }
+  if (const auto* n = find("limits", "max_queue_group_members")) {
+    if (auto v = integer("limits.max_queue_group_members", *n, 1, 4096,
+                         "1..4096 (a group's slot table has 4096 slots)"))
+      o.max_queue_group_members = static_cast<std::uint32_t>(*v);
+  }
+  if (const auto* n = find("limits", "max_pattern_shapes")) {
+    if (auto v = integer("limits.max_pattern_shapes", *n, 1, 65536, "1..65536"))
+      o.max_pattern_shapes = static_cast<std::uint32_t>(*v);
+  }
+  if (const auto* n = find("limits", "max_subscription_bytes")) {
+    if (auto v = integer("limits.max_subscription_bytes", *n, 64ll << 10, 1ll << 40,
+                         "65536..1099511627776 bytes (64 KiB..1 TiB) per connection"))
+      o.max_subscription_bytes = static_cast<std::uint64_t>(*v);
+  }
+  if (const auto* n = find("limits", "max_total_subscription_bytes")) {
+    if (auto v = integer("limits.max_total_subscription_bytes", *n, 64ll << 10, 1ll << 40,
+                         "65536..1099511627776 bytes (64 KiB..1 TiB)"))
+      o.max_total_subscription_bytes = static_cast<std::uint64_t>(*v);
   }
   if (const auto* n = find("limits", "max_pending_bytes")) {
     if (auto v = integer("limits.max_pending_bytes", *n, 64ll << 10, 16ll << 30,
@@ -554,6 +582,10 @@ void reader::read_limits(server_options& o) {
     if (auto v = choice("limits.slow_consumer", *n, {"disconnect", "drop"}))
       o.slow_consumer = *v == "drop" ? daemon::slow_consumer_policy::drop
                                      : daemon::slow_consumer_policy::disconnect;
+  }
+  if (const auto* n = find("limits", "slow_consumer_grace")) {
+    if (auto d = duration("limits.slow_consumer_grace", *n, milliseconds(0), std::chrono::hours(1)))
+      o.slow_consumer_grace = *d;
   }
   if (const auto* n = find("limits", "handshake_timeout")) {
     if (auto d = duration("limits.handshake_timeout", *n, milliseconds(1), std::chrono::hours(1)))
@@ -618,6 +650,23 @@ std::string load_result::joined() const {
   return out;
 }
 
+namespace {
+// toml++'s descriptions may quote the offending text, newlines included; a
+// problem is one line (config.hpp), so they are written as \n and \r.
+std::string one_line(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else
+      out += c;
+  }
+  return out;
+}
+}  // namespace
+
 load_result parse(std::string_view toml_text, std::string_view file_name, server_options base) {
   load_result out;
   toml::table root;
@@ -626,7 +675,7 @@ load_result parse(std::string_view toml_text, std::string_view file_name, server
   } catch (const toml::parse_error& e) {
     out.problems.push_back(std::string(file_name) + ":" + std::to_string(e.source().begin.line) +
                            ":" + std::to_string(e.source().begin.column) +
-                           ": TOML syntax error: " + std::string(e.description()));
+                           ": TOML syntax error: " + one_line(e.description()));
     return out;
   }
   reader r(root, file_name);

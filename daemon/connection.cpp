@@ -21,7 +21,12 @@ connection::connection(router& r, socket_type socket, std::uint64_t id, bool uni
       unix_(unix_socket),
       decoder_(r.options().limits),
       batch_out_(std::min<std::size_t>(max_message_batch, r.options().limits.max_frame)),
-      timer_(r.worker().io()) {}
+      timer_(r.worker().io()),
+      grace_timer_(r.worker().io()) {
+  // Until a good hello, a hello-sized frame is all this peer may make us buffer.
+  decoder_.cap_frames(r.options().limits.hello_frame_limit(),
+                      "the limit before hello (limits.max_auth_token + limits.max_client_name + 1 KiB)");
+}
 
 connection::~connection() = default;
 
@@ -48,9 +53,10 @@ void connection::arm_idle(std::chrono::steady_clock::duration after) {
     const auto limit = self->router_.options().idle_timeout;
     if (limit.count() == 0) return;  // turned off by a reload: this connection stays open
     const auto now = std::chrono::steady_clock::now();
-    if (self->blocked_ || self->router_.draining()) {
+    if (self->reading_paused() || self->router_.draining()) {
       // The server, not the peer, is why nothing was read: waiting for credit
-      // or draining. The quiet period starts again when reading does.
+      // or for queued output, throttled, or draining. The quiet period starts
+      // again when reading does.
       self->last_active_ = now;
       return self->arm_idle(limit);
     }
@@ -63,9 +69,19 @@ void connection::arm_idle(std::chrono::steady_clock::duration after) {
   });
 }
 
+std::size_t connection::high_water() const noexcept { return router_.options().max_pending_bytes / 2; }
+std::size_t connection::low_water() const noexcept { return router_.options().max_pending_bytes / 4; }
+
 void connection::read_more() {
-  if (reading_ || state_ == state::closing || state_ == state::closed || blocked_) return;
+  if (reading_ || state_ == state::closing || state_ == state::closed || reading_paused()) return;
   if (router_.draining()) return;
+  if (pending_bytes() >= high_water()) {
+    // Replies this peer does not read: stop reading it rather than queue
+    // more (after_write() resumes).
+    out_paused_ = true;
+    router_.stats().paused_reads.add();
+    return;
+  }
   reading_ = true;
   // Memory back once reads are small again, after a burst or a large frame,
   // so an idle connection holds a small buffer (nothing is lost: shrink keeps
@@ -101,6 +117,12 @@ void connection::on_read(std::error_code ec, std::size_t n) {
 
 void connection::process() {
   while (state_ == state::handshake || state_ == state::open) {
+    if (reading_paused()) return;
+    if (pending_bytes() >= high_water()) {
+      out_paused_ = true;
+      router_.stats().paused_reads.add();
+      return;
+    }
     auto next = decoder_.next();
     if (!next) {
       send_error(decoder_.error().code(), decoder_.error().message(), 0, true);
@@ -197,6 +219,7 @@ void connection::on_hello(wire::Hello::Reader h) {
   }
   client_name_ = std::string(proto::as_string_view(h.getClientName()));
   state_ = state::open;
+  decoder_.lift_frame_cap();
   timer_.cancel();
   if (router_.options().idle_timeout.count() > 0) {
     arm_idle(router_.options().idle_timeout);
@@ -269,8 +292,26 @@ bool connection::resume() {
   last_active_ = std::chrono::steady_clock::now();
   // The rest of a paused batch first, then the frames after it; either may
   // pause again, through route_publish's mark_paused.
-  if (publish_entries()) process();
+  if (publish_entries()) continue_reading();
   return true;
+}
+
+void connection::continue_reading() {
+  if (state_ != state::open && state_ != state::handshake) return;
+  // A read in flight owns the decoder's free space; its on_read() processes.
+  if (reading_ || reading_paused()) return;
+  last_active_ = std::chrono::steady_clock::now();
+  process();
+}
+
+void connection::throttle(bool on) {
+  if (on) {
+    ++throttles_;
+    router_.stats().paused_reads.add();
+    return;
+  }
+  if (throttles_ == 0) return;
+  if (--throttles_ == 0) continue_reading();
 }
 
 void connection::on_subscribe(wire::Subscribe::Reader s) {
@@ -290,15 +331,42 @@ void connection::on_subscribe(wire::Subscribe::Reader s) {
                rid, false);
     return;
   }
+  const std::string_view pattern = proto::as_string_view(s.getPattern());
+  const std::string_view group = proto::as_string_view(s.getQueueGroup());
+  const auto tokens = static_cast<std::size_t>(std::count(pattern.begin(), pattern.end(), '.')) + 1;
+  if (tokens > o.max_pattern_tokens) {
+    send_error(proto::errc::invalid_subject,
+               "pattern " + proto::quote(pattern) + " has " + std::to_string(tokens) +
+                   " tokens, limits.max_pattern_tokens is " + std::to_string(o.max_pattern_tokens) +
+                   "; subscribe to a shorter pattern (a final '>' matches any number of tokens)",
+               rid, false);
+    return;
+  }
+  const std::uint64_t cost = router_.subscription_cost(pattern, group);
+  if (sub_bytes_ + cost > o.max_subscription_bytes) {
+    send_error(proto::errc::too_many_subscriptions,
+               "this connection's subscriptions take " + proto::format_size(sub_bytes_) +
+                   " of index memory and this one needs " + proto::format_size(cost) +
+                   ", limits.max_subscription_bytes is " + proto::format_size(o.max_subscription_bytes) +
+                   "; unsubscribe some, use shorter patterns, or raise the limit",
+               rid, false);
+    return;
+  }
+  auto uid = router_.admit_subscription(pattern, group, cost);
+  if (!uid) {
+    send_error(proto::errc::too_many_subscriptions, uid.error(), rid, false);
+    return;
+  }
   sub_spec spec;
   spec.add = true;
-  spec.pattern = std::string(proto::as_string_view(s.getPattern()));
-  spec.group = std::string(proto::as_string_view(s.getQueueGroup()));
-  spec.ref = sub_ref{router_.alloc_uid(), router_.worker().id(), id_, sid};
+  spec.pattern = std::string(pattern);
+  spec.group = std::string(group);
+  spec.ref = sub_ref{*uid, router_.worker().id(), id_, sid};
   spec.request_id = rid;
-  subs_.emplace(sid, subscription{spec.ref.uid});
+  subs_.emplace(sid, subscription{spec.ref.uid, cost});
+  sub_bytes_ += cost;
   router_.stats().subscriptions.add();
-  if (rid != 0) pending_acks_[rid] = static_cast<std::uint32_t>(router_.context().workers);
+  if (rid != 0) pending_acks_[rid] = {static_cast<std::uint32_t>(router_.context().workers), false};
   std::vector<sub_spec> changes;
   changes.push_back(std::move(spec));
   router_.broadcast(std::move(changes));
@@ -306,19 +374,25 @@ void connection::on_subscribe(wire::Subscribe::Reader s) {
 
 void connection::on_unsubscribe(wire::Unsubscribe::Reader u) {
   const std::uint64_t rid = u.getRequestId();
-  auto it = subs_.find(u.getSid());
-  if (it == subs_.end()) {
+  if (subs_.count(u.getSid()) == 0) {
     send_error(proto::errc::protocol,
                "unsubscribe of subscription id " + std::to_string(u.getSid()) + ", which is not subscribed", rid, false);
     return;
   }
+  drop_subscription(u.getSid(), rid);
+  if (rid != 0) pending_acks_[rid] = {static_cast<std::uint32_t>(router_.context().workers), false};
+}
+
+void connection::drop_subscription(std::uint32_t sid, std::uint64_t request_id) {
+  auto it = subs_.find(sid);
   sub_spec spec;
   spec.add = false;
-  spec.ref = sub_ref{it->second.uid, router_.worker().id(), id_, it->first};
-  spec.request_id = rid;
+  spec.ref = sub_ref{it->second.uid, router_.worker().id(), id_, sid};
+  spec.request_id = request_id;
+  sub_bytes_ -= it->second.cost;
+  router_.release_subscription(it->second.cost);
   subs_.erase(it);
   router_.stats().subscriptions.set(router_.stats().subscriptions.get() - 1);
-  if (rid != 0) pending_acks_[rid] = static_cast<std::uint32_t>(router_.context().workers);
   std::vector<sub_spec> changes;
   changes.push_back(std::move(spec));
   router_.broadcast(std::move(changes));
@@ -326,38 +400,66 @@ void connection::on_unsubscribe(wire::Unsubscribe::Reader u) {
   // on this worker is enough: later adds travel the same FIFO rings).
 }
 
-void connection::sub_applied(std::uint64_t request_id) {
-  auto it = pending_acks_.find(request_id);
-  if (it == pending_acks_.end()) return;
-  if (--it->second != 0) return;
-  pending_acks_.erase(it);
-  send_ack(request_id, 0);
+void connection::drop_all_subscriptions() {
+  if (subs_.empty()) return;
+  std::vector<sub_spec> changes;
+  changes.reserve(subs_.size());
+  for (const auto& [sid, sub] : subs_) {
+    sub_spec spec;
+    spec.add = false;
+    spec.ref = sub_ref{sub.uid, router_.worker().id(), id_, sid};
+    changes.push_back(std::move(spec));
+  }
+  router_.release_subscription(sub_bytes_);
+  router_.stats().subscriptions.set(router_.stats().subscriptions.get() - subs_.size());
+  subs_.clear();
+  sub_bytes_ = 0;
+  router_.broadcast(std::move(changes));
 }
 
-void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq) {
+void connection::sub_applied(const sub_applied_op& op) {
+  if (op.refused) {
+    // Another worker's index refused the subscription (a limit reached by a
+    // change in flight when this worker checked): undo it everywhere, once.
+    auto it = subs_.find(op.sid);
+    if (it != subs_.end() && it->second.uid == op.uid) {
+      drop_subscription(op.sid, 0);
+      if (auto ack = pending_acks_.find(op.request_id); ack != pending_acks_.end()) ack->second.refused = true;
+      send_error(proto::errc::too_many_subscriptions, *op.refused, op.request_id, false);
+    }
+  }
+  if (op.request_id == 0) return;
+  auto it = pending_acks_.find(op.request_id);
+  if (it == pending_acks_.end()) return;
+  if (--it->second.workers_left != 0) return;
+  const bool refused = it->second.refused;
+  pending_acks_.erase(it);
+  if (!refused) send_ack(op.request_id, 0);
+}
+
+void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq,
+                         std::uint64_t publisher) {
   if (state_ != state::open) {
     router_.stats().drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
     return;
   }
   const server_options& o = router_.options();
   if (pending_bytes() >= o.max_pending_bytes) {
-    router_.stats().drops[static_cast<std::size_t>(drop_reason::slow_consumer)].add();
-    if (!slow_logged_) {
-      slow_logged_ = true;
-      router_.stats().slow_consumers.add();
-      spdlog::warn("slow consumer: connection {} ({}) has {} bytes pending, limits.max_pending_bytes is {}; {}", id_,
-                   client_name_, pending_bytes(), o.max_pending_bytes,
-                   o.slow_consumer == slow_consumer_policy::disconnect ? "disconnecting" : "dropping its messages");
+    // Publishers are paused from half the limit on, so what gets here was in
+    // flight when they were. Policy drop: what does not fit is dropped.
+    // Policy disconnect: it is queued, up to twice the limit, while the
+    // grace lasts; a connection that far over is not slowing anything down.
+    if (o.slow_consumer == slow_consumer_policy::drop) {
+      note_slow_consumer();
+      router_.stats().drops[static_cast<std::size_t>(drop_reason::slow_consumer)].add();
+      return;
     }
-    if (o.slow_consumer == slow_consumer_policy::disconnect) {
-      send_error(proto::errc::slow_consumer,
-                 "outbound queue of " + proto::format_size(pending_bytes()) + " reached limits.max_pending_bytes (" +
-                     proto::format_size(o.max_pending_bytes) + "); read faster or raise the limit",
-                 0, true);
+    if (pending_bytes() >= 2 * o.max_pending_bytes) {
+      apply_slow_consumer_policy();
+      router_.stats().drops[static_cast<std::size_t>(drop_reason::slow_consumer)].add();
+      return;
     }
-    return;
   }
-  slow_logged_ = false;
   proto::delivery_fields f;
   f.sid = sid;
   f.subject = m.subject();
@@ -381,7 +483,89 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   if (m.payload().size() >= proto::encoder::default_ref_threshold) out_refs_.push_back(message_ref::share(m));
   router_.stats().delivered.add();
   router_.stats().latency.record(router_.turn_ns(m.received_ns()) - m.received_ns());
+  if (pending_bytes() >= high_water() && !shedding_) on_congestion(publisher);
   queued();
+}
+
+void connection::on_congestion(std::uint64_t publisher) {
+  if (!congested_) {
+    congested_ = true;
+    router_.stats().congested.add();
+    last_progress_ = std::chrono::steady_clock::now();
+    arm_grace(router_.options().slow_consumer_grace);
+  }
+  // Each publisher is paused once per episode; a short linear scan, since
+  // only the publishers that reached this subscriber meanwhile are here.
+  if (std::find(throttled_.begin(), throttled_.end(), publisher) != throttled_.end()) return;
+  throttled_.push_back(publisher);
+  router_.throttle(publisher, true);
+}
+
+void connection::arm_grace(std::chrono::steady_clock::duration after) {
+  // Re-armed lazily, as the idle timer: writes only stamp last_progress_.
+  grace_timer_.expires_after(after);
+  grace_timer_.async_wait([self = shared_from_this()](std::error_code ec) {
+    if (ec || !self->congested_ || self->state_ != state::open) return;
+    const auto grace = self->router_.options().slow_consumer_grace;
+    const auto stalled = std::chrono::steady_clock::now() - self->last_progress_;
+    if (stalled < grace) return self->arm_grace(grace - stalled);
+    self->apply_slow_consumer_policy();
+  });
+}
+
+void connection::release_throttled() {
+  if (!congested_) return;
+  congested_ = false;
+  grace_timer_.cancel();
+  router_.stats().congested.set(router_.stats().congested.get() - 1);
+  // A publisher on this worker resumes inline and may congest this
+  // connection again, starting a new episode in throttled_: walk a copy.
+  std::vector<std::uint64_t> released;
+  released.swap(throttled_);
+  for (const std::uint64_t p : released) router_.throttle(p, false);
+}
+
+void connection::after_write() {
+  last_progress_ = std::chrono::steady_clock::now();
+  if (pending_bytes() > low_water()) return;
+  shedding_ = false;
+  slow_logged_ = false;
+  release_throttled();
+  if (out_paused_) {
+    out_paused_ = false;
+    continue_reading();
+  }
+}
+
+void connection::note_slow_consumer() {
+  if (slow_logged_) return;
+  const server_options& o = router_.options();
+  slow_logged_ = true;
+  router_.stats().slow_consumers.add();
+  spdlog::warn("slow consumer: connection {} ({}) has {} bytes pending, limits.max_pending_bytes is {}; {}", id_,
+               client_name_, pending_bytes(), o.max_pending_bytes,
+               o.slow_consumer == slow_consumer_policy::disconnect ? "disconnecting" : "dropping its messages");
+}
+
+void connection::apply_slow_consumer_policy() {
+  const server_options& o = router_.options();
+  note_slow_consumer();
+  if (state_ != state::open) return;
+  if (o.slow_consumer == slow_consumer_policy::drop) {
+    // Stop holding its publishers back: from now on what does not fit is
+    // dropped for this connection alone, until it drains to low_water().
+    shedding_ = true;
+    release_throttled();
+    return;
+  }
+ const std::string why =
+      pending_bytes() >= 2 * o.max_pending_bytes
+          ? "outbound queue of " + proto::format_size(pending_bytes()) + " reached twice limits.max_pending_bytes (" +
+                proto::format_size(o.max_pending_bytes) + ")"
+          : "outbound queue of " + proto::format_size(pending_bytes()) + " over half of limits.max_pending_bytes (" +
+                proto::format_size(o.max_pending_bytes) + ") and nothing read for limits.slow_consumer_grace (" +
+                std::to_string(o.slow_consumer_grace.count()) + " ms)";
+  send_error(proto::errc::slow_consumer, why + "; read faster or raise the limits", 0, true);
 }
 
 result<std::size_t> connection::encode_with_headers(const shared_message& m, proto::delivery_fields& f) {
@@ -432,15 +616,20 @@ void connection::send_error(proto::errc code, std::string_view message, std::uin
   if (fatal) {
     spdlog::info("closing connection {} ({}): {}: {}", id_, client_name_, proto::to_string(code), message);
     state_ = state::closing;
-    // The peer gets a bounded time to read the error; a peer that does not
-    // read at all (a slow consumer) is closed when it runs out.
-    timer_.cancel();
-    timer_.expires_after(close_grace);
-    timer_.async_wait([self = shared_from_this()](std::error_code ec) {
-      if (!ec) self->abort();
-    });
+    release_throttled();  // nothing more will be delivered here
+    arm_close_deadline();
   }
   queued();
+}
+
+void connection::arm_close_deadline() {
+  // The peer gets close_grace to read on; every write that makes progress
+  // re-arms it, so a peer that reads receives everything up to the error,
+  // and one that does not read at all is closed when it runs out.
+  timer_.expires_after(close_grace);
+  timer_.async_wait([self = shared_from_this()](std::error_code ec) {
+    if (!ec) self->abort();
+  });
 }
 
 void connection::queued() {
@@ -482,6 +671,11 @@ void connection::write_some() {
                              self->router_.stats().bytes_out.add(written);
                              self->writing_.consume(written);
                              if (self->writing_.empty()) self->writing_refs_.clear();
+                             if (self->state_ == state::closing) {
+                               if (written > 0) self->arm_close_deadline();
+                             } else {
+                               self->after_write();
+                             }
                              if (!self->writing_.empty() || !self->out_.empty() || self->state_ == state::closing)
                                self->queued();
                            });
@@ -497,9 +691,12 @@ void connection::abort() {
   if (state_ == state::closed) return;
   state_ = state::closed;
   timer_.cancel();
+  grace_timer_.cancel();
   std::error_code ignored;
   socket_.close(ignored);
   blocked_.reset();
+  release_throttled();
+  drop_all_subscriptions();
   router_.forget(*this);
 }
 

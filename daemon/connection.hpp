@@ -7,10 +7,22 @@
 // closed. A fatal error answers an error frame, then closes this connection
 // only.
 //
-// Backpressure: when the key owner has no credit, the publish is kept in
-// `blocked_`, reading stops, and the router calls resume() when credit
-// returns. Slow consumers: outbound bytes over max_pending_bytes trigger the
-// configured policy (disconnect after a slow_consumer error, or drop).
+// Every byte queued for the peer (deliveries, acks, pongs, error frames)
+// counts in pending_bytes(). Reading stops while any of these holds, and
+// resumes when none does:
+//  - credit: the key owner's ring is full; the publish waits in `blocked_`
+//    and the router calls resume() when credit returns;
+//  - own output: pending_bytes() reached half of limits.max_pending_bytes
+//    (replies this peer does not read); reading resumes at a quarter;
+//  - throttled: a subscriber this connection publishes to is congested
+//    (over half of its max_pending_bytes); its worker sends throttle on/off.
+// Slow consumers: a congested connection whose socket takes nothing for
+// limits.slow_consumer_grace gets the configured policy: disconnect after a
+// slowConsumer error, or drop (its publishers are released, and what does
+// not fit in max_pending_bytes is dropped for it alone until it drains to a
+// quarter). Deliveries in flight when its publishers were paused may take it
+// past max_pending_bytes: under drop they are dropped, under disconnect
+// queued up to twice the limit, where it is disconnected at once.
 //
 // Threads: the owning worker's only (asserted). Completion handlers hold a
 // shared_ptr so the object outlives its pending socket operations.
@@ -46,19 +58,32 @@ class connection : public std::enable_shared_from_this<connection> {
   std::uint64_t id() const noexcept { return id_; }
   bool unix_socket() const noexcept { return unix_; }
   bool closed() const noexcept { return state_ == state::closed; }
+  /// Subscription ids and uids, for the router to remove them when this
+  /// connection is gone.
+  template <class Fn>
+  void for_each_subscription(Fn&& fn) const {
+    for (const auto& [sid, s] : subs_) fn(sid, s.uid);
+  }
   std::size_t pending_bytes() const noexcept { return out_.size() + writing_.size(); }
   std::size_t subscription_count() const noexcept { return subs_.size(); }
 
   void start();
   /// Queue one delivery. Applies the slow-consumer policy.
-  void deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq);
+  /// `publisher`: the connection that published it, paused while this one
+  /// is congested.
+  void deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq,
+               std::uint64_t publisher);
   void send_ack(std::uint64_t request_id, std::uint32_t delivered);
   /// The answer to a request (a publish with reply_to) that matched no subscriber.
   void send_no_responders(std::string_view subject, std::string_view reply_to, std::uint64_t ack_id);
   void send_error(proto::errc code, std::string_view message, std::uint64_t request_id, bool fatal,
                   std::string_view reply_to = {});
-  /// Router: one worker applied a subscription change this connection asked for.
-  void sub_applied(std::uint64_t request_id);
+  /// Router: one worker applied (or, `refused` set, refused) a subscription
+  /// change this connection asked for.
+  void sub_applied(const sub_applied_op& op);
+  /// Router: a congested subscriber pauses (on) or resumes (off) reading from
+  /// this connection, one call each way per congestion episode.
+  void throttle(bool on);
   /// Router: credit came back. Returns false if the held publish still has
   /// no credit: the caller keeps the connection on its paused list. A publish
   /// further on that pauses it again puts it back there itself (mark_paused),
@@ -71,8 +96,34 @@ class connection : public std::enable_shared_from_this<connection> {
 
  private:
   enum class state { handshake, open, closing, closed };
-  /// How long a connection closing after a fatal error may take to read it.
+  /// How long a connection closing after a fatal error may go without
+  /// reading anything before it is closed (each write that makes progress
+  /// starts it again, so a peer that reads gets everything up to the error).
   static constexpr std::chrono::seconds close_grace{2};
+
+  /// Own-output pushback thresholds (see the top of this file).
+  std::size_t high_water() const noexcept;
+  std::size_t low_water() const noexcept;
+  /// Why reading is stopped now, if it is (credit, own output, throttled).
+  bool reading_paused() const noexcept { return blocked_ || out_paused_ || throttles_ != 0; }
+  /// Reading may go on again: handles what is buffered, then reads.
+  void continue_reading();
+  /// After bytes left the outbound queue: resume own-output pushback,
+  /// release the publishers this connection throttled, end a slow-consumer
+  /// grace period.
+  void after_write();
+  /// The outbound queue grew with a delivery from `publisher`.
+  void on_congestion(std::uint64_t publisher);
+  void release_throttled();
+  void arm_close_deadline();
+  void arm_grace(std::chrono::steady_clock::duration after);
+  void apply_slow_consumer_policy();
+  /// Counts and logs (once per episode) a slow consumer.
+  void note_slow_consumer();
+  /// Removes subscription `sid` (present) everywhere; `request_id`: the
+  /// unsubscribe being acknowledged, or 0.
+  void drop_subscription(std::uint32_t sid, std::uint64_t request_id);
+  void drop_all_subscriptions();
 
   void read_more();
   void arm_idle(std::chrono::steady_clock::duration after);
@@ -145,6 +196,20 @@ class connection : public std::enable_shared_from_this<connection> {
   std::chrono::steady_clock::time_point last_active_{};  // last read or resume: the idle timer
   std::optional<publish_op> blocked_;  // a publish waiting for credit
   std::uint32_t blocked_owner_ = 0;
+  bool out_paused_ = false;      // stopped reading: own output over high_water()
+  std::uint32_t throttles_ = 0;  // congested subscribers pausing this publisher
+  // Congested (over high_water()): the publishers throttled meanwhile, each
+  // told once, all released when the queue drains to low_water().
+  bool congested_ = false;
+  std::vector<std::uint64_t> throttled_;
+  // Policy drop applied: deliveries over max_pending_bytes are dropped and
+  // publishers no longer paused, until the queue drains to low_water().
+  bool shedding_ = false;
+  // While congested: the last write that made progress, and the timer that
+  // applies the slow-consumer policy after limits.slow_consumer_grace
+  // without any.
+  std::chrono::steady_clock::time_point last_progress_{};
+  asio::steady_timer grace_timer_;
   // The publishBatch being published: its subject and the entries not yet
   // routed, into the decoder's current frame (valid until the next frame is
   // decoded, which waits while blocked_ is set).
@@ -153,14 +218,18 @@ class connection : public std::enable_shared_from_this<connection> {
   std::uint32_t protocol_version_ = 0;  // agreed in the welcome
   struct subscription {
     std::uint32_t uid;
+    std::uint64_t cost;  // index bytes charged, on all workers together
   };
-  std::unordered_map<std::uint32_t, subscription> subs_;        // by sid
-  std::unordered_map<std::uint64_t, std::uint32_t> pending_acks_;  // request id → workers left
+  std::unordered_map<std::uint32_t, subscription> subs_;  // by sid
+  std::uint64_t sub_bytes_ = 0;                          // sum of subs_' cost
+  struct pending_ack {
+    std::uint32_t workers_left;
+    bool refused;  // a worker refused it: the error was sent instead
+  };
+  std::unordered_map<std::uint64_t, pending_ack> pending_acks_;  // by request id
   std::string client_name_;
   std::vector<header_view> headers_;  // scratch for deliver
   bool slow_logged_ = false;
-
-  friend class router;
 };
 
 }  // namespace keyway::daemon

@@ -57,7 +57,8 @@ struct flags {
   std::vector<std::string> listen;
   std::string admin;
   std::int64_t workers = 0;
-  std::string log_level, log_format, partitioner, slow_consumer, handshake, idle, drain, tokens_file;
+  std::string log_level, log_format, partitioner, slow_consumer, slow_consumer_grace, handshake, idle, drain,
+      tokens_file;
   std::int64_t max_payload = 0;
   std::int64_t max_pending_bytes = 0;
   std::int64_t max_subscriptions = 0;
@@ -84,6 +85,7 @@ std::string overrides_toml(const flags& f, const CLI::App& app) {
   number("--max-subscriptions", "limits.max_subscriptions", f.max_subscriptions);
   number("--max-connections", "limits.max_connections", f.max_connections);
   text("--slow-consumer", "limits.slow_consumer", f.slow_consumer);
+  text("--slow-consumer-grace", "limits.slow_consumer_grace", f.slow_consumer_grace);
   text("--handshake-timeout", "limits.handshake_timeout", f.handshake);
   text("--idle-timeout", "limits.idle_timeout", f.idle);
   text("--log-level", "log.level", f.log_level);
@@ -192,6 +194,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-subscriptions", f.max_subscriptions, "subscriptions per connection");
   app.add_option("--max-connections", f.max_connections, "connections in all");
   app.add_option("--slow-consumer", f.slow_consumer, "disconnect or drop")->check(CLI::IsMember({"disconnect", "drop"}));
+  app.add_option("--slow-consumer-grace", f.slow_consumer_grace,
+                 "time a connection may stay over --max-pending-bytes before the policy applies (default 5s)");
   app.add_option("--handshake-timeout", f.handshake, "time allowed for hello (default 5s)");
   app.add_option("--idle-timeout", f.idle, "close connections silent this long (default 0: never)");
   app.add_option("--drain-timeout", f.drain, "time allowed to flush on SIGTERM (default 10s)");
@@ -222,8 +226,9 @@ int main(int argc, char** argv) {
   asio::io_context main_io;
   asio::signal_set signals(main_io, SIGINT, SIGTERM, SIGHUP);
   const auto admin_listen = opt.admin;
+  const std::size_t admin_connections = opt.admin_max_connections;
   keyway::daemon::server srv(std::move(opt));
-  keyway::daemon::admin_service admin(srv, admin_listen);
+  keyway::daemon::admin_service admin(srv, admin_listen, admin_connections);
   try {
     srv.start();
     admin.start();

@@ -162,7 +162,22 @@ std::vector<MetricFamily> metrics_collector::Collect() const {
   out.push_back(per_worker(s, "keyway_credit_stalls_total",
                            "Sends refused because the destination worker had no credit", C,
                            [](const worker_stats& w, const daemon_stats&) { return w.credit_stalls.get(); }));
-  out.push_back(per_worker(s, "keyway_paused_reads_total", "Times a connection stopped reading for lack of credit",
+  out.push_back(per_worker(s, "keyway_mesh_staged_messages",
+                           "Messages a worker has staged for other workers that did not fit their ring yet", G,
+                           [](const worker_stats& w, const daemon_stats&) { return w.mesh_staged.get(); }));
+  out.push_back(per_worker(s, "keyway_congested_connections",
+                           "Connections over half their limits.max_pending_bytes (their publishers are paused)", G,
+                           [](const worker_stats&, const daemon_stats& d) { return d.congested.get(); }));
+  out.push_back(per_worker(s, "keyway_throttled_publishers_total",
+                           "Times a publisher was paused for a congested subscriber", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.throttles_sent.get(); }));
+  out.push_back(per_worker(s, "keyway_accept_errors_total",
+                           "accept() failures, each followed by a pause (out of file descriptors or memory)", C,
+                           [](const worker_stats&, const daemon_stats& d) { return d.accept_errors.get(); }));
+  out.push_back(summed(s, "keyway_subscriptions_refused_total",
+                       "Subscriptions a worker's index refused after the subscriber's worker admitted them", C,
+                       [](const daemon_stats& d) { return d.subscriptions_refused.get(); }));
+  out.push_back(per_worker(s, "keyway_paused_reads_total", "Times a connection stopped reading: no credit, its own unread output, or a congested subscriber",
                            C, [](const worker_stats&, const daemon_stats& d) { return d.paused_reads.get(); }));
   out.push_back(per_worker(s, "keyway_worker_loop_turns_total", "Turns of the worker loop (the progress heartbeat)",
                            C, [](const worker_stats& w, const daemon_stats&) { return w.loop_turns.get(); }));

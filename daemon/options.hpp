@@ -46,10 +46,30 @@ struct server_options {
   /// Layout knobs of the worker partitioner (slots, vnodes, range split points).
   core::partitioner_options partition;
   proto::limits limits;
-  std::size_t max_connections = 65536;
+  /// Client connections in all. 0: derived at start from the file-descriptor
+  /// limit (see resolve_fd_limits()).
+  std::size_t max_connections = 0;
   std::uint32_t max_subscriptions = 65536;  // per connection
+  /// Tokens in one subscription pattern.
+  std::uint32_t max_pattern_tokens = 32;
+  /// Members of one queue group (on one pattern), daemon-wide.
+  std::uint32_t max_queue_group_members = 1024;
+  /// Distinct shapes (length, `*` positions, final `>`) of the patterns with a
+  /// wildcard, daemon-wide: bounds what one publish costs to match.
+  std::uint32_t max_pattern_shapes = 64;
+  /// Index memory the subscriptions of one connection may cost, on all
+  /// workers' replicas together (subject_index::cost_bytes per replica).
+  std::uint64_t max_subscription_bytes = 64ull << 20;
+  /// The same for every connection together; each worker's connections may
+  /// use this divided by the number of workers.
+  std::uint64_t max_total_subscription_bytes = 1ull << 30;
   std::uint64_t max_pending_bytes = 64ull << 20;
   slow_consumer_policy slow_consumer = slow_consumer_policy::disconnect;
+  /// How long a connection may stay over max_pending_bytes (publishers
+  /// feeding it paused meanwhile) before the slow_consumer policy applies.
+  std::chrono::milliseconds slow_consumer_grace{5000};
+  /// Concurrent connections to the admin HTTP listener.
+  std::size_t admin_max_connections = 64;
   std::chrono::milliseconds handshake_timeout{5000};
   std::chrono::milliseconds drain_timeout{10000};
   /// Slots per mesh ring (per ordered pair of workers): the credit window.

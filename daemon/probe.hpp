@@ -46,11 +46,15 @@ struct alignas(core::cache_line) daemon_stats {
   core::counter paused_reads;       // times a connection stopped reading for lack of credit
   core::counter pending_out_bytes;  // gauge: bytes queued to sockets, updated each turn while draining
   core::counter auth_failures;      // hellos refused for a missing or unknown token
+  core::counter accept_errors;      // accept() failures (each followed by a backoff)
+  core::counter congested;          // gauge: connections over half their max_pending_bytes
+  core::counter throttles_sent;     // publishers paused for a congested subscriber
+  core::counter subscriptions_refused;  // subscriptions a replica refused after the owner's check
   std::array<core::counter, static_cast<std::size_t>(transport::count_)> connections;  // gauges
   std::array<core::counter, static_cast<std::size_t>(transport::count_)> accepted;
   std::array<core::counter, static_cast<std::size_t>(drop_reason::count_)> drops;
   /// Error frames sent, by proto::errc (index = the enum's value).
-  std::array<core::counter, static_cast<std::size_t>(proto::errc::invalid_key) + 1> errors;
+  std::array<core::counter, static_cast<std::size_t>(proto::errc::count_)> errors;
   latency_histogram latency;
 
   core::counter& connections_on(bool unix_socket) noexcept {

@@ -1,7 +1,9 @@
 // route_msg: everything one worker tells another, as one mesh message type.
 //
 // Data plane:   publish (ingress → key owner), deliver (owner → subscriber's
-//               worker), reply (owner → ingress: publisher ack or no_responders).
+//               worker), reply (owner → ingress: publisher ack or no_responders),
+//               throttle (subscriber's worker → a publisher's worker: pause or
+//               resume reading that publisher while the subscriber is congested).
 // Control plane: sub_change (subscriber's worker → every worker), sub_applied
 //               (every worker → subscriber's worker, for the subscribe ack),
 //               adopt (acceptor → worker: a new socket), conn_closed (worker →
@@ -77,6 +79,7 @@ struct deliver_op {
   // subscriber per worker (the usual case) needs no allocation.
   delivery_target first;
   target_list more;
+  std::uint64_t publisher = 0;  // the ingress connection (its worker in the top 16 bits)
 };
 
 struct reply_op {
@@ -101,6 +104,19 @@ struct sub_change_op {
 struct sub_applied_op {
   std::uint64_t conn = 0;
   std::uint64_t request_id = 0;
+  std::uint32_t sid = 0;
+  std::uint32_t uid = 0;
+  /// Set when this worker's index refused the subscription (a limit reached
+  /// by a change still in flight when the subscriber's worker checked it):
+  /// why, for the error frame. Sent even without a request id.
+  std::shared_ptr<const std::string> refused;
+};
+
+/// One congestion episode of one subscriber: `on` pauses reading from
+/// connection `conn`, and exactly one later message with `on` false resumes it.
+struct throttle_op {
+  std::uint64_t conn = 0;
+  bool on = false;
 };
 
 struct adopt_op {
@@ -111,6 +127,6 @@ struct adopt_op {
 struct conn_closed_op {};
 
 using route_msg = std::variant<publish_op, deliver_op, reply_op, sub_change_op, sub_applied_op, adopt_op,
-                               conn_closed_op>;
+                               conn_closed_op, throttle_op>;
 
 }  // namespace keyway::daemon

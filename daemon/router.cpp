@@ -14,6 +14,19 @@ template <class... Ts>
 struct overloaded : Ts... {
   using Ts::operator()...;
 };
+// clang 14 lacks C++20's aggregate deduction for this.
+template <class... Ts>
+overloaded(Ts...) -> overloaded<Ts...>;
+
+constexpr std::size_t group_slots = 4096;
+
+index_limits index_limits_of(const server_options& o) {
+  index_limits l;
+  l.group_slots = group_slots;
+  l.max_group_members = o.max_queue_group_members;
+  l.max_pattern_shapes = o.max_pattern_shapes;
+  return l;
+}
 }  // namespace
 
 router::router(core::worker& w, server_context& ctx)
@@ -25,7 +38,9 @@ router::router(core::worker& w, server_context& ctx)
       live_(ctx.options),
       tokens_(ctx.tokens),
       encoder_(std::make_unique<proto::encoder>(ctx.options.limits)),
-      per_worker_(ctx.workers) {
+      index_(index_limits_of(ctx.options)),
+      per_worker_(ctx.workers),
+      accept_timer_(w.io()) {
   auto p = core::make_partitioner(ctx.options.partitioner, ctx.options.partition);
   if (!p) throw std::runtime_error("cannot build the worker partitioner: " + p.error().message());
   owners_ = std::move(*p);
@@ -42,6 +57,7 @@ void router::apply(const server_options& next, std::shared_ptr<const std::vector
   w_.assert_owner();
   live_ = next;
   tokens_ = std::move(tokens);
+  index_.set_limits(index_limits_of(live_));
   // The encoder only grows: a message accepted under the old, larger
   // limits.max_frame may still be waiting for delivery, and must encode.
   if (live_.limits.max_frame > encoder_->max_frame()) encoder_ = std::make_unique<proto::encoder>(live_.limits);
@@ -117,6 +133,7 @@ std::uint32_t router::owner_of(const shared_message& m) noexcept {
 bool router::route(publish_op& op) {
   const std::uint32_t owner = owner_of(*op.msg);
   if (owner == w_.id()) {
+    if (ep_.backlogged()) return false;  // see core/mesh.hpp: backlog feeds back into credit
     on_publish(op);
     return true;
   }
@@ -137,6 +154,9 @@ void router::dispatch(route_msg& m) {
                  [this](sub_applied_op& op) { on_sub_applied(op); },
                  [this](adopt_op& op) { on_adopt(op); },
                  [this](conn_closed_op&) { on_conn_closed(); },
+                 [this](throttle_op& op) {
+                   if (connection* c = find_conn(op.conn)) c->throttle(op.on);
+                 },
              },
              m);
 }
@@ -163,7 +183,7 @@ void router::on_publish(publish_op& op) {
     // an increment here and the publish's decrement are each a locked
     // read-modify-write on a line the ingress worker wrote (perf: the largest
     // stall in this function).
-    deliver_op d{wid == last && !wants_reply ? std::move(op.msg) : op.msg, seq, self, targets.front(), {}};
+    deliver_op d{wid == last && !wants_reply ? std::move(op.msg) : op.msg, seq, self, targets.front(), {}, op.conn};
     if (targets.size() > 1) d.more = target_list(pool_, std::span(targets).subspan(1));
     targets.clear();
     if (wid == self)
@@ -198,7 +218,7 @@ void router::on_deliver(deliver_op& op) {
       stats_.drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
       return;
     }
-    c->deliver(*op.msg, t.sid, op.core, op.seq);
+    c->deliver(*op.msg, t.sid, op.core, op.seq, op.publisher);
   };
   deliver_to(op.first);
   for (const delivery_target& t : op.more) deliver_to(t);
@@ -224,7 +244,14 @@ void router::on_sub_change(const sub_change_op& op) {
   const std::uint32_t self = w_.id();
   for (const sub_spec& s : *op.changes) {
     if (s.add) {
-      index_.add(s.pattern, s.group, s.ref);
+      if (auto st = index_.add(s.pattern, s.group, s.ref); !st) {
+        // The subscriber's worker checked against its own replica; a change
+        // still in flight from another worker took the last room here.
+        stats_.subscriptions_refused.add();
+        submit(s.ref.worker, route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid,
+                                                      std::make_shared<const std::string>(st.message())}));
+        continue;
+      }
     } else {
       index_.remove(s.ref.uid);
       // Every later add of this uid from its owner travels behind this removal
@@ -232,27 +259,55 @@ void router::on_sub_change(const sub_change_op& op) {
       if (s.ref.worker == self) free_uid(s.ref.uid);
     }
     if (s.request_id == 0) continue;
-    sub_applied_op applied{s.ref.conn, s.request_id};
-    if (s.ref.worker == self)
-      on_sub_applied(applied);
-    else
-      ep_.send(s.ref.worker, route_msg(applied));
+    submit(s.ref.worker, route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid, nullptr}));
   }
 }
 
 void router::on_sub_applied(const sub_applied_op& op) {
-  if (connection* c = find_conn(op.conn)) c->sub_applied(op.request_id);
+  if (connection* c = find_conn(op.conn)) c->sub_applied(op);
 }
 
-std::uint32_t router::alloc_uid() {
+std::uint64_t router::subscription_cost(std::string_view pattern, std::string_view group) const {
+  return subject_index::cost_bytes(pattern, group, group_slots) * ctx_.workers;
+}
+
+result<std::uint32_t, std::string> router::admit_subscription(std::string_view pattern, std::string_view group,
+                                                              std::uint64_t cost) {
+  w_.assert_owner();
+  if (auto st = index_.can_add(pattern, group); !st) return st.message();
+  const std::uint64_t share = live_.max_total_subscription_bytes / ctx_.workers;
+  if (sub_bytes_ + cost > share)
+    return "the subscriptions of this worker's connections take " + proto::format_size(sub_bytes_) +
+           " of index memory and this one needs " + proto::format_size(cost) + "; the worker's share of "
+           "limits.max_total_subscription_bytes (" + proto::format_size(live_.max_total_subscription_bytes) +
+           ") is " + proto::format_size(share) + "; try later or raise the limit";
+  std::uint32_t uid = 0;
   if (!free_uids_.empty()) {
-    const std::uint32_t uid = free_uids_.back();
+    uid = free_uids_.back();
     free_uids_.pop_back();
-    return uid;
+  } else if (next_uid_ < max_uids_per_worker) {
+    // Worker id in the top 8 bits keeps uids unique daemon-wide.
+    uid = (w_.id() << 24) | next_uid_++;
+  } else {
+    return "this worker holds " + std::to_string(max_uids_per_worker) +
+           " live subscriptions, the most its subscription ids can number; try later";
   }
-  // Worker id in the top 8 bits keeps uids unique daemon-wide.
-  if (next_uid_ >= (1u << 24)) throw std::runtime_error("more than 16M live subscriptions on one worker");
-  return (w_.id() << 24) | next_uid_++;
+  sub_bytes_ += cost;
+  return uid;
+}
+
+void router::release_subscription(std::uint64_t cost) noexcept { sub_bytes_ -= std::min(cost, sub_bytes_); }
+
+void router::throttle(std::uint64_t conn, bool on) {
+  if (on) stats_.throttles_sent.add();
+  submit(worker_of_conn(conn), route_msg(throttle_op{conn, on}));
+}
+
+void router::submit(std::uint32_t to, route_msg&& m) {
+  if (to == w_.id())
+    dispatch(m);
+  else
+    ep_.send(to, std::move(m));
 }
 
 void router::free_uid(std::uint32_t uid) { free_uids_.push_back(uid); }
@@ -276,28 +331,12 @@ void router::forget(connection& c) {
   auto it = conns_.find(c.id());
   if (it == conns_.end()) return;
   std::erase(paused_, &c);
-  // Remove its subscriptions everywhere.
-  if (!c.subs_.empty()) {
-    std::vector<sub_spec> changes;
-    for (const auto& [sid, s] : c.subs_) {
-      sub_spec spec;
-      spec.add = false;
-      spec.ref = sub_ref{s.uid, w_.id(), c.id(), sid};
-      changes.push_back(std::move(spec));
-    }
-    stats_.subscriptions.set(stats_.subscriptions.get() - c.subs_.size());
-    c.subs_.clear();
-    broadcast(std::move(changes));
-  }
   if (last_conn_ == it->second.get()) last_conn_ = nullptr;
   graveyard_.push_back(std::move(it->second));
   conns_.erase(it);
   auto& gauge = stats_.connections_on(c.unix_socket());
   gauge.set(gauge.get() - 1);
-  if (w_.id() == 0)
-    on_conn_closed();
-  else
-    ep_.send(0, route_msg(conn_closed_op{}));
+  submit(0, route_msg(conn_closed_op{}));
 }
 
 // ---- accepting (worker 0) ------------------------------------------------------
@@ -311,16 +350,34 @@ template <class Acceptor>
 void router::accept_next(Acceptor& a, bool unix_socket) {
   a.async_accept([this, &a, unix_socket](std::error_code ec, typename Acceptor::protocol_type::socket s) {
     if (ec == asio::error::operation_aborted || !a.is_open()) return;
-    if (!ec) {
-      if (!unix_socket) {
-        std::error_code ignored;
-        s.set_option(asio::ip::tcp::no_delay(true), ignored);
-      }
-      hand_out(s.release(), unix_socket);
-    } else {
-      spdlog::warn("accept failed: {}", ec.message());
+    if (ec) return accept_failed(a, unix_socket, ec);
+    accept_backoff_.succeeded();
+    if (!unix_socket) {
+      std::error_code ignored;
+      s.set_option(asio::ip::tcp::no_delay(true), ignored);
     }
+    hand_out(s.release(), unix_socket);
     accept_next(a, unix_socket);
+  });
+}
+
+template <class Acceptor>
+void router::accept_failed(Acceptor& a, bool unix_socket, std::error_code ec) {
+  // See accept_backoff.hpp: never accept again at once after a failure.
+  // One timer for every listener (a member: a timer owning itself through
+  // its handler would outlive the io_context's shutdown).
+  stats_.accept_errors.add();
+  const auto wait = accept_backoff_.failed(ec);
+  accept_retry_.push_back([this, &a, unix_socket] {
+    if (a.is_open()) accept_next(a, unix_socket);
+  });
+  if (accept_retry_.size() > 1) return;  // the timer is armed
+  accept_timer_.expires_after(wait);
+  accept_timer_.async_wait([this](std::error_code e) {
+    if (e) return;
+    std::vector<std::function<void()>> retry;
+    retry.swap(accept_retry_);
+    for (auto& r : retry) r();
   });
 }
 
@@ -332,7 +389,8 @@ void router::hand_out(int fd, bool unix_socket) {
         draining() ? std::string("the server is shutting down; reconnect later")
                    : "the server has " + std::to_string(open_connections_) + " connections, limits.max_connections is " +
                          std::to_string(live_.max_connections) + "; try again later or raise the limit";
-    (void)encoder_->error(out, {draining() ? proto::errc::shutting_down : proto::errc::internal, why, 0, true, {}});
+    (void)encoder_->error(out, {draining() ? proto::errc::shutting_down : proto::errc::too_many_connections, why, 0,
+                                true, {}});
     const auto bytes = out.front();
     [[maybe_unused]] auto n = ::send(fd, bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     ::close(fd);
@@ -340,10 +398,7 @@ void router::hand_out(int fd, bool unix_socket) {
   }
   ++open_connections_;
   const std::uint32_t target = static_cast<std::uint32_t>(next_worker_++ % ctx_.workers);
-  if (target == w_.id())
-    adopt(fd, unix_socket);
-  else
-    ep_.send(target, route_msg(adopt_op{fd, unix_socket}));
+  submit(target, route_msg(adopt_op{fd, unix_socket}));
 }
 
 void router::on_adopt(const adopt_op& op) { adopt(op.fd, op.unix_socket); }
@@ -362,10 +417,7 @@ void router::adopt(int fd, bool unix_socket) {
   if (ec) {
     spdlog::warn("worker {}: cannot adopt socket: {}", w_.id(), ec.message());
     ::close(fd);
-    if (w_.id() == 0)
-      on_conn_closed();
-    else
-      ep_.send(0, route_msg(conn_closed_op{}));
+    submit(0, route_msg(conn_closed_op{}));
     return;
   }
   auto c = std::make_shared<connection>(*this, std::move(sock), next_conn_++, unix_socket);

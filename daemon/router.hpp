@@ -19,9 +19,11 @@
 #include <asio/generic/stream_protocol.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/local/stream_protocol.hpp>
+#include <asio/steady_timer.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -30,6 +32,7 @@
 #include "core/mesh.hpp"
 #include "core/partitioner.hpp"
 #include "core/worker.hpp"
+#include "daemon/accept_backoff.hpp"
 #include "daemon/options.hpp"
 #include "daemon/probe.hpp"
 #include "daemon/route.hpp"
@@ -112,14 +115,29 @@ class router final : public core::worker_handler {
   bool has_interest(std::string_view subject) { return index_.any_match(subject); }
   /// Broadcasts subscription changes to every worker (self included).
   void broadcast(std::vector<sub_spec> changes);
-  std::uint32_t alloc_uid();
-  void free_uid(std::uint32_t uid);
+  /// Index memory a subscription costs on all workers together.
+  std::uint64_t subscription_cost(std::string_view pattern, std::string_view group) const;
+  /// Checks a new subscription against this worker's replica of the index
+  /// (queue-group members, pattern shapes) and its share of
+  /// limits.max_total_subscription_bytes; charges `cost` and returns a uid,
+  /// or why not (for a tooManySubscriptions error).
+  result<std::uint32_t, std::string> admit_subscription(std::string_view pattern, std::string_view group,
+                                                        std::uint64_t cost);
+  /// Gives back what admit_subscription() charged, when a subscription goes.
+  void release_subscription(std::uint64_t cost) noexcept;
+  /// Pauses (on) or resumes (off) reading from connection `conn`, which may
+  /// live on any worker.
+  void throttle(std::uint64_t conn, bool on);
   void mark_dirty(connection* c);
   void mark_paused(connection* c);
   /// The connection finished closing: forget it and tell the acceptor.
   void forget(connection& c);
 
  private:
+  /// Runs `m` here when `to` is this worker, else sends it there.
+  void submit(std::uint32_t to, route_msg&& m);
+  static std::uint32_t worker_of_conn(std::uint64_t conn) noexcept { return static_cast<std::uint32_t>(conn >> 48); }
+  void free_uid(std::uint32_t uid);
   void dispatch(route_msg& m);
   void on_publish(publish_op& op);
   /// The connection with this id on this worker, or nullptr.
@@ -133,6 +151,8 @@ class router final : public core::worker_handler {
   void start_accepting();
   template <class Acceptor>
   void accept_next(Acceptor& a, bool unix_socket);
+  template <class Acceptor>
+  void accept_failed(Acceptor& a, bool unix_socket, std::error_code ec);
   void hand_out(int fd, bool unix_socket);
   void adopt(int fd, bool unix_socket);
   void resume_paused();
@@ -151,8 +171,10 @@ class router final : public core::worker_handler {
   subject_index index_;
   std::uint64_t seq_ = 0;
   std::uint64_t next_conn_ = 0;
+  static constexpr std::uint32_t max_uids_per_worker = 1u << 24;  // the low 24 bits of a uid
   std::uint32_t next_uid_ = 0;
   std::vector<std::uint32_t> free_uids_;
+  std::uint64_t sub_bytes_ = 0;  // charged by this worker's connections' subscriptions
   std::unordered_map<std::uint64_t, std::shared_ptr<connection>> conns_;
   /// find_conn()'s memo of the last connection found; cleared when it leaves conns_.
   std::uint64_t last_conn_id_ = 0;
@@ -168,6 +190,9 @@ class router final : public core::worker_handler {
   // Acceptor state (worker 0 only).
   std::size_t next_worker_ = 0;
   std::size_t open_connections_ = 0;
+  accept_backoff accept_backoff_{"listen"};
+  asio::steady_timer accept_timer_;                  // the backoff's wait
+  std::vector<std::function<void()>> accept_retry_;  // listeners waiting on it
   bool drain_started_ = false;
 };
 

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "daemon/auth.hpp"
+#include "daemon/fd_limit.hpp"
 
 namespace keyway::daemon {
 
@@ -49,6 +50,15 @@ void server::start() {
                              " (check server.workers and server.cpus against the CPUs this process may use)");
   pool_ = std::move(*pool);
   ctx_.workers = pool_->size();
+  if (ctx_.workers > max_workers)
+    throw std::runtime_error("server.workers = " + std::to_string(ctx_.workers) + ": at most " +
+                             std::to_string(max_workers) +
+                             " workers (a subscription id keeps its worker in 8 bits); lower server.workers or list "
+                             "fewer server.cpus");
+  fds_ = raise_fd_limit();
+  if (fds_.soft != fds_.was)
+    spdlog::info("raised the file-descriptor limit (RLIMIT_NOFILE) from {} to {}", fds_.was, fds_.soft);
+  resolve_connection_limit(ctx_.options);
   for (std::size_t i = 0; i < ctx_.workers; ++i) ctx_.pools.push_back(std::make_unique<core::block_pool>());
   ctx_.mesh = std::make_unique<core::mesh<route_msg>>(ctx_.workers, o.ring_capacity);
   for (std::size_t i = 0; i < ctx_.workers; ++i) ctx_.stats.push_back(std::make_unique<daemon_stats>());
@@ -71,6 +81,17 @@ void server::start() {
   progress_ = std::make_unique<core::progress_monitor>(*pool_);
   started_at_ = std::chrono::steady_clock::now();
   phase_.store(phase::serving, std::memory_order_release);
+}
+
+void server::resolve_connection_limit(server_options& o) const {
+  std::string why;
+  const bool derived = o.max_connections == 0;
+  o.max_connections = effective_max_connections(o, ctx_.workers, fds_, why);
+  if (why.empty()) return;
+  if (derived)
+    spdlog::info("{}", why);
+  else
+    spdlog::warn("{}", why);
 }
 
 void server::check_progress() {
@@ -102,16 +123,19 @@ std::vector<std::string> server::reload(const server_options& next) {
   if (cur.unix_socket_mode != next.unix_socket_mode) fixed.push_back("listen.unix_socket_mode");
   if (cur.log_fmt != next.log_fmt) fixed.push_back("log.format");
   if (cur.drain_timeout != next.drain_timeout) fixed.push_back("server.drain_timeout");
+  if (cur.admin_max_connections != next.admin_max_connections) fixed.push_back("admin.max_connections");
   if (!fixed.empty()) return fixed;
 
+  server_options resolved = next;
+  resolve_connection_limit(resolved);
   auto tokens = next.tokens_file.empty() ? std::make_shared<const std::vector<std::string>>()
                                          : std::make_shared<const std::vector<std::string>>(load_tokens(next.tokens_file));
   for (std::uint32_t i = 0; i < ctx_.workers; ++i) {
     router* r = routers_[i];
-    asio::post(pool_->at(i).io(), [r, next, tokens] { r->apply(next, tokens); });
+    asio::post(pool_->at(i).io(), [r, next = resolved, tokens] { r->apply(next, tokens); });
     pool_->at(i).wake();
   }
-  applied_ = next;
+  applied_ = resolved;
   return {};
 }
 

@@ -14,6 +14,7 @@
 
 #include "core/progress_monitor.hpp"
 #include "core/worker_pool.hpp"
+#include "daemon/fd_limit.hpp"
 #include "daemon/options.hpp"
 #include "daemon/router.hpp"
 
@@ -56,7 +57,12 @@ class server {
   std::vector<std::string> reload(const server_options& next);
 
  private:
+  /// Subscription ids keep their worker in the top 8 bits.
+  static constexpr std::size_t max_workers = 256;
+
   void bind_listeners();
+  /// limits.max_connections = 0 becomes what the fd limit allows; logs how.
+  void resolve_connection_limit(server_options& o) const;
   bool adopt_activated_sockets(asio::io_context& io0);
   bool quiescent() const;
 
@@ -69,6 +75,7 @@ class server {
   std::atomic<phase> phase_{phase::starting};
   std::chrono::steady_clock::time_point started_at_ = std::chrono::steady_clock::now();
   std::unique_ptr<core::progress_monitor> progress_;
+  fd_limit fds_;  // after raising the soft limit at start
 };
 
 /// Opens, binds (SO_REUSEADDR) and listens; throws std::runtime_error naming

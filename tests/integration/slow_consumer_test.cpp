@@ -1,6 +1,8 @@
-// Slow consumers (DESIGN.md "Slow consumers"): a subscriber that never reads,
-// with --max-pending-bytes 65536, under both policies, next to a healthy
-// subscriber that must get everything.
+// Slow consumers: a subscriber that never reads, with --max-pending-bytes
+// 65536 and --slow-consumer-grace 300ms, under both policies, next to a
+// healthy subscriber that must get everything. The publisher is paused while
+// the stalled subscriber is over half its limit, for at most the grace; then
+// the policy applies and the publisher goes on.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -29,7 +31,8 @@ struct slow_setup {
   raw_client pub;
 
   explicit slow_setup(const std::string& policy)
-      : daemon({"--workers", "2", "--max-pending-bytes", "65536", "--slow-consumer", policy}),
+      : daemon({"--workers", "2", "--max-pending-bytes", "65536", "--slow-consumer", policy,
+                "--slow-consumer-grace", "300ms"}),
         // A small receive buffer: the kernel absorbs little of what the
         // daemon writes to the client that never reads.
         stalled(raw_client::connect(daemon.url(), 4096)),

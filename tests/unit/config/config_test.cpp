@@ -76,8 +76,15 @@ void check_same(const server_options& a, const server_options& b) {
   CHECK(a.limits.traversal_factor == b.limits.traversal_factor);
   CHECK(a.max_connections == b.max_connections);
   CHECK(a.max_subscriptions == b.max_subscriptions);
+  CHECK(a.max_pattern_tokens == b.max_pattern_tokens);
+  CHECK(a.max_queue_group_members == b.max_queue_group_members);
+  CHECK(a.max_pattern_shapes == b.max_pattern_shapes);
+  CHECK(a.max_subscription_bytes == b.max_subscription_bytes);
+  CHECK(a.max_total_subscription_bytes == b.max_total_subscription_bytes);
   CHECK(a.max_pending_bytes == b.max_pending_bytes);
   CHECK(a.slow_consumer == b.slow_consumer);
+  CHECK(a.slow_consumer_grace == b.slow_consumer_grace);
+  CHECK(a.admin_max_connections == b.admin_max_connections);
   CHECK(a.handshake_timeout == b.handshake_timeout);
   CHECK(a.drain_timeout == b.drain_timeout);
   CHECK(a.ring_capacity == b.ring_capacity);
@@ -121,6 +128,7 @@ unix = []
 unix_socket_mode = "0660"
 [admin]
 listen = "127.0.0.1:7401"
+max_connections = 64
 [routing]
 partitioner = "consistent"
 slots = 65536
@@ -128,10 +136,16 @@ vnodes = 160
 split_points = []
 [limits]
 max_payload = 1048576
-max_connections = 65536
+max_connections = 0
 max_subscriptions = 65536
+max_pattern_tokens = 32
+max_queue_group_members = 1024
+max_pattern_shapes = 64
+max_subscription_bytes = 67108864
+max_total_subscription_bytes = 1073741824
 max_pending_bytes = 67108864
 slow_consumer = "disconnect"
+slow_consumer_grace = "5s"
 handshake_timeout = "5s"
 idle_timeout = "0s"
 [log]
@@ -164,8 +178,14 @@ TEST_CASE("the shipped keyway.toml names every key") {
                                "max_payload =",
                                "max_connections =",
                                "max_subscriptions =",
+                               "max_pattern_tokens =",
+                               "max_queue_group_members =",
+                               "max_pattern_shapes =",
+                               "max_subscription_bytes =",
+                               "max_total_subscription_bytes =",
                                "max_pending_bytes =",
                                "slow_consumer =",
+                               "slow_consumer_grace =",
                                "handshake_timeout =",
                                "idle_timeout =",
                                "level =",
@@ -329,8 +349,9 @@ TEST_CASE("unknown sections and keys are errors") {
         "keyway.toml: unknown key server.wrokers; did you mean server.workers?");
   CHECK(problem_of("[limits]\nmax_frame = 4\n") ==
         "keyway.toml: unknown key limits.max_frame; the keys of [limits] are max_payload, "
-        "max_connections, "
-        "max_subscriptions, max_pending_bytes, slow_consumer, handshake_timeout, idle_timeout");
+        "max_connections, max_subscriptions, max_pattern_tokens, max_queue_group_members, max_pattern_shapes, "
+        "max_subscription_bytes, max_total_subscription_bytes, max_pending_bytes, slow_consumer, "
+        "slow_consumer_grace, handshake_timeout, idle_timeout");
   CHECK(problem_of("[servr]\nworkers = 4\n") ==
         "keyway.toml: unknown section [servr]; did you mean [server]?");
   CHECK(problem_of("[cluster]\nnodes = 3\n") ==
@@ -384,8 +405,19 @@ TEST_CASE("values out of range are errors") {
         "CPU)");
   CHECK(problem_of("[server]\nworkers = -1\n").find("server.workers = -1 is out of range") !=
         std::string::npos);
-  CHECK(problem_of("[limits]\nmax_connections = 0\n") ==
-        "keyway.toml: limits.max_connections = 0 is out of range; allowed 1..1000000");
+  CHECK(problem_of("[limits]\nmax_connections = -1\n") ==
+        "keyway.toml: limits.max_connections = -1 is out of range; allowed 0..1000000 (0 = from the "
+        "file-descriptor limit)");
+  CHECK(parse_ok("[limits]\nmax_connections = 0\n").options->max_connections == 0);
+  CHECK(problem_of("[limits]\nmax_pattern_tokens = 129\n") ==
+        "keyway.toml: limits.max_pattern_tokens = 129 is out of range; allowed 1..128");
+  CHECK(problem_of("[limits]\nmax_queue_group_members = 4097\n") ==
+        "keyway.toml: limits.max_queue_group_members = 4097 is out of range; allowed 1..4096 (a group's slot "
+        "table has 4096 slots)");
+  CHECK(problem_of("[limits]\nslow_consumer_grace = \"2h\"\n").find("limits.slow_consumer_grace") !=
+        std::string::npos);
+  CHECK(problem_of("[admin]\nmax_connections = 0\n") ==
+        "keyway.toml: admin.max_connections = 0 is out of range; allowed 1..10000");
   CHECK(problem_of("[limits]\nmax_subscriptions = 1000001\n") ==
         "keyway.toml: limits.max_subscriptions = 1000001 is out of range; allowed 1..1000000 per "
         "connection");
@@ -488,4 +520,14 @@ TEST_CASE("values are shown escaped") {
         "keyway.toml: log.level = \"a\\\"b\\u000a\" is not allowed; use one of trace, debug, info, "
         "warn, error, "
         "critical, off");
+}
+
+TEST_CASE("a TOML syntax error is one problem on one line") {
+  // Found by fuzz_config: toml++ quotes the offending text, newline included.
+  auto r = keyway::config::parse("q=i\n", "keyway.toml");
+  REQUIRE(r.problems.size() == 1);
+  INFO(r.problems[0]);
+  CHECK(r.problems[0].starts_with("keyway.toml:1:"));
+  CHECK(r.problems[0].find('\n') == std::string::npos);
+  CHECK(r.problems[0].find('\r') == std::string::npos);
 }
