@@ -54,6 +54,7 @@ std::size_t conn::read_some() noexcept {
   if (failed()) return 0;
   for (;;) {
     auto space = in_space();
+    if (space.size() > read_limit_) space = space.first(read_limit_);
     const ssize_t n = ::recv(fd_, space.data(), space.size(), 0);
     if (n > 0) {
       try {

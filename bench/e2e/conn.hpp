@@ -21,12 +21,14 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstring>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace keyway::bench::e2e {
 
@@ -38,9 +40,16 @@ struct bench_error : std::runtime_error {
 };
 
 /// steady_clock nanoseconds: the timestamp carried in every payload.
-inline std::uint64_t now_ns() noexcept {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<nanoseconds>(clock::now().time_since_epoch()).count());
+inline std::uint64_t to_ns(clock::time_point t) noexcept {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<nanoseconds>(t.time_since_epoch()).count());
+}
+inline std::uint64_t now_ns() noexcept { return to_ns(clock::now()); }
+
+/// Writes a payload's head: [0, 8) send time (steady_clock ns), [8, 16) a tag
+/// (what it holds is the scenario's).
+inline void stamp(std::vector<std::byte>& payload, std::uint64_t ts, std::uint64_t tag) noexcept {
+  std::memcpy(payload.data(), &ts, 8);
+  std::memcpy(payload.data() + 8, &tag, 8);
 }
 
 enum class system_kind { keyway, nats, redis };
@@ -91,6 +100,11 @@ class conn {
   /// Reads what has arrived (one recv) and dispatches it; the bytes read, 0
   /// when nothing was ready. Marks the connection failed on EOF or error.
   std::size_t read_some() noexcept;
+  /// At most `bytes` per read_some() (default: the adapter's whole buffer,
+  /// 64 KiB or more). A deliberately slow reader (the slow_sub scenario)
+  /// takes small bites, so that what it has not read stays in the socket
+  /// and the server sees it as a slow consumer.
+  void set_read_limit(std::size_t bytes) noexcept { read_limit_ = bytes > 0 ? bytes : 1; }
   /// Waits until the socket is readable (or writable, while output is
   /// queued) or `timeout` passes.
   void wait(nanoseconds timeout) noexcept;
@@ -148,6 +162,7 @@ class conn {
   bool batching_ = false;
 
  private:
+  std::size_t read_limit_ = static_cast<std::size_t>(-1);
   std::string failure_;
   std::uint64_t server_errors_ = 0;
   std::string last_server_error_;

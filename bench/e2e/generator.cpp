@@ -22,17 +22,9 @@ constexpr std::size_t out_high = 1 << 20;  // queued bytes before a publisher wa
 double seconds(nanoseconds d) {
   return std::chrono::duration<double>(d).count();
 }
-std::uint64_t to_ns(clock::time_point t) {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<nanoseconds>(t.time_since_epoch()).count());
-}
 
-/// Payload layout: [0, 8) send time in steady_clock ns, [8, 16) publisher id
-/// << 48 | sequence, then filler.
-void stamp(std::vector<std::byte>& payload, std::uint64_t ts, std::uint64_t tag) {
-  std::memcpy(payload.data(), &ts, 8);
-  std::memcpy(payload.data() + 8, &tag, 8);
-}
+// Payloads (stamp(), conn.hpp): the send time, then publisher id << 48 |
+// sequence, then filler.
 std::uint64_t sent_at(std::span<const std::byte> payload) {
   std::uint64_t ts = 0;
   if (payload.size() >= 8) std::memcpy(&ts, payload.data(), 8);

@@ -2,8 +2,10 @@
 // codec directly), nats-server (NATS text protocol) and redis-server (RESP
 // PUBLISH/SUBSCRIBE) driven by the same generator code.
 //
-//   keyway-bench suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT] [--revision TEXT]
-//       every scenario against servers it starts itself (what `bench/run e2e` runs)
+//   keyway-bench suite [--quick] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg ARG]...
+//       [--out DIR] [--command TEXT] [--revision TEXT]
+//       every scenario (or those --only names) against servers it starts itself
+//       (what `bench/run e2e` runs)
 //   keyway-bench pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M]
 //       [--group] [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S]
 //       [--window N] [--write-bytes B] [--no-batch] one pub/sub scenario against a running server
@@ -11,9 +13,15 @@
 //   keyway-bench reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | --closed-loop]
 //       [--size BYTES] [--duration S]
 //       one request/reply scenario against a running server
+//   keyway-bench slowsub --system keyway|nats|redis --port P [--host H] [--rate R] [--factor F]
+//       [--size BYTES] [--keys K] [--duration S]
+//       the slow_sub scenario against a running server: a subscriber reading at most R msgs/s
+//       (default 100,000), a publisher offering F × R (default 2) for S s (default 10)
 #include "bench/e2e/generator.hpp"
+#include "bench/e2e/slow_sub.hpp"
 #include "bench/e2e/suite.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -27,7 +35,8 @@ namespace {
 int usage(const char* argv0) {
   std::fprintf(
       stderr,
-      "usage: %s suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT] [--revision TEXT]\n"
+      "usage: %s suite [--quick] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg ARG]...\n"
+      "                [--out DIR] [--command TEXT] [--revision TEXT]\n"
       "       %s pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M] "
       "[--group]\n"
       "                 [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S] "
@@ -35,8 +44,10 @@ int usage(const char* argv0) {
       "                 [--write-bytes B] [--no-batch]\n"
       "       %s reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | "
       "--closed-loop]\n"
-      "                 [--size BYTES] [--duration S]\n",
-      argv0, argv0, argv0);
+      "                 [--size BYTES] [--duration S]\n"
+      "       %s slowsub --system keyway|nats|redis --port P [--host H] [--rate R] [--factor F]\n"
+      "                 [--size BYTES] [--keys K] [--duration S]\n",
+      argv0, argv0, argv0, argv0);
   return 2;
 }
 
@@ -84,6 +95,16 @@ int main(int argc, char** argv) {
           o.quick = true;
         else if (a == "--keywayd")
           o.keywayd = value(a);
+        else if (a == "--keywayd-arg")
+          o.keywayd_args.push_back(value(a));
+        else if (a == "--only") {
+          const std::string list = value(a);
+          for (std::size_t at = 0; at <= list.size();) {
+            const auto comma = std::min(list.find(',', at), list.size());
+            if (comma > at) o.only.push_back(list.substr(at, comma - at));
+            at = comma + 1;
+          }
+        }
         else if (a == "--out")
           o.out_dir = value(a);
         else if (a == "--command")
@@ -100,6 +121,7 @@ int main(int argc, char** argv) {
     bool have_system = false;
     e2e::pubsub_options ps;
     e2e::reqrep_options rr;
+    e2e::slow_sub_options ss;
     bool closed_loop = false;
     for (; i < args.size(); ++i) {
       const auto a = args[i];
@@ -125,15 +147,17 @@ int main(int argc, char** argv) {
       else if (a == "--group")
         ps.queue_group = true;
       else if (a == "--size")
-        ps.payload = rr.payload = std::stoul(value(a));
+        ps.payload = rr.payload = ss.payload = std::stoul(value(a));
       else if (a == "--keys")
-        ps.keys = std::stoi(value(a));
+        ps.keys = ss.keys = std::stoi(value(a));
       else if (a == "--rate")
-        ps.rate = rr.rate = std::stod(value(a));
+        ps.rate = rr.rate = ss.sub_rate = std::stod(value(a));
+      else if (a == "--factor")
+        ss.pub_factor = std::stod(value(a));
       else if (a == "--count")
         ps.count = std::stoull(value(a));
       else if (a == "--duration")
-        ps.duration = rr.duration = seconds(value(a));
+        ps.duration = rr.duration = ss.duration = seconds(value(a));
       else if (a == "--write-bytes")
         ps.write_bytes = std::stoull(value(a));
       else if (a == "--no-batch")
@@ -151,6 +175,13 @@ int main(int argc, char** argv) {
       const auto r = e2e::run_pubsub(ep, ps);
       print(r);
       return r.ok ? 0 : 1;
+    }
+    if (cmd == "slowsub") {
+      const auto r = e2e::run_slow_sub(ep, ss);
+      std::printf("%s\n", e2e::describe(ss).c_str());
+      e2e::print_slow_sub("slow_sub", ep.kind, r);
+      std::printf("%s\n", e2e::slow_sub_row("slow_sub", ep.kind, r).note.c_str());
+      return r.error.empty() ? 0 : 1;
     }
     if (cmd == "reqrep") {
       rr.mode = closed_loop ? e2e::reqrep_mode::closed_loop : e2e::reqrep_mode::fixed_rate;

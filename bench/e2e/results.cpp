@@ -24,18 +24,6 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-/// 1234567 -> "1,234,567"
-std::string grouped(double v) {
-  const auto n = static_cast<long long>(std::llround(v));
-  std::string digits = std::to_string(n < 0 ? -n : n);
-  std::string out;
-  for (std::size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return (n < 0 ? "-" : "") + out;
-}
-
 std::string rate_cell(const result_row* r) {
   if (r == nullptr || !r->msgs_per_sec) return "null";
   return grouped(*r->msgs_per_sec);
@@ -75,12 +63,33 @@ std::string json_number(const std::optional<double>& v) {
   return fmt("%.3f", *v);
 }
 
+/// A count: an integer, or null.
+std::string json_count(const std::optional<double>& v) {
+  if (!v || !std::isfinite(*v)) return "null";
+  return fmt("%.0f", *v);
+}
+
 std::string plot_value(const std::optional<double>& v) {
   if (!v || *v <= 0) return "?";
   return fmt("%.6g", *v);
 }
 
+std::string count_cell(const std::optional<double>& v) {
+  return v ? grouped(*v) : "null";
+}
+
 }  // namespace
+
+std::string grouped(double v) {
+  const auto n = static_cast<long long>(std::llround(v));
+  std::string digits = std::to_string(n < 0 ? -n : n);
+  std::string out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return (n < 0 ? "-" : "") + out;
+}
 
 std::string format_tables(const run_info& info, const std::vector<scenario_info>& scenarios,
                           const std::vector<result_row>& rows) {
@@ -97,9 +106,17 @@ std::string format_tables(const run_info& info, const std::vector<scenario_info>
   os << "Versions: " << info.keyway_version << "; " << info.nats_version << "; "
      << info.redis_version << "\n\n";
 
-  os << "### Throughput (msgs/s; Keyway/NATS and Keyway/Redis are ratios of msgs/s)\n\n";
-  os << "| scenario | counts | keyway | nats | redis | keyway/nats | keyway/redis |\n";
-  os << "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
+  // A table is left out when no row has its figures (`--only` a few scenarios).
+  bool rate_table = false, latency_table = false;
+  for (const auto& r : rows) {
+    rate_table = rate_table || r.msgs_per_sec;
+    latency_table = latency_table || r.p50_us;
+  }
+  if (rate_table) {
+    os << "### Throughput (msgs/s; Keyway/NATS and Keyway/Redis are ratios of msgs/s)\n\n";
+    os << "| scenario | counts | keyway | nats | redis | keyway/nats | keyway/redis |\n";
+    os << "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
+  }
   for (const auto& s : scenarios) {
     const result_row* k = find(rows, s.id, "keyway");
     const result_row* n = find(rows, s.id, "nats");
@@ -114,10 +131,12 @@ std::string format_tables(const run_info& info, const std::vector<scenario_info>
        << ratio_cell(k, r) << " |\n";
   }
 
-  os << "\n### Latency (µs, from the send time in the payload to the read that brought the "
-        "delivery in)\n\n";
-  os << "| scenario | system | pub msgs/s | sub msgs/s | p50 | p90 | p99 | p99.9 | max |\n";
-  os << "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  if (latency_table) {
+    os << "\n### Latency (µs, from the send time in the payload to the read that brought the "
+          "delivery in)\n\n";
+    os << "| scenario | system | pub msgs/s | sub msgs/s | p50 | p90 | p99 | p99.9 | max |\n";
+    os << "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  }
   for (const auto& s : scenarios) {
     for (const char* sys : systems) {
       const result_row* x = find(rows, s.id, sys);
@@ -127,6 +146,34 @@ std::string format_tables(const run_info& info, const std::vector<scenario_info>
          << (x->sub_msgs_per_sec ? grouped(*x->sub_msgs_per_sec) : "null") << " | "
          << us_cell(x->p50_us) << " | " << us_cell(x->p90_us) << " | " << us_cell(x->p99_us)
          << " | " << us_cell(x->p999_us) << " | " << us_cell(x->max_us) << " |\n";
+    }
+  }
+
+  for (const auto& s : scenarios) {
+    bool header = false;
+    for (const char* sys : systems) {
+      const result_row* x = find(rows, s.id, sys);
+      if (x == nullptr || !x->published) continue;
+      if (!header) {
+        os << "\n### Slow subscriber: " << s.id << " — " << s.title << "\n\n"
+           << "lost = published − received, once a sentinel on every key came through after the "
+              "data or the server closed the subscriber (null: neither happened, so not proven). "
+              "Rates run from the start to the publisher's last confirmed publish and to the last "
+              "delivery; pub/sub about 2 means the server did not slow the publisher, about 1 "
+              "that it paced it to the subscriber. pub rate, 2nd half: the publisher's rate over "
+              "the second half of the offered period.\n\n"
+           << "| server | published | received | lost | disconnected | pub rate | sub rate | "
+              "pub/sub | pub rate, 2nd half |\n"
+           << "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n";
+        header = true;
+      }
+      const bool both = x->pub_msgs_per_sec && x->sub_msgs_per_sec && *x->sub_msgs_per_sec > 0;
+      os << "| " << sys << " | " << count_cell(x->published) << " | " << count_cell(x->received)
+         << " | " << count_cell(x->lost) << " | "
+         << (x->disconnected ? (*x->disconnected ? "yes" : "no") : "null") << " | "
+         << count_cell(x->pub_msgs_per_sec) << " | " << count_cell(x->sub_msgs_per_sec) << " | "
+         << (both ? fmt("%.2f", *x->pub_msgs_per_sec / *x->sub_msgs_per_sec) : "null") << " | "
+         << count_cell(x->pub_msgs_per_sec_second_half) << " |\n";
     }
   }
 
@@ -169,6 +216,11 @@ bool write_json(const std::string& path, const run_info& info,
       << ", \"pub_msgs_per_sec\": " << json_number(r.pub_msgs_per_sec)
       << ", \"sub_msgs_per_sec\": " << json_number(r.sub_msgs_per_sec)
       << ", \"cpu_seconds\": " << json_number(r.cpu_seconds)
+      << ", \"published\": " << json_count(r.published)
+      << ", \"received\": " << json_count(r.received) << ", \"lost\": " << json_count(r.lost)
+      << ", \"disconnected\": "
+      << (r.disconnected ? (*r.disconnected ? "true" : "false") : "null")
+      << ", \"pub_msgs_per_sec_second_half\": " << json_number(r.pub_msgs_per_sec_second_half)
       << ", \"version\": " << json_string(v == versions.end() ? "" : v->second)
       << ", \"mode\": " << json_string(info.mode)
       << ", \"note\": " << (r.note.empty() ? "null" : json_string(r.note)) << "}"

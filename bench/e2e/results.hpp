@@ -1,6 +1,7 @@
 // e2e results: one row per (scenario, system), printed as Markdown tables
-// (throughput with the Keyway/NATS and Keyway/Redis ratios, then latency),
-// written as bench/out/e2e.json and as gnuplot data + script for e2e.png.
+// (throughput with the Keyway/NATS and Keyway/Redis ratios, latency, the
+// slow subscriber, idle cost), written as bench/out/e2e.json and as gnuplot
+// data + script for e2e.png.
 // Single-threaded, after the measurements; nothing here is timed.
 #pragma once
 
@@ -18,6 +19,12 @@ struct result_row {
   std::optional<double> sub_msgs_per_sec;
   std::optional<double> p50_us, p90_us, p99_us, p999_us, max_us;
   std::optional<double> cpu_seconds;  // idle scenario only
+  // slow_sub only: data publishes, deliveries, published − received once
+  // proven (null: not proven), whether the server closed the subscriber, and
+  // the publisher's rate over the second half of the offered period.
+  std::optional<double> published, received, lost;
+  std::optional<bool> disconnected;
+  std::optional<double> pub_msgs_per_sec_second_half;
   std::string note;                   // not supported / error / extra facts
 };
 
@@ -40,6 +47,9 @@ struct run_info {
   double total_seconds = 0;
   std::vector<std::string> notes;  // facts about the run as a whole (server logs, ...)
 };
+
+/// 1234567 -> "1,234,567"
+std::string grouped(double v);
 
 /// Markdown: the run facts, the throughput table with ratios, the latency
 /// table, the notes. Returned so it can be printed and saved.

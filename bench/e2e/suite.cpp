@@ -3,6 +3,7 @@
 #include "bench/e2e/generator.hpp"
 #include "bench/e2e/results.hpp"
 #include "bench/e2e/servers.hpp"
+#include "bench/e2e/slow_sub.hpp"
 #include "core/worker.hpp"
 
 #include <sys/stat.h>
@@ -130,10 +131,11 @@ double cross_cpu_round_trip_ns() {
 /// milliseconds on this VM comes with stolen time) and the cross-CPU round
 /// trip just before and just after it (the vCPUs' placement can change
 /// within seconds).
-run_result measured(const std::function<run_result()>& run) {
+template <class Run>
+auto measured(Run&& run) {
   const double cross_cpu_before = cross_cpu_round_trip_ns();
   const double before = stolen_ms();
-  run_result r = run();
+  auto r = run();
   const double after = stolen_ms();
   if (before >= 0 && after >= 0) r.stolen_ms = after - before;
   r.cross_cpu_ns = {cross_cpu_before, cross_cpu_round_trip_ns()};
@@ -267,6 +269,25 @@ std::vector<scenario> make_scenarios(nanoseconds d) {
   return v;
 }
 
+constexpr const char* slow_sub_id = "slow_sub";
+constexpr const char* scaling_ids[] = {"4to4-128B-workers1", "4to4-128B-workers2"};
+constexpr const char* idle_id = "idle-cpu-10s";
+
+/// Whether `id` runs: every scenario, or those `only` names.
+bool selected(const suite_options& opt, const std::string& id) {
+  return opt.only.empty() || std::find(opt.only.begin(), opt.only.end(), id) != opt.only.end();
+}
+
+/// Every scenario id the suite knows, for --only.
+std::vector<std::string> known_ids() {
+  std::vector<std::string> ids;
+  for (const auto& s : make_scenarios(nanoseconds(1s))) ids.push_back(s.info.id);
+  ids.push_back(slow_sub_id);
+  for (const char* id : scaling_ids) ids.push_back(id);
+  ids.push_back(idle_id);
+  return ids;
+}
+
 void ensure_dir(const std::string& path) {
   ::mkdir(path.c_str(), 0755);
 }
@@ -287,6 +308,15 @@ std::size_t count_log_problems(const std::string& path, std::string& first) {
 }  // namespace
 
 int run_suite(const suite_options& opt) {
+  const auto known = known_ids();
+  for (const auto& id : opt.only) {
+    if (std::find(known.begin(), known.end(), id) != known.end()) continue;
+    std::string list;
+    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+    std::fprintf(stderr, "e2e: --only %s: no such scenario; the scenarios are %s\n", id.c_str(),
+                 list.c_str());
+    return 2;
+  }
   const auto suite_start = clock::now();
   const nanoseconds d = opt.quick ? nanoseconds(1s) : nanoseconds(2s);
   const int reps = opt.quick ? 1 : 3;
@@ -317,12 +347,21 @@ int run_suite(const suite_options& opt) {
   std::vector<result_row> rows;
   std::vector<scenario_info> infos;
   int status = 0;
+  auto keywayd_argv = [&](int port, const char* workers) {
+    std::vector<std::string> argv{opt.keywayd, "--listen",  "tcp://127.0.0.1:" + std::to_string(port),
+                                  "--admin",   "off",       "--workers", workers};
+    argv.insert(argv.end(), opt.keywayd_args.begin(), opt.keywayd_args.end());
+    return argv;
+  };
+  if (!opt.keywayd_args.empty()) {
+    std::string extra;
+    for (const auto& a : opt.keywayd_args) extra += " " + a;
+    info.notes.push_back("keywayd ran with the extra arguments" + extra);
+  }
   try {
     const int kport = free_port();
     auto keywayd = server_process::start(
-        "keywayd",
-        {opt.keywayd, "--listen", "tcp://127.0.0.1:" + std::to_string(kport), "--admin", "off",
-         "--workers", "2"},
+        "keywayd", keywayd_argv(kport, "2"),
         kport, logs + "/keywayd-w2.log", "listening on tcp://127.0.0.1:" + std::to_string(kport));
     const int nport = free_port();
     auto nats = server_process::start(
@@ -342,6 +381,7 @@ int run_suite(const suite_options& opt) {
                  keywayd.pid(), kport, nats.pid(), nport, redis.pid(), rport, load_average());
 
     for (const auto& s : make_scenarios(d)) {
+      if (!selected(opt, s.info.id)) continue;
       infos.push_back(s.info);
       std::vector<run_result> runs[3];
       const endpoint eps[3] = {keyway_ep, nats_ep, redis_ep};
@@ -367,8 +407,25 @@ int run_suite(const suite_options& opt) {
       }
     }
 
+    // The slow subscriber: once per system (each run is 10 s and more, and
+    // what it shows is a policy, not a figure to take a median of).
+    if (selected(opt, slow_sub_id)) {
+      slow_sub_options o;
+      o.duration = opt.quick ? nanoseconds(3s) : nanoseconds(10s);
+      const scenario_info si{slow_sub_id, describe(o), "see its table"};
+      infos.push_back(si);
+      info.notes.push_back(std::string(slow_sub_id) +
+                           " ran once per system (its own length, not the runs above), "
+                           "keywayd, then nats-server, then redis-server");
+      for (const endpoint& ep : {keyway_ep, nats_ep, redis_ep}) {
+        const auto r = measured([&] { return run_slow_sub(ep, o); });
+        print_slow_sub(si.id, ep.kind, r);
+        rows.push_back(slow_sub_row(si.id, ep.kind, r));
+      }
+    }
+
     // Scaling: the same scenario on a 1-worker keywayd and on the 2-worker one, interleaved.
-    {
+    if (selected(opt, scaling_ids[0]) || selected(opt, scaling_ids[1])) {
       pubsub_options o;
       o.publishers = 4;
       o.subscribers = 4;
@@ -377,9 +434,7 @@ int run_suite(const suite_options& opt) {
       o.subject = "bench.scaling";
       const int port1 = free_port();
       auto keywayd1 = server_process::start(
-          "keywayd-w1",
-          {opt.keywayd, "--listen", "tcp://127.0.0.1:" + std::to_string(port1), "--admin", "off",
-           "--workers", "1"},
+          "keywayd-w1", keywayd_argv(port1, "1"),
           port1, logs + "/keywayd-w1.log", "listening on tcp://127.0.0.1:" + std::to_string(port1));
       scenario pair[2];
       std::vector<run_result> runs[2];
@@ -416,8 +471,8 @@ int run_suite(const suite_options& opt) {
     }
 
     // Idle cost: the three servers, all idle now (every bench connection closed), over 10 s.
-    {
-      scenario_info idle{"idle-cpu-10s",
+    if (selected(opt, idle_id)) {
+      scenario_info idle{idle_id,
                          "CPU seconds over 10 s with no clients, after the runs above", "-"};
       infos.push_back(idle);
       std::this_thread::sleep_for(1s);

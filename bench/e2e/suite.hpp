@@ -1,15 +1,19 @@
-// e2e::run_suite: what `bench/run e2e [--quick]` runs. Starts keywayd (2
-// workers), nats-server and redis-server on free loopback ports, runs every
-// scenario against each system that supports it (interleaved, so background
-// load hits all three alike), runs the 1-worker vs 2-worker comparison and
-// the idle-cost measurement, stops the servers, prints the tables and writes
-// e2e.json, e2e.md, e2e.dat and e2e.gp into `out_dir`.
+// e2e::run_suite: what `bench/run e2e [--quick] [--only IDS]` runs. Starts
+// keywayd (2 workers), nats-server and redis-server on free loopback ports,
+// runs every scenario against each system that supports it (interleaved, so
+// background load hits all three alike), the slow subscriber (slow_sub, one
+// run per system), the 1-worker vs 2-worker comparison and the idle-cost
+// measurement, stops the servers, prints the tables and writes e2e.json,
+// e2e.md, e2e.dat and e2e.gp into `out_dir`. `only` restricts it to the
+// scenarios named.
 //
 // Threading: the caller's thread; the generator starts its own threads.
-// Cost: about 1 minute with `quick`, 3 minutes without.
+// Cost: about 1.5 minutes with `quick`, 4.5 minutes without; slow_sub alone
+// 15 s to 1.5 minutes, depending on how the servers handle it.
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace keyway::bench::e2e {
 
@@ -19,10 +23,13 @@ struct suite_options {
   std::string out_dir = "bench/out";
   std::string command = "bench/run e2e";  // recorded in the results
   std::string keyway_revision;            // e.g. git commit, recorded in the results
+  std::vector<std::string> only;          // scenario ids to run; empty: all
+  std::vector<std::string> keywayd_args;  // extra arguments for every keywayd started
 };
 
 /// 0 when every measurement ran; 1 if a server could not start or a result
-/// file could not be written (partial results are still printed).
+/// file could not be written (partial results are still printed); 2 if
+/// `only` names an unknown scenario.
 int run_suite(const suite_options& opt);
 
 }  // namespace keyway::bench::e2e
