@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <asio/post.hpp>
 #include <asio/write.hpp>
 
 #include <algorithm>
@@ -70,6 +71,10 @@ void connection::arm_idle(std::chrono::steady_clock::duration after) {
 }
 
 std::size_t connection::high_water() const noexcept { return router_.options().max_pending_bytes / 2; }
+std::size_t connection::hard_limit() const noexcept {
+  const std::uint64_t limit = router_.options().max_pending_bytes;
+  return std::max(2 * limit, limit + in_flight_allowance);
+}
 std::size_t connection::low_water() const noexcept { return router_.options().max_pending_bytes / 4; }
 
 void connection::read_more() {
@@ -116,11 +121,26 @@ void connection::on_read(std::error_code ec, std::size_t n) {
 }
 
 void connection::process() {
-  while (state_ == state::handshake || state_ == state::open) {
+  // A read in flight owns the decoder's free space; its on_read() processes.
+  if (reading_) return;
+  for (std::size_t handled = 0; state_ == state::handshake || state_ == state::open; ++handled) {
     if (reading_paused()) return;
     if (pending_bytes() >= high_water()) {
       out_paused_ = true;
       router_.stats().paused_reads.add();
+      return;
+    }
+    if (handled == frames_per_call) {
+      // The other connections on this worker, the mesh and the writes get
+      // their turn before the rest of this read (a 64 KiB read of publishes
+      // that each match many patterns could otherwise take milliseconds).
+      if (!process_posted_) {
+        process_posted_ = true;
+        asio::post(socket_.get_executor(), [self = shared_from_this()] {
+          self->process_posted_ = false;
+          self->process();
+        });
+      }
       return;
     }
     auto next = decoder_.next();
@@ -447,14 +467,14 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   if (pending_bytes() >= o.max_pending_bytes) {
     // Publishers are paused from half the limit on, so what gets here was in
     // flight when they were. Policy drop: what does not fit is dropped.
-    // Policy disconnect: it is queued, up to twice the limit, while the
-    // grace lasts; a connection that far over is not slowing anything down.
+    // Policy disconnect: it is queued while the grace lasts, up to a ceiling
+    // (hard_limit()); a connection that far over is not slowing anything.
     if (o.slow_consumer == slow_consumer_policy::drop) {
       note_slow_consumer();
       router_.stats().drops[static_cast<std::size_t>(drop_reason::slow_consumer)].add();
       return;
     }
-    if (pending_bytes() >= 2 * o.max_pending_bytes) {
+    if (pending_bytes() >= hard_limit()) {
       apply_slow_consumer_policy();
       router_.stats().drops[static_cast<std::size_t>(drop_reason::slow_consumer)].add();
       return;
@@ -559,9 +579,10 @@ void connection::apply_slow_consumer_policy() {
     return;
   }
  const std::string why =
-      pending_bytes() >= 2 * o.max_pending_bytes
-          ? "outbound queue of " + proto::format_size(pending_bytes()) + " reached twice limits.max_pending_bytes (" +
-                proto::format_size(o.max_pending_bytes) + ")"
+      pending_bytes() >= hard_limit()
+          ? "outbound queue of " + proto::format_size(pending_bytes()) + " reached " +
+                proto::format_size(hard_limit()) + ", the ceiling past limits.max_pending_bytes (" +
+                proto::format_size(o.max_pending_bytes) + ") for what was in flight when its publishers were paused"
           : "outbound queue of " + proto::format_size(pending_bytes()) + " over half of limits.max_pending_bytes (" +
                 proto::format_size(o.max_pending_bytes) + ") and nothing read for limits.slow_consumer_grace (" +
                 std::to_string(o.slow_consumer_grace.count()) + " ms)";

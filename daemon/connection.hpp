@@ -22,7 +22,7 @@
 // not fit in max_pending_bytes is dropped for it alone until it drains to a
 // quarter). Deliveries in flight when its publishers were paused may take it
 // past max_pending_bytes: under drop they are dropped, under disconnect
-// queued up to twice the limit, where it is disconnected at once.
+// queued up to hard_limit(), where it is disconnected at once.
 //
 // Threads: the owning worker's only (asserted). Completion handlers hold a
 // shared_ptr so the object outlives its pending socket operations.
@@ -104,6 +104,15 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Own-output pushback thresholds (see the top of this file).
   std::size_t high_water() const noexcept;
   std::size_t low_water() const noexcept;
+  /// Under policy disconnect, the queue that closes the connection at once:
+  /// max(2 x max_pending_bytes, max_pending_bytes + in_flight_allowance).
+  std::size_t hard_limit() const noexcept;
+  /// Deliveries that may be on their way when publishers are paused: their
+  /// current reads and what the mesh rings hold (4096 messages per ring).
+  static constexpr std::size_t in_flight_allowance = 16u << 20;
+  /// Frames handled per process() call before the rest is posted behind the
+  /// worker's other handlers.
+  static constexpr std::size_t frames_per_call = 64;
   /// Why reading is stopped now, if it is (credit, own output, throttled).
   bool reading_paused() const noexcept { return blocked_ || out_paused_ || throttles_ != 0; }
   /// Reading may go on again: handles what is buffered, then reads.
@@ -197,6 +206,7 @@ class connection : public std::enable_shared_from_this<connection> {
   std::optional<publish_op> blocked_;  // a publish waiting for credit
   std::uint32_t blocked_owner_ = 0;
   bool out_paused_ = false;      // stopped reading: own output over high_water()
+  bool process_posted_ = false;  // a process() continuation is queued
   std::uint32_t throttles_ = 0;  // congested subscribers pausing this publisher
   // Congested (over high_water()): the publishers throttled meanwhile, each
   // told once, all released when the queue drains to low_water().
