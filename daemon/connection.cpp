@@ -578,7 +578,7 @@ void connection::apply_slow_consumer_policy() {
     release_throttled();
     return;
   }
- const std::string why =
+  const std::string why =
       pending_bytes() >= hard_limit()
           ? "outbound queue of " + proto::format_size(pending_bytes()) + " reached " +
                 proto::format_size(hard_limit()) + ", the ceiling past limits.max_pending_bytes (" +
