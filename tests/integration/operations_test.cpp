@@ -123,7 +123,14 @@ TEST_CASE("admin: metrics count what was published and delivered") {
   bad.send_hello(0, "unset-version");  // refused (a newer version would be negotiated down)
   bad.wait_closed(5s);
 
-  const auto r = http_get(d.admin_port(), "/metrics");
+  // keywayd counts the refused connection out right after it shuts the
+  // socket, which the client may see first: wait for the gauge.
+  auto r = http_get(d.admin_port(), "/metrics");
+  for (const auto end = steady::now() + 5s;
+       r.body.find("keyway_connections{transport=\"tcp\"} 2") == std::string::npos && steady::now() < end;) {
+    std::this_thread::sleep_for(10ms);
+    r = http_get(d.admin_port(), "/metrics");
+  }
   REQUIRE(r.status == 200);
   CHECK(r.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8");
   const std::string& m = r.body;
