@@ -135,7 +135,7 @@ class reader {
   void read_auth(server_options& o);
 
  private:
-  void fail(const std::string& msg) { problems.push_back(std::string(file_) + ": " + msg); }
+  void fail(const std::string& msg) { problems.push_back(one_line(std::string(file_) + ": " + msg)); }
 
   const toml::node* find(std::string_view section, std::string_view key) const {
     const toml::node* s = root_.get(section);
@@ -618,6 +618,19 @@ void reader::read_auth(server_options& o) {
 
 }  // namespace
 
+std::string one_line(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else
+      out += c;
+  }
+  return out;
+}
+
 std::string toml_string(std::string_view s) {
   constexpr std::size_t max_shown = 120;
   std::string out = "\"";
@@ -649,23 +662,6 @@ std::string load_result::joined() const {
   }
   return out;
 }
-
-namespace {
-// toml++'s descriptions may quote the offending text, newlines included; a
-// problem is one line (config.hpp), so they are written as \n and \r.
-std::string one_line(std::string_view text) {
-  std::string out;
-  for (const char c : text) {
-    if (c == '\n')
-      out += "\\n";
-    else if (c == '\r')
-      out += "\\r";
-    else
-      out += c;
-  }
-  return out;
-}
-}  // namespace
 
 load_result parse(std::string_view toml_text, std::string_view file_name, server_options base) {
   load_result out;

@@ -69,6 +69,11 @@ duration_result parse_duration(std::string_view text);
 /// string value, so it reads the way the file spells it.
 std::string toml_string(std::string_view text);
 
+/// `text` with newlines and carriage returns written as \n and \r: every
+/// problem goes through it, since toml++'s descriptions and the values it
+/// prints (an array of tables, a multi-line string, a path) may span lines.
+std::string one_line(std::string_view text);
+
 /// "1500ms", "5s", "2m", "1h": the largest unit that divides `d` exactly; "0" for zero.
 std::string format_duration(std::chrono::milliseconds d);
 

@@ -81,7 +81,7 @@ load_result load_file(const std::string& path) {
 std::vector<std::string> check_environment(const server_options& o, std::string_view file_name) {
   std::vector<std::string> problems;
   auto fail = [&](const std::string& msg) {
-    problems.push_back(std::string(file_name) + ": " + msg);
+    problems.push_back(one_line(std::string(file_name) + ": " + msg));
   };
 
   // If the kernel will not tell us the mask, worker_pool will fail with its own message.

@@ -531,3 +531,14 @@ TEST_CASE("a TOML syntax error is one problem on one line") {
   CHECK(r.problems[0].find('\n') == std::string::npos);
   CHECK(r.problems[0].find('\r') == std::string::npos);
 }
+
+TEST_CASE("a value shown in a problem is kept on one line") {
+  // Found by fuzz_config: an array of tables where a table is expected is
+  // printed by toml++ over several lines.
+  auto r = keyway::config::parse("[[auth]]\ntcp = [\"127.0.0.1:0\"]\n[[log]]\nlisten = \"\"\n", "keyway.toml");
+  REQUIRE_FALSE(r.problems.empty());
+  for (const auto& p : r.problems) {
+    INFO(p);
+    CHECK(p.find('\n') == std::string::npos);
+  }
+}
