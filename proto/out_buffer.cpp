@@ -100,6 +100,20 @@ std::span<const std::byte> out_buffer::front() const noexcept {
   return {piece_data(p) + head_offset_, p.size - head_offset_};
 }
 
+void out_buffer::drain_to(std::vector<std::byte>& to) {
+  to.reserve(to.size() + size());
+  std::span<const std::byte> pieces[16];
+  while (!empty()) {
+    const std::size_t n = gather(pieces);
+    std::size_t taken = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      to.insert(to.end(), pieces[i].begin(), pieces[i].end());
+      taken += pieces[i].size();
+    }
+    consume(taken);
+  }
+}
+
 void out_buffer::consume(std::size_t n) noexcept {
   assert(n <= size());
   consumed_ += n;

@@ -71,6 +71,9 @@ class out_buffer {
   std::span<const std::byte> front() const noexcept;
   /// Drops the first `n` queued bytes (they were written). n <= size().
   void consume(std::size_t n) noexcept;
+  /// Appends every queued byte to `to` and consumes them: a copy of what a
+  /// writer would send (tests, seed generators, tools; not the data path).
+  void drain_to(std::vector<std::byte>& to);
   void clear() noexcept;
 
   /// Monotonic byte counters since construction.

@@ -31,16 +31,7 @@ std::span<const std::byte> b(std::string_view s) { return std::as_bytes(std::spa
 
 bytes drain(proto::out_buffer& out) {
   bytes all;
-  std::span<const std::byte> pieces[16];
-  while (!out.empty()) {
-    const std::size_t n = out.gather(pieces);
-    std::size_t taken = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      all.insert(all.end(), pieces[i].begin(), pieces[i].end());
-      taken += pieces[i].size();
-    }
-    out.consume(taken);
-  }
+  out.drain_to(all);
   return all;
 }
 

@@ -70,16 +70,7 @@ std::vector<std::byte> frame_bytes(Encode&& encode) {
   const auto r = encode(enc, out);
   if (!r) throw io_error("encoding failed: " + r.error().message());
   std::vector<std::byte> v;
-  std::span<const std::byte> pieces[16];
-  while (!out.empty()) {
-    const std::size_t n = out.gather(pieces);
-    std::size_t taken = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      v.insert(v.end(), pieces[i].begin(), pieces[i].end());
-      taken += pieces[i].size();
-    }
-    out.consume(taken);
-  }
+  out.drain_to(v);
   return v;
 }
 

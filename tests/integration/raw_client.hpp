@@ -157,16 +157,7 @@ class raw_client {
     auto r = encode(*enc_, tmp);
     if (!r) throw io_error("encoding failed: " + r.error().message());
     std::vector<std::byte> v;
-    std::span<const std::byte> pieces[8];
-    while (!tmp.empty()) {
-      const std::size_t n = tmp.gather(pieces);
-      std::size_t taken = 0;
-      for (std::size_t i = 0; i < n; ++i) {
-        v.insert(v.end(), pieces[i].begin(), pieces[i].end());
-        taken += pieces[i].size();
-      }
-      tmp.consume(taken);
-    }
+    tmp.drain_to(v);
     return v;
   }
 

@@ -28,17 +28,7 @@ inline std::string to_string(std::span<const std::byte> b) {
 /// Everything queued in `out`, flattened (external pieces included).
 inline std::vector<std::byte> drain(out_buffer& out) {
   std::vector<std::byte> all;
-  std::span<const std::byte> pieces[16];
-  while (!out.empty()) {
-    const std::size_t n = out.gather(pieces);
-    REQUIRE(n > 0);
-    std::size_t taken = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      all.insert(all.end(), pieces[i].begin(), pieces[i].end());
-      taken += pieces[i].size();
-    }
-    out.consume(taken);
-  }
+  out.drain_to(all);
   return all;
 }
 
