@@ -508,8 +508,7 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
 }
 
 void connection::on_congestion(std::uint64_t publisher) {
-  if (!congested_) {
-    congested_ = true;
+  if (throttled_.empty()) {  // a new congestion episode
     router_.stats().congested.add();
     last_progress_ = std::chrono::steady_clock::now();
     arm_grace(router_.options().slow_consumer_grace);
@@ -525,7 +524,7 @@ void connection::arm_grace(std::chrono::steady_clock::duration after) {
   // Re-armed lazily, as the idle timer: writes only stamp last_progress_.
   grace_timer_.expires_after(after);
   grace_timer_.async_wait([self = shared_from_this()](std::error_code ec) {
-    if (ec || !self->congested_ || self->state_ != state::open) return;
+    if (ec || self->throttled_.empty() || self->state_ != state::open) return;
     const auto grace = self->router_.options().slow_consumer_grace;
     const auto stalled = std::chrono::steady_clock::now() - self->last_progress_;
     if (stalled < grace) return self->arm_grace(grace - stalled);
@@ -534,8 +533,7 @@ void connection::arm_grace(std::chrono::steady_clock::duration after) {
 }
 
 void connection::release_throttled() {
-  if (!congested_) return;
-  congested_ = false;
+  if (throttled_.empty()) return;
   grace_timer_.cancel();
   router_.stats().congested.set(router_.stats().congested.get() - 1);
   // A publisher on this worker resumes inline and may congest this

@@ -208,9 +208,9 @@ class connection : public std::enable_shared_from_this<connection> {
   bool out_paused_ = false;      // stopped reading: own output over high_water()
   bool process_posted_ = false;  // a process() continuation is queued
   std::uint32_t throttles_ = 0;  // congested subscribers pausing this publisher
-  // Congested (over high_water()): the publishers throttled meanwhile, each
-  // told once, all released when the queue drains to low_water().
-  bool congested_ = false;
+  // The publishers paused since this connection went over high_water(),
+  // each told once, all released when it drains to low_water(). Non-empty
+  // exactly while it is congested (the first delivery over starts it).
   std::vector<std::uint64_t> throttled_;
   // Policy drop applied: deliveries over max_pending_bytes are dropped and
   // publishers no longer paused, until the queue drains to low_water().

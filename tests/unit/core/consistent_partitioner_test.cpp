@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/consistent_partitioner.hpp"
+#include "tests/unit/core/random_ids.hpp"
 #include "tests/unit/test_seed.hpp"
 
 namespace {
@@ -23,15 +24,7 @@ namespace {
 namespace kc = keyway::core;
 using kc::consistent_partitioner;
 
-std::vector<std::uint32_t> distinct_ids(std::size_t count, std::mt19937_64& rng) {
-  std::unordered_set<std::uint32_t> seen;
-  std::vector<std::uint32_t> ids;
-  while (ids.size() < count) {
-    const auto id = static_cast<std::uint32_t>(rng());
-    if (seen.insert(id).second) ids.push_back(id);
-  }
-  return ids;
-}
+using keyway::test::random_ids;
 
 std::array<std::byte, 8> key_of(std::uint64_t k) {
   std::array<std::byte, 8> b;
@@ -52,7 +45,7 @@ std::vector<std::uint32_t> picks(consistent_partitioner& p, std::size_t keys) {
 
 TEST_CASE("consistent_partitioner refuses the member past max_members with an error value") {
   std::mt19937_64 rng(keyway::test::seed());
-  const auto ids = distinct_ids(consistent_partitioner::max_members + 1, rng);
+  const auto ids = random_ids(consistent_partitioner::max_members + 1, rng);
   consistent_partitioner p(2, 7);  // two slots: each add is cheap
   for (std::size_t i = 0; i < consistent_partitioner::max_members; ++i) REQUIRE(p.add(ids[i]));
   CHECK(p.size() == consistent_partitioner::max_members);
@@ -124,7 +117,7 @@ TEST_CASE(
     "consistent_partitioner: 4096 joins and 4096 leaves on one 4096-slot table keep the mapping") {
   std::mt19937_64 rng(keyway::test::seed());
   constexpr std::size_t n = 4096, slots = 4096, keys = 20000;
-  const auto ids = distinct_ids(n, rng);
+  const auto ids = random_ids(n, rng);
   consistent_partitioner p(slots, 0x6b657977'61792d67);
 
   const auto t0 = std::chrono::steady_clock::now();

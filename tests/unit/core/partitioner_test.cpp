@@ -30,6 +30,7 @@
 #include "core/consistent_partitioner.hpp"
 #include "core/partitioner.hpp"
 #include "core/range_partitioner.hpp"
+#include "tests/unit/core/random_ids.hpp"
 #include "tests/unit/test_seed.hpp"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -69,16 +70,7 @@ std::vector<key16> random_keys(std::size_t count, std::mt19937_64& rng) {
   return keys;
 }
 
-// Distinct, not dense: like subscription ids.
-std::vector<std::uint32_t> random_ids(std::size_t count, std::mt19937_64& rng) {
-  std::unordered_set<std::uint32_t> seen;
-  std::vector<std::uint32_t> ids;
-  while (ids.size() < count) {
-    const auto id = static_cast<std::uint32_t>(rng());
-    if (seen.insert(id).second) ids.push_back(id);
-  }
-  return ids;
-}
+using keyway::test::random_ids;
 
 std::unique_ptr<kc::partitioner> make(partition_strategy s, const kc::partitioner_options& o = {}) {
   auto made = kc::make_partitioner(s, o);
