@@ -1,6 +1,6 @@
-// The IO-thread half of keyway::client::connection: connect and the
-// hello/welcome handshake, the read loop and frame dispatch, the write loop,
-// deadlines, and closing. Everything here runs on the connection's IO thread.
+// The IO-thread half of keyway::client::connection_impl: connect and the
+// hello/welcome handshake, reconnect, the read loop and frame dispatch, the
+// write loop, deadlines, and closing. Everything here runs on the connection's IO thread.
 // User callbacks are called without mu_ held, inside try/catch: nothing a
 // callback throws escapes into the io_context.
 #include <pthread.h>
@@ -14,7 +14,7 @@
 #include <charconv>
 #include <cstring>
 
-#include "client/client.hpp"
+#include "client/connection_impl.hpp"
 #include "proto/validate.hpp"
 
 namespace keyway::client {
@@ -86,7 +86,7 @@ void guarded(F&& f, const std::function<void(const error&)>& on_error) noexcept 
 
 }  // namespace
 
-void connection::run_io() {
+void connection_impl::run_io() {
   pthread_setname_np(pthread_self(), "keyway-io");
   io_thread_id_.store(std::this_thread::get_id());
   for (;;) {
@@ -102,7 +102,13 @@ void connection::run_io() {
   }
 }
 
-void connection::report(const error& e) {
+template <class... A, class F>
+void connection_impl::call(const F& callback, A&&... args) {
+  if (!callback) return;
+  guarded([&] { callback(std::forward<A>(args)...); }, options_.on_error);
+}
+
+void connection_impl::report(const error& e) {
   guarded(
       [&] {
         if (options_.on_error) options_.on_error(e);
@@ -112,33 +118,67 @@ void connection::report(const error& e) {
 
 // ---- connect and handshake -----------------------------------------------------
 
-void connection::start_connect(std::function<void(outcome<void>)> done) {
+void connection_impl::try_servers(std::size_t left, std::string failures) {
+  server_url url;
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == state::closing || state_ == state::closed) return;
+    // A server that announced lame duck comes last: skip it while another is left.
+    const std::size_t n = servers_.size();
+    std::size_t pick = next_server_ % n;
+    for (std::size_t i = 0; i < n && servers_[pick].draining; ++i) pick = (pick + 1) % n;
+    next_server_ = pick + 1;
+    url = servers_[pick].url;
+  }
+  start_link(url, [this, left, failures = std::move(failures)](outcome<void> r) mutable {
+    if (r) return link_up();
+    failures += (failures.empty() ? "" : "; ") + r.error().to_string();
+    {
+      std::lock_guard lock(mu_);
+      if (state_ == state::closing || state_ == state::closed) return;
+    }
+    if (left > 1) return try_servers(left - 1, std::move(failures));
+    error e = r.error();
+    if (servers_.size() > 1) e.message = "no server answered: " + failures;
+    link_failed(std::move(e));
+  });
+}
+
+void connection_impl::start_link(const server_url& url, std::function<void(outcome<void>)> done) {
+  const std::uint64_t link = ++link_id_;
+  link_url_ = url;
   connect_done_ = std::move(done);
+  fallback_from_.clear();
+  hello_version_ = proto::protocol_version;
+  std::error_code ignored;
+  socket_.close(ignored);
   connect_timer_.expires_after(options_.connect_timeout);
-  connect_timer_.async_wait([this](std::error_code ec) {
-    if (ec || !connect_done_) return;
+  connect_timer_.async_wait([this, link](std::error_code ec) {
+    if (ec || link != link_id_ || !connect_done_) return;
     finish_handshake(error{errc::timeout,
-                           "connecting to " + url_.to_string() + " timed out after " +
+                           "connecting to " + link_url_.to_string() + " timed out after " +
                                std::to_string(options_.connect_timeout.count()) +
                                " ms (connect timeout); is keywayd running there and reachable?",
                            false});
   });
-  const auto connected = [this](std::error_code ec) { on_connected(ec); };
-  if (url_.type == server_url::kind::unix_path) {
+  const auto connected = [this, link](std::error_code ec) {
+    if (link == link_id_) on_connected(ec);
+  };
+  if (url.type == server_url::kind::unix_path) {
     socket_.async_connect(
-        asio::generic::stream_protocol::endpoint(asio::local::stream_protocol::endpoint(url_.path)),
+        asio::generic::stream_protocol::endpoint(asio::local::stream_protocol::endpoint(url.path)),
         connected);
     return;
   }
   resolver_.async_resolve(
-      url_.host, std::to_string(url_.port),
-      [this, connected](std::error_code ec, const asio::ip::tcp::resolver::results_type& results) {
-        if (!connect_done_) return;
+      url.host, std::to_string(url.port),
+      [this, link, connected](std::error_code ec, const asio::ip::tcp::resolver::results_type& results) {
+        if (link != link_id_ || !connect_done_) return;
         if (ec) {
-          finish_handshake(
-              error{errc::connect_failed,
-                    "cannot resolve " + url_.host + " (" + url_.to_string() + "): " + ec.message(),
-                    false});
+          finish_handshake(error{errc::connect_failed,
+                                 "cannot resolve " + link_url_.host + " (" + link_url_.to_string() +
+                                     "): " + ec.message(),
+                                 false});
           return;
         }
         std::vector<asio::generic::stream_protocol::endpoint> endpoints;
@@ -151,17 +191,17 @@ void connection::start_connect(std::function<void(outcome<void>)> done) {
       });
 }
 
-void connection::on_connected(std::error_code ec) {
+void connection_impl::on_connected(std::error_code ec) {
   if (!connect_done_) return;
   if (ec) {
     finish_handshake(error{errc::connect_failed,
-                           "cannot connect to " + url_.to_string() + ": " + ec.message() +
+                           "cannot connect to " + link_url_.to_string() + ": " + ec.message() +
                                "; is keywayd running there?",
                            false});
     return;
   }
   std::error_code ignored;
-  if (url_.type == server_url::kind::tcp)
+  if (link_url_.type == server_url::kind::tcp)
     socket_.set_option(asio::ip::tcp::no_delay(true), ignored);  // we batch writes ourselves
   peer_ = socket_.remote_endpoint(ignored);
   send_hello();
@@ -169,21 +209,23 @@ void connection::on_connected(std::error_code ec) {
 
 /// A version-1 server refused our hello: connect again to the address that
 /// answered and say 1. False when the connection is being closed.
-bool connection::retry_with_version_1(std::string_view refusal) {
+bool connection_impl::retry_with_version_1(std::string_view refusal) {
   {
     std::lock_guard lock(mu_);
-    if (state_ != state::connecting) return false;
+    if (state_ == state::closing || state_ == state::closed) return false;
   }
   std::error_code ec;
   fallback_from_ = "the server refused protocol version " + std::to_string(hello_version_) + " (" +
                    std::string(refusal) + ") and the client tried again with 1";
   hello_version_ = proto::min_protocol_version;
   socket_.close(ec);
-  socket_.async_connect(peer_, [this](std::error_code e) { on_connected(e); });
+  socket_.async_connect(peer_, [this, link = link_id_](std::error_code e) {
+    if (link == link_id_) on_connected(e);
+  });
   return true;
 }
 
-void connection::send_hello() {
+void connection_impl::send_hello() {
   proto::limits small;
   small.max_frame = 64 * 1024;
   proto::encoder enc(small);
@@ -202,11 +244,13 @@ void connection::send_hello() {
   }
   const auto bytes = writing_.front();
   asio::async_write(
-      socket_, asio::buffer(bytes.data(), bytes.size()), [this](std::error_code ec, std::size_t n) {
-        if (!connect_done_) return;
+      socket_, asio::buffer(bytes.data(), bytes.size()),
+      [this, link = link_id_](std::error_code ec, std::size_t n) {
+        if (link != link_id_ || !connect_done_) return;
         if (ec) {
+          writing_.clear();
           finish_handshake(error{errc::connect_failed,
-                                 "sending hello to " + url_.to_string() + ": " + ec.message(),
+                                 "sending hello to " + link_url_.to_string() + ": " + ec.message(),
                                  false});
           return;
         }
@@ -218,26 +262,26 @@ void connection::send_hello() {
 
 // The welcome is read with exact reads, frame by frame, so that no byte after
 // it lands in a decoder made before the server's limits are known.
-void connection::read_handshake_frame(std::size_t have, std::size_t need) {
+void connection_impl::read_handshake_frame(std::size_t have, std::size_t need) {
   handshake_bytes_.resize(need);
   asio::async_read(
       socket_, asio::buffer(handshake_bytes_.data() + have, need - have),
-      [this, need](std::error_code ec, std::size_t) {
-        if (!connect_done_) return;
+      [this, need, link = link_id_](std::error_code ec, std::size_t) {
+        if (link != link_id_ || !connect_done_) return;
         if (ec) {
           const std::string why = ec == asio::error::eof
                                       ? std::string("the server closed the connection")
                                       : ec.message();
           finish_handshake(error{
               errc::connect_failed,
-              "handshake with " + url_.to_string() + " failed: " + why + " before sending welcome",
+              "handshake with " + link_url_.to_string() + " failed: " + why + " before sending welcome",
               false});
           return;
         }
         const std::size_t total = handshake_needed(handshake_bytes_);
         if (total == 0) {
           finish_handshake(error{errc::bad_server_frame,
-                                 "the server at " + url_.to_string() +
+                                 "the server at " + link_url_.to_string() +
                                      " did not answer with a keyway frame; is it keywayd?",
                                  false});
           return;
@@ -247,13 +291,13 @@ void connection::read_handshake_frame(std::size_t have, std::size_t need) {
       });
 }
 
-void connection::on_handshake_frame() {
+void connection_impl::on_handshake_frame() {
   proto::decoder dec(proto::limits{}, handshake_bytes_.size());
   dec.feed(handshake_bytes_);
   auto next = dec.next();
   if (!next || !next->has_value()) {
     finish_handshake(error{errc::bad_server_frame,
-                           "the server at " + url_.to_string() +
+                           "the server at " + link_url_.to_string() +
                                " sent an unreadable handshake frame: " + dec.error().message(),
                            false});
     return;
@@ -271,21 +315,20 @@ void connection::on_handshake_frame() {
                                false});
         return;
       }
-      info_.server_id = std::string(proto::as_string_view(w.getServerId()));
-      info_.server_version = std::string(proto::as_string_view(w.getServerVersion()));
-      info_.protocol_version = w.getProtocolVersion();
-      info_.worker_count = w.getWorkerCount();
-      limits_ = limits_from(w.getLimits());
-      info_.limits = limits_;
-      info_.max_subscriptions = w.getLimits().getMaxSubscriptions();
-      info_.max_pending_bytes = w.getLimits().getMaxPendingBytes();
-      decoder_.emplace(limits_, 64 * 1024);
-      {
-        std::lock_guard lock(mu_);
-        encoder_.emplace(limits_);
-        state_ = state::open;
-      }
-      open_.store(true, std::memory_order_release);
+      server_info& info = welcome_info_;
+      info = {};
+      info.url = link_url_.to_string();
+      info.server_id = std::string(proto::as_string_view(w.getServerId()));
+      info.server_version = std::string(proto::as_string_view(w.getServerVersion()));
+      info.protocol_version = w.getProtocolVersion();
+      info.worker_count = w.getWorkerCount();
+      welcome_limits_ = limits_from(w.getLimits());
+      const proto::limits& l = welcome_limits_;
+      info.limits = {l.max_payload, l.max_frame,   l.max_subject, l.max_key,
+                     l.max_headers, l.max_header_bytes, l.max_segments};
+      info.max_subscriptions = w.getLimits().getMaxSubscriptions();
+      info.max_pending_bytes = w.getLimits().getMaxPendingBytes();
+      decoder_.emplace(welcome_limits_, 64 * 1024);
       finish_handshake({});
       return;
     }
@@ -305,14 +348,14 @@ void connection::on_handshake_frame() {
     }
     default:
       finish_handshake(error{errc::bad_server_frame,
-                             "the server at " + url_.to_string() + " sent '" +
+                             "the server at " + link_url_.to_string() + " sent '" +
                                  std::string(proto::kind_name(root.which())) +
                                  "' instead of welcome",
                              false});
   }
 }
 
-void connection::finish_handshake(outcome<void> result) {
+void connection_impl::finish_handshake(outcome<void> result) {
   auto done = std::move(connect_done_);
   connect_done_ = nullptr;
   handshake_bytes_ = {};
@@ -322,14 +365,7 @@ void connection::finish_handshake(outcome<void> result) {
     e.message += " (" + fallback_from_ + ")";
     result = std::move(e);
   }
-  if (result) {
-    start_read();
-  } else {
-    {
-      std::lock_guard lock(mu_);
-      state_ = state::closed;
-      close_reason_ = result.error().to_string();
-    }
+  if (!result) {
     std::error_code ignored;
     resolver_.cancel();
     socket_.close(ignored);
@@ -337,15 +373,108 @@ void connection::finish_handshake(outcome<void> result) {
   done(std::move(result));
 }
 
-// ---- reading ---------------------------------------------------------------------
-
-void connection::start_read() {
-  auto buf = decoder_->prepare(64 * 1024);
-  socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
-                          [this](std::error_code ec, std::size_t n) { on_read(ec, n); });
+void connection_impl::link_up() {
+  bool first = false;
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == state::closing || state_ == state::closed) return;
+    first = state_ == state::connecting;
+    const proto::limits encoded_with = limits_;  // what out_'s frames were checked against
+    info_ = welcome_info_;
+    limits_ = welcome_limits_;
+    // Servers the welcome announced join the list (after the configured ones).
+    for (const std::string& announced : info_.connect_urls) {
+      auto u = parse_url(announced);
+      if (!u) continue;
+      const std::string canonical = u->to_string();
+      bool known = false;
+      for (const server_entry& e : servers_) known = known || e.url.to_string() == canonical;
+      if (!known) servers_.push_back({std::move(*u), true, false});
+    }
+    for (server_entry& e : servers_)
+      if (e.url.to_string() == info_.url) e.draining = false;
+    encoder_.emplace(limits_);
+    if (!first) restore_link_locked(encoded_with);
+    state_ = state::open;
+  }
+  open_.store(true, std::memory_order_release);
+  failed_attempts_ = 0;
+  reconnect_round_ = 0;
+  was_up_ = true;
+  start_read();
+  if (first) {
+    auto done = std::move(initial_done_);
+    initial_done_ = nullptr;
+    if (done) done(outcome<void>{});
+    return;
+  }
+  stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(mu_);
+    kick_locked();
+  }
+  call(options_.on_reconnected);
 }
 
-void connection::on_read(std::error_code ec, std::size_t n) {
+// The new link's first frames: a subscribe for every live subscription (the
+// reply inbox included), with the id of its subscribe call when that still
+// waits for an ack; then what out_ held, minus the frames that belonged to
+// the old link (its subscribes and unsubscribes, which subs_ now stands for,
+// and pongs).
+void connection_impl::restore_link_locked(const proto::limits& encoded_with) {
+  std::vector<std::byte> held;
+  (void)out_locked();  // seal a staged batch
+  out_.drain_to(held);
+  if (inbox_ != inbox_state::none) {
+    const std::string pattern = inbox_prefix_ + "*";
+    (void)encoder_->subscribe(out_, {.sid = inbox_sid_.load(std::memory_order_relaxed),
+                                     .pattern = pattern,
+                                     .queue_group = {},
+                                     .request_id = inbox_ == inbox_state::subscribing ? inbox_op_ : 0});
+  }
+  for (const auto& [sid, e] : subs_) {
+    if (auto r = encoder_->subscribe(
+            out_, {.sid = sid, .pattern = e.pattern, .queue_group = e.group, .request_id = e.pending_op});
+        !r) {
+      asio::post(io_, [this, pattern = e.pattern, why = r.error().message()] {
+        report(error{errc::invalid_argument,
+                     "cannot subscribe " + proto::quote(pattern) + " again on " + info_.url + ": " + why,
+                     false});
+      });
+    }
+  }
+  if (held.empty()) return;
+  proto::decoder frames(encoded_with, held.size());
+  frames.feed(held);
+  std::size_t at = 0;
+  for (;;) {
+    auto next = frames.next();
+    if (!next || !next->has_value()) break;  // our own frames: always readable
+    const proto::frame& f = **next;
+    switch (f.which()) {
+      case wire::Frame::PUBLISH:
+      case wire::Frame::PUBLISH_BATCH:
+      case wire::Frame::PING:
+        out_.append(std::span<const std::byte>(held).subspan(at, f.wire_size()));
+        break;
+      default:
+        break;
+    }
+    at += f.wire_size();
+  }
+}
+
+// ---- reading ---------------------------------------------------------------------
+
+void connection_impl::start_read() {
+  auto buf = decoder_->prepare(64 * 1024);
+  socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
+                          [this, link = link_id_](std::error_code ec, std::size_t n) {
+                            if (link == link_id_) on_read(ec, n);
+                          });
+}
+
+void connection_impl::on_read(std::error_code ec, std::size_t n) {
   state st;
   {
     std::lock_guard lock(mu_);
@@ -354,41 +483,38 @@ void connection::on_read(std::error_code ec, std::size_t n) {
   if (st == state::closed) return;
   if (ec) {
     if (st == state::closing) return finish_close();  // the server saw our half-close
-    if (fatal_) return shut_down(*fatal_, true);
+    if (fatal_) return link_lost(*fatal_);
     if (ec == asio::error::eof)
-      return shut_down(
-          error{errc::closed, "the server closed the connection to " + url_.to_string(), false},
-          true);
-    return shut_down(
-        error{errc::closed, "connection to " + url_.to_string() + " lost: " + ec.message(), false},
-        true);
+      return link_lost(
+          error{errc::closed, "the server closed the connection to " + link_url_.to_string(), false});
+    return link_lost(
+        error{errc::closed, "connection to " + link_url_.to_string() + " lost: " + ec.message(), false});
   }
   decoder_->commit(n);
+  const std::uint64_t link = link_id_;
   for (;;) {
     auto next = decoder_->next();
     if (!next) {
-      return shut_down(
-          error{errc::bad_server_frame,
-                "the server sent an unreadable frame: " + decoder_->error().message(), false},
-          true);
+      return link_lost(error{errc::bad_server_frame,
+                             "the server sent an unreadable frame: " + decoder_->error().message(),
+                             false});
     }
     if (!next->has_value()) break;
     const proto::frame& f = **next;
     if (auto v = proto::validate_server_frame(f, limits_); !v) {
-      return shut_down(
-          error{errc::bad_server_frame,
-                "the server sent an invalid '" + std::string(proto::kind_name(f.which())) +
-                    "' frame: " + v.message(),
-                false},
-          true);
+      return link_lost(error{errc::bad_server_frame,
+                             "the server sent an invalid '" + std::string(proto::kind_name(f.which())) +
+                                 "' frame: " + v.message(),
+                             false});
     }
     dispatch(f);
+    if (link != link_id_) return;  // the link was given up (lame duck)
   }
   if (options_.on_batch_end) guarded(options_.on_batch_end, options_.on_error);
   start_read();
 }
 
-void connection::dispatch(const proto::frame& f) {
+void connection_impl::dispatch(const proto::frame& f) {
   if (const proto::delivery_view* d = f.delivery()) return on_message(*d);
   if (const proto::message_batch_view* b = f.message_batch()) {
     proto::for_each_delivery(*b, [&](const proto::delivery_view& d) { on_message(d); });
@@ -415,7 +541,7 @@ void connection::dispatch(const proto::frame& f) {
   }
 }
 
-void connection::on_message(const proto::delivery_view& m) {
+void connection_impl::on_message(const proto::delivery_view& m) {
   rx_.subject.assign(m.subject);
   assign(rx_.key, m.key);
   assign(rx_.payload, m.payload);
@@ -431,10 +557,41 @@ void connection::on_message(const proto::delivery_view& m) {
   if (rx_.sid == inbox_sid_.load(std::memory_order_relaxed)) return on_inbox_reply();
   auto it = subs_.find(rx_.sid);
   if (it == subs_.end()) return;  // unsubscribed a moment ago
-  guarded([&] { it->second(rx_); }, options_.on_error);
+  stats_.in_msgs.fetch_add(1, std::memory_order_relaxed);
+  stats_.in_bytes.fetch_add(rx_.payload.size(), std::memory_order_relaxed);
+  sub_entry& sub = it->second;
+  const bool last = sub.max_messages != 0 && ++sub.delivered >= sub.max_messages;
+  if (!last) {
+    if (sub.max_messages == 0) ++sub.delivered;
+    guarded([&] { sub.handler(rx_); }, options_.on_error);
+    return;
+  }
+  // Auto-unsubscribe: this is the last one. The entry goes first, so that a
+  // handler that subscribes again does not meet it.
+  const message_handler handler = std::move(sub.handler);
+  const std::uint32_t sid = rx_.sid;
+  remove_sub(sid);
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == state::open && encoder_->unsubscribe(out_locked(), sid, 0)) kick_locked();
+  }
+  guarded([&] { handler(rx_); }, options_.on_error);
 }
 
-void connection::on_inbox_reply() {
+void connection_impl::remove_sub(std::uint32_t sid) {
+  subs_.erase(sid);
+  std::shared_ptr<sync_queue> queue;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = sync_queues_.find(sid); it != sync_queues_.end()) queue = it->second;
+  }
+  if (!queue) return;
+  std::lock_guard lock(queue->mu);
+  queue->done = true;
+  queue->cv.notify_all();
+}
+
+void connection_impl::on_inbox_reply() {
   const std::string_view subject = rx_.subject;
   if (!subject.starts_with(inbox_prefix_)) return;
   const std::string_view token = subject.substr(inbox_prefix_.size());
@@ -452,7 +609,7 @@ void connection::on_inbox_reply() {
   guarded([&] { op->on_reply(message(rx_)); }, options_.on_error);
 }
 
-void connection::on_ack(std::uint64_t id, std::uint32_t delivered) {
+void connection_impl::on_ack(std::uint64_t id, std::uint32_t delivered) {
   std::optional<pending_op> op;
   {
     std::lock_guard lock(mu_);
@@ -464,7 +621,7 @@ void connection::on_ack(std::uint64_t id, std::uint32_t delivered) {
   complete(*op, id, delivered);
 }
 
-void connection::on_error_frame(wire::Error::Reader e) {
+void connection_impl::on_error_frame(wire::Error::Reader e) {
   error err{proto::make_error_code(proto::from_wire(e.getCode())),
             std::string(proto::as_string_view(e.getMessage())), true};
   if (e.getFatal()) fatal_ = err;  // reported when the server closes the socket
@@ -479,7 +636,7 @@ void connection::on_error_frame(wire::Error::Reader e) {
   if (!e.getFatal()) report(err);
 }
 
-void connection::complete(pending_op& op, std::uint64_t, outcome<std::uint32_t> result) {
+void connection_impl::complete(pending_op& op, std::uint64_t, outcome<std::uint32_t> result) {
   switch (op.kind) {
     case op_kind::request:
       if (!result) guarded([&] { op.on_reply(result.error()); }, options_.on_error);
@@ -491,7 +648,7 @@ void connection::complete(pending_op& op, std::uint64_t, outcome<std::uint32_t> 
   }
 }
 
-void connection::complete_inbox(outcome<std::uint32_t> result) {
+void connection_impl::complete_inbox(outcome<std::uint32_t> result) {
   std::vector<std::pair<pending_op, error>> failed;
   {
     std::lock_guard lock(mu_);
@@ -524,16 +681,22 @@ void connection::complete_inbox(outcome<std::uint32_t> result) {
 
 // ---- writing ---------------------------------------------------------------------
 
-void connection::start_write() {
+void connection_impl::start_write() {
   bool closing = false;
   {
     std::lock_guard lock(mu_);
-    if (state_ == state::closed) {
+    if (state_ != state::open && state_ != state::closing) {
+      // No link (connecting, reconnecting) or closed: link_up() kicks again.
       write_scheduled_ = false;
       return;
     }
     // Everything the callers queued since the last write goes out in one go.
-    if (writing_.empty()) std::swap(out_locked(), writing_);
+    if (writing_.empty()) {
+      std::swap(out_locked(), writing_);
+      writing_publishes_ = out_publishes_;
+      out_publishes_ = 0;
+      ++out_gen_;
+    }
     if (writing_.empty()) {
       write_scheduled_ = false;
       closing = state_ == state::closing;
@@ -547,12 +710,13 @@ void connection::start_write() {
   std::span<const std::byte> pieces[16];
   const std::size_t n = writing_.gather(pieces);
   for (std::size_t i = 0; i < n; ++i) iov_[i] = asio::buffer(pieces[i].data(), pieces[i].size());
-  socket_.async_write_some(
-      std::span<const asio::const_buffer>(iov_.data(), n),
-      [this](std::error_code ec, std::size_t written) { on_write(ec, written); });
+  socket_.async_write_some(std::span<const asio::const_buffer>(iov_.data(), n),
+                           [this, link = link_id_](std::error_code ec, std::size_t written) {
+                             if (link == link_id_) on_write(ec, written);
+                           });
 }
 
-void connection::on_write(std::error_code ec, std::size_t n) {
+void connection_impl::on_write(std::error_code ec, std::size_t n) {
   if (ec) {
     state st;
     {
@@ -562,18 +726,21 @@ void connection::on_write(std::error_code ec, std::size_t n) {
     }
     if (st == state::closed) return;
     if (st == state::closing) return finish_close();
-    if (fatal_) return shut_down(*fatal_, true);
-    return shut_down(
-        error{errc::closed, "writing to " + url_.to_string() + " failed: " + ec.message(), false},
-        true);
+    if (fatal_) return link_lost(*fatal_);
+    return link_lost(
+        error{errc::closed, "writing to " + link_url_.to_string() + " failed: " + ec.message(), false});
   }
   writing_.consume(n);
+  if (writing_.empty()) {
+    std::lock_guard lock(mu_);
+    writing_publishes_ = 0;
+  }
   start_write();
 }
 
 // ---- deadlines -------------------------------------------------------------------
 
-void connection::arm_timer() {
+void connection_impl::arm_timer() {
   clock::time_point when;
   {
     std::lock_guard lock(mu_);
@@ -590,7 +757,7 @@ void connection::arm_timer() {
   });
 }
 
-void connection::on_deadline() {
+void connection_impl::on_deadline() {
   std::vector<std::pair<std::uint64_t, pending_op>> expired;
   {
     std::lock_guard lock(mu_);
@@ -615,21 +782,23 @@ void connection::on_deadline() {
 
 // ---- closing ---------------------------------------------------------------------
 
-void connection::begin_close() {
+void connection_impl::begin_close() {
   bool idle = false;
+  bool linked = false;
   {
     std::lock_guard lock(mu_);
-    if (state_ == state::closed || state_ == state::connecting) {
-      state_ = state::closed;
-      idle = true;
+    if (state_ == state::closed || state_ == state::connecting || state_ == state::reconnecting) {
+      state_ = state::closing;
     } else {
       state_ = state::closing;
-      open_.store(false, std::memory_order_release);
       idle = !write_scheduled_;
+      linked = true;
     }
+    open_.store(false, std::memory_order_release);
   }
   room_cv_.notify_all();
-  if (!socket_.is_open() || !decoder_) return finish_close();
+  reconnect_timer_.cancel();
+  if (!linked || !socket_.is_open() || !decoder_ || connect_done_) return finish_close();
   close_timer_.expires_after(options_.op_timeout);
   close_timer_.async_wait([this](std::error_code ec) {
     if (!ec) finish_close();
@@ -639,20 +808,122 @@ void connection::begin_close() {
 
 // Everything is written: tell the server, and wait for it to close its side
 // (on_read sees EOF), so that it has read every frame before the socket goes.
-void connection::half_close() {
+void connection_impl::half_close() {
   if (half_closed_) return;
   half_closed_ = true;
   std::error_code ignored;
   socket_.shutdown(asio::socket_base::shutdown_send, ignored);
 }
 
-void connection::finish_close() {
-  shut_down(error{errc::closed, "closed by the application", false}, false);
+void connection_impl::finish_close() {
+  shut_down(error{errc::closed, "closed by the application", false});
   work_.reset();  // io_.run() returns once the cancelled operations have completed
 }
 
-void connection::shut_down(const error& reason, bool report_it) {
+// ---- losing a link, reconnecting -------------------------------------------------------
+
+void connection_impl::link_lost(const error& reason) {
+  state st;
+  {
+    std::lock_guard lock(mu_);
+    st = state_;
+  }
+  if (st == state::closing) return finish_close();  // close() was under way
+  if (st != state::open) return;
+  if (!options_.reconnect.enabled || status() == connection_status::draining) {
+    shut_down(reason);
+    return;
+  }
+  ++link_id_;  // the old link's handlers return
+  std::vector<std::pair<std::uint64_t, pending_op>> lost;
+  std::vector<std::pair<std::uint64_t, pending_op>> done;
+  {
+    std::lock_guard lock(mu_);
+    state_ = state::reconnecting;
+    write_scheduled_ = false;
+    // Calls whose frames went to the lost socket: their fate is unknown.
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      pending_op& op = it->second;
+      const bool sent = op.gen < out_gen_;
+      const bool fails = sent && (op.kind == op_kind::publish_ack || op.kind == op_kind::request ||
+                                  op.kind == op_kind::ping);
+      if (fails || op.kind == op_kind::unsubscribe) {
+        if (op.deadline) deadlines_.erase(*op.deadline);
+        op.deadline.reset();
+        (fails ? lost : done).emplace_back(it->first, std::move(op));
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    stats_.lost.fetch_add(writing_publishes_, std::memory_order_relaxed);
+    writing_publishes_ = 0;
+    for (server_entry& e : servers_)
+      if (e.url.to_string() == info_.url) next_server_ = static_cast<std::size_t>(&e - servers_.data()) + 1;
+  }
+  room_cv_.notify_all();
+  writing_.clear();
+  fatal_.reset();
+  half_closed_ = false;
+  std::error_code ignored;
+  socket_.close(ignored);
+  const error failed{errc::connection_lost,
+                     "the connection to " + link_url_.to_string() +
+                         " was lost before the server answered (" + reason.to_string() +
+                         "); it may or may not have taken effect",
+                     false};
+  for (auto& [id, op] : lost) complete(op, id, failed);
+  // An unsubscribe needs no answer any more: no later link will subscribe it.
+  for (auto& [id, op] : done) complete(op, id, std::uint32_t{0});
+  call(options_.on_disconnected, reason);
+  try_servers(servers_.size(), {});
+}
+
+void connection_impl::link_failed(error why) {
+  bool initial = false;
+  {
+    std::lock_guard lock(mu_);
+    initial = state_ == state::connecting;
+  }
+  if (initial) {
+    auto done = std::move(initial_done_);
+    initial_done_ = nullptr;
+    {
+      std::lock_guard lock(mu_);
+      state_ = state::closed;
+      close_reason_ = why.to_string();
+    }
+    if (done) done(std::move(why));
+    return;
+  }
+  ++failed_attempts_;
+  const int max = options_.reconnect.max_attempts;
+  if (max >= 0 && failed_attempts_ > max) {
+    why.message = "gave up reconnecting after " + std::to_string(failed_attempts_) +
+                  " failed rounds (reconnect.max_attempts " + std::to_string(max) + "): " + why.message;
+    shut_down(why);
+    return;
+  }
+  schedule_reconnect();
+}
+
+void connection_impl::schedule_reconnect() {
+  const reconnect_options& o = options_.reconnect;
+  const auto shift = std::min<std::uint32_t>(reconnect_round_++, 20);
+  const std::chrono::milliseconds base = std::min<std::chrono::milliseconds>(
+      o.max_wait, o.initial_wait * (std::int64_t{1} << shift));
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const auto wait = std::chrono::milliseconds(
+      static_cast<std::int64_t>(static_cast<double>(base.count()) * (1.0 - o.jitter * u(rng_))));
+  reconnect_timer_.expires_after(wait);
+  reconnect_timer_.async_wait([this](std::error_code ec) {
+    if (!ec) try_servers(servers_.size(), {});
+  });
+}
+
+void connection_impl::shut_down(const error& reason) {
   std::vector<std::pair<std::uint64_t, pending_op>> ops;
+  std::vector<std::shared_ptr<sync_queue>> queues;
   {
     std::lock_guard lock(mu_);
     if (state_ == state::closed && pending_.empty() && !socket_.is_open()) return;
@@ -668,19 +939,30 @@ void connection::shut_down(const error& reason, bool report_it) {
     batch_entries_.clear();
     batch_count_ = 0;
     inbox_ = inbox_state::none;
+    for (auto& [sid, q] : sync_queues_) queues.push_back(q);
   }
   room_cv_.notify_all();
+  ++link_id_;
   std::error_code ignored;
   resolver_.cancel();
   socket_.close(ignored);
   connect_timer_.cancel();
   deadline_timer_.cancel();
   close_timer_.cancel();
+  reconnect_timer_.cancel();
   const error failed{errc::closed,
-                     "connection to " + url_.to_string() + " closed: " + reason.to_string(), false};
+                     "connection to " + link_url_.to_string() + " closed: " + reason.to_string(), false};
   for (auto& [id, op] : ops) complete(op, id, failed);
   subs_.clear();
-  if (report_it) report(reason);
+  for (const auto& q : queues) {
+    std::lock_guard lock(q->mu);
+    q->done = true;
+    q->cv.notify_all();
+  }
+  if (was_up_) {
+    was_up_ = false;
+    call(options_.on_closed, reason);
+  }
 }
 
 }  // namespace keyway::client

@@ -60,4 +60,30 @@ outcome<server_url> parse_url(std::string_view url) {
   return u;
 }
 
+outcome<std::vector<server_url>> parse_url_list(std::string_view urls) {
+  std::vector<server_url> out;
+  std::string_view rest = urls;
+  for (;;) {
+    const auto comma = rest.find(',');
+    std::string_view one = rest.substr(0, comma);
+    while (!one.empty() && one.front() == ' ') one.remove_prefix(1);
+    while (!one.empty() && one.back() == ' ') one.remove_suffix(1);
+    if (one.empty()) {
+      return error{errc::invalid_url,
+                   "server list '" + std::string(urls) +
+                       "' has an empty entry; separate URLs with single commas",
+                   false};
+    }
+    auto u = parse_url(one);
+    if (!u) return u.error();
+    const std::string canonical = u->to_string();
+    bool seen = false;
+    for (const server_url& have : out) seen = seen || have.to_string() == canonical;
+    if (!seen) out.push_back(std::move(*u));
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  return out;
+}
+
 }  // namespace keyway::client

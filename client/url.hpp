@@ -6,8 +6,9 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
-#include "client/errc.hpp"
+#include <keyway/error.hpp>
 
 namespace keyway::client {
 
@@ -27,5 +28,9 @@ inline constexpr std::string_view default_url = "tcp://127.0.0.1:7400";
 
 /// Parses `url`; the error (errc::invalid_url) names the URL and the rule broken.
 outcome<server_url> parse_url(std::string_view url);
+
+/// Parses a comma-separated list of URLs ("tcp://a:7400,tcp://b:7400");
+/// spaces around the commas are allowed. Duplicates are kept once.
+outcome<std::vector<server_url>> parse_url_list(std::string_view urls);
 
 }  // namespace keyway::client

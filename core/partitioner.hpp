@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "core/errc.hpp"
-#include "core/result.hpp"
+#include <keyway/result.hpp>
 
 namespace keyway::core {
 

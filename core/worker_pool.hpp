@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/result.hpp"
+#include <keyway/result.hpp>
 #include "core/worker.hpp"
 
 namespace keyway::core {

@@ -33,7 +33,7 @@
 // reader for many messages; batch_cursor (proto/fields.hpp) walks the entries.
 #pragma once
 
-#include "core/result.hpp"
+#include <keyway/result.hpp>
 #include "proto/errc.hpp"
 #include "proto/fields.hpp"
 #include "proto/keyway.capnp.h"

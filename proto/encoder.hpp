@@ -22,7 +22,7 @@
 // entries; nothing is appended). Never throws.
 #pragma once
 
-#include "core/result.hpp"
+#include <keyway/result.hpp>
 #include "proto/errc.hpp"
 #include "proto/keyway.capnp.h"
 #include "proto/fields.hpp"

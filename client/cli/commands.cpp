@@ -9,7 +9,7 @@
 #include <utility>
 
 #include "client/cli/format.hpp"
-#include "client/client.hpp"
+#include <keyway/client.hpp>
 #include "proto/errc.hpp"
 
 namespace keyway::cli {

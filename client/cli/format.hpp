@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "client/message.hpp"
+#include <keyway/message.hpp>
 
 namespace keyway::cli {
 

@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "client/client.hpp"
+#include <keyway/client.hpp>
 #include "proto/codec.hpp"
 #include "tests/support/local_socket.hpp"
 

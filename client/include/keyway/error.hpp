@@ -1,4 +1,4 @@
-// Errors of the client library (keyway::client): the client's own error codes
+// <keyway/error.hpp>: errors of the client library (keyway::client): the client's own error codes
 // (client::errc, a std::error_category), the `error` value every failed call
 // returns (a code plus a message a user can act on), and `outcome<T>`, a value
 // or an error.
@@ -6,7 +6,8 @@
 // Codes come from two categories:
 //   - client::errc (category "keyway.client"): what the library itself
 //     decided: bad URL, connect failure, timeout, connection closed, ...;
-//   - proto::errc (category "keyway.proto"): what the server said in an error
+//   - server_errc = proto::errc (category "keyway.proto", <keyway/server_errc.hpp>):
+//     what the server said in an error
 //     frame (no_responders, payload_too_large, slow_consumer, ...), or what the
 //     library refused locally with the server's own rules (invalid_subject,
 //     payload_too_large, ...). `error::from_server` tells the two apart.
@@ -19,7 +20,9 @@
 #include <system_error>
 #include <type_traits>
 
-#include "core/result.hpp"
+#include <keyway/export.hpp>
+#include <keyway/result.hpp>
+#include <keyway/server_errc.hpp>
 
 namespace keyway::client {
 
@@ -33,9 +36,17 @@ enum class errc {
   would_block,       // a blocking call from the IO thread (a callback); use the _async form
   bad_server_frame,  // the server sent a frame the client cannot accept
   handler_failed,    // a message handler or completion threw (reported to on_error)
+  connection_lost,   // the link dropped while this call awaited the server: it may or may not
+                     // have taken effect; retry if duplicates are acceptable (never resent silently)
+  buffer_full,       // disconnected, and the reconnect buffer (connect_options::reconnect_buffer_bytes) is full
+  no_reply_to,       // respond() to a message that carries no reply_to
+  count_,            // sentinel: the number of codes
 };
 
-const std::error_category& client_category() noexcept;
+/// The codes the server sends (no_responders, payload_too_large, ...).
+using server_errc = proto::errc;
+
+KEYWAY_API const std::error_category& client_category() noexcept;
 
 inline std::error_code make_error_code(errc e) noexcept {
   return {static_cast<int>(e), client_category()};
@@ -49,11 +60,11 @@ struct error {
   bool from_server = false;
 
   /// "no_responders: no subscriber matched ..." (code name, then the message).
-  std::string to_string() const;
+  KEYWAY_API std::string to_string() const;
 };
 
 /// The snake_case name of a client or proto code ("timeout", "no_responders").
-std::string code_name(std::error_code code);
+KEYWAY_API std::string code_name(std::error_code code);
 
 /// A value or a client::error (core's result with this module's error type).
 template <class T>

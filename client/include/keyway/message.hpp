@@ -1,4 +1,4 @@
-// The value types of the client API: headers going out (views), and a
+// <keyway/message.hpp>: the value types of the client API: headers going out (views), and a
 // received `message` (owned). Plain values, any thread.
 //
 // Bytes travel in std::string / std::string_view: keys, payloads and header

@@ -1,6 +1,4 @@
-#include "client/errc.hpp"
-
-#include "proto/errc.hpp"
+#include <keyway/error.hpp>
 
 namespace keyway::client {
 namespace {
@@ -25,6 +23,14 @@ std::string_view name_of(errc e) noexcept {
       return "bad_server_frame";
     case errc::handler_failed:
       return "handler_failed";
+    case errc::connection_lost:
+      return "connection_lost";
+    case errc::buffer_full:
+      return "buffer_full";
+    case errc::no_reply_to:
+      return "no_reply_to";
+    case errc::count_:
+      break;
   }
   return "unknown";
 }
@@ -52,6 +58,14 @@ class category final : public std::error_category {
         return "the server sent an invalid frame";
       case errc::handler_failed:
         return "a callback threw an exception";
+      case errc::connection_lost:
+        return "the connection was lost before the server answered";
+      case errc::buffer_full:
+        return "the reconnect buffer is full";
+      case errc::no_reply_to:
+        return "the message has no reply_to";
+      case errc::count_:
+        break;
     }
     return "unknown client error " + std::to_string(ev);
   }
