@@ -615,7 +615,9 @@ void connection_impl::unsubscribe_async(subscription sub, done_handler done) {
       return;
     }
     if (state_ == state::reconnecting) {
-      // The next link will not subscribe it: nothing to tell a server.
+      // The next link will not subscribe it; a link being restored may have
+      // already: take it back there (no ack needed).
+      if (restoring_ && encoder_->unsubscribe(out_locked(), sid, 0)) kick_locked();
       lock.unlock();
       done(outcome<void>{});
       return;

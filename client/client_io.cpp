@@ -394,8 +394,10 @@ void connection_impl::link_up() {
     for (server_entry& e : servers_)
       if (e.url.to_string() == info_.url) e.draining = false;
     encoder_.emplace(limits_);
-    if (!first) restore_link_locked(encoded_with);
-    state_ = state::open;
+    if (first)
+      state_ = state::open;
+    else
+      restore_link_locked(encoded_with);
   }
   open_.store(true, std::memory_order_release);
   failed_attempts_ = 0;
@@ -408,60 +410,119 @@ void connection_impl::link_up() {
     if (done) done(outcome<void>{});
     return;
   }
-  stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
-  {
-    std::lock_guard lock(mu_);
-    kick_locked();
-  }
-  call(options_.on_reconnected);
+  if (restore_left_ == 0) return finish_restore();
+  std::lock_guard lock(mu_);
+  kick_locked();  // the subscribes in writing_
 }
 
 // The new link's first frames: a subscribe for every live subscription (the
-// reply inbox included), with the id of its subscribe call when that still
-// waits for an ack; then what out_ held, minus the frames that belonged to
-// the old link (its subscribes and unsubscribes, which subs_ now stands for,
-// and pongs).
+// reply inbox included), written from writing_ while state_ stays
+// `reconnecting` (publishers keep buffering). What out_ held waits in held_,
+// minus the frames that belonged to the old link (its subscribes and
+// unsubscribes, which subs_ now stands for, and pongs). A subscribe call that
+// was waiting for its ack is answered by its subscription's new ack.
 void connection_impl::restore_link_locked(const proto::limits& encoded_with) {
-  std::vector<std::byte> held;
+  std::vector<std::byte> all;
   (void)out_locked();  // seal a staged batch
-  out_.drain_to(held);
+  out_.drain_to(all);
+  held_.clear();
+  if (!all.empty()) {
+    proto::decoder frames(encoded_with, all.size());
+    frames.feed(all);
+    std::size_t at = 0;
+    for (;;) {
+      auto next = frames.next();
+      if (!next || !next->has_value()) break;  // our own frames: always readable
+      const proto::frame& f = **next;
+      const auto w = f.which();
+      if (w == wire::Frame::PUBLISH || w == wire::Frame::PUBLISH_BATCH || w == wire::Frame::PING)
+        held_.insert(held_.end(), all.begin() + static_cast<std::ptrdiff_t>(at),
+                     all.begin() + static_cast<std::ptrdiff_t>(at + f.wire_size()));
+      at += f.wire_size();
+    }
+  }
+  restoring_ = true;
+  restore_left_ = 0;
+  const std::uint64_t link = link_id_;
+  const auto resubscribe = [&](std::uint32_t sid, const std::string& pattern, const std::string& group,
+                               std::function<void(outcome<std::uint32_t>)> then) {
+    pending_op op;
+    op.kind = op_kind::resubscribe;
+    op.what = "subscribe again to " + proto::quote(pattern);
+    op.timeout = options_.op_timeout;
+    op.on_ack = [this, link, then = std::move(then)](outcome<std::uint32_t> r) {
+      if (link != link_id_) return;  // that link is gone too
+      then(std::move(r));
+      if (--restore_left_ == 0) finish_restore();
+    };
+    const std::uint64_t id = add_pending_locked(std::move(op));
+    if (auto r = encoder_->subscribe(writing_, {.sid = sid, .pattern = pattern, .queue_group = group, .request_id = id});
+        !r) {
+      auto failed = take_pending_locked(id);
+      asio::post(io_, [this, failed = std::move(*failed), id, e = r.error()]() mutable {
+        ++restore_left_;
+        complete(failed, id, error{e, "cannot encode the subscribe", false});
+      });
+      return;
+    }
+    ++restore_left_;
+  };
   if (inbox_ != inbox_state::none) {
-    const std::string pattern = inbox_prefix_ + "*";
-    (void)encoder_->subscribe(out_, {.sid = inbox_sid_.load(std::memory_order_relaxed),
-                                     .pattern = pattern,
-                                     .queue_group = {},
-                                     .request_id = inbox_ == inbox_state::subscribing ? inbox_op_ : 0});
+    resubscribe(inbox_sid_.load(std::memory_order_relaxed), inbox_prefix_ + "*", {},
+                [this](outcome<std::uint32_t> r) {
+                  std::optional<pending_op> first;
+                  {
+                    std::lock_guard lock(mu_);
+                    if (inbox_ == inbox_state::subscribing) first = take_pending_locked(inbox_op_);
+                  }
+                  if (first) return complete_inbox(std::move(r));
+                  if (!r) report(r.error());
+                });
   }
   for (const auto& [sid, e] : subs_) {
-    if (auto r = encoder_->subscribe(
-            out_, {.sid = sid, .pattern = e.pattern, .queue_group = e.group, .request_id = e.pending_op});
-        !r) {
-      asio::post(io_, [this, pattern = e.pattern, why = r.error().message()] {
-        report(error{errc::invalid_argument,
-                     "cannot subscribe " + proto::quote(pattern) + " again on " + info_.url + ": " + why,
-                     false});
-      });
-    }
+    resubscribe(sid, e.pattern, e.group, [this, sid = sid](outcome<std::uint32_t> r) {
+      auto it = subs_.find(sid);
+      if (it == subs_.end()) return;
+      const std::uint64_t original = it->second.pending_op;
+      if (!r) {
+        report(error{r.error().code,
+                     "subscription " + std::to_string(sid) + " to " + proto::quote(it->second.pattern) +
+                         " could not be re-established on " + info_.url + " and has ended: " +
+                         r.error().message,
+                     r.error().from_server});
+        remove_sub(sid);
+      }
+      std::optional<pending_op> op;
+      if (original != 0) {
+        std::lock_guard lock(mu_);
+        op = take_pending_locked(original);
+      }
+      if (op) complete(*op, original, std::move(r));
+    });
   }
-  if (held.empty()) return;
-  proto::decoder frames(encoded_with, held.size());
-  frames.feed(held);
-  std::size_t at = 0;
-  for (;;) {
-    auto next = frames.next();
-    if (!next || !next->has_value()) break;  // our own frames: always readable
-    const proto::frame& f = **next;
-    switch (f.which()) {
-      case wire::Frame::PUBLISH:
-      case wire::Frame::PUBLISH_BATCH:
-      case wire::Frame::PING:
-        out_.append(std::span<const std::byte>(held).subspan(at, f.wire_size()));
-        break;
-      default:
-        break;
-    }
-    at += f.wire_size();
+}
+
+void connection_impl::unhold_locked() {
+  if (held_.empty()) return;
+  std::vector<std::byte> since;
+  (void)out_locked();
+  out_.drain_to(since);
+  out_.append(held_);
+  out_.append(since);
+  held_.clear();
+}
+
+void connection_impl::finish_restore() {
+  {
+    std::lock_guard lock(mu_);
+    if (state_ != state::reconnecting || !restoring_) return;
+    restoring_ = false;
+    unhold_locked();
+    state_ = state::open;
+    kick_locked();
   }
+  stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
+  call(options_.on_reconnected);
 }
 
 // ---- reading ---------------------------------------------------------------------
@@ -685,13 +746,15 @@ void connection_impl::start_write() {
   bool closing = false;
   {
     std::lock_guard lock(mu_);
-    if (state_ != state::open && state_ != state::closing) {
+    const bool restoring = restoring_ && state_ == state::reconnecting;
+    if (state_ != state::open && state_ != state::closing && !restoring) {
       // No link (connecting, reconnecting) or closed: link_up() kicks again.
       write_scheduled_ = false;
       return;
     }
-    // Everything the callers queued since the last write goes out in one go.
-    if (writing_.empty()) {
+    // Everything the callers queued since the last write goes out in one go
+    // (while restoring, only the subscribes already in writing_).
+    if (writing_.empty() && !restoring) {
       std::swap(out_locked(), writing_);
       writing_publishes_ = out_publishes_;
       out_publishes_ = 0;
@@ -829,7 +892,7 @@ void connection_impl::link_lost(const error& reason) {
     st = state_;
   }
   if (st == state::closing) return finish_close();  // close() was under way
-  if (st != state::open) return;
+  if (st != state::open && !(st == state::reconnecting && restoring_)) return;
   if (!options_.reconnect.enabled || status() == connection_status::draining) {
     shut_down(reason);
     return;
@@ -841,12 +904,19 @@ void connection_impl::link_lost(const error& reason) {
     std::lock_guard lock(mu_);
     state_ = state::reconnecting;
     write_scheduled_ = false;
+    restoring_ = false;
+    unhold_locked();
     // Calls whose frames went to the lost socket: their fate is unknown.
     for (auto it = pending_.begin(); it != pending_.end();) {
       pending_op& op = it->second;
       const bool sent = op.gen < out_gen_;
       const bool fails = sent && (op.kind == op_kind::publish_ack || op.kind == op_kind::request ||
                                   op.kind == op_kind::ping);
+      if (op.kind == op_kind::resubscribe) {  // the next link subscribes again
+        if (op.deadline) deadlines_.erase(*op.deadline);
+        it = pending_.erase(it);
+        continue;
+      }
       if (fails || op.kind == op_kind::unsubscribe) {
         if (op.deadline) deadlines_.erase(*op.deadline);
         op.deadline.reset();

@@ -11,9 +11,10 @@
 // on, state_ goes to `reconnecting`, publishes keep being encoded into out_
 // (up to reconnect.buffer_bytes), and the IO thread tries the servers of
 // servers_ with backoff. A new link first carries a subscribe for every entry
-// of subs_, then what out_ holds that still makes sense on a new link
-// (publishes, batches and pings; not the old link's subscribes, unsubscribes
-// and pongs).
+// of subs_ (restoring_); once the server acknowledged them all, what out_
+// held that still makes sense on a new link (publishes, batches and pings;
+// not the old link's subscribes, unsubscribes and pongs) goes out, then what
+// was published meanwhile, and state_ is `open` again.
 //
 // Which calls fail with connection_lost: every frame is encoded into out_,
 // whose generation (out_gen_) is stamped on the pending call; the writer takes
@@ -111,7 +112,7 @@ class connection_impl {
 
  private:
   enum class state { connecting, open, reconnecting, closing, closed };
-  enum class op_kind : std::uint8_t { publish_ack, subscribe, unsubscribe, inbox, request, ping };
+  enum class op_kind : std::uint8_t { publish_ack, subscribe, unsubscribe, inbox, request, ping, resubscribe };
   enum class inbox_state : std::uint8_t { none, subscribing, ready };
   using deadline_map = std::multimap<clock::time_point, std::uint64_t>;
 
@@ -201,8 +202,13 @@ class connection_impl {
   void link_up();
   /// Every server of a round failed (`why` names them): give up or back off.
   void link_failed(error why);
-  /// A new link: subscribe subs_ again, then what out_ holds (mu_ held).
+  /// A new link: subscribe subs_ again; what out_ holds waits in held_ for
+  /// the acks (mu_ held).
   void restore_link_locked(const proto::limits& encoded_with);
+  /// Every subscription is back: held_, then what came since, go out.
+  void finish_restore();
+  /// held_ back in front of out_ (mu_ held).
+  void unhold_locked();
   void start_read();
   void on_read(std::error_code ec, std::size_t n);
   void dispatch(const proto::frame& f);
@@ -258,6 +264,9 @@ class connection_impl {
   std::uint64_t link_id_ = 0;  // bumped per link: late handlers of an old one return
   bool was_up_ = false;        // a link was up once (on_closed is for such connections only)
   server_info welcome_info_;   // the last welcome, until link_up() takes it
+  bool restoring_ = false;     // a new link waits for its subscriptions' acks
+  std::size_t restore_left_ = 0;
+  std::vector<std::byte> held_;  // out_'s frames from before the new link, sent after the acks
   proto::limits welcome_limits_;
   std::vector<std::byte> handshake_bytes_;
   std::uint32_t hello_version_ = proto::protocol_version;  // 1 after a version-1 server refused more
