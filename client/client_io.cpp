@@ -328,6 +328,7 @@ void connection_impl::on_handshake_frame() {
                      l.max_headers, l.max_header_bytes, l.max_segments};
       info.max_subscriptions = w.getLimits().getMaxSubscriptions();
       info.max_pending_bytes = w.getLimits().getMaxPendingBytes();
+      for (const auto url : w.getConnectUrls()) info.connect_urls.emplace_back(proto::as_string_view(url));
       decoder_.emplace(welcome_limits_, 64 * 1024);
       finish_handshake({});
       return;
@@ -597,6 +598,9 @@ void connection_impl::dispatch(const proto::frame& f) {
     case wire::Frame::PONG:
       on_ack(root.getPong().getId(), 0);
       return;
+    case wire::Frame::DRAINING:
+      on_draining(proto::as_string_view(root.getDraining().getReason()));
+      return;
     default:
       return;  // a second welcome, or a newer server's kind: ignored
   }
@@ -637,6 +641,28 @@ void connection_impl::on_message(const proto::delivery_view& m) {
     if (state_ == state::open && encoder_->unsubscribe(out_locked(), sid, 0)) kick_locked();
   }
   guarded([&] { handler(rx_); }, options_.on_error);
+}
+
+// Lame duck: the server is shutting down. With another server to go to, move
+// now (as for a lost link); else stay until the server closes the link, and
+// reconnect then (to the same address, when it is back).
+void connection_impl::on_draining(std::string_view reason) {
+  bool elsewhere = false;
+  {
+    std::lock_guard lock(mu_);
+    for (server_entry& e : servers_) {
+      if (e.url.to_string() == info_.url)
+        e.draining = true;
+      else
+        elsewhere = elsewhere || !e.draining;
+    }
+  }
+  call(options_.on_lame_duck);
+  if (elsewhere)
+    link_lost(error{proto::errc::shutting_down,
+                    "the server at " + info_.url + " is shutting down (" + std::string(reason) +
+                        "); moving to another server",
+                    true});
 }
 
 void connection_impl::remove_sub(std::uint32_t sid) {

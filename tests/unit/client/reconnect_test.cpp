@@ -396,3 +396,40 @@ TEST_CASE("client: synchronous subscriptions, auto-unsubscribe, respond, drain a
   c.reset();
   stop_daemon(*d);
 }
+
+TEST_CASE("lame duck: a draining server sends its clients to the next server before it closes") {
+  auto a = start_daemon({"--lame-duck-grace", "2s"});
+  auto b = start_daemon();
+  events ev;
+  inbox got;
+  auto c = must_connect(a->url() + "," + b->url(), ev.wire(quick()));
+  REQUIRE(c->subscribe("duck.>", got.handler()));
+  REQUIRE(::kill(a->pid(), SIGTERM) == 0);
+  // The move happens within the grace, while a still has the socket open.
+  REQUIRE(ev.wait([](events& e) { return e.reconnected == 1; }, 1900ms));
+  CHECK(ev.lame_duck == 1);
+  CHECK(ev.last_reason.find("shutting down") != std::string::npos);
+  CHECK(c->info().url == b->url());
+  REQUIRE(c->publish("duck.x", "on b"));
+  REQUIRE(c->flush());
+  CHECK(got.wait_for(1));
+  CHECK(a->stop() == 0);
+  c.reset();
+  stop_daemon(*b);
+}
+
+TEST_CASE("welcome: servers a keywayd announces join the list the client reconnects to") {
+  auto b = start_daemon();
+  auto a = start_daemon({"--advertise", b->url(), "--advertise", "unix:///run/keyway/other.sock"});
+  events ev;
+  auto c = must_connect(a->url(), ev.wire(quick()));
+  const server_info info = c->info();
+  REQUIRE(info.connect_urls.size() == 2);
+  CHECK(info.connect_urls[0] == b->url());
+  CHECK(info.connect_urls[1] == "unix:///run/keyway/other.sock");
+  CHECK(a->stop() == 0);
+  REQUIRE(ev.wait([](events& e) { return e.reconnected == 1; }));
+  CHECK(c->info().url == b->url());
+  c.reset();
+  stop_daemon(*b);
+}
