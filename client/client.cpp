@@ -560,10 +560,14 @@ outcome<message> connection_impl::next_message(subscription sub, std::chrono::mi
                  "no message on subscription " + std::to_string(sub.sid) + " within " +
                      std::to_string(timeout.count()) + " ms",
                  false};
-  if (queue->messages.empty())
+  if (queue->messages.empty()) {
+    lock.unlock();
+    std::lock_guard forget(mu_);
+    sync_queues_.erase(sub.sid);
     return error{errc::closed,
                  "subscription " + std::to_string(sub.sid) + " has ended and its queue is empty",
                  false};
+  }
   message m = std::move(queue->messages.front());
   queue->messages.pop_front();
   return m;

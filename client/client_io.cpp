@@ -876,7 +876,9 @@ void connection_impl::begin_close() {
   bool linked = false;
   {
     std::lock_guard lock(mu_);
-    if (state_ == state::closed || state_ == state::connecting || state_ == state::reconnecting) {
+    if (state_ == state::closed) {
+      // Already closed (a failed connect, a lost link, given up): just finish.
+    } else if (state_ == state::connecting || state_ == state::reconnecting) {
       state_ = state::closing;
     } else {
       state_ = state::closing;
