@@ -186,7 +186,7 @@ error connection_impl::closed_error_locked() const {
   return error{errc::closed, std::move(why), false};
 }
 
-outcome<void> connection_impl::check_publish(std::string_view subject, std::string_view key,
+outcome<void> connection_impl::check_publish_locked(std::string_view subject, std::string_view key,
                                         std::string_view payload, std::span<const header> headers,
                                         std::string_view reply_to) const {
   const proto::limits& lim = limits_;
@@ -233,6 +233,16 @@ outcome<void> connection_impl::check_publish(std::string_view subject, std::stri
       return local_error(st);
   }
   return {};
+}
+
+outcome<void> connection_impl::admit_publish_locked(std::unique_lock<std::mutex>& lock,
+                                                    std::string_view subject, std::string_view key,
+                                                    std::string_view payload,
+                                                    std::span<const header> headers,
+                                                    std::string_view reply_to) {
+  if (auto r = wait_room_locked(lock, frame_estimate(subject, key, payload)); !r) return r;
+  // After the wait: a reconnect meanwhile may have brought other limits.
+  return check_publish_locked(subject, key, payload, headers, reply_to);
 }
 
 outcome<void> connection_impl::wait_room_locked(std::unique_lock<std::mutex>& lock,
@@ -372,10 +382,9 @@ std::string connection_impl::inbox_reply_to(std::uint64_t id) const {
 
 outcome<void> connection_impl::publish(std::string_view subject, std::string_view payload,
                                   const publish_options& options) {
-  if (auto r = check_publish(subject, options.key, payload, options.headers, options.reply_to); !r)
-    return r;
   std::unique_lock lock(mu_);
-  if (auto r = wait_room_locked(lock, frame_estimate(subject, options.key, payload)); !r) return r;
+  if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers, options.reply_to); !r)
+    return r;
   return encode_publish_locked(subject, options.key, payload, options.headers, options.reply_to, 0);
 }
 
@@ -394,13 +403,9 @@ outcome<void> connection_impl::respond(const message& request, std::string_view 
 
 void connection_impl::publish_ack_async(std::string_view subject, std::string_view payload,
                                    const publish_options& options, ack_handler done) {
-  if (auto r = check_publish(subject, options.key, payload, options.headers, options.reply_to);
-      !r) {
-    done(r.error());
-    return;
-  }
   std::unique_lock lock(mu_);
-  if (auto r = wait_room_locked(lock, frame_estimate(subject, options.key, payload)); !r) {
+  if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers, options.reply_to);
+      !r) {
     lock.unlock();
     done(r.error());
     return;
@@ -434,9 +439,14 @@ outcome<std::uint32_t> connection_impl::publish_ack(std::string_view subject, st
 
 void connection_impl::subscribe_async(std::string_view pattern, message_handler handler,
                                       const subscribe_options& options, subscribe_handler done) {
-  if (auto st = proto::validate_pattern(pattern, limits_, "pattern"); !st)
+  proto::limits lim;
+  {
+    std::lock_guard lock(mu_);
+    lim = limits_;
+  }
+  if (auto st = proto::validate_pattern(pattern, lim, "pattern"); !st)
     return done(local_error(st));
-  if (auto st = proto::validate_queue_group(options.queue_group, limits_, "queue group"); !st)
+  if (auto st = proto::validate_queue_group(options.queue_group, lim, "queue group"); !st)
     return done(local_error(st));
   if (!handler)
     return done(error{errc::invalid_argument,
@@ -662,10 +672,8 @@ void connection_impl::request_async(std::string_view subject, std::string_view p
     return done(error{errc::invalid_argument,
                       "request to " + proto::quote(subject) + ": the timeout must be positive",
                       false});
-  if (auto r = check_publish(subject, options.key, payload, options.headers, {}); !r)
-    return done(r.error());
   std::unique_lock lock(mu_);
-  if (auto r = wait_room_locked(lock, frame_estimate(subject, options.key, payload)); !r) {
+  if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers, {}); !r) {
     lock.unlock();
     return done(r.error());
   }

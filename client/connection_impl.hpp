@@ -162,9 +162,14 @@ class connection_impl {
   bool on_io_thread() const noexcept { return std::this_thread::get_id() == io_thread_id_.load(); }
   error closed_error() const;
   error closed_error_locked() const;
-  outcome<void> check_publish(std::string_view subject, std::string_view key,
-                              std::string_view payload, std::span<const header> headers,
-                              std::string_view reply_to) const;
+  /// The server's limits, checked locally (mu_ held: a reconnect may change them).
+  outcome<void> check_publish_locked(std::string_view subject, std::string_view key,
+                                     std::string_view payload, std::span<const header> headers,
+                                     std::string_view reply_to) const;
+  /// wait_room_locked(), then check_publish_locked().
+  outcome<void> admit_publish_locked(std::unique_lock<std::mutex>& lock, std::string_view subject,
+                                     std::string_view key, std::string_view payload,
+                                     std::span<const header> headers, std::string_view reply_to);
   /// Waits (mu_ held through `lock`) until out_ has room, unless on the IO
   /// thread; while reconnecting, fails at once when the reconnect buffer is
   /// full. An error if the connection cannot take the frame.
