@@ -90,6 +90,11 @@ void append_number(std::string& out, std::uint64_t v) {
 }  // namespace
 
 void append_json_message(std::string& out, const client::message& m) {
+  append_json_message_open(out, m);
+  out.push_back('}');
+}
+
+void append_json_message_open(std::string& out, const client::message& m) {
   out.append("{\"subject\":");
   append_json_string(out, m.subject);
   out.append(",\"key\":");
@@ -114,7 +119,59 @@ void append_json_message(std::string& out, const client::message& m) {
     }
     out.push_back(']');
   }
-  out.push_back('}');
+}
+
+void json_object::name(std::string_view n) {
+  if (text_.size() > 1) text_.push_back(',');
+  append_json_string(text_, n);
+  text_.push_back(':');
+}
+
+json_object& json_object::str(std::string_view n, std::string_view value) {
+  name(n);
+  append_json_string(text_, value);
+  return *this;
+}
+
+json_object& json_object::num(std::string_view n, std::uint64_t value) {
+  name(n);
+  append_number(text_, value);
+  return *this;
+}
+
+json_object& json_object::num(std::string_view n, std::int64_t value) {
+  name(n);
+  char digits[24];
+  const auto [end, ec] = std::to_chars(digits, digits + sizeof digits, value);
+  text_.append(digits, end);
+  return *this;
+}
+
+json_object& json_object::real(std::string_view n, double value, int decimals) {
+  name(n);
+  if (!std::isfinite(value)) {
+    text_.append("null");
+    return *this;
+  }
+  char buf[64];
+  const int len = std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+  if (len > 0 && static_cast<std::size_t>(len) < sizeof buf)
+    text_.append(buf, static_cast<std::size_t>(len));
+  else
+    text_.append("null");
+  return *this;
+}
+
+json_object& json_object::boolean(std::string_view n, bool value) {
+  name(n);
+  text_.append(value ? "true" : "false");
+  return *this;
+}
+
+json_object& json_object::raw(std::string_view n, std::string_view json) {
+  name(n);
+  text_.append(json);
+  return *this;
 }
 
 void append_plain_message(std::string& out, const client::message& m) {
@@ -152,6 +209,48 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
   if (ms > 1e12) return std::nullopt;
   const auto rounded = static_cast<std::int64_t>(std::ceil(ms));  // 250us is 1ms, never 0
   return std::chrono::milliseconds(rounded);
+}
+
+std::optional<std::chrono::milliseconds> parse_duration_flag(std::string_view flag,
+                                                             std::string_view text,
+                                                             std::string& problem) {
+  const std::string f(flag), t(text);
+  double value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  const bool number = ec == std::errc{} && end != text.data() && std::isfinite(value);
+  if (number && value <= 0) {
+    problem = f + ": '" + t + "' is not positive; use e.g. 500ms, 2s, 1m";
+    return std::nullopt;
+  }
+  if (number && end == text.data() + text.size()) {
+    problem = f + ": '" + t + "' has no unit; use e.g. " + t + "ms, " + t + "s, 1m";
+    return std::nullopt;
+  }
+  auto d = number ? parse_duration(text) : std::nullopt;
+  if (!d) {
+    problem = f + ": '" + t + "' is not a duration; use e.g. 500ms, 2s, 1m (units: us, ms, s, m)";
+    return std::nullopt;
+  }
+  return d;
+}
+
+std::optional<std::uint64_t> parse_count_flag(std::string_view flag, std::string_view text,
+                                              std::uint64_t min, std::string& problem) {
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec == std::errc::result_out_of_range) {
+    problem = std::string(flag) + ": '" + std::string(text) + "' is too large";
+    return std::nullopt;
+  }
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
+    problem = std::string(flag) + ": '" + std::string(text) + "' is not a whole number";
+    return std::nullopt;
+  }
+  if (value < min) {
+    problem = std::string(flag) + " must be at least " + std::to_string(min);
+    return std::nullopt;
+  }
+  return value;
 }
 
 std::string format_duration(std::chrono::milliseconds d) {
