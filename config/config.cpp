@@ -32,7 +32,7 @@ struct section_schema {
 
 const std::vector<section_schema>& schema() {
   static const std::vector<section_schema> s{
-      {"server", {"workers", "cpus", "drain_timeout"}},
+      {"server", {"workers", "cpus", "drain_timeout", "lame_duck_grace", "advertise"}},
       {"listen", {"tcp", "unix", "unix_socket_mode"}},
       {"admin", {"listen", "max_connections"}},
       {"routing", {"partitioner", "slots", "vnodes", "split_points"}},
@@ -110,6 +110,54 @@ std::string listen_url_reason(const std::string& url, const std::string& what) {
   const std::string tail = "; use tcp://HOST:PORT or unix:///absolute/path";
   if (!what.starts_with(head) || !what.ends_with(tail)) return what;
   return what.substr(head.size(), what.size() - head.size() - tail.size());
+}
+
+// URLs in server.advertise: a welcome carries them all.
+constexpr std::size_t max_advertised = 256;
+
+// A DNS name as a client would resolve it: dot-separated labels of letters,
+// digits and '-' (not at either end of a label), 1..63 bytes each, 253 in all.
+bool is_host_name(std::string_view host) {
+  if (host.empty() || host.size() > 253) return false;
+  std::size_t label = 0;
+  for (std::size_t i = 0; i < host.size(); ++i) {
+    const char c = host[i];
+    if (c == '.') {
+      if (label == 0 || host[i - 1] == '-') return false;
+      label = 0;
+      continue;
+    }
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    if (!alnum && !(c == '-' && label > 0)) return false;
+    if (++label > 63) return false;
+  }
+  return label > 0 && host.back() != '-';
+}
+
+// Why `url` is not a URL a client can connect to (server.advertise), or "" if
+// it is: tcp://HOST:PORT with HOST a name, an IP address or [IPv6] and PORT
+// 1..65535, or unix:///absolute/path.
+std::string client_url_problem(const std::string& url) {
+  listen_address a;
+  try {
+    a = daemon::parse_listen_url(url);
+  } catch (const std::invalid_argument& e) {
+    std::string why = listen_url_reason(url, e.what());
+    if (const auto at = why.find("from 0 to 65535"); at != std::string::npos) why.replace(at, 15, "from 1 to 65535");
+    return why;
+  }
+  if (a.type == listen_address::kind::unix_path) return {};
+  if (a.port == 0) return "port 0 cannot be advertised (it binds any free port); give the port clients connect to";
+  const bool bracketed = url.compare(6, 1, "[") == 0;
+  if (bracketed) {
+    unsigned char buf[16];
+    if (::inet_pton(AF_INET6, a.host.c_str(), buf) != 1) return "host [" + a.host + "] is not an IPv6 address";
+    return {};
+  }
+  if (a.host.find(':') != std::string::npos) return "an IPv6 host must be in brackets, e.g. tcp://[::1]:7400";
+  if (!is_ip_literal(a.host) && !is_host_name(a.host))
+    return "host " + toml_string(a.host) + " is neither an IP address nor a host name (letters, digits, '-' and '.')";
+  return {};
 }
 
 // "partitioner slots = 3 is not ..." -> "routing.slots = 3 is not ...".
@@ -304,6 +352,43 @@ void reader::read_server(server_options& o) {
   if (const auto* n = find("server", "drain_timeout")) {
     if (auto d = duration("server.drain_timeout", *n, milliseconds(0), std::chrono::hours(1)))
       o.drain_timeout = *d;
+  }
+  if (const auto* n = find("server", "lame_duck_grace")) {
+    if (auto d = duration("server.lame_duck_grace", *n, milliseconds(0), std::chrono::hours(1)))
+      o.lame_duck_grace = *d;
+  }
+  if (const auto* n = find("server", "advertise")) {
+    const auto* a = array("server.advertise", *n,
+                          "an array of client URLs such as [\"tcp://10.0.0.2:7400\", \"unix:///run/keyway/keyway.sock\"]");
+    if (a != nullptr && a->size() > max_advertised) {
+      fail("server.advertise lists " + std::to_string(a->size()) + " URLs; at most " + std::to_string(max_advertised) +
+           " are announced in a welcome");
+      a = nullptr;
+    }
+    bool ok = a != nullptr;
+    std::vector<std::string> urls;
+    for (std::size_t i = 0; a != nullptr && i < a->size(); ++i) {
+      const std::string name = "server.advertise[" + std::to_string(i) + "]";
+      auto url = string(name, *a->get(i));
+      if (!url) {
+        ok = false;
+        continue;
+      }
+      if (const std::string why = client_url_problem(*url); !why.empty()) {
+        fail(name + " = " + show(*a->get(i)) + " is not a client URL: " + why +
+             "; write tcp://HOST:PORT (HOST a name, an IP address or [IPv6], PORT 1..65535) or "
+             "unix:///absolute/path");
+        ok = false;
+        continue;
+      }
+      if (std::find(urls.begin(), urls.end(), *url) != urls.end()) {
+        fail(name + " = " + show(*a->get(i)) + " is listed twice; list each URL once");
+        ok = false;
+        continue;
+      }
+      urls.push_back(std::move(*url));
+    }
+    if (ok) o.advertise = std::move(urls);
   }
 }
 
@@ -631,8 +716,8 @@ std::string one_line(std::string_view text) {
   return out;
 }
 
-std::string toml_string(std::string_view s) {
-  constexpr std::size_t max_shown = 120;
+namespace {
+std::string quote(std::string_view s, std::size_t max_shown) {
   std::string out = "\"";
   for (std::size_t i = 0; i < s.size(); ++i) {
     if (i == max_shown) {
@@ -653,6 +738,11 @@ std::string toml_string(std::string_view s) {
   }
   return out + '"';
 }
+}  // namespace
+
+std::string toml_string(std::string_view s) { return quote(s, 120); }
+
+std::string toml_quote(std::string_view s) { return quote(s, std::string_view::npos); }
 
 std::string load_result::joined() const {
   std::string out;

@@ -69,6 +69,9 @@ duration_result parse_duration(std::string_view text);
 /// string value, so it reads the way the file spells it.
 std::string toml_string(std::string_view text);
 
+/// `text` as a TOML basic string, whole: how keywayd writes its flags as TOML.
+std::string toml_quote(std::string_view text);
+
 /// `text` with newlines and carriage returns written as \n and \r: every
 /// problem goes through it, since toml++'s descriptions and the values it
 /// prints (an array of tables, a multi-line string, a path) may span lines.

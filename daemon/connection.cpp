@@ -195,8 +195,7 @@ bool connection::handle(const proto::frame& f) {
       on_unsubscribe(f.root().getUnsubscribe());
       return true;
     case wire::Frame::PING:
-      (void)router_.encoder().pong(out(), f.root().getPing().getId());
-      queued();
+      on_ping(f.root().getPing().getId());
       return true;
     case wire::Frame::PONG:
       return true;
@@ -253,8 +252,11 @@ void connection::on_hello(wire::Hello::Reader h) {
   wf.server_limits = o.limits;
   wf.max_subscriptions = o.max_subscriptions;
   wf.max_pending_bytes = o.max_pending_bytes;
+  wf.connect_urls = o.advertise;
   (void)router_.encoder().welcome(out(), wf);
   queued();
+  // The server began shutting down during the handshake: tell it now.
+  if (router_.draining_announced()) send_draining();
 }
 
 bool connection::admit(std::string_view subject, std::uint32_t count, bool to_owner) {
@@ -285,8 +287,12 @@ bool connection::route_publish(const proto::publish_view& p) {
   op.conn = id_;
   op.ack_id = p.ack_id;
   op.from = router_.worker().id();
-  if (router_.route(op)) return true;
-  blocked_owner_ = router_.owner_of(*op.msg);
+  const std::uint32_t owner = router_.owner_of(*op.msg);
+  if (router_.route(op, owner)) {
+    if (owner != op.from) published_to_.set(owner);
+    return true;
+  }
+  blocked_owner_ = owner;
   blocked_.emplace(std::move(op));
   router_.stats().paused_reads.add();
   router_.mark_paused(this);
@@ -307,7 +313,8 @@ bool connection::resume() {
     blocked_.reset();
     return true;
   }
-  if (!router_.route(*blocked_)) return false;
+  if (!router_.route(*blocked_, blocked_owner_)) return false;
+  if (blocked_owner_ != router_.worker().id()) published_to_.set(blocked_owner_);
   blocked_.reset();
   last_active_ = std::chrono::steady_clock::now();
   // The rest of a paused batch first, then the frames after it; either may
@@ -332,6 +339,60 @@ void connection::throttle(bool on) {
   }
   if (throttles_ == 0) return;
   if (--throttles_ == 0) continue_reading();
+}
+
+void connection::on_ping(std::uint64_t id) {
+  if (pings_.empty() && published_to_.none()) {
+    // Every publish before it was routed inline, or was covered by a ping
+    // already answered: the usual case, as cheap as it ever was.
+    (void)router_.encoder().pong(out(), id);
+    queued();
+    return;
+  }
+  std::uint32_t barriers = 0;
+  if (published_to_.any()) {
+    const std::uint64_t round = first_round_ + pings_.size();
+    const auto workers = static_cast<std::uint32_t>(router_.context().workers);
+    for (std::uint32_t w = 0; w < workers; ++w) {
+      if (!published_to_.test(w)) continue;
+      router_.barrier(w, id_, round);
+      ++barriers;
+    }
+    published_to_.reset();
+  }
+  // Behind earlier pings even without barriers of its own: pongs go in order.
+  pings_.push_back({id, barriers});
+  if (pings_.size() >= max_pending_pings) router_.stats().paused_reads.add();
+}
+
+void connection::barrier_done(std::uint64_t round) {
+  if (round < first_round_ || round - first_round_ >= pings_.size()) return;  // not ours: cannot happen
+  pending_ping& p = pings_[static_cast<std::size_t>(round - first_round_)];
+  if (p.barriers_left > 0) --p.barriers_left;
+  answer_pings();
+}
+
+void connection::answer_pings() {
+  const bool was_full = pings_.size() >= max_pending_pings;
+  bool answered = false;
+  while (!pings_.empty() && pings_.front().barriers_left == 0) {
+    // Closing after a fatal error: nothing but what is queued goes out.
+    if (state_ == state::open) {
+      (void)router_.encoder().pong(out(), pings_.front().id);
+      answered = true;
+    }
+    pings_.pop_front();
+    ++first_round_;
+  }
+  if (answered) queued();
+  if (was_full && !reading_paused()) continue_reading();
+}
+
+void connection::send_draining() {
+  if (state_ != state::open || draining_sent_) return;  // a handshake's is sent after its welcome
+  draining_sent_ = true;
+  (void)router_.encoder().draining(out(), router_.draining_reason(), router_.draining_grace_ms());
+  queued();
 }
 
 void connection::on_subscribe(wire::Subscribe::Reader s) {

@@ -15,7 +15,15 @@
 //  - own output: pending_bytes() reached half of limits.max_pending_bytes
 //    (replies this peer does not read); reading resumes at a quarter;
 //  - throttled: a subscriber this connection publishes to is congested
-//    (over half of its max_pending_bytes); its worker sends throttle on/off.
+//    (over half of its max_pending_bytes); its worker sends throttle on/off;
+//  - pings: max_pending_pings pings wait for their barriers (below).
+// Ping means flush: its pong leaves only once every publish this connection
+// sent before it was routed by its owner, and the deliveries and acks that
+// routing produced for this worker were queued (ahead of the pong). Publishes to this
+// worker are routed inline; for the other owners published to since the last
+// ping, a barrier (route.hpp) goes out behind those publishes and comes back
+// behind what routing them produced here (FIFO rings both ways). Pongs leave
+// in ping order.
 // Slow consumers: a congested connection whose socket takes nothing for
 // limits.slow_consumer_grace gets the configured policy: disconnect after a
 // slowConsumer error, or drop (its publishers are released, and what does
@@ -32,8 +40,10 @@
 #include <asio/steady_timer.hpp>
 
 #include <array>
+#include <bitset>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -84,6 +94,11 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Router: a congested subscriber pauses (on) or resumes (off) reading from
   /// this connection, one call each way per congestion episode.
   void throttle(bool on);
+  /// Router: an owner answered this connection's barrier of round `round`.
+  void barrier_done(std::uint64_t round);
+  /// Router, lame duck: tells the client the server is shutting down (a
+  /// `draining` frame), once, if the handshake is done; else after the welcome.
+  void send_draining();
   /// Router: credit came back. Returns false if the held publish still has
   /// no credit: the caller keeps the connection on its paused list. A publish
   /// further on that pauses it again puts it back there itself (mark_paused),
@@ -113,8 +128,14 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Frames handled per process() call before the rest is posted behind the
   /// worker's other handlers.
   static constexpr std::size_t frames_per_call = 64;
-  /// Why reading is stopped now, if it is (credit, own output, throttled).
-  bool reading_paused() const noexcept { return blocked_ || out_paused_ || throttles_ != 0; }
+  /// Pings whose pongs may wait for barriers before reading stops: pings are
+  /// cheap to send, and a pong not yet queued counts in no pending_bytes().
+  static constexpr std::size_t max_pending_pings = 1024;
+  /// Why reading is stopped now, if it is (credit, own output, throttled,
+  /// pings waiting).
+  bool reading_paused() const noexcept {
+    return blocked_ || out_paused_ || throttles_ != 0 || pings_.size() >= max_pending_pings;
+  }
   /// Reading may go on again: handles what is buffered, then reads.
   void continue_reading();
   /// After bytes left the outbound queue: resume own-output pushback,
@@ -164,6 +185,10 @@ class connection : public std::enable_shared_from_this<connection> {
   bool publish_entries();
   void on_subscribe(proto::wire::Subscribe::Reader s);
   void on_unsubscribe(proto::wire::Unsubscribe::Reader u);
+  /// A ping: its pong now, or once its barriers (and earlier pings') are back.
+  void on_ping(std::uint64_t id);
+  /// Queues the pongs of the pings at the front whose barriers are all back.
+  void answer_pings();
   void fail(const proto::status& st, std::uint64_t request_id);
   void queued();
   void write_some();
@@ -204,7 +229,20 @@ class connection : public std::enable_shared_from_this<connection> {
   std::chrono::steady_clock::time_point last_read_{};    // stamped per read: the latency start
   std::chrono::steady_clock::time_point last_active_{};  // last read or resume: the idle timer
   std::optional<publish_op> blocked_;  // a publish waiting for credit
-  std::uint32_t blocked_owner_ = 0;
+  std::uint32_t blocked_owner_ = 0;     // its owner worker
+  // Owners other than this worker that were sent a publish since the last
+  // barrier round: the next ping sends each a barrier.
+  std::bitset<max_workers> published_to_;
+  // Pings not answered yet, in order; the one at the front is barrier round
+  // first_round_, the next first_round_ + 1, ... A ping that needed no
+  // barrier of its own waits (barriers_left 0) for the pings before it.
+  struct pending_ping {
+    std::uint64_t id;
+    std::uint32_t barriers_left;
+  };
+  std::deque<pending_ping> pings_;
+  std::uint64_t first_round_ = 0;
+  bool draining_sent_ = false;
   bool out_paused_ = false;      // stopped reading: own output over high_water()
   bool process_posted_ = false;  // a process() continuation is queued
   std::uint32_t throttles_ = 0;  // congested subscribers pausing this publisher

@@ -1,7 +1,7 @@
 // keywayd: the Keyway daemon. Reads the config file and the command line
 // (flags override the file), starts the server and the admin service, tells
-// systemd (sd_notify) where it stands, reloads on SIGHUP, and drains and
-// exits 0 on SIGTERM/SIGINT.
+// systemd (sd_notify) where it stands, reloads on SIGHUP, and on SIGTERM/SIGINT
+// tells its clients to move elsewhere (lame duck), drains and exits 0.
 #include <CLI/CLI.hpp>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -55,10 +55,11 @@ void set_log_format(keyway::daemon::log_format f) {
 struct flags {
   std::string config;
   std::vector<std::string> listen;
+  std::vector<std::string> advertise;
   std::string admin;
   std::int64_t workers = 0;
   std::string log_level, log_format, partitioner, slow_consumer, slow_consumer_grace, handshake, idle, drain,
-      tokens_file;
+      lame_duck_grace, tokens_file;
   std::int64_t max_payload = 0;
   std::int64_t max_pending_bytes = 0;
   std::int64_t max_subscriptions = 0;
@@ -76,10 +77,16 @@ std::string overrides_toml(const flags& f, const CLI::App& app) {
   };
   auto number = [&](const char* flag, const char* key, std::int64_t v) { line(flag, key, std::to_string(v)); };
   auto text = [&](const char* flag, const char* key, const std::string& v) {
-    line(flag, key, keyway::config::toml_string(v));
+    line(flag, key, keyway::config::toml_quote(v));
   };
   number("--workers", "server.workers", f.workers);
   text("--drain-timeout", "server.drain_timeout", f.drain);
+  text("--lame-duck-grace", "server.lame_duck_grace", f.lame_duck_grace);
+  if (app.count("--advertise") > 0) {
+    std::string urls;
+    for (const auto& u : f.advertise) urls += (urls.empty() ? "" : ", ") + keyway::config::toml_quote(u);
+    out.append("server.advertise = [").append(urls).append("]\n");
+  }
   number("--max-payload", "limits.max_payload", f.max_payload);
   number("--max-pending-bytes", "limits.max_pending_bytes", f.max_pending_bytes);
   number("--max-subscriptions", "limits.max_subscriptions", f.max_subscriptions);
@@ -199,6 +206,11 @@ int main(int argc, char** argv) {
   app.add_option("--handshake-timeout", f.handshake, "time allowed for hello (default 5s)");
   app.add_option("--idle-timeout", f.idle, "close connections silent this long (default 0: never)");
   app.add_option("--drain-timeout", f.drain, "time allowed to flush on SIGTERM (default 10s)");
+  app.add_option("--lame-duck-grace", f.lame_duck_grace,
+                 "on SIGTERM, time clients are served after being told to reconnect elsewhere (default 500ms)");
+  app.add_option("--advertise", f.advertise,
+                 "a client URL of this deployment for welcome.connectUrls: tcp://HOST:PORT or unix:///path "
+                 "(repeatable; replaces server.advertise)");
   app.add_option("--tokens-file", f.tokens_file, "auth tokens, one per line (default: no auth)");
   app.add_flag("--version", f.version, "print the version and exit");
   CLI11_PARSE(app, argc, argv);

@@ -72,6 +72,14 @@ struct server_options {
   std::size_t admin_max_connections = 64;
   std::chrono::milliseconds handshake_timeout{5000};
   std::chrono::milliseconds drain_timeout{10000};
+  /// On SIGTERM/SIGINT, after every client was sent a `draining` frame: how
+  /// long to keep serving (reading, routing, delivering) so clients can move
+  /// to another server before reading stops; over sooner once no client is
+  /// connected. Then the drain (drain_timeout).
+  std::chrono::milliseconds lame_duck_grace{500};
+  /// Other client URLs of this deployment (tcp://HOST:PORT, unix:///path),
+  /// announced in welcome.connectUrls. Empty: none.
+  std::vector<std::string> advertise;
   /// Slots per mesh ring (per ordered pair of workers): the credit window.
   std::size_t ring_capacity = 4096;
   /// A connection that sends nothing (not even a ping) for this long is closed

@@ -3,7 +3,9 @@
 // Data plane:   publish (ingress → key owner), deliver (owner → subscriber's
 //               worker), reply (owner → ingress: publisher ack or no_responders),
 //               throttle (subscriber's worker → a publisher's worker: pause or
-//               resume reading that publisher while the subscriber is congested).
+//               resume reading that publisher while the subscriber is congested),
+//               barrier (ingress → an owner and back: a ping's pong waits until
+//               every earlier publish of its connection was routed).
 // Control plane: sub_change (subscriber's worker → every worker), sub_applied
 //               (every worker → subscriber's worker, for the subscribe ack),
 //               adopt (acceptor → worker: a new socket), conn_closed (worker →
@@ -14,6 +16,7 @@
 // sub_change specs are immutable).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -34,6 +37,21 @@ struct publish_op {
   std::uint64_t conn = 0;    // ingress connection (for the ack)
   std::uint64_t ack_id = 0;  // 0: no ack wanted
   std::uint32_t from = 0;    // ingress worker
+};
+
+/// Workers a daemon may run: a subscription id keeps its worker in 8 bits.
+inline constexpr std::size_t max_workers = 256;
+
+/// flush() made exact (a ping's pong means "routed"): the ingress worker sends
+/// one to each owner its connection published to since its last barrier, on
+/// the same FIFO ring as those publishes, so the owner sees it after routing
+/// them. The owner sends it back (`answer` set) on its ring to the ingress
+/// worker, behind the deliveries and acks that routing produced for that
+/// worker. Neither leg may be refused for credit (mesh send(), not try_send()).
+struct barrier_op {
+  std::uint64_t conn = 0;   // the pinging connection (its worker in the top 16 bits)
+  std::uint64_t round = 0;  // the connection's barrier round, for its pending pings
+  bool answer = false;      // false: ingress → owner; true: owner → ingress
 };
 
 struct delivery_target {
@@ -127,6 +145,6 @@ struct adopt_op {
 struct conn_closed_op {};
 
 using route_msg = std::variant<publish_op, deliver_op, reply_op, sub_change_op, sub_applied_op, adopt_op,
-                               conn_closed_op, throttle_op>;
+                               conn_closed_op, throttle_op, barrier_op>;
 
 }  // namespace keyway::daemon

@@ -72,6 +72,9 @@ void router::init() {
 std::size_t router::poll() {
   w_.assert_owner();
   turn_ns_ = 0;
+  // Lame duck first: clients hear `draining` before anything stops. (draining
+  // is set after lame_duck; either one means the announcement is due.)
+  if (!announced_ && (ctx_.lame_duck.load(std::memory_order_relaxed) || draining())) announce_draining();
   if (draining() && !drain_started_) start_drain();
   // A publish or delivery from the other worker carries a message that CPU
   // wrote: start fetching it a few messages before dispatch reads it
@@ -108,10 +111,7 @@ void router::flush() {
 bool router::has_work() { return ep_.has_work() || !dirty_.empty(); }
 
 void router::shutdown() {
-  if (w_.id() == 0) {  // the acceptors are worker 0's
-    for (auto& a : ctx_.tcp_acceptors) a->close();
-    for (auto& a : ctx_.unix_acceptors) a->close();
-  }
+  close_acceptors();
   std::vector<std::shared_ptr<connection>> all;
   for (auto& [id, c] : conns_) all.push_back(c);
   for (auto& c : all) c->abort();
@@ -130,8 +130,7 @@ std::uint32_t router::owner_of(const shared_message& m) noexcept {
   return owners_->pick(m.routing_key());
 }
 
-bool router::route(publish_op& op) {
-  const std::uint32_t owner = owner_of(*op.msg);
+bool router::route(publish_op& op, std::uint32_t owner) {
   if (owner == w_.id()) {
     if (ep_.backlogged()) return false;  // see core/mesh.hpp: backlog feeds back into credit
     on_publish(op);
@@ -157,8 +156,30 @@ void router::dispatch(route_msg& m) {
                  [this](throttle_op& op) {
                    if (connection* c = find_conn(op.conn)) c->throttle(op.on);
                  },
+                 [this](barrier_op& op) { on_barrier(op); },
              },
              m);
+}
+
+void router::barrier(std::uint32_t owner, std::uint64_t conn, std::uint64_t round) {
+  // send(), not try_send(): a barrier only has to follow publishes the owner
+  // already took (staged or in the ring before it), and a ping must not pause
+  // its connection, so it is never refused for credit. There is at most one
+  // per owner per ping, and only to an owner sent a publish since the last
+  // one: barriers never outnumber the publishes that credit let through.
+  ep_.send(owner, route_msg(barrier_op{conn, round, false}));
+}
+
+void router::on_barrier(const barrier_op& op) {
+  if (!op.answer) {
+    // Everything the connection sent here before the barrier was routed (one
+    // FIFO ring), and what that produced for its worker is staged there
+    // (deliveries, acks): the answer goes behind it on our FIFO ring back.
+    ep_.send(worker_of_conn(op.conn), route_msg(barrier_op{op.conn, op.round, true}));
+    return;
+  }
+  // A connection closed meanwhile is gone from conns_: the answer is dropped.
+  if (connection* c = find_conn(op.conn)) c->barrier_done(op.round);
 }
 
 void router::on_publish(publish_op& op) {
@@ -436,12 +457,32 @@ void router::on_conn_closed() {
   if (open_connections_ > 0) --open_connections_;
 }
 
+std::string_view router::draining_reason() const noexcept {
+  return "the server is shutting down; reconnect to another server of this deployment (welcome.connectUrls)";
+}
+
+std::uint32_t router::draining_grace_ms() const noexcept {
+  const auto ms = ctx_.options.lame_duck_grace.count();
+  return static_cast<std::uint32_t>(std::clamp<std::int64_t>(ms, 0, UINT32_MAX));
+}
+
+void router::close_acceptors() {
+  if (w_.id() != 0) return;  // the acceptors are worker 0's
+  for (auto& a : ctx_.tcp_acceptors) a->close();
+  for (auto& a : ctx_.unix_acceptors) a->close();
+}
+
+void router::announce_draining() {
+  announced_ = true;
+  // New clients go elsewhere from now on; the ones here are told to.
+  close_acceptors();
+  for (auto& [id, c] : conns_) c->send_draining();
+  ctx_.announced.fetch_add(1, std::memory_order_release);
+}
+
 void router::start_drain() {
   drain_started_ = true;
-  if (w_.id() == 0) {
-    for (auto& a : ctx_.tcp_acceptors) a->close();
-    for (auto& a : ctx_.unix_acceptors) a->close();
-  }
+  close_acceptors();
   // Connections stop reading on their own (connection::read_more checks
   // draining()); what is queued to subscribers is still written.
 }

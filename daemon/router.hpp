@@ -59,7 +59,12 @@ struct server_context {
   std::vector<std::unique_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors;
   /// Auth tokens at start (reloads hand each router a new list).
   std::shared_ptr<const std::vector<std::string>> tokens = std::make_shared<const std::vector<std::string>>();
-  /// Set by the main thread when the drain begins.
+  /// Set by the main thread on SIGTERM/SIGINT, first: every worker sends a
+  /// `draining` frame to each of its clients (lame duck), then counts itself
+  /// in `announced`. Serving goes on until `draining`.
+  std::atomic<bool> lame_duck{false};
+  std::atomic<std::uint32_t> announced{0};
+  /// Set by the main thread when the drain begins (after the lame-duck grace).
   std::atomic<bool> draining{false};
 };
 
@@ -104,10 +109,21 @@ class router final : public core::worker_handler {
   /// segment of limits.max_frame bytes).
   proto::encoder& encoder() noexcept { return *encoder_; }
   bool draining() const noexcept { return ctx_.draining.load(std::memory_order_relaxed); }
+  /// This worker told its clients that the server is shutting down (lame
+  /// duck): a connection that completes its handshake later is told after
+  /// its welcome.
+  bool draining_announced() const noexcept { return announced_; }
+  /// The `draining` frame's reason and grace, for connection::send_draining().
+  std::string_view draining_reason() const noexcept;
+  std::uint32_t draining_grace_ms() const noexcept;
 
-  /// Routes an accepted publish. Returns false if the owner has no credit: the
-  /// op is left intact and the connection must pause (see resume_paused()).
-  bool route(publish_op& op);
+  /// Routes an accepted publish to `owner` (owner_of(*op.msg)). Returns false
+  /// if the owner has no credit: the op is left intact and the connection must
+  /// pause (see resume_paused()).
+  bool route(publish_op& op, std::uint32_t owner);
+  /// Sends a barrier (route.hpp) of connection `conn`'s round `round` to
+  /// worker `owner` (not this one). Never refused.
+  void barrier(std::uint32_t owner, std::uint64_t conn, std::uint64_t round);
   /// The worker that owns op.msg's routing key.
   std::uint32_t owner_of(const shared_message& m) noexcept;
   /// Whether any subscription matches `subject`, by this worker's replica of
@@ -148,6 +164,10 @@ class router final : public core::worker_handler {
   void on_sub_applied(const sub_applied_op& op);
   void on_adopt(const adopt_op& op);
   void on_conn_closed();
+  void on_barrier(const barrier_op& op);
+  void close_acceptors();
+  /// Lame duck: a `draining` frame to every open connection, once.
+  void announce_draining();
   void start_accepting();
   template <class Acceptor>
   void accept_next(Acceptor& a, bool unix_socket);
@@ -193,6 +213,7 @@ class router final : public core::worker_handler {
   accept_backoff accept_backoff_{"listen"};
   asio::steady_timer accept_timer_;                  // the backoff's wait
   std::vector<std::function<void()>> accept_retry_;  // listeners waiting on it
+  bool announced_ = false;  // announce_draining() ran
   bool drain_started_ = false;
 };
 

@@ -123,6 +123,7 @@ std::vector<std::string> server::reload(const server_options& next) {
   if (cur.unix_socket_mode != next.unix_socket_mode) fixed.push_back("listen.unix_socket_mode");
   if (cur.log_fmt != next.log_fmt) fixed.push_back("log.format");
   if (cur.drain_timeout != next.drain_timeout) fixed.push_back("server.drain_timeout");
+  if (cur.lame_duck_grace != next.lame_duck_grace) fixed.push_back("server.lame_duck_grace");
   if (cur.admin_max_connections != next.admin_max_connections) fixed.push_back("admin.max_connections");
   if (!fixed.empty()) return fixed;
 
@@ -236,9 +237,41 @@ bool server::quiescent() const {
   return sent == received;
 }
 
+std::uint64_t server::client_connections() const {
+  std::uint64_t n = 0;
+  for (std::size_t i = 0; i < ctx_.workers; ++i)
+    for (const auto& c : ctx_.stats[i]->connections) n += c.get();
+  return n;
+}
+
+void server::lame_duck() {
+  using namespace std::chrono_literals;
+  const auto grace = ctx_.options.lame_duck_grace;
+  ctx_.lame_duck.store(true, std::memory_order_relaxed);
+  for (std::size_t i = 0; i < ctx_.workers; ++i) pool_->at(i).wake();
+  spdlog::info("lame duck: accepting no more connections; telling {} clients to reconnect elsewhere and serving "
+               "them for up to {} ms (server.lame_duck_grace), less once they have left",
+               client_connections(), grace.count());
+  // Each worker tells its clients within a loop turn; the grace counts from
+  // there. A worker that does not answer in a second is stuck: go on, the
+  // drain has its own deadline.
+  const auto told_by = std::chrono::steady_clock::now() + 1s;
+  while (ctx_.announced.load(std::memory_order_acquire) < ctx_.workers && std::chrono::steady_clock::now() < told_by)
+    std::this_thread::sleep_for(1ms);
+  if (ctx_.announced.load(std::memory_order_acquire) < ctx_.workers)
+    spdlog::warn("lame duck: {} of {} workers told their clients within 1 s; draining anyway",
+                 ctx_.announced.load(std::memory_order_acquire), ctx_.workers);
+  // Serve on while clients move away; no point waiting once all of them have.
+  const auto grace_end = std::chrono::steady_clock::now() + grace;
+  for (auto now = std::chrono::steady_clock::now(); now < grace_end && client_connections() > 0;
+       now = std::chrono::steady_clock::now())
+    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(5ms, grace_end - now));
+}
+
 bool server::drain_and_stop() {
   using namespace std::chrono_literals;
   phase_.store(phase::draining, std::memory_order_release);
+  lame_duck();
   ctx_.draining.store(true, std::memory_order_relaxed);
   for (std::size_t i = 0; i < ctx_.workers; ++i) pool_->at(i).wake();
   spdlog::info("draining: stopped accepting and reading; flushing queued messages (up to {} ms)",

@@ -30,8 +30,10 @@ class server {
   void start();
   /// The bound addresses, ports resolved (tcp://127.0.0.1:PORT, unix:///p).
   const std::vector<std::string>& addresses() const noexcept { return addresses_; }
-  /// Stops accepting and reading, waits until everything accepted has been
-  /// routed and written (or drain_timeout passes), then stops the workers.
+  /// Lame duck first: every client gets a `draining` frame and the server
+  /// serves on for lame_duck_grace (less once no client is left). Then it
+  /// stops accepting and reading, waits until everything accepted has been
+  /// routed and written (or drain_timeout passes), and stops the workers.
   /// Returns true if the drain completed within the timeout.
   bool drain_and_stop();
   const server_context& context() const noexcept { return ctx_; }
@@ -57,14 +59,18 @@ class server {
   std::vector<std::string> reload(const server_options& next);
 
  private:
-  /// Subscription ids keep their worker in the top 8 bits.
-  static constexpr std::size_t max_workers = 256;
+  /// Subscription ids keep their worker in the top 8 bits (route.hpp).
+  static constexpr std::size_t max_workers = daemon::max_workers;
 
   void bind_listeners();
   /// limits.max_connections = 0 becomes what the fd limit allows; logs how.
   void resolve_connection_limit(server_options& o) const;
   bool adopt_activated_sockets(asio::io_context& io0);
   bool quiescent() const;
+  /// Client connections open on every worker (their gauges; any thread).
+  std::uint64_t client_connections() const;
+  /// drain_and_stop()'s first step: `draining` to every client, then the grace.
+  void lame_duck();
 
   server_context ctx_;
   std::unique_ptr<core::worker_pool> pool_;

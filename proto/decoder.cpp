@@ -59,6 +59,7 @@ void read_all(wire::Frame::Reader f) {
       (void)w.getServerId();
       (void)w.getServerVersion();
       (void)w.getLimits();
+      for (auto url : w.getConnectUrls()) (void)url;
       break;
     }
     case W::PUBLISH: {
@@ -95,6 +96,7 @@ void read_all(wire::Frame::Reader f) {
     }
     case W::PING: (void)f.getPing(); break;
     case W::PONG: (void)f.getPong(); break;
+    case W::DRAINING: (void)f.getDraining().getReason(); break;
     default: break;  // a newer peer's kind: left unread, validation decides
   }
 }
@@ -116,6 +118,7 @@ std::string_view kind_name(wire::Frame::Which kind) noexcept {
     case W::PONG: return "pong";
     case W::PUBLISH_BATCH: return "publishBatch";
     case W::MESSAGE_BATCH: return "messageBatch";
+    case W::DRAINING: return "draining";
   }
   return "unknown";
 }

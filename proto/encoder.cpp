@@ -120,6 +120,11 @@ result<std::size_t> encoder::welcome(out_buffer& out, const welcome_fields& f) n
     l.setMaxSubscriptions(f.max_subscriptions);
     l.setMaxSegments(s.max_segments);
     l.setMaxPendingBytes(f.max_pending_bytes);
+    if (!f.connect_urls.empty()) {
+      auto urls = w.initConnectUrls(static_cast<unsigned>(f.connect_urls.size()));
+      for (unsigned i = 0; i < f.connect_urls.size(); ++i)
+        set_text(f.connect_urls[i], [&](unsigned n) { return urls.init(i, n); });
+    }
   });
 }
 
@@ -476,6 +481,14 @@ result<std::size_t> encoder::ping(out_buffer& out, std::uint64_t id) noexcept {
 
 result<std::size_t> encoder::pong(out_buffer& out, std::uint64_t id) noexcept {
   return encode(out, [&](wire::Frame::Builder fr) { fr.initPong().setId(id); });
+}
+
+result<std::size_t> encoder::draining(out_buffer& out, std::string_view reason, std::uint32_t grace_ms) noexcept {
+  return encode(out, [&](wire::Frame::Builder fr) {
+    auto d = fr.initDraining();
+    set_text(reason, [&](unsigned n) { return d.initReason(n); });
+    d.setGraceMs(grace_ms);
+  });
 }
 
 }  // namespace keyway::proto

@@ -55,6 +55,8 @@ struct welcome_fields {
   limits server_limits;                 // announced in welcome.limits
   std::uint32_t max_subscriptions = 0;  // 0 = not announced
   std::uint64_t max_pending_bytes = 0;  // 0 = not announced
+  /// Welcome.connectUrls: other client URLs of the deployment; empty = none.
+  std::span<const std::string> connect_urls{};
 };
 
 struct publish_fields {
@@ -200,6 +202,9 @@ class encoder {
   result<std::size_t> error(out_buffer& out, const status& st, std::uint64_t request_id = 0) noexcept;
   result<std::size_t> ping(out_buffer& out, std::uint64_t id) noexcept;
   result<std::size_t> pong(out_buffer& out, std::uint64_t id) noexcept;
+  /// The server is shutting down (lame duck): `reason` for humans, and how
+  /// long it keeps reading this connection (Draining.graceMs; 0 = stops now).
+  result<std::size_t> draining(out_buffer& out, std::string_view reason, std::uint32_t grace_ms = 0) noexcept;
 
   /// Any frame, filled in by `build(wire::Frame::Builder)`: for tests and for
   /// kinds added later. Exceptions from `build` become errc::internal.

@@ -25,6 +25,8 @@ $Cxx.namespace("keyway::proto::wire");
 const protocolVersion :UInt32 = 2;
 # The version this schema describes; hello and welcome carry it.
 # 2: adds publishBatch and messageBatch.
+# Added within version 2, since a peer may ignore them (evolution rules):
+# Welcome.connectUrls and the `draining` frame.
 
 struct Frame {
   union {
@@ -40,6 +42,7 @@ struct Frame {
     pong        @9 :Pong;         # either way, answers ping
     publishBatch @10 :PublishBatch; # client -> server, protocol version 2
     messageBatch @11 :MessageBatch; # server -> client, protocol version 2
+    draining    @12 :Draining;    # server -> client: shutting down, reconnect elsewhere
   }
 }
 
@@ -74,6 +77,9 @@ struct Welcome {
   protocolVersion @2 :UInt32;   # the version both sides speak from now on
   workerCount     @3 :UInt32;   # number of owner cores (range of Message.ownerCore)
   limits          @4 :Limits;
+  connectUrls     @5 :List(Text);
+  # Other client URLs of this deployment to reconnect to ("tcp://HOST:PORT",
+  # "unix:///path"); empty = none announced (server.advertise).
 }
 
 struct Publish {
@@ -161,6 +167,16 @@ struct Error {
   requestId @2 :UInt64;         # the ackId/requestId answered; 0 = not about one request
   fatal     @3 :Bool;           # true: the server closes the connection after this frame
   replyTo   @4 :Text;           # noResponders: the replyTo of the request; else empty
+}
+
+struct Draining {
+  # The server is shutting down (lame duck). It keeps reading and routing
+  # this connection's frames for `graceMs` more milliseconds, then stops
+  # reading, writes what is queued and closes. Move to another server
+  # (Welcome.connectUrls); a ping answered before then proves that every
+  # earlier publish was routed. Sent at most once, after the welcome.
+  reason  @0 :Text;             # for humans and logs
+  graceMs @1 :UInt32;           # how long the server keeps reading; 0 = it stops now
 }
 
 struct Ping {

@@ -202,7 +202,8 @@ status server_frame(W::Reader f, const limits& lim) {
     case W::ACK:
     case W::ERROR:
     case W::PING:
-    case W::PONG: return {};
+    case W::PONG:
+    case W::DRAINING: return {};
     case W::MESSAGE_BATCH: {
       const auto b = f.getMessageBatch();
       message_batch_view v;
@@ -222,7 +223,8 @@ status server_frame(W::Reader f, const limits& lim) {
     case W::PUBLISH:
     case W::PUBLISH_BATCH:
     case W::SUBSCRIBE:
-    case W::UNSUBSCRIBE: return not_allowed(f.which(), "server", "welcome, message, messageBatch, ack, error, ping and pong");
+    case W::UNSUBSCRIBE:
+      return not_allowed(f.which(), "server", "welcome, message, messageBatch, ack, error, ping, pong and draining");
   }
   return {};  // a newer server's kind: ignore
 }

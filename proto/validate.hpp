@@ -46,7 +46,7 @@ status validate_client_frame(wire::Frame::Reader frame, const limits& lim) noexc
 status validate_client_frame(const frame& f, const limits& lim) noexcept;
 
 /// A frame a server sent to a client: welcome, message, messageBatch, ack,
-/// error, ping, pong. Unknown kinds are ok (a client ignores them); a
+/// error, ping, pong, draining. Unknown kinds are ok (a client ignores them); a
 /// client-only kind is errc::protocol. Checks the sizes of a message delivery
 /// (and of every entry of a messageBatch: whole entries, `count` of them)
 /// against `lim` (the client's own idea of the limits, e.g. from welcome).

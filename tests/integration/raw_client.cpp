@@ -50,6 +50,8 @@ std::string describe(const server_frame& f) {
           os << "ping{" << v.id << "}";
         } else if constexpr (std::is_same_v<T, pong_frame>) {
           os << "pong{" << v.id << "}";
+        } else if constexpr (std::is_same_v<T, draining_frame>) {
+          os << "draining{grace " << v.grace_ms << " ms '" << v.reason << "'}";
         } else {
           os << "other{kind " << v.which << "}";
         }
@@ -307,6 +309,7 @@ std::optional<server_frame> raw_client::decode_one() {
       v.max_frame = l.getMaxFrame();
       v.max_segments = l.getMaxSegments();
       v.max_pending_bytes = l.getMaxPendingBytes();
+      for (auto url : w.getConnectUrls()) v.connect_urls.push_back(text(url));
       return v;
     }
     case wire::Frame::MESSAGE: {
@@ -363,6 +366,10 @@ std::optional<server_frame> raw_client::decode_one() {
     }
     case wire::Frame::PING: return ping_frame{root.getPing().getId()};
     case wire::Frame::PONG: return pong_frame{root.getPong().getId()};
+    case wire::Frame::DRAINING: {
+      auto d = root.getDraining();
+      return draining_frame{text(d.getReason()), d.getGraceMs()};
+    }
     default: return other_frame{static_cast<int>(root.which())};
   }
 }

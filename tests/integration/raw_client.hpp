@@ -56,6 +56,7 @@ struct welcome_frame {
   std::uint32_t max_frame = 0;
   std::uint32_t max_segments = 0;
   std::uint64_t max_pending_bytes = 0;
+  std::vector<std::string> connect_urls;
 };
 
 struct message_frame {
@@ -88,13 +89,18 @@ struct ping_frame {
 struct pong_frame {
   std::uint64_t id = 0;
 };
+/// The server is shutting down (lame duck): move to another server.
+struct draining_frame {
+  std::string reason;
+  std::uint32_t grace_ms = 0;
+};
 /// A kind a server must not send to a client (or an unknown one).
 struct other_frame {
   int which = -1;
 };
 
-using server_frame =
-    std::variant<welcome_frame, message_frame, ack_frame, error_frame, ping_frame, pong_frame, other_frame>;
+using server_frame = std::variant<welcome_frame, message_frame, ack_frame, error_frame, ping_frame, pong_frame,
+                                  draining_frame, other_frame>;
 
 /// One line for failure messages, e.g. "error{protocol fatal id 0 '...'}".
 std::string describe(const server_frame& f);
@@ -241,7 +247,9 @@ class raw_client {
   /// The next error frame (others are kept back); throws on timeout.
   error_frame await_error(ms timeout = default_timeout);
   /// A ping/pong round trip: every frame this client sent before has been
-  /// handled by its connection.
+  /// handled by its connection, every publish routed by its owner, and what
+  /// those publishes delivered to this client came before the pong (kept back
+  /// for later reads).
   void ping(ms timeout = default_timeout);
 
   /// Request ids this client picks for itself (subscribe, publish_acked, ping)

@@ -87,6 +87,8 @@ void check_same(const server_options& a, const server_options& b) {
   CHECK(a.admin_max_connections == b.admin_max_connections);
   CHECK(a.handshake_timeout == b.handshake_timeout);
   CHECK(a.drain_timeout == b.drain_timeout);
+  CHECK(a.lame_duck_grace == b.lame_duck_grace);
+  CHECK(a.advertise == b.advertise);
   CHECK(a.ring_capacity == b.ring_capacity);
   CHECK(a.idle_timeout == b.idle_timeout);
   CHECK(a.unix_socket_mode == b.unix_socket_mode);
@@ -122,6 +124,8 @@ TEST_CASE("every key written at its default value gives the defaults") {
 workers = 0
 cpus = []
 drain_timeout = "10s"
+lame_duck_grace = "500ms"
+advertise = []
 [listen]
 tcp = ["127.0.0.1:7400"]
 unix = []
@@ -167,6 +171,8 @@ TEST_CASE("the shipped keyway.toml names every key") {
   for (std::string_view key : {"workers =",
                                "cpus =",
                                "drain_timeout =",
+                               "lame_duck_grace =",
+                               "advertise =",
                                "tcp =",
                                "unix =",
                                "unix_socket_mode =",
@@ -202,6 +208,9 @@ TEST_CASE("every key is read") {
 workers = 2
 cpus = [3, 1]
 drain_timeout = "3s"
+lame_duck_grace = "2s"
+advertise = ["tcp://10.0.0.2:7400", "tcp://keyway-b.example.com:7400", "tcp://[fd00::2]:7400",
+             "unix:///run/keyway/keyway.sock"]
 
 [listen]
 tcp = ["0.0.0.0:7500", "[::1]:0"]
@@ -237,6 +246,9 @@ tokens_file = "/etc/keyway/tokens"
   CHECK(o.workers == 2);
   CHECK(o.cpus == std::vector<int>{3, 1});
   CHECK(o.drain_timeout == 3s);
+  CHECK(o.lame_duck_grace == 2s);
+  CHECK(o.advertise == std::vector<std::string>{"tcp://10.0.0.2:7400", "tcp://keyway-b.example.com:7400",
+                                                "tcp://[fd00::2]:7400", "unix:///run/keyway/keyway.sock"});
   CHECK(listen_urls(o) == std::vector<std::string>{"tcp://0.0.0.0:7500", "tcp://[::1]:0",
                                                    "unix:///tmp/keyway-a.sock"});
   CHECK(o.unix_socket_mode == 0600);
@@ -363,7 +375,7 @@ TEST_CASE("unknown sections and keys are errors") {
         "[server]?");
   CHECK(problem_of("[server.extra]\nx = 1\n") ==
         "keyway.toml: unknown key server.extra; the keys of [server] are workers, cpus, "
-        "drain_timeout");
+        "drain_timeout, lame_duck_grace, advertise");
   CHECK(problem_of("server = 1\n") ==
         "keyway.toml: server = 1 has the wrong type: expected a table: [server]");
 }
@@ -541,4 +553,70 @@ TEST_CASE("a value shown in a problem is kept on one line") {
     INFO(p);
     CHECK(p.find('\n') == std::string::npos);
   }
+}
+
+TEST_CASE("server.lame_duck_grace is a duration of 0..1h") {
+  CHECK(parse_ok("[server]\nlame_duck_grace = 0\n").options->lame_duck_grace == 0ms);
+  CHECK(parse_ok("[server]\nlame_duck_grace = \"30s\"\n").options->lame_duck_grace == 30s);
+  CHECK(problem_of("[server]\nlame_duck_grace = \"2h\"\n") ==
+        "keyway.toml: server.lame_duck_grace = \"2h\" is out of range; allowed 0..1h");
+  CHECK(problem_of("[server]\nlame_duck_grace = \"soon\"\n") ==
+        "keyway.toml: server.lame_duck_grace = \"soon\" is not a duration; use a whole number and a unit, e.g. "
+        "500ms, 5s, 2m or 1h (a bare number means milliseconds)");
+}
+
+TEST_CASE("server.advertise takes client URLs and names the bad one, its value and the rule") {
+  CHECK(parse_ok("[server]\nadvertise = []\n").options->advertise.empty());
+  CHECK(parse_ok("[server]\nadvertise = [\"tcp://127.0.0.1:7400\", \"tcp://a-b.c1:1\", \"tcp://[::1]:65535\"]\n")
+            .options->advertise.size() == 3);
+  const std::string rule =
+      "; write tcp://HOST:PORT (HOST a name, an IP address or [IPv6], PORT 1..65535) or unix:///absolute/path";
+  const auto bad = [](std::string_view value) {
+    return problem_of("[server]\nadvertise = [\"tcp://10.0.0.1:7400\", \"" + std::string(value) + "\"]\n");
+  };
+  CHECK(bad("http://10.0.0.2:7400") ==
+        "keyway.toml: server.advertise[1] = \"http://10.0.0.2:7400\" is not a client URL: unknown scheme" + rule);
+  CHECK(bad("tcp://10.0.0.2") ==
+        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2\" is not a client URL: missing :PORT" + rule);
+  CHECK(bad("tcp://10.0.0.2:70000") == "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2:70000\" is not a client "
+                                       "URL: the port must be a number from 1 to 65535" +
+                                           rule);
+  CHECK(bad("tcp://10.0.0.2:0") ==
+        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2:0\" is not a client URL: port 0 cannot be advertised (it "
+        "binds any free port); give the port clients connect to" +
+            rule);
+  CHECK(bad("tcp://:7400") == "keyway.toml: server.advertise[1] = \"tcp://:7400\" is not a client URL: missing host" +
+                                  rule);
+  CHECK(bad("tcp://bad_host:7400") ==
+        "keyway.toml: server.advertise[1] = \"tcp://bad_host:7400\" is not a client URL: host \"bad_host\" is neither "
+        "an IP address nor a host name (letters, digits, '-' and '.')" +
+            rule);
+  CHECK(bad("tcp://-a.b:7400").find("is neither an IP address nor a host name") != std::string::npos);
+  CHECK(bad("tcp://a..b:7400").find("is neither an IP address nor a host name") != std::string::npos);
+  CHECK(bad("tcp://" + std::string(64, 'a') + ".b:7400").find("nor a host name") != std::string::npos);
+  CHECK(bad("tcp://::1:7400") == "keyway.toml: server.advertise[1] = \"tcp://::1:7400\" is not a client URL: an IPv6 "
+                                 "host must be in brackets, e.g. tcp://[::1]:7400" +
+                                     rule);
+  CHECK(bad("tcp://[nope]:7400") ==
+        "keyway.toml: server.advertise[1] = \"tcp://[nope]:7400\" is not a client URL: host [nope] is not an IPv6 "
+        "address" +
+            rule);
+  CHECK(bad("unix://run/keyway.sock") ==
+        "keyway.toml: server.advertise[1] = \"unix://run/keyway.sock\" is not a client URL: the Unix socket path must "
+        "be absolute" +
+            rule);
+  CHECK(bad("tcp://10.0.0.1:7400") ==
+        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.1:7400\" is listed twice; list each URL once");
+  CHECK(problem_of("[server]\nadvertise = \"tcp://10.0.0.2:7400\"\n") ==
+        "keyway.toml: server.advertise = \"tcp://10.0.0.2:7400\" has the wrong type: expected an array of client URLs "
+        "such as [\"tcp://10.0.0.2:7400\", \"unix:///run/keyway/keyway.sock\"]");
+  CHECK(problem_of("[server]\nadvertise = [7400]\n") ==
+        "keyway.toml: server.advertise[0] = 7400 has the wrong type: expected a string");
+  std::string many = "[server]\nadvertise = [";
+  for (int i = 0; i < 257; ++i) many += (i ? ", " : "") + std::string("\"tcp://h") + std::to_string(i) + ":1\"";
+  CHECK(problem_of(many + "]\n") ==
+        "keyway.toml: server.advertise lists 257 URLs; at most 256 are announced in a welcome");
+  // Every bad entry is reported, and nothing is taken from a refused list.
+  const auto problems = problems_of("[server]\nadvertise = [\"tcp://x\", \"unix://y\", \"tcp://ok:1\"]\n");
+  CHECK(problems.size() == 2);
 }
