@@ -5,11 +5,11 @@
 // Why not malloc: glibc hands a block freed on another thread back to the
 // arena of the thread that allocated it, under that arena's lock. With two
 // workers trading every message, the lock and its futex calls were about a
-// fifth of keywayd's CPU (perf, bench/RESULTS.md). Here a block freed on its
-// own worker goes on a plain free list; a block freed elsewhere goes on the
-// pool's remote stack for its size class with one CAS, and the owner takes the
-// whole stack back with one exchange when that class's free list runs dry
-// (mimalloc's "remote free" list). The stack's head word also counts its
+// fifth of keywayd's CPU (perf, bench/log/2026-12-02-e2e-allocator-and-reads.md).
+// Here a block freed on its own worker goes on a plain free list; a block
+// freed elsewhere goes on the pool's remote stack for its size class with one
+// CAS, and the owner takes the whole stack back with one exchange when that
+// class's free list runs dry (mimalloc's "remote free" list). The stack's head word also counts its
 // blocks, so taking it back is O(1): no walk over lines another CPU wrote.
 //
 // Size classes are powers of two from 64 to 4,096 bytes, header included;

@@ -33,7 +33,8 @@ struct pool_options {
   bool pin = true;
   /// Idle loop turns before a worker sleeps. Few: a spinning pinned worker
   /// takes its CPU from the clients sharing the machine, which showed as a
-  /// millisecond request/reply p99 at 256 turns (bench/RESULTS.md, "Spinning").
+  /// millisecond request/reply p99 at 256 turns
+  /// (bench/log/2026-11-28-queues-partitioners-profiles.md, "Spinning").
   std::size_t spin_turns = 4;
 };
 

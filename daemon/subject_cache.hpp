@@ -5,8 +5,8 @@
 //
 // Why not std::unordered_map<std::string, V>: a lookup there hashed with
 // _Hash_bytes, divided by a prime and chased a node pointer; it was ~13 % of
-// keywayd's samples on 1->1 (perf, bench/RESULTS.md), and it runs twice per
-// publish (interest check at ingress, match at the owner).
+// keywayd's samples on 1->1 (perf, bench/log/2026-12-02-e2e-allocator-and-reads.md),
+// and it runs twice per publish (interest check at ingress, match at the owner).
 //
 // Threads: one owner (the subject_index's worker). Cost: find is one XXH3 of
 // the subject, usually one slot and one memcmp; insert may copy the subject
