@@ -22,6 +22,10 @@
   } while (0)
 #endif
 
+/// The one owner-thread check: `x` is anything with is_owner() (an
+/// owner_check, a core::worker, a subject_index).
+#define KEYWAY_ASSERT_OWNER(x) KEYWAY_ASSERT((x).is_owner())
+
 namespace keyway::core {
 
 [[noreturn]] inline void assert_failed(const char* what, const char* file, int line) {
@@ -36,7 +40,7 @@ class owner_check {
   bool is_owner() const noexcept {
     return owner_.load(std::memory_order_relaxed) == std::this_thread::get_id();
   }
-  void assert_owner() const noexcept { KEYWAY_ASSERT(is_owner()); }
+  void assert_owner() const noexcept { KEYWAY_ASSERT_OWNER(*this); }
 
  private:
   std::atomic<std::thread::id> owner_{};

@@ -76,7 +76,7 @@ void block_pool::release_all(free_block* b, std::size_t size_class) noexcept {
 }
 
 void* block_pool::allocate(std::size_t bytes) {
-  owner_.assert_owner();
+  KEYWAY_ASSERT_OWNER(owner_);
   const std::size_t total = bytes + header_bytes;
   if (total > max_block) return from_system(total, unpooled);
   const std::size_t c = class_of(total);
@@ -90,7 +90,8 @@ void* block_pool::allocate(std::size_t bytes) {
   // The next block was likely last written on another CPU (freed there):
   // start moving its lines here, writable, while the caller fills this one.
   // Without this, on a VM whose vCPUs sat ~240 ns apart, the stores into
-  // every new message waited on those lines (bench/RESULTS.md, session 10).
+  // every new message waited on those lines
+  // (bench/log/2026-12-04-e2e-cross-cpu-and-request-reply.md).
   if (l.head != nullptr) {
     const auto* first = reinterpret_cast<const std::byte*>(header_of(l.head));
     const std::size_t bytes = std::min<std::size_t>(class_bytes(c), prefetch_bytes);

@@ -90,7 +90,7 @@ class mesh {
 
     /// Credits left for `to`; 0 means a try_send() would be refused.
     std::size_t credits(std::uint32_t to) noexcept {
-      owner_.assert_owner();
+      KEYWAY_ASSERT_OWNER(owner_);
       out& o = out_[to];
       if (o.credit == 0) refresh_credit(to);
       return o.credit;
@@ -111,14 +111,14 @@ class mesh {
 
     /// Stages `msg` for `to` unconditionally (derived traffic; see above).
     void send(std::uint32_t to, T&& msg) {
-      owner_.assert_owner();
+      KEYWAY_ASSERT_OWNER(owner_);
       stage(to, std::move(msg));
     }
 
     /// Publishes everything staged that fits, then updates the backlog flag
     /// and staged_total(). End of every loop turn.
     void flush() {
-      owner_.assert_owner();
+      KEYWAY_ASSERT_OWNER(owner_);
       std::size_t total = 0;
       bool over = false;
       for (std::uint32_t to = 0; to < m_.n_; ++to) {
@@ -147,7 +147,7 @@ class mesh {
     /// (spsc_ring::consume_all), to prefetch what fn will read.
     template <class Fn, class Ahead = no_lookahead>
     std::size_t drain(Fn&& fn, Ahead&& ahead = {}) {
-      owner_.assert_owner();
+      KEYWAY_ASSERT_OWNER(owner_);
       std::size_t total = 0;
       for (std::uint32_t from = 0; from < m_.n_; ++from) {
         link& l = *m_.links_[id_ * m_.n_ + from];
@@ -168,7 +168,7 @@ class mesh {
     /// Checked before the worker sleeps: inbound messages waiting, or staged
     /// output / a refused sender that can now make progress.
     bool has_work() {
-      owner_.assert_owner();
+      KEYWAY_ASSERT_OWNER(owner_);
       for (std::uint32_t from = 0; from < m_.n_; ++from)
         if (!m_.links_[id_ * m_.n_ + from]->ring.empty_approx()) return true;
       for (std::uint32_t to = 0; to < m_.n_; ++to) {

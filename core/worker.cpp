@@ -73,7 +73,7 @@ std::optional<std::string> worker::adopt_current_thread() {
 }
 
 void worker::run_loop(worker_handler& handler) {
-  assert_owner();
+  KEYWAY_ASSERT_OWNER(*this);
   // Runs one step, catching what it throws: the worker always goes on.
   auto guarded = [&](auto&& step) -> std::size_t {
     try {

@@ -3,7 +3,7 @@
 // replica of the subscription index, its statistics block).
 //
 // Threads: a worker's handler, io_context and stats writers run only on the
-// worker's own thread; KEYWAY_ASSERT(on_owner_thread()) guards entry points.
+// worker's own thread; KEYWAY_ASSERT_OWNER(worker) guards entry points.
 // wake(), state() and stats() reads are safe from any thread.
 //
 // Loop: each turn runs up to `max_handlers_per_turn` ready io handlers, then
@@ -86,6 +86,7 @@ class worker final : public waker {
   const worker_stats& stats() const noexcept { return stats_; }
 
   bool on_owner_thread() const noexcept { return owner_.is_owner(); }
+  bool is_owner() const noexcept { return owner_.is_owner(); }
   void assert_owner() const noexcept { owner_.assert_owner(); }
 
   bool wake() noexcept override;

@@ -1,5 +1,7 @@
 #include "daemon/connection.hpp"
 
+#include "core/assert.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <asio/post.hpp>
@@ -32,7 +34,7 @@ connection::connection(router& r, socket_type socket, std::uint64_t id, bool uni
 connection::~connection() = default;
 
 void connection::start() {
-  router_.worker().assert_owner();
+  KEYWAY_ASSERT_OWNER(router_.worker());
   timer_.expires_after(router_.options().handshake_timeout);
   timer_.async_wait([self = shared_from_this()](std::error_code ec) {
     if (ec || self->state_ != state::handshake) return;
@@ -308,6 +310,7 @@ bool connection::publish_entries() {
 }
 
 bool connection::resume() {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (!blocked_) return true;
   if (state_ == state::closed) {
     blocked_.reset();
@@ -332,6 +335,7 @@ void connection::continue_reading() {
 }
 
 void connection::throttle(bool on) {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (on) {
     ++throttles_;
     router_.stats().paused_reads.add();
@@ -366,6 +370,7 @@ void connection::on_ping(std::uint64_t id) {
 }
 
 void connection::barrier_done(std::uint64_t round) {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (round < first_round_ || round - first_round_ >= pings_.size()) return;  // not ours: cannot happen
   pending_ping& p = pings_[static_cast<std::size_t>(round - first_round_)];
   if (p.barriers_left > 0) --p.barriers_left;
@@ -389,6 +394,7 @@ void connection::answer_pings() {
 }
 
 void connection::send_draining() {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (state_ != state::open || draining_sent_) return;  // a handshake's is sent after its welcome
   draining_sent_ = true;
   (void)router_.encoder().draining(out(), router_.draining_reason(), router_.draining_grace_ms());
@@ -499,6 +505,7 @@ void connection::drop_all_subscriptions() {
 }
 
 void connection::sub_applied(const sub_applied_op& op) {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (op.refused) {
     // Another worker's index refused the subscription (a limit reached by a
     // change in flight when this worker checked): undo it everywhere, once.
@@ -520,6 +527,7 @@ void connection::sub_applied(const sub_applied_op& op) {
 
 void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq,
                          std::uint64_t publisher) {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (state_ != state::open) {
     router_.stats().drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
     return;
@@ -668,6 +676,7 @@ result<std::size_t> connection::add_to_batch(const proto::delivery_fields& f) {
 }
 
 void connection::send_no_responders(std::string_view subject, std::string_view reply_to, std::uint64_t ack_id) {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   send_error(proto::errc::no_responders,
              "no subscriber matched request subject " + proto::quote(subject) + " (reply_to " + proto::quote(reply_to) +
                  ")",
@@ -675,6 +684,7 @@ void connection::send_no_responders(std::string_view subject, std::string_view r
 }
 
 void connection::send_ack(std::uint64_t request_id, std::uint32_t delivered) {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (state_ != state::open) return;
   (void)router_.encoder().ack(out(), request_id, delivered);
   router_.stats().acks_sent.add();
@@ -683,6 +693,7 @@ void connection::send_ack(std::uint64_t request_id, std::uint32_t delivered) {
 
 void connection::send_error(proto::errc code, std::string_view message, std::uint64_t request_id, bool fatal,
                             std::string_view reply_to) {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (state_ == state::closing || state_ == state::closed) return;
   if (code == proto::errc::slow_consumer) {
     // What is queued but not yet on the wire will not be read in time; drop it
@@ -720,6 +731,7 @@ void connection::queued() {
 }
 
 void connection::flush() {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   dirty_ = false;
   if (state_ == state::closed) return;
   if (writing_now_) return;  // the completion handler continues
@@ -768,6 +780,7 @@ void connection::finish_close() {
 }
 
 void connection::abort() {
+  KEYWAY_ASSERT_OWNER(router_.worker());
   if (state_ == state::closed) return;
   state_ = state::closed;
   timer_.cancel();

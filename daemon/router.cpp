@@ -1,9 +1,10 @@
 #include "daemon/router.hpp"
 
+#include "core/assert.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <cassert>
 
 #include "daemon/connection.hpp"
 
@@ -54,7 +55,7 @@ router::router(core::worker& w, server_context& ctx)
 router::~router() = default;
 
 void router::apply(const server_options& next, std::shared_ptr<const std::vector<std::string>> tokens) {
-  w_.assert_owner();
+  KEYWAY_ASSERT_OWNER(w_);
   live_ = next;
   tokens_ = std::move(tokens);
   index_.set_limits(index_limits_of(live_));
@@ -65,20 +66,22 @@ void router::apply(const server_options& next, std::shared_ptr<const std::vector
 
 void router::init() {
   pool_.bind_to_this_thread();
+  index_.bind_owner();
   ep_.attach(w_, w_.stats());
   if (w_.id() == 0) start_accepting();
 }
 
 std::size_t router::poll() {
-  w_.assert_owner();
+  KEYWAY_ASSERT_OWNER(w_);
   turn_ns_ = 0;
   // Lame duck first: clients hear `draining` before anything stops. (draining
   // is set after lame_duck; either one means the announcement is due.)
   if (!announced_ && (ctx_.lame_duck.load(std::memory_order_relaxed) || draining())) announce_draining();
   if (draining() && !drain_started_) start_drain();
   // A publish or delivery from the other worker carries a message that CPU
-  // wrote: start fetching it a few messages before dispatch reads it
-  // (bench/RESULTS.md, session 10).
+  // wrote: start fetching it a few messages before dispatch reads it, so the
+  // cross-CPU line transfer overlaps the dispatch of the messages before it
+  // (measured in bench/log/2026-12-04-e2e-cross-cpu-and-request-reply.md).
   const std::size_t n = ep_.drain([this](route_msg& m) { dispatch(m); },
                                   [](route_msg& m) noexcept {
                                     if (const auto* d = std::get_if<deliver_op>(&m))
@@ -91,7 +94,7 @@ std::size_t router::poll() {
 }
 
 void router::flush() {
-  w_.assert_owner();
+  KEYWAY_ASSERT_OWNER(w_);
   // Writing may close connections (a fatal error was queued), which may
   // append to dirty_ again via forget(); iterate by index.
   for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->flush();
@@ -108,9 +111,13 @@ void router::flush() {
   }
 }
 
-bool router::has_work() { return ep_.has_work() || !dirty_.empty(); }
+bool router::has_work() {
+  KEYWAY_ASSERT_OWNER(w_);
+  return ep_.has_work() || !dirty_.empty();
+}
 
 void router::shutdown() {
+  KEYWAY_ASSERT_OWNER(w_);
   close_acceptors();
   std::vector<std::shared_ptr<connection>> all;
   for (auto& [id, c] : conns_) all.push_back(c);
@@ -122,15 +129,18 @@ void router::shutdown() {
 }
 
 void router::on_error(std::string_view what) {
+  KEYWAY_ASSERT_OWNER(w_);
   spdlog::error("worker {}: handler failed: {}", w_.id(), what);
 }
 
 std::uint32_t router::owner_of(const shared_message& m) noexcept {
+  KEYWAY_ASSERT_OWNER(w_);
   if (ctx_.workers == 1) return 0;
   return owners_->pick(m.routing_key());
 }
 
 bool router::route(publish_op& op, std::uint32_t owner) {
+  KEYWAY_ASSERT_OWNER(w_);
   if (owner == w_.id()) {
     if (ep_.backlogged()) return false;  // see core/mesh.hpp: backlog feeds back into credit
     on_publish(op);
@@ -162,6 +172,7 @@ void router::dispatch(route_msg& m) {
 }
 
 void router::barrier(std::uint32_t owner, std::uint64_t conn, std::uint64_t round) {
+  KEYWAY_ASSERT_OWNER(w_);
   // send(), not try_send(): a barrier only has to follow publishes the owner
   // already took (staged or in the ring before it), and a ping must not pause
   // its connection, so it is never refused for credit. There is at most one
@@ -257,6 +268,7 @@ void router::on_reply(reply_op& op) {
 }
 
 void router::broadcast(std::vector<sub_spec> changes) {
+  KEYWAY_ASSERT_OWNER(w_);
   auto shared = std::make_shared<const std::vector<sub_spec>>(std::move(changes));
   for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid) ep_.send(wid, route_msg(sub_change_op{shared}));
 }
@@ -289,12 +301,13 @@ void router::on_sub_applied(const sub_applied_op& op) {
 }
 
 std::uint64_t router::subscription_cost(std::string_view pattern, std::string_view group) const {
+  KEYWAY_ASSERT_OWNER(w_);
   return subject_index::cost_bytes(pattern, group, group_slots) * ctx_.workers;
 }
 
 result<std::uint32_t, std::string> router::admit_subscription(std::string_view pattern, std::string_view group,
                                                               std::uint64_t cost) {
-  w_.assert_owner();
+  KEYWAY_ASSERT_OWNER(w_);
   if (auto st = index_.can_add(pattern, group); !st) return st.message();
   const std::uint64_t share = live_.max_total_subscription_bytes / ctx_.workers;
   if (sub_bytes_ + cost > share)
@@ -317,9 +330,13 @@ result<std::uint32_t, std::string> router::admit_subscription(std::string_view p
   return uid;
 }
 
-void router::release_subscription(std::uint64_t cost) noexcept { sub_bytes_ -= std::min(cost, sub_bytes_); }
+void router::release_subscription(std::uint64_t cost) noexcept {
+  KEYWAY_ASSERT_OWNER(w_);
+  sub_bytes_ -= std::min(cost, sub_bytes_);
+}
 
 void router::throttle(std::uint64_t conn, bool on) {
+  KEYWAY_ASSERT_OWNER(w_);
   if (on) stats_.throttles_sent.add();
   submit(worker_of_conn(conn), route_msg(throttle_op{conn, on}));
 }
@@ -333,9 +350,15 @@ void router::submit(std::uint32_t to, route_msg&& m) {
 
 void router::free_uid(std::uint32_t uid) { free_uids_.push_back(uid); }
 
-void router::mark_dirty(connection* c) { dirty_.push_back(c); }
+void router::mark_dirty(connection* c) {
+  KEYWAY_ASSERT_OWNER(w_);
+  dirty_.push_back(c);
+}
 
-void router::mark_paused(connection* c) { paused_.push_back(c); }
+void router::mark_paused(connection* c) {
+  KEYWAY_ASSERT_OWNER(w_);
+  paused_.push_back(c);
+}
 
 void router::resume_paused() {
   // resume() reads on, and that may pause a connection again (mark_paused) or
@@ -349,6 +372,7 @@ void router::resume_paused() {
 }
 
 void router::forget(connection& c) {
+  KEYWAY_ASSERT_OWNER(w_);
   auto it = conns_.find(c.id());
   if (it == conns_.end()) return;
   std::erase(paused_, &c);
@@ -453,15 +477,17 @@ void router::adopt(int fd, bool unix_socket) {
 }
 
 void router::on_conn_closed() {
-  assert(w_.id() == 0);
+  KEYWAY_ASSERT(w_.id() == 0);
   if (open_connections_ > 0) --open_connections_;
 }
 
 std::string_view router::draining_reason() const noexcept {
+  KEYWAY_ASSERT_OWNER(w_);
   return "the server is shutting down; reconnect to another server of this deployment (welcome.connectUrls)";
 }
 
 std::uint32_t router::draining_grace_ms() const noexcept {
+  KEYWAY_ASSERT_OWNER(w_);
   const auto ms = ctx_.options.lame_duck_grace.count();
   return static_cast<std::uint32_t>(std::clamp<std::int64_t>(ms, 0, UINT32_MAX));
 }

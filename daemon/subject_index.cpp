@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <cassert>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -124,6 +123,7 @@ std::string subject_index::limits_error(const index_limits& lim) {
 }
 
 subject_index::subject_index(index_limits lim) {
+  owner_.bind_to_this_thread();
   set_limits(lim);
   // The hash tables' first bucket arrays, so that cost_bytes() need only
   // charge a share of their growth.
@@ -134,6 +134,7 @@ subject_index::subject_index(index_limits lim) {
 }
 
 void subject_index::set_limits(const index_limits& lim) {
+  KEYWAY_ASSERT_OWNER(*this);
   if (std::string why = limits_error(lim); !why.empty()) throw std::invalid_argument(why);
   limits_ = lim;
 }
@@ -178,7 +179,7 @@ void subject_index::release_shape(const node* leaf_node) {
   const std::size_t len = shape_of(leaf_node, shape);
   if (len == 0) return;
   const auto it = shapes_.find(std::string_view(shape, len));
-  assert(it != shapes_.end());
+  KEYWAY_ASSERT(it != shapes_.end());
   if (--it->second == 0) shapes_.erase(it);
 }
 
@@ -198,6 +199,7 @@ std::size_t subject_index::split(std::string_view subject, std::span<std::string
 }
 
 proto::status subject_index::can_add(std::string_view pattern, std::string_view group_name) const {
+  KEYWAY_ASSERT_OWNER(*this);
   std::string_view tokens[max_tokens];
   const std::span<const std::string_view> toks(tokens, split(pattern, tokens));
   char shape[max_tokens];
@@ -246,6 +248,7 @@ proto::status subject_index::can_add(std::string_view pattern, std::string_view 
 
 proto::status subject_index::add(std::string_view pattern, std::string_view group_name,
                                  const sub_ref& ref) {
+  KEYWAY_ASSERT_OWNER(*this);
   if (by_uid_.contains(ref.uid))
     return {proto::errc::internal,
             "subscription id " + std::to_string(ref.uid) + " is already in the index"};
@@ -311,13 +314,14 @@ proto::status subject_index::add(std::string_view pattern, std::string_view grou
 }
 
 bool subject_index::remove(std::uint32_t uid) {
+  KEYWAY_ASSERT_OWNER(*this);
   const auto it = by_uid_.find(uid);
   if (it == by_uid_.end()) return false;
   const location loc = it->second;
   node* n = loc.leaf_node;
   leaf& l = *n->data;
   if (!loc.in_group) {
-    assert(l.plain[loc.pos].uid == uid);
+    KEYWAY_ASSERT(l.plain[loc.pos].uid == uid);
     if (loc.pos + 1 != l.plain.size()) {  // the last one takes its place
       l.plain[loc.pos] = l.plain.back();
       by_uid_.find(l.plain[loc.pos].uid)->second.pos = loc.pos;
@@ -326,7 +330,7 @@ bool subject_index::remove(std::uint32_t uid) {
   } else {
     group& g = loc.in_group->second;
     [[maybe_unused]] const auto removed = g.members.remove(uid);
-    assert(removed);  // add() recorded only members the partitioner took
+    KEYWAY_ASSERT(removed);  // add() recorded only members the partitioner took
     if (g.members.size() == 0) {
       l.groups->erase(l.groups->find(std::string_view(loc.in_group->first)));
       if (l.groups->empty()) l.groups.reset();
@@ -464,12 +468,14 @@ std::span<subject_index::node* const> subject_index::lookup(std::string_view sub
 
 std::size_t subject_index::match(std::string_view subject, std::span<const std::byte> key,
                                  std::vector<sub_ref>& out) {
+  KEYWAY_ASSERT_OWNER(*this);
   const std::size_t before = out.size();
   for (node* n : lookup(subject)) collect(*n, key, out);
   return out.size() - before;
 }
 
 bool subject_index::any_match(std::string_view subject) {
+  KEYWAY_ASSERT_OWNER(*this);
   return !lookup(subject).empty();
 }
 

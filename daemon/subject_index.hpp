@@ -8,7 +8,8 @@
 // max_pattern_shapes.
 //
 // Threads: owned by one worker; every method runs on that worker's thread
-// (cost_bytes() and limits_error() are pure: any thread).
+// (asserted: bound at construction, rebound by bind_owner() on the worker;
+// cost_bytes() and limits_error() are pure: any thread).
 //
 // Cost of a publish: match() first looks the subject up in a cache of the trie
 // nodes it matched last time (as nats-server's sublist does; subject_cache):
@@ -49,6 +50,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/assert.hpp"
 #include "core/consistent_partitioner.hpp"
 #include "daemon/subject_cache.hpp"
 #include "proto/errc.hpp"
@@ -142,6 +144,10 @@ class subject_index {
   /// Distinct shapes of the patterns with a wildcard present.
   std::size_t pattern_shapes() const noexcept { return shapes_.size(); }
 
+  /// The thread that owns this index from now on: the calling one.
+  void bind_owner() noexcept { owner_.bind_to_this_thread(); }
+  bool is_owner() const noexcept { return owner_.is_owner(); }
+
  private:
   struct node;
   struct leaf;
@@ -216,6 +222,7 @@ class subject_index {
       shapes_;  // shape -> subscriptions
   subject_cache<matched_nodes> cache_{cache_capacity};
   std::vector<node*> spilled_;  // node lists of cache entries longer than cached_nodes
+  core::owner_check owner_;
   std::vector<node*> found_;    // the last cache miss's matching nodes (reused)
   std::size_t visits_ = 0;
 };
