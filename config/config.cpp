@@ -13,6 +13,7 @@
 
 #include <toml++/toml.h>
 
+#include "config/keys.hpp"
 #include "core/partitioner.hpp"
 #include "proto/limits.hpp"
 
@@ -23,26 +24,19 @@ using daemon::listen_address;
 using daemon::server_options;
 using std::chrono::milliseconds;
 
-// The whole schema. Anything else in the file is an error, so a typo never silently
-// leaves a default in place.
+// The whole schema, from the key table (config/keys.hpp) in its order. Anything else in
+// the file is an error, so a typo never silently leaves a default in place.
 struct section_schema {
   std::string_view name;
   std::vector<std::string_view> keys;
 };
 
 const std::vector<section_schema>& schema() {
-  static const std::vector<section_schema> s{
-      {"server", {"workers", "cpus", "drain_timeout", "lame_duck_grace", "advertise"}},
-      {"listen", {"tcp", "unix", "unix_socket_mode"}},
-      {"admin", {"listen", "max_connections"}},
-      {"routing", {"partitioner", "slots", "vnodes", "split_points"}},
-      {"limits",
-       {"max_payload", "max_connections", "max_subscriptions", "max_pattern_tokens", "max_queue_group_members",
-        "max_pattern_shapes", "max_subscription_bytes", "max_total_subscription_bytes", "max_pending_bytes",
-        "slow_consumer", "slow_consumer_grace", "handshake_timeout", "idle_timeout"}},
-      {"log", {"level", "format"}},
-      {"auth", {"tokens_file"}},
-  };
+  static const std::vector<section_schema> s = [] {
+    std::vector<section_schema> out;
+    for (const std::string_view name : sections()) out.push_back({name, section_keys(name)});
+    return out;
+  }();
   return s;
 }
 
@@ -519,7 +513,8 @@ void reader::read_admin(server_options& o) {
   }
   const auto* n = find("admin", "listen");
   if (n == nullptr) return;
-  if (n->is_string() && n->as_string()->get().empty()) {
+  // "" or "off" disables the admin listener, as --admin off does.
+  if (n->is_string() && (n->as_string()->get().empty() || n->as_string()->get() == "off")) {
     o.admin.reset();
     return;
   }

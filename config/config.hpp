@@ -17,7 +17,7 @@
 #include <string_view>
 #include <vector>
 
-#include "daemon/options.hpp"
+#include "config/options.hpp"
 
 namespace keyway::config {
 

@@ -39,7 +39,7 @@
 #include <optional>
 #include <string>
 
-#include "daemon/options.hpp"
+#include "config/options.hpp"
 
 namespace keyway::daemon {
 

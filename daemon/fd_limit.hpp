@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include "daemon/options.hpp"
+#include "config/options.hpp"
 
 namespace keyway::daemon {
 

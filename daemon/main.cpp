@@ -194,8 +194,9 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   app.add_option("--log-format", f.log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
-  app.add_option("--partitioner", f.partitioner, "consistent, hash or round_robin")
-      ->check(CLI::IsMember({"consistent", "hash", "round_robin"}));
+  app.add_option("--partitioner", f.partitioner,
+                 "consistent, hash, round_robin, or range (with routing.split_points in --config)")
+      ->check(CLI::IsMember({"consistent", "hash", "round_robin", "range"}));
   app.add_option("--max-payload", f.max_payload, "largest payload in bytes (default 1 MiB)");
   app.add_option("--max-pending-bytes", f.max_pending_bytes, "outbound bytes queued per connection");
   app.add_option("--max-subscriptions", f.max_subscriptions, "subscriptions per connection");
@@ -213,7 +214,13 @@ int main(int argc, char** argv) {
                  "(repeatable; replaces server.advertise)");
   app.add_option("--tokens-file", f.tokens_file, "auth tokens, one per line (default: no auth)");
   app.add_flag("--version", f.version, "print the version and exit");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // app.exit prints --help (code 0) or CLI11's message for a usage error;
+    // every usage error exits 2, like a configuration keywayd refuses.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   if (f.version) {
     std::printf("keywayd %s\n", KEYWAY_VERSION);

@@ -33,7 +33,7 @@
 #include "core/partitioner.hpp"
 #include "core/worker.hpp"
 #include "daemon/accept_backoff.hpp"
-#include "daemon/options.hpp"
+#include "config/options.hpp"
 #include "daemon/probe.hpp"
 #include "daemon/route.hpp"
 #include "daemon/subject_index.hpp"

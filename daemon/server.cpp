@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "config/keys.hpp"
 #include "daemon/auth.hpp"
 #include "daemon/fd_limit.hpp"
 
@@ -103,28 +104,9 @@ std::vector<std::uint32_t> server::stalled_workers() const {
 }
 
 std::vector<std::string> server::reload(const server_options& next) {
-  const server_options& cur = applied_;
-  std::vector<std::string> fixed;
-  auto same_listen = [](const std::vector<listen_address>& a, const std::vector<listen_address>& b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i)
-      if (a[i].to_string() != b[i].to_string()) return false;
-    return true;
-  };
-  if (!same_listen(cur.listen, next.listen)) fixed.push_back("listen");
-  if (cur.admin.has_value() != next.admin.has_value() ||
-      (cur.admin && cur.admin->to_string() != next.admin->to_string()))
-    fixed.push_back("admin.listen");
-  if (cur.workers != next.workers) fixed.push_back("server.workers");
-  if (cur.cpus != next.cpus) fixed.push_back("server.cpus");
-  if (cur.partitioner != next.partitioner || cur.partition.slots != next.partition.slots ||
-      cur.partition.vnodes != next.partition.vnodes || cur.partition.split_points != next.partition.split_points)
-    fixed.push_back("routing");
-  if (cur.unix_socket_mode != next.unix_socket_mode) fixed.push_back("listen.unix_socket_mode");
-  if (cur.log_fmt != next.log_fmt) fixed.push_back("log.format");
-  if (cur.drain_timeout != next.drain_timeout) fixed.push_back("server.drain_timeout");
-  if (cur.lame_duck_grace != next.lame_duck_grace) fixed.push_back("server.lame_duck_grace");
-  if (cur.admin_max_connections != next.admin_max_connections) fixed.push_back("admin.max_connections");
+  // The restart-only keys come from the key table (config/keys.hpp), so a new key
+  // cannot silently default to live reload.
+  const std::vector<std::string> fixed = config::restart_keys_changed(applied_, next);
   if (!fixed.empty()) return fixed;
 
   server_options resolved = next;

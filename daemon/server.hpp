@@ -15,7 +15,7 @@
 #include "core/progress_monitor.hpp"
 #include "core/worker_pool.hpp"
 #include "daemon/fd_limit.hpp"
-#include "daemon/options.hpp"
+#include "config/options.hpp"
 #include "daemon/router.hpp"
 
 namespace keyway::daemon {

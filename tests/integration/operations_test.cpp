@@ -374,4 +374,31 @@ TEST_CASE("config: flags override the file and check-config reports every proble
   CHECK(err3.find("\"5x\" is not a duration") != std::string::npos);
 }
 
+TEST_CASE("config: a usage error exits 2 with CLI11's message, --help exits 0") {
+  child_process bogus({KEYWAYD_PATH, "--bogus"});
+  CHECK(bogus.wait(10s) == 2);
+  INFO(bogus.err());
+  CHECK(bogus.err().find("--bogus") != std::string::npos);
+
+  child_process bad_choice({KEYWAYD_PATH, "--check-config", "--partitioner", "modulo"});
+  CHECK(bad_choice.wait(10s) == 2);
+
+  child_process help({KEYWAYD_PATH, "--help"});
+  CHECK(help.wait(10s) == 0);
+  CHECK(help.out().find("--partitioner") != std::string::npos);
+}
+
+TEST_CASE("config: --partitioner range is accepted with the file's split points, as in the file") {
+  temp_dir dir;
+  const auto conf = dir.path() / "keyway.toml";
+  std::ofstream(conf) << "[routing]\npartitioner = \"range\"\nsplit_points = [\"m\"]\n";
+  child_process with_flag({KEYWAYD_PATH, "--check-config", "--config", conf.string(), "--partitioner", "range"});
+  CHECK(with_flag.wait(10s) == 0);
+  // Without split points the flag gets the file's rule.
+  child_process no_points({KEYWAYD_PATH, "--check-config", "--partitioner", "range"});
+  CHECK(no_points.wait(10s) == 2);
+  INFO(no_points.err());
+  CHECK(no_points.err().find("needs routing.split_points") != std::string::npos);
+}
+
 }  // namespace keyway::itest

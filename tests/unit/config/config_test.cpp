@@ -271,8 +271,9 @@ tokens_file = "/etc/keyway/tokens"
   CHECK(o.tokens_file == "/etc/keyway/tokens");
 }
 
-TEST_CASE("admin listen set to the empty string disables the admin listener") {
+TEST_CASE("admin listen set to the empty string or off disables the admin listener") {
   CHECK_FALSE(parse_ok("[admin]\nlisten = \"\"\n").options->admin.has_value());
+  CHECK_FALSE(parse_ok("[admin]\nlisten = \"off\"\n").options->admin.has_value());
   CHECK(parse_ok("[admin]\nlisten = \"127.0.0.1:0\"\n").options->admin.has_value());
 }
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/options.hpp"
+#include "config/options.hpp"
 
 using namespace keyway::daemon;
 

@@ -1,6 +1,12 @@
 // server_options: everything keywayd needs to run, with safe defaults, so the
-// daemon runs with no config file at all. Filled from the command line (and,
-// later, keyway.toml). Plain value type; read-only once the server starts.
+// daemon runs with no config file at all. Filled from the config file
+// (config/config.cpp) and then the command line (daemon/main.cpp). Plain value
+// type; read-only once the server starts.
+//
+// The model belongs to config/ (target keyway_options: pure data, no asio,
+// prometheus or systemd) so that the config reader does not depend on the
+// daemon; the daemon uses it from here. The namespace stays keyway::daemon:
+// these are the daemon's options. config/keys.hpp lists every config key.
 #pragma once
 
 #include <chrono>
@@ -83,7 +89,7 @@ struct server_options {
   /// Slots per mesh ring (per ordered pair of workers): the credit window.
   std::size_t ring_capacity = 4096;
   /// A connection that sends nothing (not even a ping) for this long is closed
-  /// with an idleTimeout error. 0: never.
+  /// with an error frame of code `timeout`. 0: never.
   std::chrono::milliseconds idle_timeout{0};
   std::uint32_t unix_socket_mode = 0660;
   std::string log_level = "info";

@@ -1,4 +1,4 @@
-#include "daemon/options.hpp"
+#include "config/options.hpp"
 
 #include <charconv>
 #include <stdexcept>
