@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,9 +56,18 @@ TEST_CASE("bad input: a truncated frame then close leaves the daemon serving") {
   });
   REQUIRE(frame.size() > 4000);
   bad.send_raw(std::span<const std::byte>(frame).first(frame.size() / 2));
-  // The daemon waits for the rest; nothing comes back meanwhile.
-  CHECK_FALSE(bad.read(100ms).has_value());
+  // The daemon waits for the rest; nothing comes back meanwhile. Checked
+  // without a quiet window: the rest of the frame, then a ping; the server
+  // writes in order, so anything it sent about the half frame (an error, a
+  // close) would come before the pong.
+  bad.send_raw(std::span<const std::byte>(frame).subspan(frame.size() / 2));
+  CHECK(bad.barrier().empty());
+  CHECK_FALSE(bad.eof());
   bad.close();
+  // The same half frame, then the close mid-frame.
+  raw_client cut = open_client(d.url(), "truncated-cut");
+  cut.send_raw(std::span<const std::byte>(frame).first(frame.size() / 2));
+  cut.close();
   check_daemon_serves(d, bystander);
   // Also right after the hello, cut inside the segment table.
   raw_client bad2 = open_client(d.url(), "truncated-table");
@@ -137,9 +147,14 @@ TEST_CASE("bad input: a payload over max_payload is refused without closing") {
   CHECK(e.message.find("max_payload") != std::string::npos);
   // ... and its value, in bytes or as format_size writes it.
   CHECK((e.message.find("1024") != std::string::npos || e.message.find("1 KiB") != std::string::npos));
-  // Nothing was delivered, the publisher is still connected, and a payload
-  // at the limit goes through.
-  CHECK_FALSE(bystander.read(100ms).has_value());
+  // Nothing was delivered (nothing before a sentinel from `pub` on the same
+  // key), the publisher is still connected, and a payload at the limit goes
+  // through.
+  {
+    sentinels fence;
+    fence.publish(pub, "big.fence", "k");
+    CHECK(fence.await(bystander).empty());
+  }
   const std::string fits(1024, 'f');
   const ack_frame a = [&] {
     pub.publish("big.two", "k", fits, {}, 6);
@@ -172,8 +187,11 @@ TEST_CASE("bad input: publishing to a wildcard subject is invalidSubject") {
   const error_frame e = pub.await_error();
   CHECK(e.code == proto::errc::invalid_subject);
   CHECK(e.request_id == id);
-  // Nothing reached the catch-all subscriber.
-  CHECK_FALSE(bystander.read(100ms).has_value());
+  // Nothing reached the catch-all subscriber before a sentinel from `pub` on
+  // the same key.
+  sentinels fence;
+  fence.publish(pub, "wild.fence", "k");
+  CHECK(fence.await(bystander).empty());
   pub.ping();
   bystander.unsubscribe(1);  // the health check counts subscribers
   check_daemon_serves(d, pub);
@@ -187,12 +205,16 @@ TEST_CASE("bad input: a publish before hello is a fatal protocol error") {
   bad.publish("early.bird", "k", "too soon", {}, 9);
   const error_frame e = expect_fatal_then_close(bad, proto::errc::protocol);
   CHECK(e.message.find("hello") != std::string::npos);
-  CHECK_FALSE(bystander.read(100ms).has_value());  // never routed
+  // Never routed. `bad` is closed and cannot publish a sentinel after it, so
+  // this stays a timed wait (check_daemon_serves below would also trip over a
+  // late stray on this subscription).
+  CHECK_FALSE(bystander.read(100ms).has_value());
   check_daemon_serves(d, bystander);
 }
 
 TEST_CASE("bad input: silence after connect hits the handshake timeout") {
   keywayd_process d({"--handshake-timeout", "300ms"});
+  const auto bystander_connected = steady::now();
   raw_client bystander = open_client(d.url(), "bystander");
   const auto start = steady::now();
   raw_client silent = raw_client::connect(d.url());
@@ -202,8 +224,14 @@ TEST_CASE("bad input: silence after connect hits the handshake timeout") {
   CHECK(elapsed >= 250ms);
   CHECK(elapsed < 3s);
   CHECK(e.message.find("handshake") != std::string::npos);
-  // The bystander, which did say hello, is not affected by the timer.
-  std::this_thread::sleep_for(400ms);
+  // The bystander, which did say hello, is not affected by the timer. What is
+  // checked is that a timer does not fire, so some time must pass: until well
+  // past the bystander's own handshake deadline (mostly passed already, since
+  // the silent client's came later), not a fixed sleep. Then a ping: a
+  // timeout error would have been queued before the pong.
+  std::this_thread::sleep_until(bystander_connected + 2 * 300ms);
+  CHECK(bystander.barrier().empty());
+  CHECK_FALSE(bystander.eof());
   check_daemon_serves(d, bystander);
 }
 
@@ -212,15 +240,37 @@ TEST_CASE("bad input: a connection that goes quiet hits the idle timeout") {
   raw_client talker = open_client(d.url(), "talker");
   raw_client quiet = open_client(d.url(), "quiet");
   const auto start = steady::now();
-  // The talker pings more often than the limit and stays open for well over
-  // twice the limit; the quiet one says nothing after hello.
-  for (int i = 0; i < 8; ++i) {
-    std::this_thread::sleep_for(150ms);
-    talker.ping();
+  // The talker pings more often than the limit (every 150 ms: that pace is
+  // the stimulus, not a wait) until the quiet one, which says nothing after
+  // hello, has been closed and over twice the limit has passed. Between pings
+  // the test waits on the quiet connection's close, not a fixed sleep.
+  std::vector<server_frame> seen;
+  bool closed = false;
+  std::optional<steady::duration> closed_after;
+  auto next_ping = start + 150ms;
+  while (!(closed && steady::now() - start >= 1000ms)) {
+    REQUIRE_MESSAGE(steady::now() - start < 5s, "the quiet connection was not closed");
+    if (!closed) {
+      closed = quiet.wait_closed(std::max(ms(0), std::chrono::ceil<ms>(next_ping - steady::now())), &seen);
+      if (closed) closed_after = steady::now() - start;
+    } else {
+      std::this_thread::sleep_until(next_ping);
+    }
+    if (steady::now() >= next_ping) {
+      // Each pong proves the talker was not closed up to it.
+      CHECK(talker.barrier().empty());
+      next_ping += 150ms;
+    }
   }
-  const error_frame e = expect_fatal_then_close(quiet, proto::errc::timeout, 5s);
-  CHECK(std::chrono::duration_cast<ms>(steady::now() - start) >= 350ms);
-  CHECK(e.message.find("idle_timeout (400 ms)") != std::string::npos);
+  REQUIRE(closed_after.has_value());
+  CHECK(std::chrono::duration_cast<ms>(*closed_after) >= 350ms);
+  REQUIRE(seen.size() == 1);
+  const auto* e = std::get_if<error_frame>(&seen[0]);
+  REQUIRE_MESSAGE(e != nullptr, "got " << describe(seen[0]));
+  CHECK(e->code == proto::errc::timeout);
+  CHECK(e->fatal);
+  CHECK(e->message.find("idle_timeout (400 ms)") != std::string::npos);
+  CHECK(talker.barrier().empty());
   CHECK_FALSE(talker.eof());
   check_daemon_serves(d, talker);
 }

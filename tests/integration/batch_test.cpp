@@ -149,6 +149,11 @@ TEST_CASE("batch: hello's version is negotiated down to the server's, version 0 
     REQUIRE(got.size() == (vc.agreed >= 2 ? 2u : 1u));
     CHECK(got[0].payload == "single from v" + std::to_string(vc.asked));
     if (vc.agreed >= 2) CHECK(got[1].payload == "batch from v" + std::to_string(vc.asked));
+    // Nothing more from this client: a sentinel it publishes on the same key
+    // comes after any other delivery of its publishes.
+    sentinels fence;
+    fence.publish(c, "nego.fence", "k");
+    CHECK(fence.await(bystander).empty());
   }
 
   raw_client zero = raw_client::connect(d.url());
@@ -156,7 +161,9 @@ TEST_CASE("batch: hello's version is negotiated down to the server's, version 0 
   const error_frame e = expect_fatal_then_close(zero, proto::errc::unsupported_version);
   CHECK(e.message.find("version 0 ") != std::string::npos);
   CHECK(e.message.find("1 to 2") != std::string::npos);  // the versions spoken
-  CHECK(bystander.collect_until_quiet(100ms, 2s).empty());
+  // `zero` never got to publish; whatever reached the bystander before this
+  // barrier is all there is on its connection so far.
+  CHECK(bystander.barrier().empty());
   bystander.unsubscribe(1);
   check_daemon_serves(d, bystander);
 }
@@ -191,8 +198,8 @@ TEST_CASE("batch: 200 entries over several keys arrive whole and in per-key orde
   CHECK_MESSAGE(cores.size() == 2, "the keys should spread over both owner cores");
   const auto old_got = old_sub.collect(items.size(), default_timeout);
   check_deliveries(old_got, log, 6, 2);
-  CHECK(sub.collect_until_quiet(200ms, 2s).empty());
-  CHECK(old_sub.collect_until_quiet(100ms, 2s).empty());
+  // (That nothing beyond the 200 arrives is checked at the end, with sentinels
+  // that would disturb the metrics here.)
   CHECK_MESSAGE(old_sub.message_batches() == 0, "a version 1 connection must not get messageBatch frames");
   MESSAGE("the version 2 subscriber got its 200 deliveries in " << sub.message_batches() << " messageBatch frames");
   // One order per key: both saw each publish with the same (ownerCore, seq).
@@ -201,9 +208,8 @@ TEST_CASE("batch: 200 entries over several keys arrive whole and in per-key orde
   std::size_t stamp_mismatches = 0;
   for (const auto& m : old_got) stamp_mismatches += stamp[m.payload] != std::pair(m.owner_core, m.seq);
   CHECK(stamp_mismatches == 0);
-  // No error came back for the batch.
-  pub.ping();
-  CHECK_FALSE(pub.read(0ms).has_value());
+  // No error came back for the batch: nothing came before the pong.
+  CHECK(pub.barrier().empty());
 
   // Each entry counts as one publish, routed and delivered once.
   const std::string m = metrics_of(d);
@@ -216,11 +222,19 @@ TEST_CASE("batch: 200 entries over several keys arrive whole and in per-key orde
   const std::vector<batch_item> unheard{{"a", "1"}, {"b", "2"}, {"c", "3"}};
   pub.send_publish_batch("batch.nobody", unheard);
   pub.ping();
-  CHECK(sub.collect_until_quiet(100ms, 2s).empty());
   const std::string after = metrics_of(d);
   CHECK(metric_sum(after, "keyway_messages_received_total") == 203);
   CHECK(metric_sum(after, "keyway_messages_unmatched_total") == 3);
   CHECK(metric_sum(after, "keyway_messages_routed_total") == 200);
+  // Neither subscriber got anything beyond the 200 (a duplicate, or a stray
+  // from batch.nobody): sentinels from `pub` on every key it used, to the
+  // subject they subscribe to, come after all of it.
+  std::vector<std::string> fence_keys = keys;
+  for (const auto& e : unheard) fence_keys.push_back(e.key);
+  sentinels fence;
+  fence.publish(pub, "batch.orders", fence_keys);
+  CHECK(fence.await(sub).empty());
+  CHECK(fence.await(old_sub).empty());
   check_daemon_serves(d, pub);
 }
 
@@ -262,9 +276,15 @@ TEST_CASE("batch: publishes and batches on one connection keep their order per k
   const auto got = sub.collect(log.size(), default_timeout);
   const auto cores = check_deliveries(got, log, 1, 2);
   CHECK(cores.size() == 2);
-  CHECK(sub.collect_until_quiet(200ms, 2s).empty());
-  // No error for the empty batch or any other.
-  CHECK_FALSE(pub.read(0ms).has_value());
+  // Nothing more: a sentinel from `pub` on each key it used.
+  std::vector<std::string> fence_keys;
+  for (int k = 0; k < 6; ++k) fence_keys.push_back("key-" + std::to_string(k));
+  for (int k = 0; k < 3; ++k) fence_keys.push_back("other-" + std::to_string(k));
+  sentinels fence;
+  fence.publish(pub, "mix.fence", fence_keys);
+  CHECK(fence.await(sub).empty());
+  // No error for the empty batch or any other: nothing came before the pong.
+  CHECK(pub.barrier().empty());
 }
 
 // ---- refused batches ------------------------------------------------------------
@@ -281,11 +301,17 @@ TEST_CASE(
   std::vector<batch_item> items{{"k0", "p0"}, {"k1", "p1"}, {std::string(max_key + 1, 'K'), "p2"}, {"k3", "p3"}};
   pub.send_publish_batch("bk.x", items);
   expect_refused(pub, proto::errc::invalid_key, {"entry 2 ", "limits.max_key"});
-  // None of its entries went anywhere: the next publish is all that arrives.
+  // None of its entries went anywhere: the next publish is all that arrives
+  // before sentinels from `pub` on the batch's keys. (The overlong key cannot
+  // carry a sentinel; an entry of it would show among what came before.)
   CHECK(pub.publish_acked("bk.x", "k0", "after").delivered == 1);
-  const auto after = sub.collect_until_quiet(200ms, 5s);
-  REQUIRE(after.size() == 1);
-  CHECK(after[0].payload == "after");
+  {
+    sentinels fence;
+    fence.publish(pub, "bk.fence", std::vector<std::string>{"k0", "k1", "k3"});
+    const auto after = fence.await(sub);
+    REQUIRE(after.size() == 1);
+    CHECK(after[0].payload == "after");
+  }
 
   // The same batch with the key at the limit goes through, on the same connection.
   items[2].key = std::string(max_key, 'K');
@@ -293,7 +319,13 @@ TEST_CASE(
   std::vector<sent> log;
   log_batch(log, "bk.x", items);
   check_deliveries(sub.collect(items.size(), default_timeout), log, 1, 2);
-  CHECK(sub.collect_until_quiet(100ms, 2s).empty());
+  {
+    sentinels fence;
+    std::vector<std::string> fence_keys;
+    for (const auto& e : items) fence_keys.push_back(e.key);
+    fence.publish(pub, "bk.fence", fence_keys);
+    CHECK(fence.await(sub).empty());
+  }
   check_daemon_serves(d, pub);
 }
 
@@ -310,9 +342,14 @@ TEST_CASE(
   pub.send_publish_batch("bp.x", items);
   expect_refused(pub, proto::errc::payload_too_large, {"entry 1 ", "limits.max_payload"});
   CHECK(pub.publish_acked("bp.x", "k2", "after").delivered == 1);
-  const auto after = sub.collect_until_quiet(200ms, 5s);
-  REQUIRE(after.size() == 1);
-  CHECK(after[0].payload == "after");
+  // Only "after" comes before sentinels from `pub` on each of the batch's keys.
+  {
+    sentinels fence;
+    fence.publish(pub, "bp.fence", std::vector<std::string>{"k0", "k1", "k2"});
+    const auto after = fence.await(sub);
+    REQUIRE(after.size() == 1);
+    CHECK(after[0].payload == "after");
+  }
 
   // A payload at the limit is fine.
   items[1].payload = std::string(1024, 'P');
@@ -320,7 +357,11 @@ TEST_CASE(
   std::vector<sent> log;
   log_batch(log, "bp.x", items);
   check_deliveries(sub.collect(items.size(), default_timeout), log, 1, 2);
-  CHECK(sub.collect_until_quiet(100ms, 2s).empty());
+  {
+    sentinels fence;
+    fence.publish(pub, "bp.fence", std::vector<std::string>{"k0", "k1", "k2"});
+    CHECK(fence.await(sub).empty());
+  }
   check_daemon_serves(d, pub);
 }
 
@@ -335,7 +376,13 @@ TEST_CASE("batch: a subject that is not literal refuses the batch without closin
     pub.send_publish_batch(subject, items);
     expect_refused(pub, proto::errc::invalid_subject, {"publishBatch.subject"});
   }
-  CHECK(sub.collect_until_quiet(200ms, 2s).empty());
+  // Nothing of them reached the catch-all subscriber before a sentinel from
+  // `pub` on their key.
+  {
+    sentinels fence;
+    fence.publish(pub, "a.fence", "k");
+    CHECK(fence.await(sub).empty());
+  }
   // The connection still publishes, batches included.
   pub.send_publish_batch("a.b", items);
   std::vector<sent> log;
@@ -378,7 +425,12 @@ TEST_CASE("batch: a count that disagrees with the entries is a fatal protocol er
   // What came before it was published; nothing of it or after it.
   std::vector<sent> log;
   log_batch(log, "bc.x", good);
-  check_deliveries(bystander.collect_until_quiet(200ms, 5s), log, 1, 2);
+  // `bad` is closed and cannot publish a sentinel after its refused frames,
+  // so the absence of their entries (and of "never") stays a timed wait; the
+  // expected deliveries themselves are awaited by count.
+  auto got = bystander.collect(log.size(), default_timeout);
+  for (auto& m : bystander.collect_until_quiet(200ms, 5s)) got.push_back(std::move(m));
+  check_deliveries(got, log, 1, 2);
   check_daemon_serves(d, bystander);
 }
 
@@ -412,7 +464,12 @@ TEST_CASE("batch: entries cut short are a fatal protocol error") {
   expect_fatal_naming(bad, proto::errc::protocol, "cut short");
   std::vector<sent> log;
   log_batch(log, "cut.x", good);
-  check_deliveries(bystander.collect_until_quiet(200ms, 5s), log, 1, 2);
+  // `bad` is closed and cannot publish a sentinel after its refused frames,
+  // so the absence of their entries (and of "never") stays a timed wait; the
+  // expected deliveries themselves are awaited by count.
+  auto got = bystander.collect(log.size(), default_timeout);
+  for (auto& m : bystander.collect_until_quiet(200ms, 5s)) got.push_back(std::move(m));
+  check_deliveries(got, log, 1, 2);
   check_daemon_serves(d, bystander);
 }
 
@@ -434,7 +491,11 @@ TEST_CASE("batch: a publishBatch on a connection that agreed on version 1 is a f
   CHECK(e.message.find("publishBatch") != std::string::npos);
   CHECK(e.message.find("version 2") != std::string::npos);  // what it needs
   CHECK(e.message.find("version 1") != std::string::npos);  // what was agreed
-  const auto got = bystander.collect_until_quiet(200ms, 5s);
+  // `old` is closed and cannot publish a sentinel after the refused batch, so
+  // the absence of its entries (and of "never") stays a timed wait; the two
+  // expected deliveries are awaited by count.
+  auto got = bystander.collect(2, default_timeout);
+  for (auto& m : bystander.collect_until_quiet(200ms, 5s)) got.push_back(std::move(m));
   REQUIRE(got.size() == 2);
   CHECK(got[0].payload == "single");
   CHECK(got[1].payload == "before");
@@ -512,7 +573,16 @@ TEST_CASE("batch: batches that run out of mesh credit half-way lose and reorder 
   INFO("daemon log:\n" << d.log());
   for (const auto& e : errors) CHECK_MESSAGE(e.empty(), "publisher failed: " << e);
   CHECK_FALSE(sub.eof());
-  CHECK(sub.collect_until_quiet(200ms, 5s).empty());
+  // Nothing beyond `total`: sentinels from each publisher on every key it used
+  // (the metric check below counts them out).
+  sentinels fence;
+  {
+    std::vector<std::string> fence_keys;
+    for (int k = 0; k < keys; ++k) fence_keys.push_back("key-" + std::to_string(k));
+    for (auto& c : pubs) fence.publish(c, "bbp.fence", fence_keys);
+  }
+  const auto late = fence.await(sub, 30s);
+  CHECK_MESSAGE(late.empty(), "late: " << describe_deliveries(late));
 
   // Per publisher: every publish exactly once, in order per key.
   REQUIRE(got.size() == total);
@@ -532,7 +602,8 @@ TEST_CASE("batch: batches that run out of mesh credit half-way lose and reorder 
   const double paused = metric_sum(metrics_of(d), "keyway_paused_reads_total");
   MESSAGE("reads paused for credit: " << paused);
   CHECK(paused > 0);
-  CHECK(metric_sum(metrics_of(d), "keyway_messages_received_total") == static_cast<double>(total));
+  CHECK(metric_sum(metrics_of(d), "keyway_messages_received_total") ==
+        static_cast<double>(total + fence.count()));
   const auto code = d.stop();
   REQUIRE(code.has_value());
   CHECK(*code == 0);

@@ -53,8 +53,11 @@ void check_stream(raw_client& pub, raw_client& sub, std::uint32_t sid, const std
     CHECK(m.seq > last_seq);
     last_seq = m.seq;
   }
-  // Nothing else arrives.
-  CHECK_FALSE(sub.read(100ms).has_value());
+  // Nothing else arrives: a sentinel from `pub` on the same key comes after
+  // any other delivery of these publishes.
+  sentinels fence;
+  fence.publish(pub, subject, key);
+  CHECK(fence.await(sub).empty());
 }
 
 }  // namespace
@@ -76,7 +79,10 @@ TEST_CASE("pubsub: publish and subscribe over TCP") {
   // A subject nobody subscribed to reaches nobody.
   const ack_frame none = pub.publish_acked("orders.deleted", "k", "x");
   CHECK(none.delivered == 0);
-  CHECK_FALSE(sub.read(100ms).has_value());
+  // Before a sentinel from `pub` on the same key, to sub's subject: nothing.
+  sentinels fence;
+  fence.publish(pub, "orders.created", "k");
+  CHECK(fence.await(sub).empty());
 }
 
 TEST_CASE("pubsub: publish and subscribe over a Unix socket") {
@@ -164,7 +170,11 @@ TEST_CASE("pubsub: wildcards star and tail") {
     CHECK_MESSAGE(seen[m.subject].insert(m.sid).second, "duplicate delivery " << describe(m));
   }
   for (const auto& s : subjects) CHECK_MESSAGE(seen[s] == expected.at(s), "subject " << s);
-  CHECK_FALSE(sub.read(100ms).has_value());
+  // Nothing after "end" either (a second copy of it, say): a second sentinel
+  // on the same key is all that comes.
+  sentinels fence;
+  fence.publish(pub, "sentinel", "same-key");
+  CHECK(fence.await(sub).empty());
 }
 
 TEST_CASE("pubsub: no deliveries after the unsubscribe ack") {
@@ -194,7 +204,16 @@ TEST_CASE("pubsub: no deliveries after the unsubscribe ack") {
     CHECK_MESSAGE(m.sid == 2, "delivery after unsubscribe: " << describe(m));
     CHECK(m.payload == "sentinel");
   }
-  CHECK_FALSE(sub.read(150ms).has_value());
+  // Nothing after them either (a sentinel delivered twice, a late "after"):
+  // a second round of sentinels on every key is all that comes.
+  {
+    std::vector<std::string> all_keys;
+    for (int k = 0; k < keys; ++k) all_keys.push_back("key-" + std::to_string(k));
+    sentinels fence;
+    fence.publish(pub, "unsub.sentinel", all_keys);
+    const auto late = fence.await(sub);
+    CHECK_MESSAGE(late.empty(), "late: " << describe_deliveries(late));
+  }
 
   // Unsubscribing an unknown sid is a non-fatal protocol error for that request.
   sub.queue_unsubscribe(1, 42);
@@ -244,12 +263,20 @@ TEST_CASE("acks: delivered counts 0 and 1 and 3 subscribers") {
   b.subscribe(2, "acks.group", "g");
   c.subscribe(2, "acks.group", "g");
   CHECK(pub.publish_acked("acks.group", "k", "p").delivered == 1);
-  std::size_t got = 0;
-  const auto deadline = steady::now() + default_timeout;
-  while (got == 0 && steady::now() < deadline) got += b.collect(1, 10ms).size() + c.collect(1, 10ms).size();
-  got += b.collect_until_quiet(100ms).size() + c.collect_until_quiet(100ms).size();  // a duplicate would show
-  CHECK(got == 1);
-  CHECK_FALSE(a.read(100ms).has_value());
+  // Sentinels from `pub` on every key it used, to a subject all three match
+  // (b sid 1, c sid 1, a sid 2): what comes before them is everything, so the
+  // group delivery (or a duplicate of it) and any stray to `a` show.
+  std::vector<std::string> fence_keys{"k"};
+  for (int i = 0; i < 20; ++i) fence_keys.push_back("key-" + std::to_string(i));
+  sentinels fence;
+  fence.publish(pub, "acks.three.x", fence_keys);
+  const auto more_b = fence.await(b);
+  const auto more_c = fence.await(c);
+  CHECK(more_b.size() + more_c.size() == 1);
+  for (const auto* v : {&more_b, &more_c})
+    for (const auto& m : *v) CHECK(m.subject == "acks.group");
+  const auto more_a = fence.await(a);
+  CHECK_MESSAGE(more_a.empty(), "stray: " << describe_deliveries(more_a));
 }
 
 TEST_CASE("request reply: the responder answers to replyTo") {
@@ -275,7 +302,15 @@ TEST_CASE("request reply: the responder answers to replyTo") {
     CHECK(reply[0].subject == inbox);
     CHECK(reply[0].payload == "answer to question " + std::to_string(i));
   }
-  CHECK_FALSE(requester.read(100ms).has_value());
+  // No further reply: sentinels from the responder on the keys it answered on,
+  // to an inbox the requester matches.
+  std::vector<std::string> fence_keys;
+  for (int i = 0; i < requests; ++i) fence_keys.push_back("req-" + std::to_string(i));
+  sentinels fence;
+  fence.publish(responder, "_INBOX.requester.fence", fence_keys);
+  CHECK(fence.await(requester).empty());
+  // And nothing else (an error, say) came to the requester before a pong.
+  CHECK(requester.barrier().empty());
 }
 
 TEST_CASE("request reply: no responders error carries the ack id") {
@@ -303,9 +338,10 @@ TEST_CASE("request reply: no responders error carries the ack id") {
   CHECK(e.code == proto::errc::no_responders);
   CHECK(e.request_id == 0);
   CHECK(e.reply_to == "_INBOX.r.noack");
-  // Non-fatal: no ack and no other frame came with it, and the connection works.
-  requester.ping();
-  CHECK_FALSE(requester.read(100ms).has_value());
+  // Non-fatal: no ack and no other frame came with it (none before the pong,
+  // which follows everything the routing of those publishes sent back), and
+  // the connection works.
+  CHECK(requester.barrier().empty());
   CHECK_FALSE(requester.eof());
   check_daemon_serves(d, requester);
 }
@@ -325,9 +361,12 @@ TEST_CASE("request reply: a silent responder means no reply") {
   REQUIRE(req.size() == 1);
   CHECK(req[0].reply_to == "_INBOX.q.1");
   // The responder never answers: the requester gets nothing (the timeout is
-  // the client's business).
+  // the client's business). What is excluded is the server making up an
+  // answer on a timer of its own, so this stays a timed wait; the barrier
+  // after it proves nothing was queued up to then.
   const auto f = requester.read(300ms);
   CHECK_MESSAGE(!f.has_value(), "unexpected " << describe(*f));
+  CHECK(requester.barrier().empty());
   CHECK_FALSE(requester.eof());
 }
 

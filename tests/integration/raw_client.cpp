@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <sstream>
@@ -58,6 +59,11 @@ std::string describe(const server_frame& f) {
       },
       f);
   return os.str();
+}
+
+std::string describe_deliveries(const std::vector<message_frame>& ms) {
+  if (ms.empty()) return "no deliveries";
+  return std::to_string(ms.size()) + " deliveries, the first " + describe(ms.front());
 }
 
 std::vector<std::byte> batch_entries(std::span<const batch_item> items) {
@@ -513,6 +519,71 @@ void raw_client::ping(ms timeout) {
   if (!f)
     throw io_error("no pong for ping " + std::to_string(id) + (eof_ ? " (connection closed)" : " (timeout)") +
                    kept_back_summary());
+}
+
+std::vector<server_frame> raw_client::barrier(ms timeout) {
+  const std::uint64_t id = next_id_++;
+  queue_ping(id);
+  flush(timeout);
+  const auto deadline = steady::now() + timeout;
+  std::vector<server_frame> before;
+  for (;;) {
+    auto f = read(std::max(ms(0), std::chrono::ceil<ms>(deadline - steady::now())));
+    if (!f)
+      throw io_error("no pong for barrier ping " + std::to_string(id) + (eof_ ? " (connection closed)" : " (timeout)") +
+                     "; " + std::to_string(before.size()) + " frames before it");
+    if (const auto* p = std::get_if<pong_frame>(&*f); p && p->id == id) return before;
+    before.push_back(std::move(*f));
+  }
+}
+
+// ---- sentinels -------------------------------------------------------------------
+
+sentinels::sentinels() {
+  static std::atomic<std::uint64_t> counter{0};
+  // Payloads no test writes: a NUL, then the tag.
+  tag_ = std::string("\0sentinel ", 10) + std::to_string(++counter) + " ";
+}
+
+void sentinels::publish(raw_client& pub, std::string_view subject, std::span<const std::string> keys) {
+  for (const auto& key : keys) {
+    const std::string payload = tag_ + std::to_string(count_++);
+    proto::publish_fields f;
+    f.subject = subject;
+    f.key = as_bytes(key);
+    f.payload = as_bytes(payload);
+    pub.queue_publish(f);
+    if (pub.queued_bytes() > 64 * 1024) pub.flush();
+  }
+  pub.flush();
+}
+
+void sentinels::publish(raw_client& pub, std::string_view subject, std::string_view key) {
+  const std::string k(key);
+  publish(pub, subject, std::span<const std::string>(&k, 1));
+}
+
+bool sentinels::is_sentinel(const message_frame& m) const { return m.payload.starts_with(tag_); }
+
+std::vector<message_frame> sentinels::await(raw_client& sub, ms timeout, std::size_t per_sentinel) const {
+  const auto deadline = steady::now() + timeout;
+  const std::size_t want = count_ * per_sentinel;
+  std::size_t seen = 0;
+  std::vector<message_frame> others;
+  while (seen < want) {
+    auto f = sub.wait_for([](const server_frame& x) { return std::holds_alternative<message_frame>(x); },
+                          std::max(ms(0), std::chrono::ceil<ms>(deadline - steady::now())));
+    if (!f)
+      throw io_error("only " + std::to_string(seen) + " of " + std::to_string(want) + " sentinels came" +
+                     (sub.eof() ? " (connection closed)" : " (timeout)") + "; " + std::to_string(others.size()) +
+                     " other deliveries meanwhile");
+    auto& m = std::get<message_frame>(*f);
+    if (is_sentinel(m))
+      ++seen;
+    else
+      others.push_back(std::move(m));
+  }
+  return others;
 }
 
 }  // namespace keyway::itest

@@ -104,6 +104,9 @@ using server_frame = std::variant<welcome_frame, message_frame, ack_frame, error
 
 /// One line for failure messages, e.g. "error{protocol fatal id 0 '...'}".
 std::string describe(const server_frame& f);
+/// For failure messages about deliveries that should not have come: their
+/// count and the first of them, e.g. "2 deliveries, the first message{...}".
+std::string describe_deliveries(const std::vector<message_frame>& ms);
 
 inline std::span<const std::byte> as_bytes(std::string_view s) noexcept {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
@@ -252,6 +255,14 @@ class raw_client {
   /// for later reads).
   void ping(ms timeout = default_timeout);
 
+  /// A deterministic barrier on this connection: a ping, then every frame
+  /// that came before its pong (kept-back frames first), consumed and
+  /// returned in order. The server writes a connection's frames in order, so
+  /// an empty result proves nothing was queued for this client before the
+  /// pong: what the server sends only after the barrier cannot be excluded
+  /// (no test can prove a future silence). Throws io_error if no pong comes.
+  std::vector<server_frame> barrier(ms timeout = default_timeout);
+
   /// Request ids this client picks for itself (subscribe, publish_acked, ping)
   /// start here, far from the small ids tests choose by hand.
   static constexpr std::uint64_t auto_id_base = std::uint64_t{1} << 40;
@@ -278,6 +289,34 @@ class raw_client {
   bool reset_ = false;
   std::uint64_t bytes_in_ = 0;
   std::uint64_t next_id_ = auto_id_base;
+};
+
+/// Sentinels for "nothing (more) is delivered" checks, instead of waiting
+/// for a quiet window. Per-key total order makes them a deterministic
+/// barrier: a sentinel published by connection P on key K after message X
+/// (also from P, on K) is delivered to a subscriber after X, if X is
+/// delivered to it at all. So once a subscriber has every sentinel, anything
+/// earlier on those keys from those publishers has arrived, or never will.
+/// Each sentinel must match the subscriber's subscription, be published from
+/// the same connection and on the same key as the message(s) it fences off.
+class sentinels {
+ public:
+  sentinels();  // a tag of its own: sentinels of different sets never mix
+  /// `pub` publishes (now) one sentinel to `subject` on each of `keys`.
+  void publish(raw_client& pub, std::string_view subject, std::span<const std::string> keys);
+  void publish(raw_client& pub, std::string_view subject, std::string_view key);
+  bool is_sentinel(const message_frame& m) const;
+  std::size_t count() const noexcept { return count_; }
+  /// `sub`'s deliveries until it has received every sentinel published so far
+  /// (once each, for each of its matching subscriptions: `per_sentinel`
+  /// copies); returns the other deliveries, in arrival order. Other frames
+  /// are kept back. Throws io_error if the sentinels do not all come in time.
+  std::vector<message_frame> await(raw_client& sub, ms timeout = default_timeout,
+                                   std::size_t per_sentinel = 1) const;
+
+ private:
+  std::string tag_;
+  std::size_t count_ = 0;
 };
 
 /// A connected client that has completed the handshake.

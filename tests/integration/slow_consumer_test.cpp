@@ -156,6 +156,11 @@ TEST_CASE("slow consumer: drop policy keeps the stalled subscriber open and drop
 
   // The stalled subscriber gets what was queued before the limit; the rest
   // was dropped for it alone. No error frame, no close.
+  // This stays a quiet window, not a sentinel: under the drop policy a
+  // sentinel can itself be dropped for this subscriber, so waiting for one
+  // proves nothing (and may never end). Nothing depends on catching every
+  // delivery here: the checks below are bounds, and what is still on its way
+  // at the end of the window is read up to the pong below.
   auto delivered = s.stalled.collect_until_quiet(300ms, 30s);
   CHECK_FALSE(s.stalled.eof());
   s.stalled.ping();  // still open, still answered

@@ -8,6 +8,8 @@
 #include <asio/post.hpp>
 #include <atomic>
 #include <chrono>
+#include <initializer_list>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -214,6 +216,16 @@ TEST_CASE("an idle pool sleeps with no loop turns until a post wakes it") {
   (*pool)->stop();
 }
 
+/// Waits (with wait_for's deadline) until each of `ws` has run everything
+/// posted to it before this call: a marker posted now runs after it (an
+/// io_context runs posted handlers in order). So after monitor.check(), it
+/// means the probes were run, instead of sleeping and hoping.
+static bool ran_what_was_posted(std::initializer_list<worker*> ws) {
+  auto count = std::make_shared<std::atomic<std::size_t>>(0);  // outlives a timeout
+  for (worker* w : ws) asio::post(w->io(), [count] { count->fetch_add(1); });
+  return wait_for([&] { return count->load() == ws.size(); });
+}
+
 TEST_CASE("progress_monitor reports a worker stuck in a handler and not an idle one") {
   pool_options opt;
   opt.workers = 2;
@@ -227,7 +239,7 @@ TEST_CASE("progress_monitor reports a worker stuck in a handler and not an idle 
     progress_monitor monitor(**pool);
     REQUIRE(wait_for([&] { return w0.sleeping() && w1.sleeping(); }));
     monitor.check();  // first probes
-    std::this_thread::sleep_for(50ms);
+    REQUIRE(ran_what_was_posted({&w0, &w1}));  // both ran them
     monitor.check();
     CHECK(monitor.stalled().empty());  // both asleep: they woke for the probe
     CHECK(wait_for([&] { return w0.sleeping() && w1.sleeping(); }));
@@ -241,12 +253,14 @@ TEST_CASE("progress_monitor reports a worker stuck in a handler and not an idle 
     });
     REQUIRE(wait_for([&] { return entered.load(); }));
     monitor.check();
-    std::this_thread::sleep_for(50ms);
+    // Worker 0 ran this probe; worker 1 cannot run it while it is stuck.
+    REQUIRE(ran_what_was_posted({&w0}));
     monitor.check();
     CHECK(monitor.stalled() == std::vector<std::uint32_t>{1});
 
     release = true;
-    std::this_thread::sleep_for(50ms);
+    // Released, worker 1 runs the probes queued behind the stuck handler.
+    REQUIRE(ran_what_was_posted({&w0, &w1}));
     monitor.check();
     CHECK(monitor.stalled().empty());
   }
