@@ -28,7 +28,12 @@ struct msg {
 class blaster : public core::worker_handler {
  public:
   blaster(worker& w, mesh<msg>& m, std::uint64_t per_peer, std::atomic<std::uint64_t>& received)
-      : w_(w), ep_(m.at(w.id())), n_(m.size()), per_peer_(per_peer), sent_(n_, 0), received_(received) {}
+      : w_(w),
+        ep_(m.at(w.id())),
+        n_(m.size()),
+        per_peer_(per_peer),
+        sent_(n_, 0),
+        received_(received) {}
   void init() override { ep_.attach(w_, w_.stats()); }
   std::size_t poll() override {
     std::uint64_t got = 0;
@@ -73,7 +78,8 @@ void all_to_all(const options& opt, report& out) {
   mesh<msg> m(workers, 1024);
   std::atomic<std::uint64_t> received{0};
   const auto t0 = std::chrono::steady_clock::now();
-  if (!(*pool)->start([&](worker& w) { return std::make_unique<blaster>(w, m, per_peer, received); }))
+  if (!(*pool)->start(
+          [&](worker& w) { return std::make_unique<blaster>(w, m, per_peer, received); }))
     return;
   const std::uint64_t total = per_peer * workers * workers;
   while (received.load(std::memory_order_relaxed) < total) std::this_thread::sleep_for(1ms);
@@ -123,7 +129,8 @@ void wake_latency(const options& opt, report& out) {
     int rounds_;
   };
   std::atomic<std::uint64_t> done{0};
-  if (!(*pool)->start([&](worker& w) { return std::make_unique<ponger>(w, m, done, rounds); })) return;
+  if (!(*pool)->start([&](worker& w) { return std::make_unique<ponger>(w, m, done, rounds); }))
+    return;
   const auto t0 = std::chrono::steady_clock::now();
   asio::post((*pool)->at(0).io(), [&] { m.at(0).send(1, msg{0}); });
   while (!done.load()) std::this_thread::sleep_for(100us);

@@ -86,7 +86,8 @@ void run_pool_benches(const options& opt, report& out) {
         core::block_pool pool;  // fresh each round: its first blocks come from the system too
         return timed_round(&pool, count, cpus);
       },
-      "operator new/delete (glibc malloc), same pattern", [&] { return timed_round(nullptr, count, cpus); }, 5);
+      "operator new/delete (glibc malloc), same pattern",
+      [&] { return timed_round(nullptr, count, cpus); }, 5);
   r.extra["messages"] = static_cast<double>(count);
   out.add(std::move(r));
 }

@@ -65,8 +65,10 @@ inline void cpu_relax() noexcept {
 struct backoff {
   unsigned misses = 0;
   void wait() noexcept {
-    if (++misses < 128) cpu_relax();
-    else std::this_thread::yield();
+    if (++misses < 128)
+      cpu_relax();
+    else
+      std::this_thread::yield();
   }
   void reset() noexcept { misses = 0; }
 };
@@ -79,8 +81,10 @@ struct shape {
 
 std::string shape_name(shape s, int cpus) {
   std::string n = std::to_string(s.producers) + "P" + std::to_string(s.consumers) + "C";
-  if (s.producers_share_cpu && cpus > 1) n += " (P on 1 CPU)";
-  else if (s.producers + s.consumers > cpus) n += " on " + std::to_string(cpus) + " CPU";
+  if (s.producers_share_cpu && cpus > 1)
+    n += " (P on 1 CPU)";
+  else if (s.producers + s.consumers > cpus)
+    n += " on " + std::to_string(cpus) + " CPU";
   return n;
 }
 
@@ -205,8 +209,10 @@ double timed_round(const subject& s, shape sh, std::uint64_t per_producer,
       if (cpus.size() > 1) (void)core::pin_current_thread(cpu_for(sh, k, cpus));  // best effort
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) cpu_relax();
-      if (k < sh.producers) s.produce(k, per_producer);
-      else sum.fetch_add(s.consume(k - sh.producers, remaining));
+      if (k < sh.producers)
+        s.produce(k, per_producer);
+      else
+        sum.fetch_add(s.consume(k - sh.producers, remaining));
     });
   }
   while (ready.load() != n) std::this_thread::yield();
@@ -227,14 +233,15 @@ double timed_round(const subject& s, shape sh, std::uint64_t per_producer,
 }
 
 void compare(report& out, const std::string& name, const subject& mine,
-             const std::string& base_name, const subject& base, shape sh,
-             std::uint64_t messages, const std::vector<int>& cpus) {
+             const std::string& base_name, const subject& base, shape sh, std::uint64_t messages,
+             const std::vector<int>& cpus) {
   if (!selected(name)) return;
   const std::uint64_t per_producer = messages / static_cast<std::uint64_t>(sh.producers);
   row r = compare_alternating(
       name, [&] { return timed_round(mine, sh, per_producer, cpus); }, base_name,
       [&] { return timed_round(base, sh, per_producer, cpus); }, repetitions);
-  r.extra["messages"] = static_cast<double>(per_producer * static_cast<std::uint64_t>(sh.producers));
+  r.extra["messages"] =
+      static_cast<double>(per_producer * static_cast<std::uint64_t>(sh.producers));
   out.add(std::move(r));
 }
 
@@ -258,9 +265,8 @@ subject spsc_ring_bulk_subject(std::shared_ptr<std::unique_ptr<core::spsc_ring<m
           [h] { h->reset(); },
           [h](int, std::uint64_t n) {
             auto& q = **h;
-            produce_bulk_loop(n, [&](msg* p, std::size_t k) {
-              return q.push_batch(std::span<msg>(p, k));
-            });
+            produce_bulk_loop(
+                n, [&](msg* p, std::size_t k) { return q.push_batch(std::span<msg>(p, k)); });
           },
           [h](int, std::atomic<std::int64_t>& rem) {
             auto& q = **h;
@@ -275,8 +281,10 @@ subject rwq_subject(std::shared_ptr<std::unique_ptr<moodycamel::ReaderWriterQueu
           [h] { h->reset(); },
           [h, bounded](int, std::uint64_t n) {
             auto& q = **h;
-            if (bounded) produce_loop(n, [&](msg v) { return q.try_enqueue(v); });
-            else produce_loop(n, [&](msg v) { return q.enqueue(v); });
+            if (bounded)
+              produce_loop(n, [&](msg v) { return q.try_enqueue(v); });
+            else
+              produce_loop(n, [&](msg v) { return q.enqueue(v); });
           },
           [h](int, std::atomic<std::int64_t>& rem) {
             auto& q = **h;
@@ -286,8 +294,7 @@ subject rwq_subject(std::shared_ptr<std::unique_ptr<moodycamel::ReaderWriterQueu
 
 subject unbounded_spsc_subject(
     std::shared_ptr<std::unique_ptr<core::unbounded_spsc_queue<msg>>> h) {
-  return {[h] { *h = std::make_unique<core::unbounded_spsc_queue<msg>>(); },
-          [h] { h->reset(); },
+  return {[h] { *h = std::make_unique<core::unbounded_spsc_queue<msg>>(); }, [h] { h->reset(); },
           [h](int, std::uint64_t n) {
             auto& q = **h;
             produce_loop(n, [&](msg v) {
@@ -305,8 +312,10 @@ subject unbounded_spsc_subject(
 template <class Q, bool Bounded>
 subject core_multi_subject(std::shared_ptr<std::unique_ptr<Q>> h) {
   return {[h] {
-            if constexpr (Bounded) *h = std::make_unique<Q>(bounded_capacity);
-            else *h = std::make_unique<Q>();
+            if constexpr (Bounded)
+              *h = std::make_unique<Q>(bounded_capacity);
+            else
+              *h = std::make_unique<Q>();
           },
           [h] { h->reset(); },
           [h](int, std::uint64_t n) {
@@ -339,8 +348,10 @@ subject cq_subject(std::shared_ptr<std::unique_ptr<moodycamel::ConcurrentQueue<m
           [h, bounded](int, std::uint64_t n) {
             auto& q = **h;
             moodycamel::ProducerToken tok(q);
-            if (bounded) produce_loop(n, [&](msg v) { return q.try_enqueue(tok, v); });
-            else produce_loop(n, [&](msg v) { return q.enqueue(tok, v); });
+            if (bounded)
+              produce_loop(n, [&](msg v) { return q.try_enqueue(tok, v); });
+            else
+              produce_loop(n, [&](msg v) { return q.enqueue(tok, v); });
           },
           [h](int, std::atomic<std::int64_t>& rem) {
             auto& q = **h;
@@ -392,8 +403,7 @@ void run_queue_benches(const options& opt, report& out) {
   const shape one_one{1, 1};
   compare(out, "spsc_ring 8B 1P1C", spsc_ring_subject(slot_for<core::spsc_ring<msg>>()),
           "moodycamel::ReaderWriterQueue 8B try_enqueue",
-          rwq_subject(slot_for<moodycamel::ReaderWriterQueue<msg>>(), true), one_one, spsc_n,
-          cpus);
+          rwq_subject(slot_for<moodycamel::ReaderWriterQueue<msg>>(), true), one_one, spsc_n, cpus);
   // Bulk on both sides: ReaderWriterQueue has no bulk API, so the baseline is
   // ConcurrentQueue's bulk calls with tokens, one producer, one consumer.
   compare(out, "spsc_ring 8B 1P1C bulk16 push_batch/drain",
@@ -429,8 +439,7 @@ void run_queue_benches(const options& opt, report& out) {
           std::string("moodycamel::ConcurrentQueue 8B ") +
               (mpmc_bounded_baseline ? "try_enqueue " : "enqueue ") + mpmc_name,
           cq_subject(slot_for<moodycamel::ConcurrentQueue<msg>>(), mpmc_bounded_baseline),
-          mpmc_shape, multi_n,
-          cpus);
+          mpmc_shape, multi_n, cpus);
 }
 
 }  // namespace keyway::bench

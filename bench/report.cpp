@@ -50,7 +50,8 @@ bool report::write_json(const std::string& path) const {
   f << "[\n";
   for (std::size_t i = 0; i < rows_.size(); ++i) {
     const row& r = rows_[i];
-    f << "  {\"case\": " << json_string(r.case_name) << ", \"ns_per_msg\": " << json_number(r.ns_per_msg)
+    f << "  {\"case\": " << json_string(r.case_name)
+      << ", \"ns_per_msg\": " << json_number(r.ns_per_msg)
       << ", \"baseline_case\": " << (r.baseline_case ? json_string(*r.baseline_case) : "null")
       << ", \"baseline_ns_per_msg\": "
       << (r.baseline_ns_per_msg ? json_number(*r.baseline_ns_per_msg) : "null");

@@ -19,8 +19,8 @@ struct row {
 };
 
 struct options {
-  bool quick = false;            // fewer iterations, for smoke runs
-  std::uint64_t messages = 0;    // 0: each case picks its default
+  bool quick = false;          // fewer iterations, for smoke runs
+  std::uint64_t messages = 0;  // 0: each case picks its default
 };
 
 class report {

@@ -140,7 +140,7 @@ connection_status connection_impl::status() const noexcept {
     case state::connecting:
     case state::open:
       return draining_.load(std::memory_order_relaxed) ? connection_status::draining
-                                                      : connection_status::connected;
+                                                       : connection_status::connected;
     case state::reconnecting:
       return connection_status::reconnecting;
     case state::closing:
@@ -187,8 +187,9 @@ error connection_impl::closed_error_locked() const {
 }
 
 outcome<void> connection_impl::check_publish_locked(std::string_view subject, std::string_view key,
-                                        std::string_view payload, std::span<const header> headers,
-                                        std::string_view reply_to) const {
+                                                    std::string_view payload,
+                                                    std::span<const header> headers,
+                                                    std::string_view reply_to) const {
   const proto::limits& lim = limits_;
   if (auto st = proto::validate_publish_subject(subject, lim, "subject"); !st)
     return local_error(st);
@@ -256,8 +257,10 @@ outcome<void> connection_impl::wait_room_locked(std::unique_lock<std::mutex>& lo
     if (queued_locked() + bytes > options_.reconnect.buffer_bytes) {
       return error{errc::buffer_full,
                    "disconnected from " + info_.url + " and reconnecting; the reconnect buffer (" +
-                       proto::format_size(queued_locked()) + " queued) would exceed "
-                       "reconnect.buffer_bytes (" + proto::format_size(options_.reconnect.buffer_bytes) +
+                       proto::format_size(queued_locked()) +
+                       " queued) would exceed "
+                       "reconnect.buffer_bytes (" +
+                       proto::format_size(options_.reconnect.buffer_bytes) +
                        "); retry later or raise connect_options::reconnect.buffer_bytes",
                    false};
     }
@@ -284,14 +287,16 @@ proto::out_buffer& connection_impl::out_locked() {
 }
 
 bool connection_impl::stage_publish_locked(std::string_view subject, std::string_view key,
-                                      std::string_view payload) {
+                                           std::string_view payload) {
   if (info_.protocol_version < proto::batch_version) return false;
   const std::size_t size = proto::batch_entry_size(key.size(), payload.size());
   // A batch stays under 64 KiB, and far under the server's frame limit.
   const std::size_t room = std::min<std::size_t>(
-      max_batch_bytes, limits_.max_frame > 4096 + 2 * subject.size() ? limits_.max_frame / 2 - subject.size() : 0);
+      max_batch_bytes,
+      limits_.max_frame > 4096 + 2 * subject.size() ? limits_.max_frame / 2 - subject.size() : 0);
   if (size > room / 4) return false;
-  if (batch_count_ != 0 && (subject != batch_subject_ || batch_entries_.size() + size > room)) (void)out_locked();
+  if (batch_count_ != 0 && (subject != batch_subject_ || batch_entries_.size() + size > room))
+    (void)out_locked();
   if (batch_count_ == 0) batch_subject_.assign(subject);
   const std::size_t at = batch_entries_.size();
   batch_entries_.resize(at + size);
@@ -301,9 +306,10 @@ bool connection_impl::stage_publish_locked(std::string_view subject, std::string
 }
 
 outcome<void> connection_impl::encode_publish_locked(std::string_view subject, std::string_view key,
-                                                std::string_view payload,
-                                                std::span<const header> headers,
-                                                std::string_view reply_to, std::uint64_t ack_id) {
+                                                     std::string_view payload,
+                                                     std::span<const header> headers,
+                                                     std::string_view reply_to,
+                                                     std::uint64_t ack_id) {
   const auto counted = [&] {
     stats_.out_msgs.fetch_add(1, std::memory_order_relaxed);
     stats_.out_bytes.fetch_add(payload.size(), std::memory_order_relaxed);
@@ -312,7 +318,8 @@ outcome<void> connection_impl::encode_publish_locked(std::string_view subject, s
     kick_locked();
   };
   // Plain publishes wait for the writer in one publishBatch frame, in order.
-  if (headers.empty() && reply_to.empty() && ack_id == 0 && stage_publish_locked(subject, key, payload)) {
+  if (headers.empty() && reply_to.empty() && ack_id == 0 &&
+      stage_publish_locked(subject, key, payload)) {
     counted();
     return {};
   }
@@ -381,9 +388,11 @@ std::string connection_impl::inbox_reply_to(std::uint64_t id) const {
 // ---- publish -------------------------------------------------------------------
 
 outcome<void> connection_impl::publish(std::string_view subject, std::string_view payload,
-                                  const publish_options& options) {
+                                       const publish_options& options) {
   std::unique_lock lock(mu_);
-  if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers, options.reply_to); !r)
+  if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers,
+                                    options.reply_to);
+      !r)
     return r;
   return encode_publish_locked(subject, options.key, payload, options.headers, options.reply_to, 0);
 }
@@ -402,9 +411,10 @@ outcome<void> connection_impl::respond(const message& request, std::string_view 
 }
 
 void connection_impl::publish_ack_async(std::string_view subject, std::string_view payload,
-                                   const publish_options& options, ack_handler done) {
+                                        const publish_options& options, ack_handler done) {
   std::unique_lock lock(mu_);
-  if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers, options.reply_to);
+  if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers,
+                                    options.reply_to);
       !r) {
     lock.unlock();
     done(r.error());
@@ -425,8 +435,9 @@ void connection_impl::publish_ack_async(std::string_view subject, std::string_vi
   }
 }
 
-outcome<std::uint32_t> connection_impl::publish_ack(std::string_view subject, std::string_view payload,
-                                               const publish_options& options) {
+outcome<std::uint32_t> connection_impl::publish_ack(std::string_view subject,
+                                                    std::string_view payload,
+                                                    const publish_options& options) {
   if (on_io_thread()) return would_block("publish_ack");
   auto p = std::make_shared<std::promise<outcome<std::uint32_t>>>();
   auto f = p->get_future();
@@ -444,8 +455,7 @@ void connection_impl::subscribe_async(std::string_view pattern, message_handler 
     std::lock_guard lock(mu_);
     lim = limits_;
   }
-  if (auto st = proto::validate_pattern(pattern, lim, "pattern"); !st)
-    return done(local_error(st));
+  if (auto st = proto::validate_pattern(pattern, lim, "pattern"); !st) return done(local_error(st));
   if (auto st = proto::validate_queue_group(options.queue_group, lim, "queue group"); !st)
     return done(local_error(st));
   if (!handler)
@@ -489,10 +499,9 @@ void connection_impl::subscribe_async(std::string_view pattern, message_handler 
     entry.pending_op = id;
     // While reconnecting, the frame waits in out_; restore_link() subscribes
     // every entry of subs_ anyway, with this id, and drops the frame.
-    auto r = encoder_->subscribe(out_locked(), {.sid = sid,
-                                                .pattern = entry.pattern,
-                                                .queue_group = entry.group,
-                                                .request_id = id});
+    auto r = encoder_->subscribe(
+        out_locked(),
+        {.sid = sid, .pattern = entry.pattern, .queue_group = entry.group, .request_id = id});
     if (!r) {
       auto failed = take_pending_locked(id);
       lock.unlock();
@@ -553,7 +562,8 @@ outcome<subscription> connection_impl::subscribe_sync(std::string_view pattern,
   return r;
 }
 
-outcome<message> connection_impl::next_message(subscription sub, std::chrono::milliseconds timeout) {
+outcome<message> connection_impl::next_message(subscription sub,
+                                               std::chrono::milliseconds timeout) {
   std::shared_ptr<sync_queue> queue;
   {
     std::lock_guard lock(mu_);
@@ -666,8 +676,8 @@ outcome<void> connection_impl::unsubscribe(subscription sub) {
 // ---- request / reply -------------------------------------------------------------
 
 void connection_impl::request_async(std::string_view subject, std::string_view payload,
-                               std::chrono::milliseconds timeout, const request_options& options,
-                               reply_handler done) {
+                                    std::chrono::milliseconds timeout,
+                                    const request_options& options, reply_handler done) {
   if (timeout.count() <= 0)
     return done(error{errc::invalid_argument,
                       "request to " + proto::quote(subject) + ": the timeout must be positive",
@@ -716,7 +726,8 @@ void connection_impl::request_async(std::string_view subject, std::string_view p
   inbox_op_ = add_pending_locked(std::move(inbox));
   const std::string pattern = inbox_prefix_ + "*";
   if (!encoder_->subscribe(
-          out_locked(), {.sid = sid, .pattern = pattern, .queue_group = {}, .request_id = inbox_op_})) {
+          out_locked(),
+          {.sid = sid, .pattern = pattern, .queue_group = {}, .request_id = inbox_op_})) {
     // Cannot happen with sane limits; leave the requests to their deadlines.
     return;
   }
@@ -724,8 +735,8 @@ void connection_impl::request_async(std::string_view subject, std::string_view p
 }
 
 outcome<message> connection_impl::request(std::string_view subject, std::string_view payload,
-                                     std::chrono::milliseconds timeout,
-                                     const request_options& options) {
+                                          std::chrono::milliseconds timeout,
+                                          const request_options& options) {
   if (on_io_thread()) return would_block("request");
   auto p = std::make_shared<std::promise<outcome<message>>>();
   auto f = p->get_future();
@@ -842,10 +853,18 @@ outcome<std::unique_ptr<connection>> connect(std::string_view urls, connect_opti
   return connection::connect(urls, std::move(options));
 }
 
-server_info connection::info() const { return impl_->info(); }
-connection_status connection::status() const noexcept { return impl_->status(); }
-bool connection::is_open() const noexcept { return impl_->is_open(); }
-statistics connection::stats() const { return impl_->stats(); }
+server_info connection::info() const {
+  return impl_->info();
+}
+connection_status connection::status() const noexcept {
+  return impl_->status();
+}
+bool connection::is_open() const noexcept {
+  return impl_->is_open();
+}
+statistics connection::stats() const {
+  return impl_->stats();
+}
 
 outcome<void> connection::publish(std::string_view subject, std::string_view payload,
                                   const publish_options& options) {
@@ -877,7 +896,9 @@ outcome<message> connection::next_message(subscription sub, std::chrono::millise
 outcome<void> connection::auto_unsubscribe(subscription sub, std::uint64_t max_messages) {
   return impl_->auto_unsubscribe(sub, max_messages);
 }
-outcome<void> connection::unsubscribe(subscription sub) { return impl_->unsubscribe(sub); }
+outcome<void> connection::unsubscribe(subscription sub) {
+  return impl_->unsubscribe(sub);
+}
 void connection::unsubscribe_async(subscription sub, done_handler done) {
   impl_->unsubscribe_async(sub, std::move(done));
 }
@@ -895,9 +916,17 @@ outcome<void> connection::respond(const message& request, std::string_view paylo
                                   const publish_options& options) {
   return impl_->respond(request, payload, options);
 }
-outcome<void> connection::flush() { return impl_->flush(); }
-void connection::flush_async(done_handler done) { impl_->flush_async(std::move(done)); }
-outcome<void> connection::drain() { return impl_->drain(); }
-void connection::close() { impl_->close(); }
+outcome<void> connection::flush() {
+  return impl_->flush();
+}
+void connection::flush_async(done_handler done) {
+  impl_->flush_async(std::move(done));
+}
+outcome<void> connection::drain() {
+  return impl_->drain();
+}
+void connection::close() {
+  impl_->close();
+}
 
 }  // namespace keyway::client

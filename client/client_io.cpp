@@ -172,7 +172,8 @@ void connection_impl::start_link(const server_url& url, std::function<void(outco
   }
   resolver_.async_resolve(
       url.host, std::to_string(url.port),
-      [this, link, connected](std::error_code ec, const asio::ip::tcp::resolver::results_type& results) {
+      [this, link, connected](std::error_code ec,
+                              const asio::ip::tcp::resolver::results_type& results) {
         if (link != link_id_ || !connect_done_) return;
         if (ec) {
           finish_handshake(error{errc::connect_failed,
@@ -272,10 +273,10 @@ void connection_impl::read_handshake_frame(std::size_t have, std::size_t need) {
           const std::string why = ec == asio::error::eof
                                       ? std::string("the server closed the connection")
                                       : ec.message();
-          finish_handshake(error{
-              errc::connect_failed,
-              "handshake with " + link_url_.to_string() + " failed: " + why + " before sending welcome",
-              false});
+          finish_handshake(error{errc::connect_failed,
+                                 "handshake with " + link_url_.to_string() + " failed: " + why +
+                                     " before sending welcome",
+                                 false});
           return;
         }
         const std::size_t total = handshake_needed(handshake_bytes_);
@@ -308,11 +309,12 @@ void connection_impl::on_handshake_frame() {
       const auto w = root.getWelcome();
       if (w.getProtocolVersion() < proto::min_protocol_version ||
           w.getProtocolVersion() > proto::protocol_version) {
-        finish_handshake(error{proto::errc::unsupported_version,
-                               "the server chose protocol version " + std::to_string(w.getProtocolVersion()) +
-                                   ", this client speaks " + std::to_string(proto::min_protocol_version) + " to " +
-                                   std::to_string(proto::protocol_version),
-                               false});
+        finish_handshake(
+            error{proto::errc::unsupported_version,
+                  "the server chose protocol version " + std::to_string(w.getProtocolVersion()) +
+                      ", this client speaks " + std::to_string(proto::min_protocol_version) +
+                      " to " + std::to_string(proto::protocol_version),
+                  false});
         return;
       }
       server_info& info = welcome_info_;
@@ -324,11 +326,12 @@ void connection_impl::on_handshake_frame() {
       info.worker_count = w.getWorkerCount();
       welcome_limits_ = limits_from(w.getLimits());
       const proto::limits& l = welcome_limits_;
-      info.limits = {l.max_payload, l.max_frame,   l.max_subject, l.max_key,
+      info.limits = {l.max_payload, l.max_frame,        l.max_subject, l.max_key,
                      l.max_headers, l.max_header_bytes, l.max_segments};
       info.max_subscriptions = w.getLimits().getMaxSubscriptions();
       info.max_pending_bytes = w.getLimits().getMaxPendingBytes();
-      for (const auto url : w.getConnectUrls()) info.connect_urls.emplace_back(proto::as_string_view(url));
+      for (const auto url : w.getConnectUrls())
+        info.connect_urls.emplace_back(proto::as_string_view(url));
       decoder_.emplace(welcome_limits_, 64 * 1024);
       finish_handshake({});
       return;
@@ -445,7 +448,8 @@ void connection_impl::restore_link_locked(const proto::limits& encoded_with) {
   restoring_ = true;
   restore_left_ = 0;
   const std::uint64_t link = link_id_;
-  const auto resubscribe = [&](std::uint32_t sid, const std::string& pattern, const std::string& group,
+  const auto resubscribe = [&](std::uint32_t sid, const std::string& pattern,
+                               const std::string& group,
                                std::function<void(outcome<std::uint32_t>)> then) {
     pending_op op;
     op.kind = op_kind::resubscribe;
@@ -457,7 +461,8 @@ void connection_impl::restore_link_locked(const proto::limits& encoded_with) {
       if (--restore_left_ == 0) finish_restore();
     };
     const std::uint64_t id = add_pending_locked(std::move(op));
-    if (auto r = encoder_->subscribe(writing_, {.sid = sid, .pattern = pattern, .queue_group = group, .request_id = id});
+    if (auto r = encoder_->subscribe(
+            writing_, {.sid = sid, .pattern = pattern, .queue_group = group, .request_id = id});
         !r) {
       auto failed = take_pending_locked(id);
       asio::post(io_, [this, failed = std::move(*failed), id, e = r.error()]() mutable {
@@ -487,9 +492,9 @@ void connection_impl::restore_link_locked(const proto::limits& encoded_with) {
       const std::uint64_t original = it->second.pending_op;
       if (!r) {
         report(error{r.error().code,
-                     "subscription " + std::to_string(sid) + " to " + proto::quote(it->second.pattern) +
-                         " could not be re-established on " + info_.url + " and has ended: " +
-                         r.error().message,
+                     "subscription " + std::to_string(sid) + " to " +
+                         proto::quote(it->second.pattern) + " could not be re-established on " +
+                         info_.url + " and has ended: " + r.error().message,
                      r.error().from_server});
         remove_sub(sid);
       }
@@ -547,10 +552,10 @@ void connection_impl::on_read(std::error_code ec, std::size_t n) {
     if (st == state::closing) return finish_close();  // the server saw our half-close
     if (fatal_) return link_lost(*fatal_);
     if (ec == asio::error::eof)
-      return link_lost(
-          error{errc::closed, "the server closed the connection to " + link_url_.to_string(), false});
-    return link_lost(
-        error{errc::closed, "connection to " + link_url_.to_string() + " lost: " + ec.message(), false});
+      return link_lost(error{
+          errc::closed, "the server closed the connection to " + link_url_.to_string(), false});
+    return link_lost(error{
+        errc::closed, "connection to " + link_url_.to_string() + " lost: " + ec.message(), false});
   }
   decoder_->commit(n);
   const std::uint64_t link = link_id_;
@@ -565,7 +570,8 @@ void connection_impl::on_read(std::error_code ec, std::size_t n) {
     const proto::frame& f = **next;
     if (auto v = proto::validate_server_frame(f, limits_); !v) {
       return link_lost(error{errc::bad_server_frame,
-                             "the server sent an invalid '" + std::string(proto::kind_name(f.which())) +
+                             "the server sent an invalid '" +
+                                 std::string(proto::kind_name(f.which())) +
                                  "' frame: " + v.message(),
                              false});
     }
@@ -592,7 +598,8 @@ void connection_impl::dispatch(const proto::frame& f) {
       return;
     case wire::Frame::PING: {
       std::lock_guard lock(mu_);
-      if (state_ == state::open && encoder_->pong(out_locked(), root.getPing().getId())) kick_locked();
+      if (state_ == state::open && encoder_->pong(out_locked(), root.getPing().getId()))
+        kick_locked();
       return;
     }
     case wire::Frame::PONG:
@@ -816,8 +823,8 @@ void connection_impl::on_write(std::error_code ec, std::size_t n) {
     if (st == state::closed) return;
     if (st == state::closing) return finish_close();
     if (fatal_) return link_lost(*fatal_);
-    return link_lost(
-        error{errc::closed, "writing to " + link_url_.to_string() + " failed: " + ec.message(), false});
+    return link_lost(error{
+        errc::closed, "writing to " + link_url_.to_string() + " failed: " + ec.message(), false});
   }
   writing_.consume(n);
   if (writing_.empty()) {
@@ -957,7 +964,8 @@ void connection_impl::link_lost(const error& reason) {
     stats_.lost.fetch_add(writing_publishes_, std::memory_order_relaxed);
     writing_publishes_ = 0;
     for (server_entry& e : servers_)
-      if (e.url.to_string() == info_.url) next_server_ = static_cast<std::size_t>(&e - servers_.data()) + 1;
+      if (e.url.to_string() == info_.url)
+        next_server_ = static_cast<std::size_t>(&e - servers_.data()) + 1;
   }
   room_cv_.notify_all();
   writing_.clear();
@@ -998,7 +1006,8 @@ void connection_impl::link_failed(error why) {
   const int max = options_.reconnect.max_attempts;
   if (max >= 0 && failed_attempts_ > max) {
     why.message = "gave up reconnecting after " + std::to_string(failed_attempts_) +
-                  " failed rounds (reconnect.max_attempts " + std::to_string(max) + "): " + why.message;
+                  " failed rounds (reconnect.max_attempts " + std::to_string(max) +
+                  "): " + why.message;
     shut_down(why);
     return;
   }
@@ -1008,8 +1017,8 @@ void connection_impl::link_failed(error why) {
 void connection_impl::schedule_reconnect() {
   const reconnect_options& o = options_.reconnect;
   const auto shift = std::min<std::uint32_t>(reconnect_round_++, 20);
-  const std::chrono::milliseconds base = std::min<std::chrono::milliseconds>(
-      o.max_wait, o.initial_wait * (std::int64_t{1} << shift));
+  const std::chrono::milliseconds base =
+      std::min<std::chrono::milliseconds>(o.max_wait, o.initial_wait * (std::int64_t{1} << shift));
   std::uniform_real_distribution<double> u(0.0, 1.0);
   const auto wait = std::chrono::milliseconds(
       static_cast<std::int64_t>(static_cast<double>(base.count()) * (1.0 - o.jitter * u(rng_))));
@@ -1049,7 +1058,8 @@ void connection_impl::shut_down(const error& reason) {
   close_timer_.cancel();
   reconnect_timer_.cancel();
   const error failed{errc::closed,
-                     "connection to " + link_url_.to_string() + " closed: " + reason.to_string(), false};
+                     "connection to " + link_url_.to_string() + " closed: " + reason.to_string(),
+                     false};
   for (auto& [id, op] : ops) complete(op, id, failed);
   subs_.clear();
   for (const auto& q : queues) {

@@ -112,7 +112,15 @@ class connection_impl {
 
  private:
   enum class state { connecting, open, reconnecting, closing, closed };
-  enum class op_kind : std::uint8_t { publish_ack, subscribe, unsubscribe, inbox, request, ping, resubscribe };
+  enum class op_kind : std::uint8_t {
+    publish_ack,
+    subscribe,
+    unsubscribe,
+    inbox,
+    request,
+    ping,
+    resubscribe
+  };
   enum class inbox_state : std::uint8_t { none, subscribing, ready };
   using deadline_map = std::multimap<clock::time_point, std::uint64_t>;
 
@@ -148,7 +156,7 @@ class connection_impl {
     message_handler handler;
     std::uint64_t max_messages = 0;  // 0 = no auto-unsubscribe
     std::uint64_t delivered = 0;
-    std::uint64_t pending_op = 0;  // the subscribe call awaiting its ack, 0 once acked
+    std::uint64_t pending_op = 0;       // the subscribe call awaiting its ack, 0 once acked
     std::shared_ptr<sync_queue> queue;  // synchronous subscriptions
   };
   /// A server the connection may use, and where it came from.
@@ -174,11 +182,14 @@ class connection_impl {
   /// thread; while reconnecting, fails at once when the reconnect buffer is
   /// full. An error if the connection cannot take the frame.
   outcome<void> wait_room_locked(std::unique_lock<std::mutex>& lock, std::size_t bytes);
-  bool accepting_locked() const noexcept { return state_ == state::open || state_ == state::reconnecting; }
+  bool accepting_locked() const noexcept {
+    return state_ == state::open || state_ == state::reconnecting;
+  }
   /// out_, after encoding the publishes staged for a publishBatch (mu_ held):
   /// every frame goes in through it, so the batch keeps its place in order.
   proto::out_buffer& out_locked();
-  bool stage_publish_locked(std::string_view subject, std::string_view key, std::string_view payload);
+  bool stage_publish_locked(std::string_view subject, std::string_view key,
+                            std::string_view payload);
   std::size_t queued_locked() const noexcept { return out_.size() + batch_entries_.size(); }
   outcome<void> encode_publish_locked(std::string_view subject, std::string_view key,
                                       std::string_view payload, std::span<const header> headers,
@@ -274,12 +285,13 @@ class connection_impl {
   std::vector<std::byte> held_;  // out_'s frames from before the new link, sent after the acks
   proto::limits welcome_limits_;
   std::vector<std::byte> handshake_bytes_;
-  std::uint32_t hello_version_ = proto::protocol_version;  // 1 after a version-1 server refused more
-  std::string fallback_from_;  // why hello_version_ dropped to 1, for a later connect error
+  std::uint32_t hello_version_ =
+      proto::protocol_version;  // 1 after a version-1 server refused more
+  std::string fallback_from_;   // why hello_version_ dropped to 1, for a later connect error
   asio::generic::stream_protocol::endpoint peer_;  // the address the socket connected to
-  server_url link_url_;        // the server of the current (or last) link
-  std::size_t next_server_ = 0;  // where the next try_servers() starts
-  int failed_attempts_ = 0;      // in a row, since the last link was up
+  server_url link_url_;                            // the server of the current (or last) link
+  std::size_t next_server_ = 0;                    // where the next try_servers() starts
+  int failed_attempts_ = 0;                        // in a row, since the last link was up
   std::uint32_t reconnect_round_ = 0;
   std::minstd_rand rng_;
   std::optional<proto::decoder> decoder_;
@@ -299,10 +311,10 @@ class connection_impl {
   proto::limits limits_;
   std::optional<proto::encoder> encoder_;
   proto::out_buffer out_;
-  std::uint64_t out_gen_ = 1;     // bumped each time the writer takes out_
-  std::uint64_t out_publishes_ = 0;       // fire-and-forget publishes in out_
-  std::uint64_t writing_publishes_ = 0;   // ... in writing_ (lost if the link drops)
-  bool write_scheduled_ = false;  // a start_write is posted or a write is in flight
+  std::uint64_t out_gen_ = 1;            // bumped each time the writer takes out_
+  std::uint64_t out_publishes_ = 0;      // fire-and-forget publishes in out_
+  std::uint64_t writing_publishes_ = 0;  // ... in writing_ (lost if the link drops)
+  bool write_scheduled_ = false;         // a start_write is posted or a write is in flight
   std::uint64_t next_id_ = 1;
   std::unordered_map<std::uint64_t, pending_op> pending_;
   deadline_map deadlines_;

@@ -137,20 +137,25 @@ std::string client_url_problem(const std::string& url) {
     a = daemon::parse_listen_url(url);
   } catch (const std::invalid_argument& e) {
     std::string why = listen_url_reason(url, e.what());
-    if (const auto at = why.find("from 0 to 65535"); at != std::string::npos) why.replace(at, 15, "from 1 to 65535");
+    if (const auto at = why.find("from 0 to 65535"); at != std::string::npos)
+      why.replace(at, 15, "from 1 to 65535");
     return why;
   }
   if (a.type == listen_address::kind::unix_path) return {};
-  if (a.port == 0) return "port 0 cannot be advertised (it binds any free port); give the port clients connect to";
+  if (a.port == 0)
+    return "port 0 cannot be advertised (it binds any free port); give the port clients connect to";
   const bool bracketed = url.compare(6, 1, "[") == 0;
   if (bracketed) {
     unsigned char buf[16];
-    if (::inet_pton(AF_INET6, a.host.c_str(), buf) != 1) return "host [" + a.host + "] is not an IPv6 address";
+    if (::inet_pton(AF_INET6, a.host.c_str(), buf) != 1)
+      return "host [" + a.host + "] is not an IPv6 address";
     return {};
   }
-  if (a.host.find(':') != std::string::npos) return "an IPv6 host must be in brackets, e.g. tcp://[::1]:7400";
+  if (a.host.find(':') != std::string::npos)
+    return "an IPv6 host must be in brackets, e.g. tcp://[::1]:7400";
   if (!is_ip_literal(a.host) && !is_host_name(a.host))
-    return "host " + toml_string(a.host) + " is neither an IP address nor a host name (letters, digits, '-' and '.')";
+    return "host " + toml_string(a.host) +
+           " is neither an IP address nor a host name (letters, digits, '-' and '.')";
   return {};
 }
 
@@ -177,7 +182,9 @@ class reader {
   void read_auth(server_options& o);
 
  private:
-  void fail(const std::string& msg) { problems.push_back(one_line(std::string(file_) + ": " + msg)); }
+  void fail(const std::string& msg) {
+    problems.push_back(one_line(std::string(file_) + ": " + msg));
+  }
 
   const toml::node* find(std::string_view section, std::string_view key) const {
     const toml::node* s = root_.get(section);
@@ -353,10 +360,11 @@ void reader::read_server(server_options& o) {
   }
   if (const auto* n = find("server", "advertise")) {
     const auto* a = array("server.advertise", *n,
-                          "an array of client URLs such as [\"tcp://10.0.0.2:7400\", \"unix:///run/keyway/keyway.sock\"]");
+                          "an array of client URLs such as [\"tcp://10.0.0.2:7400\", "
+                          "\"unix:///run/keyway/keyway.sock\"]");
     if (a != nullptr && a->size() > max_advertised) {
-      fail("server.advertise lists " + std::to_string(a->size()) + " URLs; at most " + std::to_string(max_advertised) +
-           " are announced in a welcome");
+      fail("server.advertise lists " + std::to_string(a->size()) + " URLs; at most " +
+           std::to_string(max_advertised) + " are announced in a welcome");
       a = nullptr;
     }
     bool ok = a != nullptr;
@@ -623,7 +631,8 @@ void reader::read_limits(server_options& o) {
     }
   }
   if (const auto* n = find("limits", "max_connections")) {
-    if (auto v = integer("limits.max_connections", *n, 0, 1'000'000, "0..1000000 (0 = from the file-descriptor limit)"))
+    if (auto v = integer("limits.max_connections", *n, 0, 1'000'000,
+                         "0..1000000 (0 = from the file-descriptor limit)"))
       o.max_connections = *v;
   }
   if (const auto* n = find("limits", "max_subscriptions")) {
@@ -735,9 +744,13 @@ std::string quote(std::string_view s, std::size_t max_shown) {
 }
 }  // namespace
 
-std::string toml_string(std::string_view s) { return quote(s, 120); }
+std::string toml_string(std::string_view s) {
+  return quote(s, 120);
+}
 
-std::string toml_quote(std::string_view s) { return quote(s, std::string_view::npos); }
+std::string toml_quote(std::string_view s) {
+  return quote(s, std::string_view::npos);
+}
 
 std::string load_result::joined() const {
   std::string out;

@@ -43,7 +43,8 @@ struct server_options {
   std::vector<listen_address> listen{listen_address{}};
   /// The admin HTTP listener (/metrics, /livez, /readyz, /healthz, /status);
   /// tcp only. Unset: no admin listener.
-  std::optional<listen_address> admin{listen_address{listen_address::kind::tcp, "127.0.0.1", 7401, {}}};
+  std::optional<listen_address> admin{
+      listen_address{listen_address::kind::tcp, "127.0.0.1", 7401, {}}};
   /// 0: one worker per CPU of the affinity mask.
   unsigned workers = 0;
   /// CPUs to pin workers to, in order; empty: the affinity mask.

@@ -11,9 +11,9 @@
 
 #if !defined(NDEBUG) || defined(KEYWAY_ENABLE_ASSERTS)
 #define KEYWAY_ASSERTS_ON 1
-#define KEYWAY_ASSERT(cond)                                                                   \
-  do {                                                                                        \
-    if (!(cond)) ::keyway::core::assert_failed(#cond, __FILE__, __LINE__);                    \
+#define KEYWAY_ASSERT(cond)                                                \
+  do {                                                                     \
+    if (!(cond)) ::keyway::core::assert_failed(#cond, __FILE__, __LINE__); \
   } while (0)
 #else
 #define KEYWAY_ASSERTS_ON 0
@@ -36,7 +36,9 @@ namespace keyway::core {
 class owner_check {
  public:
   /// Binds to the calling thread. Call once, on the owner thread.
-  void bind_to_this_thread() noexcept { owner_.store(std::this_thread::get_id(), std::memory_order_relaxed); }
+  void bind_to_this_thread() noexcept {
+    owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+  }
   bool is_owner() const noexcept {
     return owner_.load(std::memory_order_relaxed) == std::this_thread::get_id();
   }

@@ -102,7 +102,7 @@ void* block_pool::allocate(std::size_t bytes) {
 
 void* block_pool::from_system(std::size_t total, std::uint32_t size_class) {
   auto* h = static_cast<header*>(size_class == unpooled ? ::operator new(total)
-                                                       : ::operator new(total, pooled_alignment));
+                                                        : ::operator new(total, pooled_alignment));
   h->pool = this;
   h->size_class = size_class;
   ++system_allocations_;
@@ -152,7 +152,8 @@ void block_pool::push_remote(free_block* b, std::size_t size_class) noexcept {
     const std::uint64_t count = std::min(count_max, (head >> count_shift) + 1);
     next = (count << count_shift) | address;
     // Release: the owner's exchange (acquire) sees the link written above.
-  } while (!top.compare_exchange_weak(head, next, std::memory_order_release, std::memory_order_relaxed));
+  } while (
+      !top.compare_exchange_weak(head, next, std::memory_order_release, std::memory_order_relaxed));
 }
 
 void block_pool::refill(std::size_t size_class) noexcept {

@@ -58,7 +58,8 @@ class bounded_queue {
 
  public:
   /// capacity is rounded up to a power of two (at least 2).
-  explicit bounded_queue(std::size_t capacity) : capacity_(round_up(capacity)), mask_(capacity_ - 1) {
+  explicit bounded_queue(std::size_t capacity)
+      : capacity_(round_up(capacity)), mask_(capacity_ - 1) {
     storage_ = static_cast<slot*>(
         ::operator new[]((capacity_ + 2 * pad_) * sizeof(slot), std::align_val_t{align_}));
     slots_ = storage_ + pad_;
@@ -83,7 +84,7 @@ class bounded_queue {
   /// Constructs the item in place if there is room. Construction must not
   /// throw: a claimed slot that is never filled would stall its consumer.
   template <class... Args>
-    requires std::is_nothrow_constructible_v<T, Args...>
+  requires std::is_nothrow_constructible_v<T, Args...>
   bool try_emplace(Args&&... args) noexcept {
     std::uint64_t pos = tail_.load(std::memory_order_relaxed);
     slot* s;
@@ -106,9 +107,7 @@ class bounded_queue {
     return true;
   }
   bool try_push(T&& v) noexcept { return try_emplace(std::move(v)); }
-  bool try_push(const T& v) noexcept
-    requires std::is_nothrow_copy_constructible_v<T>
-  {
+  bool try_push(const T& v) noexcept requires std::is_nothrow_copy_constructible_v<T> {
     return try_emplace(v);
   }
 
@@ -141,9 +140,7 @@ class bounded_queue {
   /// Moves up to out.size() items, stopping at the first position that is not
   /// published yet. Returns how many were moved.
   /// Single consumer only.
-  std::size_t drain(std::span<T> out) noexcept
-    requires single_consumer
-  {
+  std::size_t drain(std::span<T> out) noexcept requires single_consumer {
     const std::uint64_t head = head_.load(std::memory_order_relaxed);
     std::size_t n = 0;
     for (; n < out.size(); ++n) {

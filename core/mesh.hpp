@@ -62,7 +62,8 @@ class mesh {
       : n_(workers), capacity_(ring_capacity), links_(workers * workers), wakers_(workers) {
     endpoints_.reserve(workers);
     for (std::size_t i = 0; i < workers; ++i)
-      endpoints_.push_back(std::unique_ptr<endpoint>(new endpoint(*this, static_cast<std::uint32_t>(i))));
+      endpoints_.push_back(
+          std::unique_ptr<endpoint>(new endpoint(*this, static_cast<std::uint32_t>(i))));
   }
 
   std::size_t size() const noexcept { return n_; }
@@ -139,7 +140,6 @@ class mesh {
     /// Any thread: this endpoint holds more than the ring capacity staged
     /// for some destination (as of its last flush); senders must hold off.
     bool backlogged() const noexcept { return backlogged_.load(std::memory_order_relaxed); }
-
 
     /// Consumes every inbound ring whole; fn(T&) runs for each message.
     /// fn may send() or try_send() on this endpoint. Returns the count.

@@ -34,8 +34,8 @@
 #include <string_view>
 #include <vector>
 
-#include "core/errc.hpp"
 #include <keyway/result.hpp>
+#include "core/errc.hpp"
 
 namespace keyway::core {
 

@@ -27,7 +27,8 @@ namespace keyway::core {
 class progress_monitor {
  public:
   explicit progress_monitor(worker_pool& pool) : pool_(pool) {
-    for (std::size_t i = 0; i < pool.size(); ++i) answered_.push_back(std::make_shared<std::atomic<std::uint64_t>>(0));
+    for (std::size_t i = 0; i < pool.size(); ++i)
+      answered_.push_back(std::make_shared<std::atomic<std::uint64_t>>(0));
   }
 
   /// Marks as stalled every worker that has not run the previous probe, then
@@ -36,7 +37,8 @@ class progress_monitor {
     std::lock_guard lock(mu_);
     stalled_.clear();
     for (std::uint32_t i = 0; i < pool_.size(); ++i)
-      if (sent_ != 0 && answered_[i]->load(std::memory_order_acquire) < sent_) stalled_.push_back(i);
+      if (sent_ != 0 && answered_[i]->load(std::memory_order_acquire) < sent_)
+        stalled_.push_back(i);
     ++sent_;
     for (std::uint32_t i = 0; i < pool_.size(); ++i)
       asio::post(pool_.at(i).io(), [answered = answered_[i], n = sent_] {

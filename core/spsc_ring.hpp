@@ -48,8 +48,8 @@ class spsc_ring {
  public:
   /// capacity is rounded up to a power of two (at least 2).
   explicit spsc_ring(std::size_t capacity) : capacity_(round_up(capacity)), mask_(capacity_ - 1) {
-    storage_ = static_cast<T*>(::operator new[]((capacity_ + 2 * pad_) * sizeof(T),
-                                                std::align_val_t{storage_align_}));
+    storage_ = static_cast<T*>(
+        ::operator new[]((capacity_ + 2 * pad_) * sizeof(T), std::align_val_t{storage_align_}));
   }
   spsc_ring(const spsc_ring&) = delete;
   spsc_ring& operator=(const spsc_ring&) = delete;
@@ -197,9 +197,9 @@ class spsc_ring {
   T* storage_;
 
   alignas(cache_line) std::atomic<std::uint64_t> tail_{0};  // written by producer
-  std::uint64_t head_cache_ = 0;                             // producer's copy of head_
+  std::uint64_t head_cache_ = 0;                            // producer's copy of head_
   alignas(cache_line) std::atomic<std::uint64_t> head_{0};  // written by consumer
-  std::uint64_t tail_cache_ = 0;                             // consumer's copy of tail_
+  std::uint64_t tail_cache_ = 0;                            // consumer's copy of tail_
   char tail_pad_[cache_line - sizeof(std::atomic<std::uint64_t>) - sizeof(std::uint64_t)];
 };
 

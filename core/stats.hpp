@@ -29,14 +29,15 @@ class counter {
 /// Per-worker runtime counters, on a cache line of their own so that a scrape
 /// from another thread never shares a line with a neighbour's writes.
 struct alignas(cache_line) worker_stats {
-  counter loop_turns;        // iterations of the worker loop; the progress heartbeat
-  counter sleeps;            // times the worker blocked in its io_context
-  counter wakeups_sent;      // wake-ups this worker sent to sleeping peers
-  counter mesh_sent;         // messages this worker pushed onto the mesh
-  counter mesh_received;     // messages this worker drained from the mesh
-  counter credit_stalls;     // sends refused because the destination had no credit
-  counter mesh_staged;       // gauge: messages staged for other workers, not yet in a ring (at the last flush)
-  counter handler_errors;    // exceptions caught from handlers
+  counter loop_turns;     // iterations of the worker loop; the progress heartbeat
+  counter sleeps;         // times the worker blocked in its io_context
+  counter wakeups_sent;   // wake-ups this worker sent to sleeping peers
+  counter mesh_sent;      // messages this worker pushed onto the mesh
+  counter mesh_received;  // messages this worker drained from the mesh
+  counter credit_stalls;  // sends refused because the destination had no credit
+  counter mesh_staged;  // gauge: messages staged for other workers, not yet in a ring (at the last
+                        // flush)
+  counter handler_errors;  // exceptions caught from handlers
 };
 
 }  // namespace keyway::core

@@ -81,7 +81,7 @@ class unbounded_mpsc_queue {
   /// std::bad_alloc propagates and the queue is unchanged. Construction must
   /// not throw: a claimed slot that is never filled would stall the consumer.
   template <class... Args>
-    requires std::is_nothrow_constructible_v<T, Args...>
+  requires std::is_nothrow_constructible_v<T, Args...>
   void emplace(Args&&... args) {
     block* next = nullptr;  // taken before claiming the last slot of a block
     std::uint64_t tail = tail_.load(std::memory_order_acquire);
@@ -119,11 +119,7 @@ class unbounded_mpsc_queue {
     }
   }
   void push(T&& v) { emplace(std::move(v)); }
-  void push(const T& v)
-    requires std::is_nothrow_copy_constructible_v<T>
-  {
-    emplace(v);
-  }
+  void push(const T& v) requires std::is_nothrow_copy_constructible_v<T> { emplace(v); }
 
   // ---- consumer (one thread) -----------------------------------------------
 

@@ -73,7 +73,7 @@ class unbounded_spsc_queue {
   /// std::bad_alloc propagates and the queue is unchanged. Construction must
   /// not throw.
   template <class... Args>
-    requires std::is_nothrow_constructible_v<T, Args...>
+  requires std::is_nothrow_constructible_v<T, Args...>
   void emplace(Args&&... args) {
     const std::uint64_t tail = tail_.load(std::memory_order_relaxed);
     if (starts_block(tail)) {
@@ -89,11 +89,7 @@ class unbounded_spsc_queue {
     tail_.store(tail + 1, std::memory_order_release);
   }
   void push(T&& v) { emplace(std::move(v)); }
-  void push(const T& v)
-    requires std::is_nothrow_copy_constructible_v<T>
-  {
-    emplace(v);
-  }
+  void push(const T& v) requires std::is_nothrow_copy_constructible_v<T> { emplace(v); }
 
   // ---- consumer side -------------------------------------------------------
 
@@ -121,8 +117,7 @@ class unbounded_spsc_queue {
 
  private:
   static constexpr std::size_t mask_ = BlockSize - 1;
-  static constexpr std::size_t slot_align_ =
-      alignof(T) > cache_line ? alignof(T) : cache_line;
+  static constexpr std::size_t slot_align_ = alignof(T) > cache_line ? alignof(T) : cache_line;
 
   // The link sits on a line of its own, ahead of the slots, and sizeof is a
   // whole number of lines: a block shares no line with other heap data.

@@ -13,12 +13,18 @@ namespace keyway::core {
 
 std::string_view to_string(worker_state s) {
   switch (s) {
-    case worker_state::created: return "created";
-    case worker_state::starting: return "starting";
-    case worker_state::running: return "running";
-    case worker_state::stopping: return "stopping";
-    case worker_state::stopped: return "stopped";
-    case worker_state::failed: return "failed";
+    case worker_state::created:
+      return "created";
+    case worker_state::starting:
+      return "starting";
+    case worker_state::running:
+      return "running";
+    case worker_state::stopping:
+      return "stopping";
+    case worker_state::stopped:
+      return "stopped";
+    case worker_state::failed:
+      return "failed";
   }
   return "unknown";
 }

@@ -10,10 +10,11 @@
 namespace keyway::core {
 
 result<std::vector<std::optional<int>>> plan_workers(const pool_options& opt,
-                                                      const std::vector<int>& allowed) {
+                                                     const std::vector<int>& allowed) {
   std::vector<int> cpus = opt.cpus.empty() ? allowed : opt.cpus;
   for (int c : opt.cpus)
-    if (std::find(allowed.begin(), allowed.end(), c) == allowed.end()) return unexpected(errc::bad_cpu);
+    if (std::find(allowed.begin(), allowed.end(), c) == allowed.end())
+      return unexpected(errc::bad_cpu);
   if (cpus.empty()) return unexpected(errc::invalid_argument);
   const std::size_t n = opt.workers != 0 ? opt.workers : cpus.size();
   std::vector<std::optional<int>> plan;
@@ -32,13 +33,17 @@ result<std::unique_ptr<worker_pool>> worker_pool::create(const pool_options& opt
   if (!plan) return unexpected(plan.error());
   std::vector<std::unique_ptr<worker>> workers;
   for (std::size_t i = 0; i < plan->size(); ++i)
-    workers.push_back(std::make_unique<worker>(static_cast<std::uint32_t>(i), (*plan)[i], opt.spin_turns));
+    workers.push_back(
+        std::make_unique<worker>(static_cast<std::uint32_t>(i), (*plan)[i], opt.spin_turns));
   return std::unique_ptr<worker_pool>(new worker_pool(std::move(workers)));
 }
 
-worker_pool::worker_pool(std::vector<std::unique_ptr<worker>> workers) : workers_(std::move(workers)) {}
+worker_pool::worker_pool(std::vector<std::unique_ptr<worker>> workers)
+    : workers_(std::move(workers)) {}
 
-worker_pool::~worker_pool() { stop(); }
+worker_pool::~worker_pool() {
+  stop();
+}
 
 result<void> worker_pool::start(const handler_factory& factory, event_hook hook) {
   hook_ = std::move(hook);

@@ -42,7 +42,7 @@ struct pool_options {
 /// Errors: bad_cpu (a CPU outside the mask), invalid_argument (0 CPUs).
 /// More workers than CPUs is allowed; CPUs are then reused round-robin.
 result<std::vector<std::optional<int>>> plan_workers(const pool_options& opt,
-                                                      const std::vector<int>& allowed);
+                                                     const std::vector<int>& allowed);
 
 class worker_pool {
  public:

@@ -15,8 +15,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include <asio/error.hpp>
 #include <algorithm>
+#include <asio/error.hpp>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -47,10 +47,13 @@ class accept_backoff {
       }
       next_log_ = since_ + log_interval;
       spdlog::warn(
-          "{}: accept failed: {}; retrying in {} ms, then backing off up to {} ms (logged once until an accept "
-          "succeeds{}; out of file descriptors: raise LimitNOFILE / ulimit -n or lower the connection limits)",
+          "{}: accept failed: {}; retrying in {} ms, then backing off up to {} ms (logged once "
+          "until an accept "
+          "succeeds{}; out of file descriptors: raise LimitNOFILE / ulimit -n or lower the "
+          "connection limits)",
           what_, describe(ec), wait_.count(), max_wait.count(),
-          unlogged_ == 0 ? std::string() : "; " + std::to_string(unlogged_) + " earlier episodes not logged");
+          unlogged_ == 0 ? std::string()
+                         : "; " + std::to_string(unlogged_) + " earlier episodes not logged");
       unlogged_ = 0;
     }
     return wait_;
@@ -60,9 +63,10 @@ class accept_backoff {
   void succeeded() {
     if (failures_ == 0) return;
     if (logged_) {
-      const auto lasted =
-          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since_);
-      spdlog::info("{}: accepting again after {} failed accepts over {} ms", what_, failures_, lasted.count());
+      const auto lasted = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - since_);
+      spdlog::info("{}: accepting again after {} failed accepts over {} ms", what_, failures_,
+                   lasted.count());
     }
     failures_ = 0;
   }
@@ -73,8 +77,8 @@ class accept_backoff {
   /// "Too many open files (EMFILE)": the message, and the errno name when there is one.
   static std::string describe(const std::error_code& ec) {
     std::string out = ec.message();
-    if (ec.category() == asio::error::get_system_category() || ec.category() == std::system_category() ||
-        ec.category() == std::generic_category()) {
+    if (ec.category() == asio::error::get_system_category() ||
+        ec.category() == std::system_category() || ec.category() == std::generic_category()) {
       if (const char* name = ::strerrorname_np(ec.value())) out += std::string(" (") + name + ")";
     }
     return out;
@@ -87,7 +91,7 @@ class accept_backoff {
   std::chrono::steady_clock::time_point since_{};     // the current episode's first failure
   std::chrono::steady_clock::time_point next_log_{};  // no episode logged before this
   bool logged_ = false;                               // the current episode was logged
-  std::uint64_t unlogged_ = 0;                        // episodes not logged since the last one that was
+  std::uint64_t unlogged_ = 0;  // episodes not logged since the last one that was
 };
 
 }  // namespace keyway::daemon

@@ -4,12 +4,12 @@
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
 
+#include <algorithm>
+#include <array>
 #include <asio/ip/address.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/write.hpp>
-#include <algorithm>
-#include <array>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -31,9 +31,15 @@ std::string json_string(std::string_view s) {
   std::string out = "\"";
   for (const char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -49,10 +55,14 @@ std::string json_string(std::string_view s) {
 
 std::string_view phase_name(server::phase p) {
   switch (p) {
-    case server::phase::starting: return "starting";
-    case server::phase::serving: return "serving";
-    case server::phase::draining: return "draining";
-    case server::phase::stopped: return "stopped";
+    case server::phase::starting:
+      return "starting";
+    case server::phase::serving:
+      return "serving";
+    case server::phase::draining:
+      return "draining";
+    case server::phase::stopped:
+      return "stopped";
   }
   return "unknown";
 }
@@ -66,12 +76,18 @@ struct response {
 
 std::string_view reason(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 431: return "Request Header Fields Too Large";
-    case 503: return "Service Unavailable";
+    case 200:
+      return "OK";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 503:
+      return "Service Unavailable";
   }
   return "Error";
 }
@@ -85,12 +101,14 @@ std::string readiness_report(const server& srv, bool& ready) {
   out += std::string(serving ? "[+]" : "[-]") + "phase " + std::string(phase_name(phase)) + "\n";
   const std::size_t bound = srv.addresses().size();
   const bool listeners_ok = serving && bound > 0;  // a listener that fails to bind stops the start
-  out += std::string(listeners_ok ? "[+]" : "[-]") + "listeners " + std::to_string(bound) + " bound\n";
+  out +=
+      std::string(listeners_ok ? "[+]" : "[-]") + "listeners " + std::to_string(bound) + " bound\n";
   const auto stalled = srv.stalled_workers();
   for (std::size_t i = 0; i < srv.context().workers; ++i) {
     const bool bad = std::find(stalled.begin(), stalled.end(), i) != stalled.end();
     out += std::string(bad ? "[-]" : "[+]") + "worker " + std::to_string(i) +
-           (bad ? " stalled: did not run the health probe within the last check interval\n" : " making progress\n");
+           (bad ? " stalled: did not run the health probe within the last check interval\n"
+                : " making progress\n");
   }
   ready = serving && listeners_ok && stalled.empty();
   out += ready ? "readyz check passed\n" : "readyz check failed\n";
@@ -99,7 +117,8 @@ std::string readiness_report(const server& srv, bool& ready) {
 
 std::string status_json(const server& srv, const std::string& admin_url) {
   const server_context& ctx = srv.context();
-  const auto uptime = std::chrono::duration<double>(std::chrono::steady_clock::now() - srv.started_at()).count();
+  const auto uptime =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - srv.started_at()).count();
   const auto stalled = srv.stalled_workers();
   std::uint64_t conns = 0, subs = 0;
   std::string workers;
@@ -112,20 +131,26 @@ std::string status_json(const server& srv, const std::string& admin_url) {
     conns += c;
     subs += st.subscriptions.get();
     if (i) workers += ",";
-    workers += "{\"id\":" + std::to_string(i) + ",\"cpu\":" + (w.cpu() ? std::to_string(*w.cpu()) : "null") +
-               ",\"connections\":" + std::to_string(c) + ",\"subscriptions\":" + std::to_string(st.subscriptions.get()) +
+    workers += "{\"id\":" + std::to_string(i) +
+               ",\"cpu\":" + (w.cpu() ? std::to_string(*w.cpu()) : "null") +
+               ",\"connections\":" + std::to_string(c) +
+               ",\"subscriptions\":" + std::to_string(st.subscriptions.get()) +
                ",\"mesh_queue_depth\":" + std::to_string(depth) +
                ",\"loop_turns\":" + std::to_string(w.stats().loop_turns.get()) +
                ",\"sleeping\":" + (w.sleeping() ? "true" : "false") + ",\"stalled\":" +
-               (std::find(stalled.begin(), stalled.end(), i) != stalled.end() ? "true" : "false") + "}";
+               (std::find(stalled.begin(), stalled.end(), i) != stalled.end() ? "true" : "false") +
+               "}";
   }
   std::string listeners;
-  for (const auto& a : srv.addresses()) listeners += (listeners.empty() ? "" : ",") + json_string(a);
+  for (const auto& a : srv.addresses())
+    listeners += (listeners.empty() ? "" : ",") + json_string(a);
   char up[32];
   std::snprintf(up, sizeof up, "%.3f", uptime);
-  return "{\"version\":" + json_string(KEYWAY_VERSION) + ",\"server_id\":" + json_string(ctx.server_id) +
-         ",\"phase\":" + json_string(phase_name(srv.current_phase())) + ",\"uptime_seconds\":" + up +
-         ",\"workers\":[" + workers + "],\"connections\":" + std::to_string(conns) +
+  return "{\"version\":" + json_string(KEYWAY_VERSION) +
+         ",\"server_id\":" + json_string(ctx.server_id) +
+         ",\"phase\":" + json_string(phase_name(srv.current_phase())) +
+         ",\"uptime_seconds\":" + up + ",\"workers\":[" + workers +
+         "],\"connections\":" + std::to_string(conns) +
          ",\"subscriptions\":" + std::to_string(subs) + ",\"listeners\":[" + listeners +
          "],\"admin\":" + json_string(admin_url) + "}\n";
 }
@@ -136,7 +161,7 @@ struct admin_service::impl {
   const std::size_t max_connections;
   // Admin thread only, after start().
   std::size_t open_sessions = 0;  // sessions not yet closed: each holds a descriptor
-  std::uint64_t refused = 0;  // over max_connections since that was last logged
+  std::uint64_t refused = 0;      // over max_connections since that was last logged
   std::chrono::steady_clock::time_point next_refusal_log{};
   accept_backoff backoff_policy{"admin"};
   std::string refusal;  // the 503 sent over max_connections, built once
@@ -152,20 +177,22 @@ struct admin_service::impl {
 
   impl(server& s, std::optional<listen_address> l, std::size_t max)
       : srv(s), listen(std::move(l)), max_connections(std::max<std::size_t>(max, 1)) {
-    const std::string body =
-        "too many admin connections (admin.max_connections is " + std::to_string(max_connections) + ")\n";
+    const std::string body = "too many admin connections (admin.max_connections is " +
+                             std::to_string(max_connections) + ")\n";
     refusal = "HTTP/1.1 503 " + std::string(reason(503)) +
-              "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
-              "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" + body;
+              "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
+              std::to_string(body.size()) + "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" +
+              body;
   }
 
   response route(std::string_view method, std::string_view target) {
     response r;
     const auto q = target.find('?');
     const std::string_view path = target.substr(0, q);
-    const std::string_view query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
-    const bool known = path == "/metrics" || path == "/livez" || path == "/readyz" || path == "/healthz" ||
-                       path == "/status";
+    const std::string_view query =
+        q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
+    const bool known = path == "/metrics" || path == "/livez" || path == "/readyz" ||
+                       path == "/healthz" || path == "/status";
     if (!known) {
       r.status = 404;
       r.body = "not found; try /metrics, /livez, /readyz, /healthz or /status\n";
@@ -189,7 +216,8 @@ struct admin_service::impl {
       bool ready = false;
       const std::string report = readiness_report(srv, ready);
       r.status = ready ? 200 : 503;
-      r.body = query.find("verbose") != std::string_view::npos ? report : (ready ? "ok\n" : "not ready\n");
+      r.body = query.find("verbose") != std::string_view::npos ? report
+                                                               : (ready ? "ok\n" : "not ready\n");
     }
     return r;
   }
@@ -216,9 +244,9 @@ struct admin_service::impl {
       read();
     }
     void read() {
-      sock.async_read_some(asio::buffer(chunk), [self = shared_from_this()](std::error_code ec, std::size_t n) {
-        self->on_read(ec, n);
-      });
+      sock.async_read_some(
+          asio::buffer(chunk),
+          [self = shared_from_this()](std::error_code ec, std::size_t n) { self->on_read(ec, n); });
     }
     void on_read(std::error_code ec, std::size_t n) {
       if (closed) return;
@@ -270,11 +298,13 @@ struct admin_service::impl {
         }
       }
       out = "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(reason(r.status)) +
-            "\r\nContent-Type: " + r.content_type + "\r\nContent-Length: " + std::to_string(r.body.size()) +
-            "\r\nConnection: close\r\n" + r.extra_headers + "\r\n";
+            "\r\nContent-Type: " + r.content_type +
+            "\r\nContent-Length: " + std::to_string(r.body.size()) + "\r\nConnection: close\r\n" +
+            r.extra_headers + "\r\n";
       if (!head) out += r.body;
-      asio::async_write(sock, asio::buffer(out),
-                        [self = shared_from_this()](std::error_code, std::size_t) { self->close(); });
+      asio::async_write(
+          sock, asio::buffer(out),
+          [self = shared_from_this()](std::error_code, std::size_t) { self->close(); });
     }
     void close() {
       if (closed) return;
@@ -297,9 +327,11 @@ struct admin_service::impl {
   void refuse(tcp::socket s) {
     ++refused;
     if (const auto now = std::chrono::steady_clock::now(); now >= next_refusal_log) {
-      spdlog::warn("admin: {} connections open, admin.max_connections is {}; answering new ones 503 and closing "
-                   "them ({} refused since this was last logged; logged at most every 10 s)",
-                   open_sessions, max_connections, refused);
+      spdlog::warn(
+          "admin: {} connections open, admin.max_connections is {}; answering new ones 503 and "
+          "closing "
+          "them ({} refused since this was last logged; logged at most every 10 s)",
+          open_sessions, max_connections, refused);
       refused = 0;
       next_refusal_log = now + 10s;
     }
@@ -343,20 +375,26 @@ struct admin_service::impl {
         last_watchdog = now;
       }
     }
-    tick.expires_after(watchdog_usec != 0 && watchdog_usec < 2'000'000 ? std::chrono::microseconds(watchdog_usec / 4)
-                                                                        : std::chrono::microseconds(1'000'000));
+    tick.expires_after(watchdog_usec != 0 && watchdog_usec < 2'000'000
+                           ? std::chrono::microseconds(watchdog_usec / 4)
+                           : std::chrono::microseconds(1'000'000));
     tick.async_wait([this](std::error_code ec) {
       if (!ec) on_tick();
     });
   }
 };
 
-admin_service::admin_service(server& srv, std::optional<listen_address> listen, std::size_t max_connections)
+admin_service::admin_service(server& srv, std::optional<listen_address> listen,
+                             std::size_t max_connections)
     : impl_(std::make_unique<impl>(srv, std::move(listen), max_connections)) {}
 
-admin_service::~admin_service() { stop(); }
+admin_service::~admin_service() {
+  stop();
+}
 
-const std::string& admin_service::url() const noexcept { return impl_->url; }
+const std::string& admin_service::url() const noexcept {
+  return impl_->url;
+}
 
 void admin_service::start() {
   impl& m = *impl_;

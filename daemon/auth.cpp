@@ -9,7 +9,9 @@ namespace keyway::daemon {
 
 std::vector<std::string> load_tokens(const std::string& path) {
   std::ifstream in(path);
-  if (!in) throw std::runtime_error("auth.tokens_file " + path + ": cannot read it: " + std::strerror(errno));
+  if (!in)
+    throw std::runtime_error("auth.tokens_file " + path +
+                             ": cannot read it: " + std::strerror(errno));
   std::vector<std::string> tokens;
   std::string line;
   while (std::getline(in, line)) {
@@ -19,8 +21,9 @@ std::vector<std::string> load_tokens(const std::string& path) {
     tokens.push_back(line.substr(b, e - b + 1));
   }
   if (tokens.empty())
-    throw std::runtime_error("auth.tokens_file " + path +
-                             ": holds no token (one per line); leave auth.tokens_file empty to turn auth off");
+    throw std::runtime_error(
+        "auth.tokens_file " + path +
+        ": holds no token (one per line); leave auth.tokens_file empty to turn auth off");
   return tokens;
 }
 

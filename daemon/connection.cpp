@@ -27,8 +27,9 @@ connection::connection(router& r, socket_type socket, std::uint64_t id, bool uni
       timer_(r.worker().io()),
       grace_timer_(r.worker().io()) {
   // Until a good hello, a hello-sized frame is all this peer may make us buffer.
-  decoder_.cap_frames(r.options().limits.hello_frame_limit(),
-                      "the limit before hello (limits.max_auth_token + limits.max_client_name + 1 KiB)");
+  decoder_.cap_frames(
+      r.options().limits.hello_frame_limit(),
+      "the limit before hello (limits.max_auth_token + limits.max_client_name + 1 KiB)");
 }
 
 connection::~connection() = default;
@@ -72,12 +73,16 @@ void connection::arm_idle(std::chrono::steady_clock::duration after) {
   });
 }
 
-std::size_t connection::high_water() const noexcept { return router_.options().max_pending_bytes / 2; }
+std::size_t connection::high_water() const noexcept {
+  return router_.options().max_pending_bytes / 2;
+}
 std::size_t connection::hard_limit() const noexcept {
   const std::uint64_t limit = router_.options().max_pending_bytes;
   return std::max(2 * limit, limit + in_flight_allowance);
 }
-std::size_t connection::low_water() const noexcept { return router_.options().max_pending_bytes / 4; }
+std::size_t connection::low_water() const noexcept {
+  return router_.options().max_pending_bytes / 4;
+}
 
 void connection::read_more() {
   if (reading_ || state_ == state::closing || state_ == state::closed || reading_paused()) return;
@@ -96,10 +101,9 @@ void connection::read_more() {
   const std::size_t keep = std::max(read_size_, proto::decoder::default_initial_capacity);
   if (decoder_.capacity() > 4 * keep && decoder_.buffered() == 0) (void)decoder_.shrink(keep);
   auto buf = decoder_.prepare(read_size_);
-  socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
-                          [self = shared_from_this()](std::error_code ec, std::size_t n) {
-                            self->on_read(ec, n);
-                          });
+  socket_.async_read_some(
+      asio::buffer(buf.data(), buf.size()),
+      [self = shared_from_this()](std::error_code ec, std::size_t n) { self->on_read(ec, n); });
 }
 
 void connection::on_read(std::error_code ec, std::size_t n) {
@@ -160,15 +164,17 @@ void connection::process() {
 bool connection::handle(const proto::frame& f) {
   if (state_ == state::handshake && f.which() != wire::Frame::HELLO) {
     send_error(proto::errc::protocol,
-               std::string("the first frame must be hello, got ") + std::string(proto::kind_name(f.which())), 0,
-               true);
+               std::string("the first frame must be hello, got ") +
+                   std::string(proto::kind_name(f.which())),
+               0, true);
     return true;
   }
   // A kind the agreed version lacks is refused whatever it holds.
   if (f.which() == wire::Frame::PUBLISH_BATCH && protocol_version_ < proto::batch_version) {
     send_error(proto::errc::protocol,
                "publishBatch needs protocol version " + std::to_string(proto::batch_version) +
-                   "; this connection agreed on version " + std::to_string(protocol_version_) + " in its hello",
+                   "; this connection agreed on version " + std::to_string(protocol_version_) +
+                   " in its hello",
                0, true);
     return true;
   }
@@ -213,7 +219,8 @@ void connection::fail(const proto::status& st, std::uint64_t request_id) {
 
 void connection::on_hello(wire::Hello::Reader h) {
   if (state_ != state::handshake) {
-    send_error(proto::errc::protocol, "hello sent twice; send it once, as the first frame", 0, true);
+    send_error(proto::errc::protocol, "hello sent twice; send it once, as the first frame", 0,
+               true);
     return;
   }
   // The client names the highest version it speaks; both speak the lower of
@@ -221,8 +228,9 @@ void connection::on_hello(wire::Hello::Reader h) {
   if (h.getProtocolVersion() < proto::min_protocol_version) {
     send_error(proto::errc::unsupported_version,
                "protocol version " + std::to_string(h.getProtocolVersion()) +
-                   " is not supported; this server speaks versions " + std::to_string(proto::min_protocol_version) +
-                   " to " + std::to_string(proto::protocol_version),
+                   " is not supported; this server speaks versions " +
+                   std::to_string(proto::min_protocol_version) + " to " +
+                   std::to_string(proto::protocol_version),
                0, true);
     return;
   }
@@ -231,10 +239,12 @@ void connection::on_hello(wire::Hello::Reader h) {
     const std::string_view token = proto::as_string_view(h.getAuthToken());
     if (!token_matches(router_.tokens(), token)) {
       router_.stats().auth_failures.add();
-      send_error(proto::errc::auth_failed,
-                 token.empty() ? "hello carries no auth token, and this server requires one (auth.tokens_file)"
-                               : "the auth token in hello is not one this server accepts (auth.tokens_file)",
-                 0, true);
+      send_error(
+          proto::errc::auth_failed,
+          token.empty()
+              ? "hello carries no auth token, and this server requires one (auth.tokens_file)"
+              : "the auth token in hello is not one this server accepts (auth.tokens_file)",
+          0, true);
       return;
     }
   }
@@ -282,8 +292,10 @@ bool connection::on_publish(const proto::publish_view& p) {
 }
 
 bool connection::route_publish(const proto::publish_view& p) {
-  shared_message* msg = shared_message::make(router_.pool(), p.subject, p.key, p.payload, p.reply_to, p.headers);
-  msg->set_received_ns(static_cast<std::uint64_t>(last_read_.time_since_epoch() / std::chrono::nanoseconds(1)));
+  shared_message* msg =
+      shared_message::make(router_.pool(), p.subject, p.key, p.payload, p.reply_to, p.headers);
+  msg->set_received_ns(
+      static_cast<std::uint64_t>(last_read_.time_since_epoch() / std::chrono::nanoseconds(1)));
   publish_op op;
   op.msg = message_ref(msg);
   op.conn = id_;
@@ -304,7 +316,8 @@ bool connection::route_publish(const proto::publish_view& p) {
 bool connection::publish_entries() {
   proto::batch_entry e;
   while (batch_at_.next(e)) {
-    if (!route_publish({.subject = batch_subject_, .key = e.key, .payload = e.payload})) return false;
+    if (!route_publish({.subject = batch_subject_, .key = e.key, .payload = e.payload}))
+      return false;
   }
   return true;
 }
@@ -371,7 +384,8 @@ void connection::on_ping(std::uint64_t id) {
 
 void connection::barrier_done(std::uint64_t round) {
   KEYWAY_ASSERT_OWNER(router_.worker());
-  if (round < first_round_ || round - first_round_ >= pings_.size()) return;  // not ours: cannot happen
+  if (round < first_round_ || round - first_round_ >= pings_.size())
+    return;  // not ours: cannot happen
   pending_ping& p = pings_[static_cast<std::size_t>(round - first_round_)];
   if (p.barriers_left > 0) --p.barriers_left;
   answer_pings();
@@ -406,14 +420,16 @@ void connection::on_subscribe(wire::Subscribe::Reader s) {
   const std::uint32_t sid = s.getSid();
   const std::uint64_t rid = s.getRequestId();
   if (subs_.count(sid) != 0) {
-    send_error(proto::errc::protocol, "subscription id " + std::to_string(sid) +
-                                          " is already in use on this connection; unsubscribe it or pick another",
+    send_error(proto::errc::protocol,
+               "subscription id " + std::to_string(sid) +
+                   " is already in use on this connection; unsubscribe it or pick another",
                rid, false);
     return;
   }
   if (subs_.size() >= o.max_subscriptions) {
     send_error(proto::errc::too_many_subscriptions,
-               "connection has " + std::to_string(subs_.size()) + " subscriptions, limits.max_subscriptions is " +
+               "connection has " + std::to_string(subs_.size()) +
+                   " subscriptions, limits.max_subscriptions is " +
                    std::to_string(o.max_subscriptions) + "; unsubscribe some or raise the limit",
                rid, false);
     return;
@@ -434,7 +450,8 @@ void connection::on_subscribe(wire::Subscribe::Reader s) {
     send_error(proto::errc::too_many_subscriptions,
                "this connection's subscriptions take " + proto::format_size(sub_bytes_) +
                    " of index memory and this one needs " + proto::format_size(cost) +
-                   ", limits.max_subscription_bytes is " + proto::format_size(o.max_subscription_bytes) +
+                   ", limits.max_subscription_bytes is " +
+                   proto::format_size(o.max_subscription_bytes) +
                    "; unsubscribe some, use shorter patterns, or raise the limit",
                rid, false);
     return;
@@ -463,7 +480,9 @@ void connection::on_unsubscribe(wire::Unsubscribe::Reader u) {
   const std::uint64_t rid = u.getRequestId();
   if (subs_.count(u.getSid()) == 0) {
     send_error(proto::errc::protocol,
-               "unsubscribe of subscription id " + std::to_string(u.getSid()) + ", which is not subscribed", rid, false);
+               "unsubscribe of subscription id " + std::to_string(u.getSid()) +
+                   ", which is not subscribed",
+               rid, false);
     return;
   }
   drop_subscription(u.getSid(), rid);
@@ -512,7 +531,8 @@ void connection::sub_applied(const sub_applied_op& op) {
     auto it = subs_.find(op.sid);
     if (it != subs_.end() && it->second.uid == op.uid) {
       drop_subscription(op.sid, 0);
-      if (auto ack = pending_acks_.find(op.request_id); ack != pending_acks_.end()) ack->second.refused = true;
+      if (auto ack = pending_acks_.find(op.request_id); ack != pending_acks_.end())
+        ack->second.refused = true;
       send_error(proto::errc::too_many_subscriptions, *op.refused, op.request_id, false);
     }
   }
@@ -525,8 +545,8 @@ void connection::sub_applied(const sub_applied_op& op) {
   if (!refused) send_ack(op.request_id, 0);
 }
 
-void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core, std::uint64_t seq,
-                         std::uint64_t publisher) {
+void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core,
+                         std::uint64_t seq, std::uint64_t publisher) {
   KEYWAY_ASSERT_OWNER(router_.worker());
   if (state_ != state::open) {
     router_.stats().drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
@@ -558,8 +578,9 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   f.owner_core = core;
   f.seq = seq;
   auto& enc = router_.encoder();
-  const bool batched = protocol_version_ >= proto::batch_version && m.plain() && f.reply_to.empty() &&
-                       f.payload.size() < proto::encoder::default_ref_threshold && batch_out_.fits(f);
+  const bool batched =
+      protocol_version_ >= proto::batch_version && m.plain() && f.reply_to.empty() &&
+      f.payload.size() < proto::encoder::default_ref_threshold && batch_out_.fits(f);
   result<std::size_t> r = batched     ? add_to_batch(f)
                           : m.plain() ? enc.stamped_message(out(), f, m.frame_lists())
                                       : encode_with_headers(m, f);
@@ -569,7 +590,8 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
     return;
   }
   // A payload appended by reference must outlive the write; keep the message.
-  if (m.payload().size() >= proto::encoder::default_ref_threshold) out_refs_.push_back(message_ref::share(m));
+  if (m.payload().size() >= proto::encoder::default_ref_threshold)
+    out_refs_.push_back(message_ref::share(m));
   router_.stats().delivered.add();
   router_.stats().latency.record(router_.turn_ns(m.received_ns()) - m.received_ns());
   if (pending_bytes() >= high_water() && !shedding_) on_congestion(publisher);
@@ -629,9 +651,11 @@ void connection::note_slow_consumer() {
   const server_options& o = router_.options();
   slow_logged_ = true;
   router_.stats().slow_consumers.add();
-  spdlog::warn("slow consumer: connection {} ({}) has {} bytes pending, limits.max_pending_bytes is {}; {}", id_,
-               client_name_, pending_bytes(), o.max_pending_bytes,
-               o.slow_consumer == slow_consumer_policy::disconnect ? "disconnecting" : "dropping its messages");
+  spdlog::warn(
+      "slow consumer: connection {} ({}) has {} bytes pending, limits.max_pending_bytes is {}; {}",
+      id_, client_name_, pending_bytes(), o.max_pending_bytes,
+      o.slow_consumer == slow_consumer_policy::disconnect ? "disconnecting"
+                                                          : "dropping its messages");
 }
 
 void connection::apply_slow_consumer_policy() {
@@ -645,18 +669,22 @@ void connection::apply_slow_consumer_policy() {
     release_throttled();
     return;
   }
-  const std::string why =
-      pending_bytes() >= hard_limit()
-          ? "outbound queue of " + proto::format_size(pending_bytes()) + " reached " +
-                proto::format_size(hard_limit()) + ", the ceiling past limits.max_pending_bytes (" +
-                proto::format_size(o.max_pending_bytes) + ") for what was in flight when its publishers were paused"
-          : "outbound queue of " + proto::format_size(pending_bytes()) + " over half of limits.max_pending_bytes (" +
-                proto::format_size(o.max_pending_bytes) + ") and nothing read for limits.slow_consumer_grace (" +
-                std::to_string(o.slow_consumer_grace.count()) + " ms)";
+  const std::string why = pending_bytes() >= hard_limit()
+                              ? "outbound queue of " + proto::format_size(pending_bytes()) +
+                                    " reached " + proto::format_size(hard_limit()) +
+                                    ", the ceiling past limits.max_pending_bytes (" +
+                                    proto::format_size(o.max_pending_bytes) +
+                                    ") for what was in flight when its publishers were paused"
+                              : "outbound queue of " + proto::format_size(pending_bytes()) +
+                                    " over half of limits.max_pending_bytes (" +
+                                    proto::format_size(o.max_pending_bytes) +
+                                    ") and nothing read for limits.slow_consumer_grace (" +
+                                    std::to_string(o.slow_consumer_grace.count()) + " ms)";
   send_error(proto::errc::slow_consumer, why + "; read faster or raise the limits", 0, true);
 }
 
-result<std::size_t> connection::encode_with_headers(const shared_message& m, proto::delivery_fields& f) {
+result<std::size_t> connection::encode_with_headers(const shared_message& m,
+                                                    proto::delivery_fields& f) {
   headers_.clear();
   m.for_each_header([&](const header_view& h) { headers_.push_back(h); });
   f.headers = headers_;
@@ -675,11 +703,12 @@ result<std::size_t> connection::add_to_batch(const proto::delivery_fields& f) {
   return std::size_t{0};
 }
 
-void connection::send_no_responders(std::string_view subject, std::string_view reply_to, std::uint64_t ack_id) {
+void connection::send_no_responders(std::string_view subject, std::string_view reply_to,
+                                    std::uint64_t ack_id) {
   KEYWAY_ASSERT_OWNER(router_.worker());
   send_error(proto::errc::no_responders,
-             "no subscriber matched request subject " + proto::quote(subject) + " (reply_to " + proto::quote(reply_to) +
-                 ")",
+             "no subscriber matched request subject " + proto::quote(subject) + " (reply_to " +
+                 proto::quote(reply_to) + ")",
              ack_id, false, reply_to);
 }
 
@@ -691,8 +720,8 @@ void connection::send_ack(std::uint64_t request_id, std::uint32_t delivered) {
   queued();
 }
 
-void connection::send_error(proto::errc code, std::string_view message, std::uint64_t request_id, bool fatal,
-                            std::string_view reply_to) {
+void connection::send_error(proto::errc code, std::string_view message, std::uint64_t request_id,
+                            bool fatal, std::string_view reply_to) {
   KEYWAY_ASSERT_OWNER(router_.worker());
   if (state_ == state::closing || state_ == state::closed) return;
   if (code == proto::errc::slow_consumer) {
@@ -705,7 +734,8 @@ void connection::send_error(proto::errc code, std::string_view message, std::uin
   (void)router_.encoder().error(out(), {code, message, request_id, fatal, reply_to});
   router_.stats().errors[static_cast<std::size_t>(code)].add();
   if (fatal) {
-    spdlog::info("closing connection {} ({}): {}: {}", id_, client_name_, proto::to_string(code), message);
+    spdlog::info("closing connection {} ({}): {}: {}", id_, client_name_, proto::to_string(code),
+                 message);
     state_ = state::closing;
     release_throttled();  // nothing more will be delivered here
     arm_close_deadline();
@@ -752,25 +782,26 @@ void connection::write_some() {
   for (std::size_t i = 0; i < n; ++i) iov_[i] = asio::buffer(pieces[i].data(), pieces[i].size());
   writing_now_ = true;
   // iov_ is a member: the operation keeps pointing at it until it completes.
-  socket_.async_write_some(std::span<const asio::const_buffer>(iov_.data(), n),
-                           [self = shared_from_this()](std::error_code ec, std::size_t written) {
-                             self->writing_now_ = false;
-                             if (self->state_ == state::closed) return;
-                             if (ec) {
-                               self->abort();
-                               return;
-                             }
-                             self->router_.stats().bytes_out.add(written);
-                             self->writing_.consume(written);
-                             if (self->writing_.empty()) self->writing_refs_.clear();
-                             if (self->state_ == state::closing) {
-                               if (written > 0) self->arm_close_deadline();
-                             } else {
-                               self->after_write();
-                             }
-                             if (!self->writing_.empty() || !self->out_.empty() || self->state_ == state::closing)
-                               self->queued();
-                           });
+  socket_.async_write_some(
+      std::span<const asio::const_buffer>(iov_.data(), n),
+      [self = shared_from_this()](std::error_code ec, std::size_t written) {
+        self->writing_now_ = false;
+        if (self->state_ == state::closed) return;
+        if (ec) {
+          self->abort();
+          return;
+        }
+        self->router_.stats().bytes_out.add(written);
+        self->writing_.consume(written);
+        if (self->writing_.empty()) self->writing_refs_.clear();
+        if (self->state_ == state::closing) {
+          if (written > 0) self->arm_close_deadline();
+        } else {
+          self->after_write();
+        }
+        if (!self->writing_.empty() || !self->out_.empty() || self->state_ == state::closing)
+          self->queued();
+      });
 }
 
 void connection::finish_close() {

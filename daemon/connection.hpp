@@ -85,7 +85,8 @@ class connection : public std::enable_shared_from_this<connection> {
                std::uint64_t publisher);
   void send_ack(std::uint64_t request_id, std::uint32_t delivered);
   /// The answer to a request (a publish with reply_to) that matched no subscriber.
-  void send_no_responders(std::string_view subject, std::string_view reply_to, std::uint64_t ack_id);
+  void send_no_responders(std::string_view subject, std::string_view reply_to,
+                          std::uint64_t ack_id);
   void send_error(proto::errc code, std::string_view message, std::uint64_t request_id, bool fatal,
                   std::string_view reply_to = {});
   /// Router: one worker applied (or, `refused` set, refused) a subscription
@@ -225,11 +226,12 @@ class connection : public std::enable_shared_from_this<connection> {
   std::vector<message_ref> writing_refs_;
   static constexpr std::size_t max_iov = 64;
   std::array<asio::const_buffer, max_iov> iov_;
-  asio::steady_timer timer_;  // the handshake deadline, then the idle deadline, then the close deadline
+  asio::steady_timer
+      timer_;  // the handshake deadline, then the idle deadline, then the close deadline
   std::chrono::steady_clock::time_point last_read_{};    // stamped per read: the latency start
   std::chrono::steady_clock::time_point last_active_{};  // last read or resume: the idle timer
-  std::optional<publish_op> blocked_;  // a publish waiting for credit
-  std::uint32_t blocked_owner_ = 0;     // its owner worker
+  std::optional<publish_op> blocked_;                    // a publish waiting for credit
+  std::uint32_t blocked_owner_ = 0;                      // its owner worker
   // Owners other than this worker that were sent a publish since the last
   // barrier round: the next ping sends each a barrier.
   std::bitset<max_workers> published_to_;
@@ -269,7 +271,7 @@ class connection : public std::enable_shared_from_this<connection> {
     std::uint64_t cost;  // index bytes charged, on all workers together
   };
   std::unordered_map<std::uint32_t, subscription> subs_;  // by sid
-  std::uint64_t sub_bytes_ = 0;                          // sum of subs_' cost
+  std::uint64_t sub_bytes_ = 0;                           // sum of subs_' cost
   struct pending_ack {
     std::uint32_t workers_left;
     bool refused;  // a worker refused it: the error was sent instead

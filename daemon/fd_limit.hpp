@@ -17,7 +17,7 @@ namespace keyway::daemon {
 struct fd_limit {
   std::uint64_t soft = 0;  // after raising
   std::uint64_t hard = 0;
-  std::uint64_t was = 0;   // the soft limit keywayd started with
+  std::uint64_t was = 0;  // the soft limit keywayd started with
 };
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (best effort) and reports
@@ -32,7 +32,7 @@ std::size_t reserved_fds(const server_options& o, std::size_t workers) noexcept;
 /// what the descriptors left after the reserve allow (at most 65536, at
 /// least 1). `why` is set to a log line saying how the value was reached,
 /// or that a configured value exceeds what the descriptors allow.
-std::size_t effective_max_connections(const server_options& o, std::size_t workers, const fd_limit& fds,
-                                      std::string& why);
+std::size_t effective_max_connections(const server_options& o, std::size_t workers,
+                                      const fd_limit& fds, std::string& why);
 
 }  // namespace keyway::daemon

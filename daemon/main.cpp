@@ -2,11 +2,11 @@
 // (flags override the file), starts the server and the admin service, tells
 // systemd (sd_notify) where it stands, reloads on SIGHUP, and on SIGTERM/SIGINT
 // tells its clients to move elsewhere (lame duck), drains and exits 0.
-#include <CLI/CLI.hpp>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
+#include <CLI/CLI.hpp>
 
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
@@ -26,7 +26,8 @@ using keyway::daemon::server_options;
 /// `%*` in a log pattern: the message, escaped for a JSON string.
 class json_message_flag final : public spdlog::custom_flag_formatter {
  public:
-  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
     for (const char c : msg.payload) {
       if (c == '"' || c == '\\') {
         dest.push_back('\\');
@@ -40,7 +41,9 @@ class json_message_flag final : public spdlog::custom_flag_formatter {
       }
     }
   }
-  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<json_message_flag>(); }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<json_message_flag>();
+  }
 };
 
 void set_log_format(keyway::daemon::log_format f) {
@@ -58,8 +61,8 @@ struct flags {
   std::vector<std::string> advertise;
   std::string admin;
   std::int64_t workers = 0;
-  std::string log_level, log_format, partitioner, slow_consumer, slow_consumer_grace, handshake, idle, drain,
-      lame_duck_grace, tokens_file;
+  std::string log_level, log_format, partitioner, slow_consumer, slow_consumer_grace, handshake,
+      idle, drain, lame_duck_grace, tokens_file;
   std::int64_t max_payload = 0;
   std::int64_t max_pending_bytes = 0;
   std::int64_t max_subscriptions = 0;
@@ -75,7 +78,9 @@ std::string overrides_toml(const flags& f, const CLI::App& app) {
   auto line = [&](const char* flag, const char* key, const std::string& toml_value) {
     if (app.count(flag) > 0) out.append(key).append(" = ").append(toml_value).append("\n");
   };
-  auto number = [&](const char* flag, const char* key, std::int64_t v) { line(flag, key, std::to_string(v)); };
+  auto number = [&](const char* flag, const char* key, std::int64_t v) {
+    line(flag, key, std::to_string(v));
+  };
   auto text = [&](const char* flag, const char* key, const std::string& v) {
     line(flag, key, keyway::config::toml_quote(v));
   };
@@ -84,7 +89,8 @@ std::string overrides_toml(const flags& f, const CLI::App& app) {
   text("--lame-duck-grace", "server.lame_duck_grace", f.lame_duck_grace);
   if (app.count("--advertise") > 0) {
     std::string urls;
-    for (const auto& u : f.advertise) urls += (urls.empty() ? "" : ", ") + keyway::config::toml_quote(u);
+    for (const auto& u : f.advertise)
+      urls += (urls.empty() ? "" : ", ") + keyway::config::toml_quote(u);
     out.append("server.advertise = [").append(urls).append("]\n");
   }
   number("--max-payload", "limits.max_payload", f.max_payload);
@@ -122,10 +128,11 @@ server_options resolve(const flags& f, const CLI::App& app) {
     if (f.admin.empty() || f.admin == "off")
       opt.admin.reset();
     else
-      opt.admin = keyway::daemon::parse_listen_url(f.admin.find("://") == std::string::npos ? "tcp://" + f.admin
-                                                                                            : f.admin);
+      opt.admin = keyway::daemon::parse_listen_url(
+          f.admin.find("://") == std::string::npos ? "tcp://" + f.admin : f.admin);
     if (opt.admin && opt.admin->type != keyway::daemon::listen_address::kind::tcp)
-      throw std::invalid_argument("--admin " + f.admin + ": the admin listener is TCP only (HOST:PORT)");
+      throw std::invalid_argument("--admin " + f.admin +
+                                  ": the admin listener is TCP only (HOST:PORT)");
   }
   // The other flags go through the config checks, onto the file's options.
   auto applied = keyway::config::parse(overrides_toml(f, app), "command line", std::move(opt));
@@ -167,9 +174,11 @@ void reload(keyway::daemon::server& srv, const flags& f, const CLI::App& app) {
     if (!fixed.empty()) {
       std::string keys;
       for (const auto& k : fixed) keys += (keys.empty() ? "" : ", ") + k;
-      spdlog::error("SIGHUP: {} cannot change while keywayd runs; restart it to apply. The running configuration "
-                    "is unchanged",
-                    keys);
+      spdlog::error(
+          "SIGHUP: {} cannot change while keywayd runs; restart it to apply. The running "
+          "configuration "
+          "is unchanged",
+          keys);
     } else {
       spdlog::set_level(spdlog::level::from_str(next.log_level));
       spdlog::info("SIGHUP: reloaded {} (log level, limits and auth tokens apply now)", f.config);
@@ -187,31 +196,40 @@ int main(int argc, char** argv) {
   CLI::App app{"keywayd: thread-per-core keyed message router"};
   flags f;
   app.add_option("--config", f.config, "TOML config file (see config/keyway.toml)");
-  app.add_flag("--check-config", f.check_config, "validate the configuration and exit (0 when valid)");
-  app.add_option("--listen", f.listen, "tcp://HOST:PORT or unix:///path (repeatable; default tcp://127.0.0.1:7400)");
-  app.add_option("--admin", f.admin, "admin HTTP HOST:PORT (default 127.0.0.1:7401); off disables it");
+  app.add_flag("--check-config", f.check_config,
+               "validate the configuration and exit (0 when valid)");
+  app.add_option("--listen", f.listen,
+                 "tcp://HOST:PORT or unix:///path (repeatable; default tcp://127.0.0.1:7400)");
+  app.add_option("--admin", f.admin,
+                 "admin HTTP HOST:PORT (default 127.0.0.1:7401); off disables it");
   app.add_option("--workers", f.workers, "worker threads (default: one per CPU)");
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error, critical or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
-  app.add_option("--log-format", f.log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--log-format", f.log_format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
   app.add_option("--partitioner", f.partitioner,
                  "consistent, hash, round_robin, or range (with routing.split_points in --config)")
       ->check(CLI::IsMember({"consistent", "hash", "round_robin", "range"}));
   app.add_option("--max-payload", f.max_payload, "largest payload in bytes (default 1 MiB)");
-  app.add_option("--max-pending-bytes", f.max_pending_bytes, "outbound bytes queued per connection");
+  app.add_option("--max-pending-bytes", f.max_pending_bytes,
+                 "outbound bytes queued per connection");
   app.add_option("--max-subscriptions", f.max_subscriptions, "subscriptions per connection");
   app.add_option("--max-connections", f.max_connections, "connections in all");
-  app.add_option("--slow-consumer", f.slow_consumer, "disconnect or drop")->check(CLI::IsMember({"disconnect", "drop"}));
-  app.add_option("--slow-consumer-grace", f.slow_consumer_grace,
-                 "time a connection may stay over --max-pending-bytes before the policy applies (default 5s)");
+  app.add_option("--slow-consumer", f.slow_consumer, "disconnect or drop")
+      ->check(CLI::IsMember({"disconnect", "drop"}));
+  app.add_option(
+      "--slow-consumer-grace", f.slow_consumer_grace,
+      "time a connection may stay over --max-pending-bytes before the policy applies (default 5s)");
   app.add_option("--handshake-timeout", f.handshake, "time allowed for hello (default 5s)");
   app.add_option("--idle-timeout", f.idle, "close connections silent this long (default 0: never)");
   app.add_option("--drain-timeout", f.drain, "time allowed to flush on SIGTERM (default 10s)");
   app.add_option("--lame-duck-grace", f.lame_duck_grace,
-                 "on SIGTERM, time clients are served after being told to reconnect elsewhere (default 500ms)");
-  app.add_option("--advertise", f.advertise,
-                 "a client URL of this deployment for welcome.connectUrls: tcp://HOST:PORT or unix:///path "
-                 "(repeatable; replaces server.advertise)");
+                 "on SIGTERM, time clients are served after being told to reconnect elsewhere "
+                 "(default 500ms)");
+  app.add_option(
+      "--advertise", f.advertise,
+      "a client URL of this deployment for welcome.connectUrls: tcp://HOST:PORT or unix:///path "
+      "(repeatable; replaces server.advertise)");
   app.add_option("--tokens-file", f.tokens_file, "auth tokens, one per line (default: no auth)");
   app.add_flag("--version", f.version, "print the version and exit");
   try {
@@ -235,7 +253,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (f.check_config) {
-    std::printf("%s: configuration is valid\n", f.config.empty() ? "built-in defaults" : f.config.c_str());
+    std::printf("%s: configuration is valid\n",
+                f.config.empty() ? "built-in defaults" : f.config.c_str());
     return 0;
   }
   spdlog::set_level(spdlog::level::from_str(opt.log_level));
@@ -255,11 +274,12 @@ int main(int argc, char** argv) {
     spdlog::critical("{}", e.what());
     return 1;
   }
-  spdlog::info("keywayd {} started: {} workers, server id {}", KEYWAY_VERSION, srv.context().workers,
-               srv.context().server_id);
+  spdlog::info("keywayd {} started: {} workers, server id {}", KEYWAY_VERSION,
+               srv.context().workers, srv.context().server_id);
   std::string where;
   for (const auto& a : srv.addresses()) where += (where.empty() ? "" : " ") + a;
-  sd_notifyf(0, "READY=1\nSTATUS=serving on %s with %zu workers", where.c_str(), srv.context().workers);
+  sd_notifyf(0, "READY=1\nSTATUS=serving on %s with %zu workers", where.c_str(),
+             srv.context().workers);
 
   std::function<void()> wait_signal = [&] {
     signals.async_wait([&](std::error_code ec, int signo) {

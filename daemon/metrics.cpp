@@ -39,18 +39,20 @@ void add(MetricFamily& f, double v, std::vector<ClientMetric::Label> labels = {}
 
 /// One family with a value per worker, read by `get` from that worker's blocks.
 template <class Get>
-MetricFamily per_worker(const server& s, std::string name, std::string help, MetricType type, Get get) {
+MetricFamily per_worker(const server& s, std::string name, std::string help, MetricType type,
+                        Get get) {
   MetricFamily f = family(std::move(name), std::move(help), type);
   const server_context& ctx = s.context();
   for (std::size_t i = 0; i < ctx.workers; ++i)
-    add(f, static_cast<double>(get(s.pool().at(i).stats(), *ctx.stats[i])), {{"worker", std::to_string(i)}});
+    add(f, static_cast<double>(get(s.pool().at(i).stats(), *ctx.stats[i])),
+        {{"worker", std::to_string(i)}});
   return f;
 }
 
 /// A family summed over workers, with one series per label value.
 template <std::size_t N, class Get>
-MetricFamily by_label(const server& s, std::string name, std::string help, MetricType type, const char* label,
-                      const std::array<std::string_view, N>& values, Get get) {
+MetricFamily by_label(const server& s, std::string name, std::string help, MetricType type,
+                      const char* label, const std::array<std::string_view, N>& values, Get get) {
   MetricFamily f = family(std::move(name), std::move(help), type);
   const server_context& ctx = s.context();
   for (std::size_t k = 0; k < N; ++k) {
@@ -72,15 +74,17 @@ MetricFamily summed(const server& s, std::string name, std::string help, MetricT
 }
 
 MetricFamily latency(const server& s) {
-  MetricFamily f = family("keyway_delivery_latency_seconds",
-                          "Time from reading a publish frame to queueing its delivery for the subscriber's "
-                          "socket write, merged over workers",
-                          MetricType::Histogram);
+  MetricFamily f =
+      family("keyway_delivery_latency_seconds",
+             "Time from reading a publish frame to queueing its delivery for the subscriber's "
+             "socket write, merged over workers",
+             MetricType::Histogram);
   const server_context& ctx = s.context();
   ClientMetric m;
   std::uint64_t cumulative = 0, sum_ns = 0;
   for (std::size_t b = 0; b <= latency_histogram::buckets; ++b) {
-    for (std::size_t i = 0; i < ctx.workers; ++i) cumulative += ctx.stats[i]->latency.counts[b].get();
+    for (std::size_t i = 0; i < ctx.workers; ++i)
+      cumulative += ctx.stats[i]->latency.counts[b].get();
     if (b < latency_histogram::buckets)
       m.histogram.bucket.push_back({cumulative, latency_histogram::bound_ns(b) / 1e9});
   }
@@ -93,7 +97,8 @@ MetricFamily latency(const server& s) {
 }
 
 constexpr std::array<std::string_view, 2> transports{"tcp", "unix"};
-constexpr std::array<std::string_view, 3> drop_reasons{"slow_consumer", "connection_gone", "encode_failed"};
+constexpr std::array<std::string_view, 3> drop_reasons{"slow_consumer", "connection_gone",
+                                                       "encode_failed"};
 static_assert(drop_reasons.size() == static_cast<std::size_t>(drop_reason::count_));
 
 }  // namespace
@@ -115,79 +120,108 @@ std::vector<MetricFamily> metrics_collector::Collect() const {
   add(ready, s.ready() ? 1 : 0);
   out.push_back(std::move(ready));
 
-  out.push_back(per_worker(s, "keyway_messages_received_total", "Publishes accepted from clients, by ingress worker",
-                           C, [](const worker_stats&, const daemon_stats& d) { return d.published.get(); }));
-  out.push_back(per_worker(s, "keyway_messages_routed_total", "Publishes ordered at their owner core", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.routed.get(); }));
-  out.push_back(per_worker(s, "keyway_messages_unmatched_total",
-                           "Publishes without an ack request that matched no subscription, dropped at ingress", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.unmatched.get(); }));
-  out.push_back(per_worker(s, "keyway_messages_delivered_total",
-                           "Message frames queued to subscribers, by the subscriber's worker", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.delivered.get(); }));
-  out.push_back(per_worker(s, "keyway_frames_received_total", "Frames decoded from clients", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.frames_in.get(); }));
-  out.push_back(per_worker(s, "keyway_received_bytes_total", "Bytes read from client sockets", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.bytes_in.get(); }));
-  out.push_back(per_worker(s, "keyway_sent_bytes_total", "Bytes written to client sockets", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.bytes_out.get(); }));
-  out.push_back(per_worker(s, "keyway_acks_sent_total", "Acks sent (for publishes with an ack id, subscribes and unsubscribes)", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.acks_sent.get(); }));
-  out.push_back(by_label(s, "keyway_dropped_messages_total", "Deliveries dropped, by reason", C, "reason",
-                         drop_reasons, [](const daemon_stats& d, std::size_t k) { return d.drops[k].get(); }));
+  out.push_back(per_worker(
+      s, "keyway_messages_received_total", "Publishes accepted from clients, by ingress worker", C,
+      [](const worker_stats&, const daemon_stats& d) { return d.published.get(); }));
+  out.push_back(
+      per_worker(s, "keyway_messages_routed_total", "Publishes ordered at their owner core", C,
+                 [](const worker_stats&, const daemon_stats& d) { return d.routed.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_messages_unmatched_total",
+      "Publishes without an ack request that matched no subscription, dropped at ingress", C,
+      [](const worker_stats&, const daemon_stats& d) { return d.unmatched.get(); }));
+  out.push_back(
+      per_worker(s, "keyway_messages_delivered_total",
+                 "Message frames queued to subscribers, by the subscriber's worker", C,
+                 [](const worker_stats&, const daemon_stats& d) { return d.delivered.get(); }));
+  out.push_back(
+      per_worker(s, "keyway_frames_received_total", "Frames decoded from clients", C,
+                 [](const worker_stats&, const daemon_stats& d) { return d.frames_in.get(); }));
+  out.push_back(
+      per_worker(s, "keyway_received_bytes_total", "Bytes read from client sockets", C,
+                 [](const worker_stats&, const daemon_stats& d) { return d.bytes_in.get(); }));
+  out.push_back(
+      per_worker(s, "keyway_sent_bytes_total", "Bytes written to client sockets", C,
+                 [](const worker_stats&, const daemon_stats& d) { return d.bytes_out.get(); }));
+  out.push_back(
+      per_worker(s, "keyway_acks_sent_total",
+                 "Acks sent (for publishes with an ack id, subscribes and unsubscribes)", C,
+                 [](const worker_stats&, const daemon_stats& d) { return d.acks_sent.get(); }));
+  out.push_back(by_label(s, "keyway_dropped_messages_total", "Deliveries dropped, by reason", C,
+                         "reason", drop_reasons,
+                         [](const daemon_stats& d, std::size_t k) { return d.drops[k].get(); }));
 
   auto errors = family("keyway_errors_total", "Error frames sent to clients, by code", C);
   for (std::size_t k = 1; k < s.context().stats.front()->errors.size(); ++k) {
     std::uint64_t sum = 0;
     for (const auto& st : s.context().stats) sum += st->errors[k].get();
-    add(errors, static_cast<double>(sum), {{"code", std::string(proto::to_string(static_cast<proto::errc>(k)))}});
+    add(errors, static_cast<double>(sum),
+        {{"code", std::string(proto::to_string(static_cast<proto::errc>(k)))}});
   }
   out.push_back(std::move(errors));
 
-  out.push_back(by_label(s, "keyway_connections", "Open client connections, by transport", G, "transport",
-                         transports, [](const daemon_stats& d, std::size_t k) { return d.connections[k].get(); }));
-  out.push_back(by_label(s, "keyway_connections_accepted_total", "Client connections accepted, by transport", C,
-                         "transport", transports,
+  out.push_back(by_label(
+      s, "keyway_connections", "Open client connections, by transport", G, "transport", transports,
+      [](const daemon_stats& d, std::size_t k) { return d.connections[k].get(); }));
+  out.push_back(by_label(s, "keyway_connections_accepted_total",
+                         "Client connections accepted, by transport", C, "transport", transports,
                          [](const daemon_stats& d, std::size_t k) { return d.accepted[k].get(); }));
   out.push_back(summed(s, "keyway_subscriptions", "Live subscriptions", G,
                        [](const daemon_stats& d) { return d.subscriptions.get(); }));
-  out.push_back(summed(s, "keyway_slow_consumers_total", "Connections that went over limits.max_pending_bytes", C,
+  out.push_back(summed(s, "keyway_slow_consumers_total",
+                       "Connections that went over limits.max_pending_bytes", C,
                        [](const daemon_stats& d) { return d.slow_consumers.get(); }));
-  out.push_back(summed(s, "keyway_auth_failures_total", "Hellos refused for a missing or unknown token", C,
+  out.push_back(summed(s, "keyway_auth_failures_total",
+                       "Hellos refused for a missing or unknown token", C,
                        [](const daemon_stats& d) { return d.auth_failures.get(); }));
-  out.push_back(per_worker(s, "keyway_mesh_sent_messages_total", "Messages a worker passed to other workers", C,
-                           [](const worker_stats& w, const daemon_stats&) { return w.mesh_sent.get(); }));
-  out.push_back(per_worker(s, "keyway_mesh_received_messages_total", "Messages a worker took from other workers",
-                           C, [](const worker_stats& w, const daemon_stats&) { return w.mesh_received.get(); }));
-  out.push_back(per_worker(s, "keyway_credit_stalls_total",
-                           "Sends refused because the destination worker had no credit", C,
-                           [](const worker_stats& w, const daemon_stats&) { return w.credit_stalls.get(); }));
-  out.push_back(per_worker(s, "keyway_mesh_staged_messages",
-                           "Messages a worker has staged for other workers that did not fit their ring yet", G,
-                           [](const worker_stats& w, const daemon_stats&) { return w.mesh_staged.get(); }));
-  out.push_back(per_worker(s, "keyway_congested_connections",
-                           "Connections over half their limits.max_pending_bytes (their publishers are paused)", G,
-                           [](const worker_stats&, const daemon_stats& d) { return d.congested.get(); }));
-  out.push_back(per_worker(s, "keyway_throttled_publishers_total",
-                           "Times a publisher was paused for a congested subscriber", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.throttles_sent.get(); }));
-  out.push_back(per_worker(s, "keyway_accept_errors_total",
-                           "accept() failures, each followed by a pause (out of file descriptors or memory)", C,
-                           [](const worker_stats&, const daemon_stats& d) { return d.accept_errors.get(); }));
-  out.push_back(summed(s, "keyway_subscriptions_refused_total",
-                       "Subscriptions a worker's index refused after the subscriber's worker admitted them", C,
-                       [](const daemon_stats& d) { return d.subscriptions_refused.get(); }));
-  out.push_back(per_worker(s, "keyway_paused_reads_total", "Times a connection stopped reading: no credit, its own unread output, or a congested subscriber",
-                           C, [](const worker_stats&, const daemon_stats& d) { return d.paused_reads.get(); }));
-  out.push_back(per_worker(s, "keyway_worker_loop_turns_total", "Turns of the worker loop (the progress heartbeat)",
-                           C, [](const worker_stats& w, const daemon_stats&) { return w.loop_turns.get(); }));
-  out.push_back(per_worker(s, "keyway_worker_sleeps_total", "Times a worker went to sleep for lack of work", C,
-                           [](const worker_stats& w, const daemon_stats&) { return w.sleeps.get(); }));
-  out.push_back(per_worker(s, "keyway_worker_wakeups_sent_total", "Wake-ups a worker sent to sleeping peers", C,
-                           [](const worker_stats& w, const daemon_stats&) { return w.wakeups_sent.get(); }));
-  out.push_back(per_worker(s, "keyway_handler_errors_total", "Exceptions caught from handlers", C,
-                           [](const worker_stats& w, const daemon_stats&) { return w.handler_errors.get(); }));
-  auto stalled = family("keyway_worker_stalled", "1 while a worker makes no progress (see /readyz)", G);
+  out.push_back(
+      per_worker(s, "keyway_mesh_sent_messages_total", "Messages a worker passed to other workers",
+                 C, [](const worker_stats& w, const daemon_stats&) { return w.mesh_sent.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_mesh_received_messages_total", "Messages a worker took from other workers", C,
+      [](const worker_stats& w, const daemon_stats&) { return w.mesh_received.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_credit_stalls_total", "Sends refused because the destination worker had no credit",
+      C, [](const worker_stats& w, const daemon_stats&) { return w.credit_stalls.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_mesh_staged_messages",
+      "Messages a worker has staged for other workers that did not fit their ring yet", G,
+      [](const worker_stats& w, const daemon_stats&) { return w.mesh_staged.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_congested_connections",
+      "Connections over half their limits.max_pending_bytes (their publishers are paused)", G,
+      [](const worker_stats&, const daemon_stats& d) { return d.congested.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_throttled_publishers_total",
+      "Times a publisher was paused for a congested subscriber", C,
+      [](const worker_stats&, const daemon_stats& d) { return d.throttles_sent.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_accept_errors_total",
+      "accept() failures, each followed by a pause (out of file descriptors or memory)", C,
+      [](const worker_stats&, const daemon_stats& d) { return d.accept_errors.get(); }));
+  out.push_back(
+      summed(s, "keyway_subscriptions_refused_total",
+             "Subscriptions a worker's index refused after the subscriber's worker admitted them",
+             C, [](const daemon_stats& d) { return d.subscriptions_refused.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_paused_reads_total",
+      "Times a connection stopped reading: no credit, its own unread output, or a congested "
+      "subscriber",
+      C, [](const worker_stats&, const daemon_stats& d) { return d.paused_reads.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_worker_loop_turns_total", "Turns of the worker loop (the progress heartbeat)", C,
+      [](const worker_stats& w, const daemon_stats&) { return w.loop_turns.get(); }));
+  out.push_back(
+      per_worker(s, "keyway_worker_sleeps_total", "Times a worker went to sleep for lack of work",
+                 C, [](const worker_stats& w, const daemon_stats&) { return w.sleeps.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_worker_wakeups_sent_total", "Wake-ups a worker sent to sleeping peers", C,
+      [](const worker_stats& w, const daemon_stats&) { return w.wakeups_sent.get(); }));
+  out.push_back(per_worker(
+      s, "keyway_handler_errors_total", "Exceptions caught from handlers", C,
+      [](const worker_stats& w, const daemon_stats&) { return w.handler_errors.get(); }));
+  auto stalled =
+      family("keyway_worker_stalled", "1 while a worker makes no progress (see /readyz)", G);
   const auto stalled_ids = s.stalled_workers();
   for (std::size_t i = 0; i < s.context().workers; ++i)
     add(stalled, std::find(stalled_ids.begin(), stalled_ids.end(), i) != stalled_ids.end() ? 1 : 0,
@@ -215,19 +249,22 @@ std::vector<MetricFamily> process_metrics() {
   const auto close = stat.rfind(')');
   if (close != std::string::npos) {
     std::istringstream rest(stat.substr(close + 2));
-    std::vector<std::string> f{"", "", ""};  // fields 1..2 (pid, comm) are before `rest`; keep numbering
+    std::vector<std::string> f{"", "",
+                               ""};  // fields 1..2 (pid, comm) are before `rest`; keep numbering
     std::string x;
     while (rest >> x) f.push_back(x);
     // Field numbers as in proc(5): 14 utime, 15 stime, 22 starttime, 23 vsize, 24 rss.
     auto num = [&](std::size_t n) { return n < f.size() ? std::stod(f[n]) : 0.0; };
-    auto cpu = family("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-                      MetricType::Counter);
+    auto cpu = family("process_cpu_seconds_total",
+                      "Total user and system CPU time spent in seconds.", MetricType::Counter);
     add(cpu, (num(14) + num(15)) / ticks);
     out.push_back(std::move(cpu));
-    auto vsz = family("process_virtual_memory_bytes", "Virtual memory size in bytes.", MetricType::Gauge);
+    auto vsz =
+        family("process_virtual_memory_bytes", "Virtual memory size in bytes.", MetricType::Gauge);
     add(vsz, num(23));
     out.push_back(std::move(vsz));
-    auto rss = family("process_resident_memory_bytes", "Resident memory size in bytes.", MetricType::Gauge);
+    auto rss = family("process_resident_memory_bytes", "Resident memory size in bytes.",
+                      MetricType::Gauge);
     add(rss, num(24) * page);
     out.push_back(std::move(rss));
     std::ifstream proc_stat("/proc/stat");
@@ -238,8 +275,9 @@ std::vector<MetricFamily> process_metrics() {
         proc_stat >> btime;
         break;
       }
-    auto start = family("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
-                        MetricType::Gauge);
+    auto start =
+        family("process_start_time_seconds",
+               "Start time of the process since unix epoch in seconds.", MetricType::Gauge);
     add(start, btime + num(22) / ticks);
     out.push_back(std::move(start));
   }
@@ -253,7 +291,8 @@ std::vector<MetricFamily> process_metrics() {
   out.push_back(std::move(open_fds));
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-    auto max_fds = family("process_max_fds", "Maximum number of open file descriptors.", MetricType::Gauge);
+    auto max_fds =
+        family("process_max_fds", "Maximum number of open file descriptors.", MetricType::Gauge);
     add(max_fds, static_cast<double>(rl.rlim_cur));
     out.push_back(std::move(max_fds));
   }

@@ -33,22 +33,24 @@ struct latency_histogram {
 };
 
 struct alignas(core::cache_line) daemon_stats {
-  core::counter frames_in;          // frames decoded from clients
-  core::counter bytes_in;           // bytes read from client sockets
-  core::counter bytes_out;          // bytes written to client sockets
-  core::counter published;          // publishes accepted at ingress
-  core::counter routed;             // publishes ordered at their owner core
-  core::counter unmatched;          // publishes without ack that matched no subscription, dropped at ingress
-  core::counter delivered;          // message frames queued to subscribers
+  core::counter frames_in;  // frames decoded from clients
+  core::counter bytes_in;   // bytes read from client sockets
+  core::counter bytes_out;  // bytes written to client sockets
+  core::counter published;  // publishes accepted at ingress
+  core::counter routed;     // publishes ordered at their owner core
+  core::counter
+      unmatched;  // publishes without ack that matched no subscription, dropped at ingress
+  core::counter delivered;  // message frames queued to subscribers
   core::counter acks_sent;
-  core::counter slow_consumers;     // connections that crossed max_pending_bytes
-  core::counter subscriptions;      // gauge: live subscriptions owned by this worker
-  core::counter paused_reads;       // times a connection stopped reading for lack of credit
-  core::counter pending_out_bytes;  // gauge: bytes queued to sockets, updated each turn while draining
-  core::counter auth_failures;      // hellos refused for a missing or unknown token
-  core::counter accept_errors;      // accept() failures (each followed by a backoff)
-  core::counter congested;          // gauge: connections over half their max_pending_bytes
-  core::counter throttles_sent;     // publishers paused for a congested subscriber
+  core::counter slow_consumers;  // connections that crossed max_pending_bytes
+  core::counter subscriptions;   // gauge: live subscriptions owned by this worker
+  core::counter paused_reads;    // times a connection stopped reading for lack of credit
+  core::counter
+      pending_out_bytes;         // gauge: bytes queued to sockets, updated each turn while draining
+  core::counter auth_failures;   // hellos refused for a missing or unknown token
+  core::counter accept_errors;   // accept() failures (each followed by a backoff)
+  core::counter congested;       // gauge: connections over half their max_pending_bytes
+  core::counter throttles_sent;  // publishers paused for a congested subscriber
   core::counter subscriptions_refused;  // subscriptions a replica refused after the owner's check
   std::array<core::counter, static_cast<std::size_t>(transport::count_)> connections;  // gauges
   std::array<core::counter, static_cast<std::size_t>(transport::count_)> accepted;
@@ -58,10 +60,12 @@ struct alignas(core::cache_line) daemon_stats {
   latency_histogram latency;
 
   core::counter& connections_on(bool unix_socket) noexcept {
-    return connections[static_cast<std::size_t>(unix_socket ? transport::unix_socket : transport::tcp)];
+    return connections[static_cast<std::size_t>(unix_socket ? transport::unix_socket
+                                                            : transport::tcp)];
   }
   core::counter& accepted_on(bool unix_socket) noexcept {
-    return accepted[static_cast<std::size_t>(unix_socket ? transport::unix_socket : transport::tcp)];
+    return accepted[static_cast<std::size_t>(unix_socket ? transport::unix_socket
+                                                         : transport::tcp)];
   }
 };
 

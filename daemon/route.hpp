@@ -101,7 +101,7 @@ struct deliver_op {
 };
 
 struct reply_op {
-  message_ref msg;           // the publish answered (for no_responders details)
+  message_ref msg;  // the publish answered (for no_responders details)
   std::uint64_t conn = 0;
   std::uint64_t ack_id = 0;
   std::uint32_t delivered = 0;
@@ -144,7 +144,7 @@ struct adopt_op {
 
 struct conn_closed_op {};
 
-using route_msg = std::variant<publish_op, deliver_op, reply_op, sub_change_op, sub_applied_op, adopt_op,
-                               conn_closed_op, throttle_op, barrier_op>;
+using route_msg = std::variant<publish_op, deliver_op, reply_op, sub_change_op, sub_applied_op,
+                               adopt_op, conn_closed_op, throttle_op, barrier_op>;
 
 }  // namespace keyway::daemon

@@ -47,21 +47,24 @@ router::router(core::worker& w, server_context& ctx)
   owners_ = std::move(*p);
   for (std::uint32_t i = 0; i < ctx.workers; ++i) {
     auto added = owners_->add(i);
-    if (!added) throw std::runtime_error("cannot add worker to partitioner: " + added.error().message());
+    if (!added)
+      throw std::runtime_error("cannot add worker to partitioner: " + added.error().message());
   }
   next_conn_ = std::uint64_t{w.id()} << 48;
 }
 
 router::~router() = default;
 
-void router::apply(const server_options& next, std::shared_ptr<const std::vector<std::string>> tokens) {
+void router::apply(const server_options& next,
+                   std::shared_ptr<const std::vector<std::string>> tokens) {
   KEYWAY_ASSERT_OWNER(w_);
   live_ = next;
   tokens_ = std::move(tokens);
   index_.set_limits(index_limits_of(live_));
   // The encoder only grows: a message accepted under the old, larger
   // limits.max_frame may still be waiting for delivery, and must encode.
-  if (live_.limits.max_frame > encoder_->max_frame()) encoder_ = std::make_unique<proto::encoder>(live_.limits);
+  if (live_.limits.max_frame > encoder_->max_frame())
+    encoder_ = std::make_unique<proto::encoder>(live_.limits);
 }
 
 void router::init() {
@@ -76,7 +79,8 @@ std::size_t router::poll() {
   turn_ns_ = 0;
   // Lame duck first: clients hear `draining` before anything stops. (draining
   // is set after lame_duck; either one means the announcement is due.)
-  if (!announced_ && (ctx_.lame_duck.load(std::memory_order_relaxed) || draining())) announce_draining();
+  if (!announced_ && (ctx_.lame_duck.load(std::memory_order_relaxed) || draining()))
+    announce_draining();
   if (draining() && !drain_started_) start_drain();
   // A publish or delivery from the other worker carries a message that CPU
   // wrote: start fetching it a few messages before dispatch reads it, so the
@@ -215,7 +219,12 @@ void router::on_publish(publish_op& op) {
     // an increment here and the publish's decrement are each a locked
     // read-modify-write on a line the ingress worker wrote (perf: the largest
     // stall in this function).
-    deliver_op d{wid == last && !wants_reply ? std::move(op.msg) : op.msg, seq, self, targets.front(), {}, op.conn};
+    deliver_op d{wid == last && !wants_reply ? std::move(op.msg) : op.msg,
+                 seq,
+                 self,
+                 targets.front(),
+                 {},
+                 op.conn};
     if (targets.size() > 1) d.more = target_list(pool_, std::span(targets).subspan(1));
     targets.clear();
     if (wid == self)
@@ -270,7 +279,8 @@ void router::on_reply(reply_op& op) {
 void router::broadcast(std::vector<sub_spec> changes) {
   KEYWAY_ASSERT_OWNER(w_);
   auto shared = std::make_shared<const std::vector<sub_spec>>(std::move(changes));
-  for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid) ep_.send(wid, route_msg(sub_change_op{shared}));
+  for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid)
+    ep_.send(wid, route_msg(sub_change_op{shared}));
 }
 
 void router::on_sub_change(const sub_change_op& op) {
@@ -281,8 +291,9 @@ void router::on_sub_change(const sub_change_op& op) {
         // The subscriber's worker checked against its own replica; a change
         // still in flight from another worker took the last room here.
         stats_.subscriptions_refused.add();
-        submit(s.ref.worker, route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid,
-                                                      std::make_shared<const std::string>(st.message())}));
+        submit(s.ref.worker,
+               route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid,
+                                        std::make_shared<const std::string>(st.message())}));
         continue;
       }
     } else {
@@ -292,7 +303,8 @@ void router::on_sub_change(const sub_change_op& op) {
       if (s.ref.worker == self) free_uid(s.ref.uid);
     }
     if (s.request_id == 0) continue;
-    submit(s.ref.worker, route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid, nullptr}));
+    submit(s.ref.worker,
+           route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid, nullptr}));
   }
 }
 
@@ -305,16 +317,19 @@ std::uint64_t router::subscription_cost(std::string_view pattern, std::string_vi
   return subject_index::cost_bytes(pattern, group, group_slots) * ctx_.workers;
 }
 
-result<std::uint32_t, std::string> router::admit_subscription(std::string_view pattern, std::string_view group,
+result<std::uint32_t, std::string> router::admit_subscription(std::string_view pattern,
+                                                              std::string_view group,
                                                               std::uint64_t cost) {
   KEYWAY_ASSERT_OWNER(w_);
   if (auto st = index_.can_add(pattern, group); !st) return st.message();
   const std::uint64_t share = live_.max_total_subscription_bytes / ctx_.workers;
   if (sub_bytes_ + cost > share)
     return "the subscriptions of this worker's connections take " + proto::format_size(sub_bytes_) +
-           " of index memory and this one needs " + proto::format_size(cost) + "; the worker's share of "
-           "limits.max_total_subscription_bytes (" + proto::format_size(live_.max_total_subscription_bytes) +
-           ") is " + proto::format_size(share) + "; try later or raise the limit";
+           " of index memory and this one needs " + proto::format_size(cost) +
+           "; the worker's share of "
+           "limits.max_total_subscription_bytes (" +
+           proto::format_size(live_.max_total_subscription_bytes) + ") is " +
+           proto::format_size(share) + "; try later or raise the limit";
   std::uint32_t uid = 0;
   if (!free_uids_.empty()) {
     uid = free_uids_.back();
@@ -348,7 +363,9 @@ void router::submit(std::uint32_t to, route_msg&& m) {
     ep_.send(to, std::move(m));
 }
 
-void router::free_uid(std::uint32_t uid) { free_uids_.push_back(uid); }
+void router::free_uid(std::uint32_t uid) {
+  free_uids_.push_back(uid);
+}
 
 void router::mark_dirty(connection* c) {
   KEYWAY_ASSERT_OWNER(w_);
@@ -393,17 +410,18 @@ void router::start_accepting() {
 
 template <class Acceptor>
 void router::accept_next(Acceptor& a, bool unix_socket) {
-  a.async_accept([this, &a, unix_socket](std::error_code ec, typename Acceptor::protocol_type::socket s) {
-    if (ec == asio::error::operation_aborted || !a.is_open()) return;
-    if (ec) return accept_failed(a, unix_socket, ec);
-    accept_backoff_.succeeded();
-    if (!unix_socket) {
-      std::error_code ignored;
-      s.set_option(asio::ip::tcp::no_delay(true), ignored);
-    }
-    hand_out(s.release(), unix_socket);
-    accept_next(a, unix_socket);
-  });
+  a.async_accept(
+      [this, &a, unix_socket](std::error_code ec, typename Acceptor::protocol_type::socket s) {
+        if (ec == asio::error::operation_aborted || !a.is_open()) return;
+        if (ec) return accept_failed(a, unix_socket, ec);
+        accept_backoff_.succeeded();
+        if (!unix_socket) {
+          std::error_code ignored;
+          s.set_option(asio::ip::tcp::no_delay(true), ignored);
+        }
+        hand_out(s.release(), unix_socket);
+        accept_next(a, unix_socket);
+      });
 }
 
 template <class Acceptor>
@@ -430,12 +448,17 @@ void router::hand_out(int fd, bool unix_socket) {
   if (open_connections_ >= live_.max_connections || draining()) {
     // Refuse politely: a best-effort error frame, then close.
     proto::out_buffer out(512);
-    const std::string why =
-        draining() ? std::string("the server is shutting down; reconnect later")
-                   : "the server has " + std::to_string(open_connections_) + " connections, limits.max_connections is " +
-                         std::to_string(live_.max_connections) + "; try again later or raise the limit";
-    (void)encoder_->error(out, {draining() ? proto::errc::shutting_down : proto::errc::too_many_connections, why, 0,
-                                true, {}});
+    const std::string why = draining() ? std::string("the server is shutting down; reconnect later")
+                                       : "the server has " + std::to_string(open_connections_) +
+                                             " connections, limits.max_connections is " +
+                                             std::to_string(live_.max_connections) +
+                                             "; try again later or raise the limit";
+    (void)encoder_->error(
+        out, {draining() ? proto::errc::shutting_down : proto::errc::too_many_connections,
+              why,
+              0,
+              true,
+              {}});
     const auto bytes = out.front();
     [[maybe_unused]] auto n = ::send(fd, bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     ::close(fd);
@@ -446,7 +469,9 @@ void router::hand_out(int fd, bool unix_socket) {
   submit(target, route_msg(adopt_op{fd, unix_socket}));
 }
 
-void router::on_adopt(const adopt_op& op) { adopt(op.fd, op.unix_socket); }
+void router::on_adopt(const adopt_op& op) {
+  adopt(op.fd, op.unix_socket);
+}
 
 void router::adopt(int fd, bool unix_socket) {
   std::error_code ec;
@@ -470,7 +495,8 @@ void router::adopt(int fd, bool unix_socket) {
   stats_.accepted_on(unix_socket).add();
   stats_.connections_on(unix_socket).set(stats_.connections_on(unix_socket).get() + 1);
   if (draining()) {
-    c->send_error(proto::errc::shutting_down, "the server is shutting down; reconnect later", 0, true);
+    c->send_error(proto::errc::shutting_down, "the server is shutting down; reconnect later", 0,
+                  true);
     return;
   }
   c->start();
@@ -483,7 +509,8 @@ void router::on_conn_closed() {
 
 std::string_view router::draining_reason() const noexcept {
   KEYWAY_ASSERT_OWNER(w_);
-  return "the server is shutting down; reconnect to another server of this deployment (welcome.connectUrls)";
+  return "the server is shutting down; reconnect to another server of this deployment "
+         "(welcome.connectUrls)";
 }
 
 std::uint32_t router::draining_grace_ms() const noexcept {

@@ -29,11 +29,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "config/options.hpp"
 #include "core/mesh.hpp"
 #include "core/partitioner.hpp"
 #include "core/worker.hpp"
 #include "daemon/accept_backoff.hpp"
-#include "config/options.hpp"
 #include "daemon/probe.hpp"
 #include "daemon/route.hpp"
 #include "daemon/subject_index.hpp"
@@ -58,7 +58,8 @@ struct server_context {
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> tcp_acceptors;
   std::vector<std::unique_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors;
   /// Auth tokens at start (reloads hand each router a new list).
-  std::shared_ptr<const std::vector<std::string>> tokens = std::make_shared<const std::vector<std::string>>();
+  std::shared_ptr<const std::vector<std::string>> tokens =
+      std::make_shared<const std::vector<std::string>>();
   /// Set by the main thread on SIGTERM/SIGINT, first: every worker sends a
   /// `draining` frame to each of its clients (lame duck), then counts itself
   /// in `announced`. Serving goes on until `draining`.
@@ -137,8 +138,8 @@ class router final : public core::worker_handler {
   /// (queue-group members, pattern shapes) and its share of
   /// limits.max_total_subscription_bytes; charges `cost` and returns a uid,
   /// or why not (for a tooManySubscriptions error).
-  result<std::uint32_t, std::string> admit_subscription(std::string_view pattern, std::string_view group,
-                                                        std::uint64_t cost);
+  result<std::uint32_t, std::string> admit_subscription(std::string_view pattern,
+                                                        std::string_view group, std::uint64_t cost);
   /// Gives back what admit_subscription() charged, when a subscription goes.
   void release_subscription(std::uint64_t cost) noexcept;
   /// Pauses (on) or resumes (off) reading from connection `conn`, which may
@@ -152,7 +153,9 @@ class router final : public core::worker_handler {
  private:
   /// Runs `m` here when `to` is this worker, else sends it there.
   void submit(std::uint32_t to, route_msg&& m);
-  static std::uint32_t worker_of_conn(std::uint64_t conn) noexcept { return static_cast<std::uint32_t>(conn >> 48); }
+  static std::uint32_t worker_of_conn(std::uint64_t conn) noexcept {
+    return static_cast<std::uint32_t>(conn >> 48);
+  }
   void free_uid(std::uint32_t uid);
   void dispatch(route_msg& m);
   void on_publish(publish_op& op);
@@ -205,7 +208,7 @@ class router final : public core::worker_handler {
   /// Connections closed this turn; kept alive until the turn's flush is done,
   /// since dirty_ may still point at them.
   std::vector<std::shared_ptr<connection>> graveyard_;
-  std::vector<sub_ref> matches_;                        // scratch for on_publish
+  std::vector<sub_ref> matches_;                          // scratch for on_publish
   std::vector<std::vector<delivery_target>> per_worker_;  // scratch for on_publish
   // Acceptor state (worker 0 only).
   std::size_t next_worker_ = 0;
@@ -213,7 +216,7 @@ class router final : public core::worker_handler {
   accept_backoff accept_backoff_{"listen"};
   asio::steady_timer accept_timer_;                  // the backoff's wait
   std::vector<std::function<void()>> accept_retry_;  // listeners waiting on it
-  bool announced_ = false;  // announce_draining() ran
+  bool announced_ = false;                           // announce_draining() ran
   bool drain_started_ = false;
 };
 

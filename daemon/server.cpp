@@ -9,8 +9,8 @@
 #include <asio/ip/address.hpp>
 #include <asio/post.hpp>
 #include <chrono>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <stdexcept>
@@ -47,25 +47,32 @@ void server::start() {
   po.cpus = o.cpus;
   auto pool = core::worker_pool::create(po);
   if (!pool)
-    throw std::runtime_error("cannot plan workers: " + pool.error().message() +
-                             " (check server.workers and server.cpus against the CPUs this process may use)");
+    throw std::runtime_error(
+        "cannot plan workers: " + pool.error().message() +
+        " (check server.workers and server.cpus against the CPUs this process may use)");
   pool_ = std::move(*pool);
   ctx_.workers = pool_->size();
   if (ctx_.workers > max_workers)
-    throw std::runtime_error("server.workers = " + std::to_string(ctx_.workers) + ": at most " +
-                             std::to_string(max_workers) +
-                             " workers (a subscription id keeps its worker in 8 bits); lower server.workers or list "
-                             "fewer server.cpus");
+    throw std::runtime_error(
+        "server.workers = " + std::to_string(ctx_.workers) + ": at most " +
+        std::to_string(max_workers) +
+        " workers (a subscription id keeps its worker in 8 bits); lower server.workers or list "
+        "fewer server.cpus");
   fds_ = raise_fd_limit();
   if (fds_.soft != fds_.was)
-    spdlog::info("raised the file-descriptor limit (RLIMIT_NOFILE) from {} to {}", fds_.was, fds_.soft);
+    spdlog::info("raised the file-descriptor limit (RLIMIT_NOFILE) from {} to {}", fds_.was,
+                 fds_.soft);
   resolve_connection_limit(ctx_.options);
-  for (std::size_t i = 0; i < ctx_.workers; ++i) ctx_.pools.push_back(std::make_unique<core::block_pool>());
+  for (std::size_t i = 0; i < ctx_.workers; ++i)
+    ctx_.pools.push_back(std::make_unique<core::block_pool>());
   ctx_.mesh = std::make_unique<core::mesh<route_msg>>(ctx_.workers, o.ring_capacity);
-  for (std::size_t i = 0; i < ctx_.workers; ++i) ctx_.stats.push_back(std::make_unique<daemon_stats>());
+  for (std::size_t i = 0; i < ctx_.workers; ++i)
+    ctx_.stats.push_back(std::make_unique<daemon_stats>());
   if (o.partitioner == core::partition_strategy::round_robin)
-    spdlog::warn("routing.partitioner = round_robin gives up key affinity: messages of one key may be ordered by "
-                 "different cores, so per-key order no longer holds");
+    spdlog::warn(
+        "routing.partitioner = round_robin gives up key affinity: messages of one key may be "
+        "ordered by "
+        "different cores, so per-key order no longer holds");
   if (!o.tokens_file.empty())
     ctx_.tokens = std::make_shared<const std::vector<std::string>>(load_tokens(o.tokens_file));
   bind_listeners();
@@ -76,7 +83,9 @@ void server::start() {
         routers_[w.id()] = r.get();  // each worker writes its own slot; start() latches
         return r;
       },
-      [](const core::worker& w, std::string_view what) { spdlog::error("worker {}: {}", w.id(), what); });
+      [](const core::worker& w, std::string_view what) {
+        spdlog::error("worker {}: {}", w.id(), what);
+      });
   if (!started) throw std::runtime_error("a worker failed to start");
   applied_ = ctx_.options;
   progress_ = std::make_unique<core::progress_monitor>(*pool_);
@@ -111,8 +120,10 @@ std::vector<std::string> server::reload(const server_options& next) {
 
   server_options resolved = next;
   resolve_connection_limit(resolved);
-  auto tokens = next.tokens_file.empty() ? std::make_shared<const std::vector<std::string>>()
-                                         : std::make_shared<const std::vector<std::string>>(load_tokens(next.tokens_file));
+  auto tokens =
+      next.tokens_file.empty()
+          ? std::make_shared<const std::vector<std::string>>()
+          : std::make_shared<const std::vector<std::string>>(load_tokens(next.tokens_file));
   for (std::uint32_t i = 0; i < ctx_.workers; ++i) {
     router* r = routers_[i];
     asio::post(pool_->at(i).io(), [r, next = resolved, tokens] { r->apply(next, tokens); });
@@ -122,16 +133,21 @@ std::vector<std::string> server::reload(const server_options& next) {
   return {};
 }
 
-void open_tcp_acceptor(asio::ip::tcp::acceptor& acc, const listen_address& a, std::string_view what) {
+void open_tcp_acceptor(asio::ip::tcp::acceptor& acc, const listen_address& a,
+                       std::string_view what) {
   std::error_code ec;
   const auto addr = asio::ip::make_address(a.host, ec);
-  if (ec) throw std::runtime_error(std::string(what) + " " + a.to_string() + ": '" + a.host + "' is not an IP address");
+  if (ec)
+    throw std::runtime_error(std::string(what) + " " + a.to_string() + ": '" + a.host +
+                             "' is not an IP address");
   const asio::ip::tcp::endpoint ep(addr, a.port);
   acc.open(ep.protocol(), ec);
   if (!ec) acc.set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) acc.bind(ep, ec);
   if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) throw std::runtime_error(std::string(what) + ": cannot listen on " + a.to_string() + ": " + ec.message());
+  if (ec)
+    throw std::runtime_error(std::string(what) + ": cannot listen on " + a.to_string() + ": " +
+                             ec.message());
 }
 
 bool server::adopt_activated_sockets(asio::io_context& io0) {
@@ -148,21 +164,27 @@ bool server::adopt_activated_sockets(asio::io_context& io0) {
       ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
       auto acc = std::make_unique<asio::local::stream_protocol::acceptor>(io0);
       acc->assign(asio::local::stream_protocol(), fd, ec);
-      if (ec) throw std::runtime_error("cannot adopt socket fd " + std::to_string(fd) + ": " + ec.message());
+      if (ec)
+        throw std::runtime_error("cannot adopt socket fd " + std::to_string(fd) + ": " +
+                                 ec.message());
       addresses_.push_back("unix://" + std::string(sa.sun_path));
       ctx_.unix_acceptors.push_back(std::move(acc));
-    } else if (sd_is_socket(fd, AF_INET, SOCK_STREAM, 1) > 0 || sd_is_socket(fd, AF_INET6, SOCK_STREAM, 1) > 0) {
+    } else if (sd_is_socket(fd, AF_INET, SOCK_STREAM, 1) > 0 ||
+               sd_is_socket(fd, AF_INET6, SOCK_STREAM, 1) > 0) {
       const bool v6 = sd_is_socket(fd, AF_INET6, SOCK_STREAM, 1) > 0;
       auto acc = std::make_unique<asio::ip::tcp::acceptor>(io0);
       acc->assign(v6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
-      if (ec) throw std::runtime_error("cannot adopt socket fd " + std::to_string(fd) + ": " + ec.message());
+      if (ec)
+        throw std::runtime_error("cannot adopt socket fd " + std::to_string(fd) + ": " +
+                                 ec.message());
       const auto ep = acc->local_endpoint();
       const std::string host = v6 ? "[" + ep.address().to_string() + "]" : ep.address().to_string();
       addresses_.push_back("tcp://" + host + ":" + std::to_string(ep.port()));
       ctx_.tcp_acceptors.push_back(std::move(acc));
     } else {
-      throw std::runtime_error("socket activation: fd " + std::to_string(fd) +
-                               " is not a listening TCP or Unix stream socket; check the .socket unit");
+      throw std::runtime_error(
+          "socket activation: fd " + std::to_string(fd) +
+          " is not a listening TCP or Unix stream socket; check the .socket unit");
     }
     spdlog::info("listening on {} (from systemd)", addresses_.back());
   }
@@ -184,12 +206,13 @@ void server::bind_listeners() {
     } else {
       const std::filesystem::path p(a.path);
       if (!std::filesystem::is_directory(p.parent_path(), ec))
-        throw std::runtime_error("cannot listen on " + a.to_string() + ": directory " + p.parent_path().string() +
-                                 " does not exist");
+        throw std::runtime_error("cannot listen on " + a.to_string() + ": directory " +
+                                 p.parent_path().string() + " does not exist");
       struct stat st {};
       if (::lstat(a.path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
-          throw std::runtime_error("cannot listen on " + a.to_string() + ": the path exists and is not a socket");
+          throw std::runtime_error("cannot listen on " + a.to_string() +
+                                   ": the path exists and is not a socket");
         ::unlink(a.path.c_str());  // a stale socket from an earlier run
       }
       auto acc = std::make_unique<asio::local::stream_protocol::acceptor>(io0);
@@ -231,14 +254,17 @@ void server::lame_duck() {
   const auto grace = ctx_.options.lame_duck_grace;
   ctx_.lame_duck.store(true, std::memory_order_relaxed);
   for (std::size_t i = 0; i < ctx_.workers; ++i) pool_->at(i).wake();
-  spdlog::info("lame duck: accepting no more connections; telling {} clients to reconnect elsewhere and serving "
-               "them for up to {} ms (server.lame_duck_grace), less once they have left",
-               client_connections(), grace.count());
+  spdlog::info(
+      "lame duck: accepting no more connections; telling {} clients to reconnect elsewhere and "
+      "serving "
+      "them for up to {} ms (server.lame_duck_grace), less once they have left",
+      client_connections(), grace.count());
   // Each worker tells its clients within a loop turn; the grace counts from
   // there. A worker that does not answer in a second is stuck: go on, the
   // drain has its own deadline.
   const auto told_by = std::chrono::steady_clock::now() + 1s;
-  while (ctx_.announced.load(std::memory_order_acquire) < ctx_.workers && std::chrono::steady_clock::now() < told_by)
+  while (ctx_.announced.load(std::memory_order_acquire) < ctx_.workers &&
+         std::chrono::steady_clock::now() < told_by)
     std::this_thread::sleep_for(1ms);
   if (ctx_.announced.load(std::memory_order_acquire) < ctx_.workers)
     spdlog::warn("lame duck: {} of {} workers told their clients within 1 s; draining anyway",
@@ -247,7 +273,8 @@ void server::lame_duck() {
   const auto grace_end = std::chrono::steady_clock::now() + grace;
   for (auto now = std::chrono::steady_clock::now(); now < grace_end && client_connections() > 0;
        now = std::chrono::steady_clock::now())
-    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(5ms, grace_end - now));
+    std::this_thread::sleep_for(
+        std::min<std::chrono::steady_clock::duration>(5ms, grace_end - now));
 }
 
 bool server::drain_and_stop() {
@@ -271,7 +298,9 @@ bool server::drain_and_stop() {
     }
     std::this_thread::sleep_for(10ms);
   }
-  if (!done) spdlog::warn("drain timeout after {} ms: closing with messages still queued", ctx_.options.drain_timeout.count());
+  if (!done)
+    spdlog::warn("drain timeout after {} ms: closing with messages still queued",
+                 ctx_.options.drain_timeout.count());
   pool_->stop();
   phase_.store(phase::stopped, std::memory_order_release);
   spdlog::info("stopped");

@@ -12,10 +12,10 @@
 #include <string_view>
 #include <vector>
 
+#include "config/options.hpp"
 #include "core/progress_monitor.hpp"
 #include "core/worker_pool.hpp"
 #include "daemon/fd_limit.hpp"
-#include "config/options.hpp"
 #include "daemon/router.hpp"
 
 namespace keyway::daemon {
@@ -76,7 +76,7 @@ class server {
   std::unique_ptr<core::worker_pool> pool_;
   std::vector<std::string> addresses_;
   std::vector<std::string> unix_paths_;
-  server_options applied_;         // the options in force, as reloads changed them (main thread)
+  server_options applied_;        // the options in force, as reloads changed them (main thread)
   std::vector<router*> routers_;  // set by each worker's init; read after start()
   std::atomic<phase> phase_{phase::starting};
   std::chrono::steady_clock::time_point started_at_ = std::chrono::steady_clock::now();
@@ -86,7 +86,8 @@ class server {
 
 /// Opens, binds (SO_REUSEADDR) and listens; throws std::runtime_error naming
 /// `what` (e.g. "listen", "admin listen"), the address and the reason.
-void open_tcp_acceptor(asio::ip::tcp::acceptor& acc, const listen_address& a, std::string_view what);
+void open_tcp_acceptor(asio::ip::tcp::acceptor& acc, const listen_address& a,
+                       std::string_view what);
 
 /// A random 16-hex-digit id for this process.
 std::string make_server_id();

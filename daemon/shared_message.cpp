@@ -7,20 +7,25 @@
 namespace keyway::daemon {
 
 namespace {
-constexpr std::uint32_t align8(std::size_t n) { return static_cast<std::uint32_t>((n + 7) & ~std::size_t{7}); }
+constexpr std::uint32_t align8(std::size_t n) {
+  return static_cast<std::uint32_t>((n + 7) & ~std::size_t{7});
+}
 }  // namespace
 
-shared_message* shared_message::make(core::block_pool& pool, std::string_view subject, std::span<const std::byte> key,
+shared_message* shared_message::make(core::block_pool& pool, std::string_view subject,
+                                     std::span<const std::byte> key,
                                      std::span<const std::byte> payload, std::string_view reply_to,
                                      std::span<const header_view> headers) {
   // Layout: [object][the delivery frame's byte lists, 8-aligned: subject,
   // key, reply-to, payload, each padded][headers]. frame_lists() runs from
   // the subject to the payload's padding.
-  const proto::delivery_fields f{.subject = subject, .key = key, .payload = payload, .reply_to = reply_to};
+  const proto::delivery_fields f{
+      .subject = subject, .key = key, .payload = payload, .reply_to = reply_to};
   std::size_t header_bytes = 0;
   for (const header_view& h : headers) header_bytes += 8 + h.name.size() + h.value.size();
   const std::uint32_t lists_off = align8(sizeof(shared_message));
-  const auto headers_off = static_cast<std::uint32_t>(lists_off + proto::encoder::plain_message_lists_size(f));
+  const auto headers_off =
+      static_cast<std::uint32_t>(lists_off + proto::encoder::plain_message_lists_size(f));
 
   // The pool's alignment (16) covers the 8 the payload needs.
   static_assert(alignof(shared_message) <= 16);

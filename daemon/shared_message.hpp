@@ -32,13 +32,15 @@ class shared_message {
  public:
   /// Copies everything into a block of `pool` (the calling worker's); the
   /// refcount starts at 1 (owned by the caller).
-  static shared_message* make(core::block_pool& pool, std::string_view subject, std::span<const std::byte> key,
-                              std::span<const std::byte> payload, std::string_view reply_to,
-                              std::span<const header_view> headers);
+  static shared_message* make(core::block_pool& pool, std::string_view subject,
+                              std::span<const std::byte> key, std::span<const std::byte> payload,
+                              std::string_view reply_to, std::span<const header_view> headers);
 
   std::string_view subject() const noexcept { return {chars(subject_off_), subject_len_}; }
   std::span<const std::byte> key() const noexcept { return {bytes(key_off_), key_len_}; }
-  std::span<const std::byte> payload() const noexcept { return {bytes(payload_off_), payload_len_}; }
+  std::span<const std::byte> payload() const noexcept {
+    return {bytes(payload_off_), payload_len_};
+  }
   std::string_view reply_to() const noexcept { return {chars(reply_off_), reply_len_}; }
   std::uint32_t header_count() const noexcept { return header_count_; }
   /// A message without headers: frame_lists() is all its delivery needs.
@@ -46,7 +48,8 @@ class shared_message {
   /// The fields in the delivery frame's layout, from the subject to the
   /// payload's padding.
   std::span<const std::byte> frame_lists() const noexcept {
-    return {bytes(subject_off_), payload_off_ + ((payload_len_ + 7) & ~std::uint32_t{7}) - subject_off_};
+    return {bytes(subject_off_),
+            payload_off_ + ((payload_len_ + 7) & ~std::uint32_t{7}) - subject_off_};
   }
   /// Calls fn(header_view) for each header, in order.
   template <class Fn>
@@ -76,7 +79,9 @@ class shared_message {
  private:
   shared_message() = default;
   void destroy() noexcept;
-  const char* chars(std::uint32_t off) const noexcept { return reinterpret_cast<const char*>(this) + off; }
+  const char* chars(std::uint32_t off) const noexcept {
+    return reinterpret_cast<const char*>(this) + off;
+  }
   const std::byte* bytes(std::uint32_t off) const noexcept {
     return reinterpret_cast<const std::byte*>(this) + off;
   }

@@ -223,7 +223,7 @@ class subject_index {
   subject_cache<matched_nodes> cache_{cache_capacity};
   std::vector<node*> spilled_;  // node lists of cache entries longer than cached_nodes
   core::owner_check owner_;
-  std::vector<node*> found_;    // the last cache miss's matching nodes (reused)
+  std::vector<node*> found_;  // the last cache miss's matching nodes (reused)
   std::size_t visits_ = 0;
 };
 

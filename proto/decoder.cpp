@@ -17,7 +17,9 @@ static_assert(std::endian::native == std::endian::little,
 
 namespace {
 
-std::size_t round_up8(std::size_t n) noexcept { return (n + 7) & ~std::size_t{7}; }
+std::size_t round_up8(std::size_t n) noexcept {
+  return (n + 7) & ~std::size_t{7};
+}
 
 // kj descriptions read "expected <condition> [values]; <what is wrong>": keep
 // the part a person can act on.
@@ -77,7 +79,9 @@ void read_all(wire::Frame::Reader f) {
       (void)s.getQueueGroup();
       break;
     }
-    case W::UNSUBSCRIBE: (void)f.getUnsubscribe(); break;
+    case W::UNSUBSCRIBE:
+      (void)f.getUnsubscribe();
+      break;
     case W::MESSAGE: {
       auto m = f.getMessage();
       (void)m.getSubject();
@@ -87,17 +91,26 @@ void read_all(wire::Frame::Reader f) {
       (void)m.getReplyTo();
       break;
     }
-    case W::ACK: (void)f.getAck(); break;
+    case W::ACK:
+      (void)f.getAck();
+      break;
     case W::ERROR: {
       auto e = f.getError();
       (void)e.getMessage();
       (void)e.getReplyTo();
       break;
     }
-    case W::PING: (void)f.getPing(); break;
-    case W::PONG: (void)f.getPong(); break;
-    case W::DRAINING: (void)f.getDraining().getReason(); break;
-    default: break;  // a newer peer's kind: left unread, validation decides
+    case W::PING:
+      (void)f.getPing();
+      break;
+    case W::PONG:
+      (void)f.getPong();
+      break;
+    case W::DRAINING:
+      (void)f.getDraining().getReason();
+      break;
+    default:
+      break;  // a newer peer's kind: left unread, validation decides
   }
 }
 
@@ -106,19 +119,32 @@ void read_all(wire::Frame::Reader f) {
 std::string_view kind_name(wire::Frame::Which kind) noexcept {
   using W = wire::Frame;
   switch (kind) {
-    case W::HELLO: return "hello";
-    case W::WELCOME: return "welcome";
-    case W::PUBLISH: return "publish";
-    case W::SUBSCRIBE: return "subscribe";
-    case W::UNSUBSCRIBE: return "unsubscribe";
-    case W::MESSAGE: return "message";
-    case W::ACK: return "ack";
-    case W::ERROR: return "error";
-    case W::PING: return "ping";
-    case W::PONG: return "pong";
-    case W::PUBLISH_BATCH: return "publishBatch";
-    case W::MESSAGE_BATCH: return "messageBatch";
-    case W::DRAINING: return "draining";
+    case W::HELLO:
+      return "hello";
+    case W::WELCOME:
+      return "welcome";
+    case W::PUBLISH:
+      return "publish";
+    case W::SUBSCRIBE:
+      return "subscribe";
+    case W::UNSUBSCRIBE:
+      return "unsubscribe";
+    case W::MESSAGE:
+      return "message";
+    case W::ACK:
+      return "ack";
+    case W::ERROR:
+      return "error";
+    case W::PING:
+      return "ping";
+    case W::PONG:
+      return "pong";
+    case W::PUBLISH_BATCH:
+      return "publishBatch";
+    case W::MESSAGE_BATCH:
+      return "messageBatch";
+    case W::DRAINING:
+      return "draining";
   }
   return "unknown";
 }
@@ -159,7 +185,9 @@ wire::Frame::Reader decoder::lazy_root() const noexcept {
   }
 }
 
-wire::Frame::Reader frame::root() const noexcept { return lazy_ ? lazy_->lazy_root() : root_; }
+wire::Frame::Reader frame::root() const noexcept {
+  return lazy_ ? lazy_->lazy_root() : root_;
+}
 
 void decoder::release_current() noexcept {
   if (reader_) reader_.reset();
@@ -238,10 +266,14 @@ namespace {
 // layout: subject, key, payload, headers, replyTo in pointers 0-4. Reads either
 // without headers, the Frame's root read once: into `publish` or `delivery` by
 // its tag, which it returns (0 when the frame is not flat).
-unsigned read_flat_fields(std::span<const std::byte> segment, publish_view& publish, delivery_view& delivery) noexcept {
-  static_assert(wire::Frame::_capnpPrivate::dataWordSize == 1 && wire::Frame::_capnpPrivate::pointerCount == 1);
-  static_assert(wire::Publish::_capnpPrivate::pointerCount == 5 && wire::Message::_capnpPrivate::pointerCount == 5);
-  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 && wire::Message::_capnpPrivate::dataWordSize == 2);
+unsigned read_flat_fields(std::span<const std::byte> segment, publish_view& publish,
+                          delivery_view& delivery) noexcept {
+  static_assert(wire::Frame::_capnpPrivate::dataWordSize == 1 &&
+                wire::Frame::_capnpPrivate::pointerCount == 1);
+  static_assert(wire::Publish::_capnpPrivate::pointerCount == 5 &&
+                wire::Message::_capnpPrivate::pointerCount == 5);
+  static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 &&
+                wire::Message::_capnpPrivate::dataWordSize == 2);
   static_assert(wire::Frame::PUBLISH != 0 && wire::Frame::MESSAGE != 0);
   const flat::segment seg(segment.data(), segment.size() / 8);
   flat::segment::structure root, p;
@@ -253,8 +285,8 @@ unsigned read_flat_fields(std::span<const std::byte> segment, publish_view& publ
   // Headers are rare: a frame with any goes through capnp's reader.
   if (seg.pointer_word(p, 3) != 0) return 0;
   publish_view& view = tag == wire::Frame::PUBLISH ? publish : delivery;
-  if (!seg.read_text(p, 0, view.subject) || !seg.read_data(p, 1, view.key) || !seg.read_data(p, 2, view.payload) ||
-      !seg.read_text(p, 4, view.reply_to))
+  if (!seg.read_text(p, 0, view.subject) || !seg.read_data(p, 1, view.key) ||
+      !seg.read_data(p, 2, view.payload) || !seg.read_text(p, 4, view.reply_to))
     return 0;
   view.header_count = 0;
   view.headers = {};
@@ -271,7 +303,8 @@ unsigned read_flat_fields(std::span<const std::byte> segment, publish_view& publ
 }
 
 template <class Reader>
-void read_common(Reader r, std::uint32_t max_headers, std::vector<header>& headers, publish_view& view) {
+void read_common(Reader r, std::uint32_t max_headers, std::vector<header>& headers,
+                 publish_view& view) {
   view.subject = as_string_view(r.getSubject());
   view.key = as_bytes(r.getKey());
   view.payload = as_bytes(r.getPayload());
@@ -320,22 +353,27 @@ result<std::optional<frame>> decoder::next() noexcept {
 
   header_info h;
   switch (parse_header(h)) {
-    case header_state::need_more: return std::optional<frame>{};
+    case header_state::need_more:
+      return std::optional<frame>{};
     case header_state::bad:
       if (h.segments == 0) {
         const std::uint64_t count = std::uint64_t{load_u32(bytes() + begin_)} + 1;
         return fail(errc::frame_too_large,
-                    "frame announces " + std::to_string(count) + " segments, over limits.max_segments (" +
+                    "frame announces " + std::to_string(count) +
+                        " segments, over limits.max_segments (" +
                         std::to_string(limits_.max_segments) +
                         "); the peer is not speaking this protocol or builds oversized messages");
       }
       if (frame_cap_ < limits_.max_frame)
-        return fail(errc::frame_too_large, "frame of " + format_size(h.frame_bytes) + " exceeds " + frame_cap_what_ +
-                                               " (" + format_size(frame_cap_) + ")");
-      return fail(errc::frame_too_large,
-                  "frame of " + format_size(h.frame_bytes) + " exceeds limits.max_frame (" +
-                      format_size(limits_.max_frame) + "); raise it in keyway.toml or send smaller payloads");
-    case header_state::ok: break;
+        return fail(errc::frame_too_large, "frame of " + format_size(h.frame_bytes) + " exceeds " +
+                                               frame_cap_what_ + " (" + format_size(frame_cap_) +
+                                               ")");
+      return fail(errc::frame_too_large, "frame of " + format_size(h.frame_bytes) +
+                                             " exceeds limits.max_frame (" +
+                                             format_size(limits_.max_frame) +
+                                             "); raise it in keyway.toml or send smaller payloads");
+    case header_state::ok:
+      break;
   }
   if (end_ - begin_ < h.frame_bytes) return std::optional<frame>{};
 
@@ -355,11 +393,14 @@ result<std::optional<frame>> decoder::next() noexcept {
     switch (read_flat_fields(seg, publish_, delivery_)) {
       case wire::Frame::PUBLISH:
         current_ = h.frame_bytes;
-        return std::optional<frame>(frame(this, wire::Frame::PUBLISH, h.frame_bytes, &publish_, nullptr));
+        return std::optional<frame>(
+            frame(this, wire::Frame::PUBLISH, h.frame_bytes, &publish_, nullptr));
       case wire::Frame::MESSAGE:
         current_ = h.frame_bytes;
-        return std::optional<frame>(frame(this, wire::Frame::MESSAGE, h.frame_bytes, nullptr, &delivery_));
-      default: break;
+        return std::optional<frame>(
+            frame(this, wire::Frame::MESSAGE, h.frame_bytes, nullptr, &delivery_));
+      default:
+        break;
     }
   }
   try {

@@ -52,7 +52,9 @@
 namespace keyway::proto {
 
 /// Views of Cap'n Proto blobs as standard types. No copy.
-inline std::string_view as_string_view(capnp::Text::Reader t) noexcept { return {t.begin(), t.size()}; }
+inline std::string_view as_string_view(capnp::Text::Reader t) noexcept {
+  return {t.begin(), t.size()};
+}
 inline std::span<const std::byte> as_bytes(capnp::Data::Reader d) noexcept {
   return {reinterpret_cast<const std::byte*>(d.begin()), d.size()};
 }
@@ -88,8 +90,8 @@ class frame {
 
  private:
   friend class decoder;
-  frame(wire::Frame::Reader root, std::size_t wire_size, std::uint32_t segments, const publish_view* publish,
-        const delivery_view* delivery) noexcept
+  frame(wire::Frame::Reader root, std::size_t wire_size, std::uint32_t segments,
+        const publish_view* publish, const delivery_view* delivery) noexcept
       : root_(root),
         which_(root.which()),
         wire_size_(wire_size),
@@ -97,8 +99,8 @@ class frame {
         publish_(publish),
         delivery_(delivery) {}
   // A hand-read frame: the root comes from `lazy` on demand.
-  frame(const decoder* lazy, wire::Frame::Which which, std::size_t wire_size, const publish_view* publish,
-        const delivery_view* delivery) noexcept
+  frame(const decoder* lazy, wire::Frame::Which which, std::size_t wire_size,
+        const publish_view* publish, const delivery_view* delivery) noexcept
       : which_(which),
         wire_size_(wire_size),
         segments_(1),
@@ -205,25 +207,27 @@ class decoder {
   wire::Frame::Reader lazy_root() const noexcept;
   capnp::ReaderOptions reader_options(std::size_t frame_bytes) const noexcept;
 
-  const std::byte* bytes() const noexcept { return reinterpret_cast<const std::byte*>(buffer_.get()); }
+  const std::byte* bytes() const noexcept {
+    return reinterpret_cast<const std::byte*>(buffer_.get());
+  }
   std::byte* bytes() noexcept { return reinterpret_cast<std::byte*>(buffer_.get()); }
 
   limits limits_;
-  std::uint32_t frame_cap_;       // limits_.max_frame unless cap_frames() lowered it
-  std::string frame_cap_what_;    // names the cap in messages when lowered
+  std::uint32_t frame_cap_;     // limits_.max_frame unless cap_frames() lowered it
+  std::string frame_cap_what_;  // names the cap in messages when lowered
   std::unique_ptr<capnp::word[]> buffer_;
-  std::size_t capacity_ = 0;   // bytes, a multiple of 8
-  std::size_t begin_ = 0;      // first unread byte; always a multiple of 8
-  std::size_t end_ = 0;        // one past the last received byte
-  std::size_t current_ = 0;    // bytes of the frame last returned, consumed on the next call
+  std::size_t capacity_ = 0;  // bytes, a multiple of 8
+  std::size_t begin_ = 0;     // first unread byte; always a multiple of 8
+  std::size_t end_ = 0;       // one past the last received byte
+  std::size_t current_ = 0;   // bytes of the frame last returned, consumed on the next call
   std::vector<kj::ArrayPtr<const capnp::word>> segments_;  // max_segments entries, reused
   // Built for every frame but a hand-read publish, whose root() builds it (so mutable).
   mutable std::optional<capnp::SegmentArrayMessageReader> reader_;
-  publish_view publish_;          // the current frame's, when it is a publish
-  delivery_view delivery_;        // the current frame's, when it is a delivery
-  publish_batch_view batch_;      // the current frame's, when it is a publishBatch
+  publish_view publish_;              // the current frame's, when it is a publish
+  delivery_view delivery_;            // the current frame's, when it is a delivery
+  publish_batch_view batch_;          // the current frame's, when it is a publishBatch
   message_batch_view message_batch_;  // ... a messageBatch
-  std::vector<header> headers_;   // its headers, reused
+  std::vector<header> headers_;       // its headers, reused
   status error_;
 };
 

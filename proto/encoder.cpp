@@ -14,7 +14,9 @@
 namespace keyway::proto {
 namespace {
 
-const kj::byte* kj_bytes(std::span<const std::byte> s) noexcept { return reinterpret_cast<const kj::byte*>(s.data()); }
+const kj::byte* kj_bytes(std::span<const std::byte> s) noexcept {
+  return reinterpret_cast<const kj::byte*>(s.data());
+}
 
 // Text fields are set with init + memcpy: capnp's Text::Reader would want a
 // NUL after the string_view's last byte. Empty values stay null pointers.
@@ -25,7 +27,9 @@ void set_text(std::string_view s, Init&& init) {
   std::memcpy(b.begin(), s.data(), s.size());
 }
 
-capnp::Data::Reader data(std::span<const std::byte> s) noexcept { return {kj_bytes(s), s.size()}; }
+capnp::Data::Reader data(std::span<const std::byte> s) noexcept {
+  return {kj_bytes(s), s.size()};
+}
 
 void set_headers(capnp::List<wire::Header>::Builder list, std::span<const header> headers) {
   for (std::size_t i = 0; i < headers.size(); ++i) {
@@ -40,7 +44,8 @@ void fill_delivery(wire::Message::Builder m, const delivery_fields& f) {
   m.setSid(f.sid);
   set_text(f.subject, [&](unsigned n) { return m.initSubject(n); });
   if (!f.key.empty()) m.setKey(data(f.key));
-  if (!f.headers.empty()) set_headers(m.initHeaders(static_cast<unsigned>(f.headers.size())), f.headers);
+  if (!f.headers.empty())
+    set_headers(m.initHeaders(static_cast<unsigned>(f.headers.size())), f.headers);
   set_text(f.reply_to, [&](unsigned n) { return m.initReplyTo(n); });
   m.setOwnerCore(f.owner_core);
   m.setSeq(f.seq);
@@ -56,7 +61,8 @@ encoder::encoder(const limits& lim, std::size_t ref_threshold)
   if (!scratch_) throw std::bad_alloc();
 }
 
-result<std::size_t> encoder::emit(out_buffer& out, capnp::MessageBuilder& msg, std::span<const std::byte> external) {
+result<std::size_t> encoder::emit(out_buffer& out, capnp::MessageBuilder& msg,
+                                  std::span<const std::byte> external) {
   const auto segments = msg.getSegmentsForOutput();
   const std::size_t count = segments.size();
   const std::size_t table_bytes = (4 + 4 * count + 7) & ~std::size_t{7};
@@ -138,7 +144,8 @@ result<std::size_t> encoder::built_publish(out_buffer& out, const publish_fields
     auto p = fr.initPublish();
     set_text(f.subject, [&](unsigned n) { return p.initSubject(n); });
     if (!f.key.empty()) p.setKey(data(f.key));
-    if (!f.headers.empty()) set_headers(p.initHeaders(static_cast<unsigned>(f.headers.size())), f.headers);
+    if (!f.headers.empty())
+      set_headers(p.initHeaders(static_cast<unsigned>(f.headers.size())), f.headers);
     set_text(f.reply_to, [&](unsigned n) { return p.initReplyTo(n); });
     if (!f.payload.empty()) p.setPayload(data(f.payload));  // last, as plain_publish() lays it out
     p.setAckId(f.ack_id);
@@ -155,7 +162,8 @@ result<std::size_t> encoder::subscribe(out_buffer& out, const subscribe_fields& 
   });
 }
 
-result<std::size_t> encoder::unsubscribe(out_buffer& out, std::uint32_t sid, std::uint64_t request_id) noexcept {
+result<std::size_t> encoder::unsubscribe(out_buffer& out, std::uint32_t sid,
+                                         std::uint64_t request_id) noexcept {
   return encode(out, [&](wire::Frame::Builder fr) {
     auto u = fr.initUnsubscribe();
     u.setSid(sid);
@@ -182,8 +190,10 @@ static_assert(frame_data_words == 1 && frame_pointers == 1);
 // (null here), replyTo in 0-4. Their data words differ: a Publish has ackId;
 // a Message has sid and ownerCore in word 0, seq in word 1.
 constexpr std::uint16_t plain_pointers = 5;
-static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 && wire::Publish::_capnpPrivate::pointerCount == 5);
-static_assert(wire::Message::_capnpPrivate::dataWordSize == 2 && wire::Message::_capnpPrivate::pointerCount == 5);
+static_assert(wire::Publish::_capnpPrivate::dataWordSize == 1 &&
+              wire::Publish::_capnpPrivate::pointerCount == 5);
+static_assert(wire::Message::_capnpPrivate::dataWordSize == 2 &&
+              wire::Message::_capnpPrivate::pointerCount == 5);
 
 // A list pointer holds 29 bits of element count; every list here is shorter
 // than the frame, so bounding the frame bounds them all.
@@ -214,20 +224,21 @@ list_words words_of(const Fields& f) noexcept {
 /// into every caller (bench/profile: 8 Ir more per delivery when it is not).
 template <std::size_t DataWords, class Fields>
 [[gnu::always_inline]] inline void write_head(std::byte* dst, wire::Frame::Which tag,
-                                              const std::array<std::uint64_t, DataWords>& data, const list_words& w,
-                                              const Fields& f) noexcept {
+                                              const std::array<std::uint64_t, DataWords>& data,
+                                              const list_words& w, const Fields& f) noexcept {
   static_assert(std::endian::native == std::endian::little);
   constexpr std::size_t body = 3, body_ptrs = body + DataWords, first_list = lists_at<DataWords>;
   std::uint64_t head[1 + first_list] = {};  // [0] is the table; segment word i is head[1 + i]
-  head[0] = std::uint64_t{static_cast<std::uint32_t>(first_list + w.all())} << 32;  // segment count - 1 = 0, its words
+  head[0] = std::uint64_t{static_cast<std::uint32_t>(first_list + w.all())}
+            << 32;  // segment count - 1 = 0, its words
   head[1] = struct_pointer(0, 1, frame_data_words, frame_pointers);
   head[2] = static_cast<std::uint16_t>(tag);
   head[3] = struct_pointer(2, body, DataWords, plain_pointers);
   for (std::size_t i = 0; i < DataWords; ++i) head[1 + body + i] = data[i];
   // The lists follow the head in the order the builder sets them: subject,
   // key, replyTo, payload.
-  const std::size_t subject_at = first_list, key_at = subject_at + w.subject, reply_at = key_at + w.key,
-                    payload_at = reply_at + w.reply_to;
+  const std::size_t subject_at = first_list, key_at = subject_at + w.subject,
+                    reply_at = key_at + w.key, payload_at = reply_at + w.reply_to;
   const auto ptr = [&](std::size_t i, std::size_t at, std::size_t elements) {
     head[1 + body_ptrs + i] = byte_list_pointer(body_ptrs + i, at, elements);  // null when empty
   };
@@ -263,7 +274,8 @@ encoder::plain_message_offsets write_lists(std::byte* dst, const Fields& f) noex
 /// The whole frame of `f` without headers: head and lists, or frame_too_large.
 template <std::size_t DataWords, class Fields>
 result<std::size_t> write_plain(out_buffer& out, std::size_t max_frame, wire::Frame::Which tag,
-                                const std::array<std::uint64_t, DataWords>& data, const Fields& f) noexcept {
+                                const std::array<std::uint64_t, DataWords>& data,
+                                const Fields& f) noexcept {
   const list_words w = words_of(f);
   const std::size_t total = head_bytes<DataWords> + 8 * w.all();
   if (total > max_frame || total > max_list_elems) return unexpected(errc::frame_too_large);
@@ -296,8 +308,8 @@ std::size_t batch_subject_bytes(std::string_view subject) noexcept {
 
 /// The segment table, root pointer, Frame{tag}, the batch's data word, its
 /// two pointers and the subject list, for `entries` bytes of entries.
-void write_batch_head(std::byte* dst, wire::Frame::Which tag, std::uint64_t data, std::string_view subject,
-                      std::size_t entries) noexcept {
+void write_batch_head(std::byte* dst, wire::Frame::Which tag, std::uint64_t data,
+                      std::string_view subject, std::size_t entries) noexcept {
   constexpr std::size_t body = 3;
   const std::size_t subject_words = batch_subject_bytes(subject) / 8;
   const std::size_t words = batch_lists_at + subject_words + words_for(entries);
@@ -324,9 +336,12 @@ constexpr std::size_t message_head_bytes = head_bytes<2>;
 
 }  // namespace
 
-std::size_t encoder::plain_message_lists_size(const delivery_fields& f) noexcept { return 8 * words_of(f).all(); }
+std::size_t encoder::plain_message_lists_size(const delivery_fields& f) noexcept {
+  return 8 * words_of(f).all();
+}
 
-encoder::plain_message_offsets encoder::write_plain_message_lists(std::byte* dst, const delivery_fields& f) noexcept {
+encoder::plain_message_offsets encoder::write_plain_message_lists(
+    std::byte* dst, const delivery_fields& f) noexcept {
   return write_lists(dst, f);
 }
 
@@ -351,7 +366,8 @@ result<std::size_t> encoder::stamped_message(out_buffer& out, const delivery_fie
   }
   std::byte* p = out.prepare(message_head_bytes + copied).data();
   write_head(p, wire::Frame::MESSAGE, message_data(f), w, f);
-  if (copied != 0) std::memcpy(p + message_head_bytes, lists.data(), copied);  // no lists: data() may be null
+  if (copied != 0)
+    std::memcpy(p + message_head_bytes, lists.data(), copied);  // no lists: data() may be null
   out.commit(message_head_bytes + copied);
   if (by_ref) out.append_external(lists.subspan(copied));
   return total;
@@ -361,7 +377,8 @@ result<std::size_t> encoder::plain_publish(out_buffer& out, const publish_fields
   return write_plain<1>(out, max_frame_, wire::Frame::PUBLISH, {f.ack_id}, f);
 }
 
-result<std::size_t> encoder::publish_batch(out_buffer& out, std::string_view subject, std::uint32_t count,
+result<std::size_t> encoder::publish_batch(out_buffer& out, std::string_view subject,
+                                           std::uint32_t count,
                                            std::span<const std::byte> entries) noexcept {
   const std::size_t head = batch_head_bytes + batch_subject_bytes(subject);
   const std::size_t total = head + 8 * words_for(entries.size());
@@ -372,7 +389,8 @@ result<std::size_t> encoder::publish_batch(out_buffer& out, std::string_view sub
     return unexpected(errc::internal);
   }
   std::byte* p = out.prepare(total).data();
-  std::memset(p + total - 8, 0, 8);  // the entries' padding (or the head's last word, overwritten next)
+  std::memset(p + total - 8, 0,
+              8);  // the entries' padding (or the head's last word, overwritten next)
   write_batch_head(p, wire::Frame::PUBLISH_BATCH, count, subject, entries.size());
   if (!entries.empty()) std::memcpy(p + head, entries.data(), entries.size());
   out.commit(total);
@@ -436,7 +454,8 @@ result<std::size_t> encoder::built_message(out_buffer& out, const delivery_field
 
 result<std::size_t> encoder::message_ref(out_buffer& out, const delivery_fields& f) noexcept {
   const auto address = reinterpret_cast<std::uintptr_t>(f.payload.data());
-  if (f.payload.size() < ref_threshold_ || address % sizeof(capnp::word) != 0) return message(out, f);
+  if (f.payload.size() < ref_threshold_ || address % sizeof(capnp::word) != 0)
+    return message(out, f);
   try {
     capnp::MallocMessageBuilder msg(scratch());
     auto m = msg.initRoot<wire::Frame>().initMessage();
@@ -448,7 +467,8 @@ result<std::size_t> encoder::message_ref(out_buffer& out, const delivery_fields&
   }
 }
 
-result<std::size_t> encoder::ack(out_buffer& out, std::uint64_t request_id, std::uint32_t delivered) noexcept {
+result<std::size_t> encoder::ack(out_buffer& out, std::uint64_t request_id,
+                                 std::uint32_t delivered) noexcept {
   return encode(out, [&](wire::Frame::Builder fr) {
     auto a = fr.initAck();
     a.setRequestId(request_id);
@@ -467,7 +487,8 @@ result<std::size_t> encoder::error(out_buffer& out, const error_fields& f) noexc
   });
 }
 
-result<std::size_t> encoder::error(out_buffer& out, const status& st, std::uint64_t request_id) noexcept {
+result<std::size_t> encoder::error(out_buffer& out, const status& st,
+                                   std::uint64_t request_id) noexcept {
   return error(out, error_fields{.code = st.code(),
                                  .message = st.message(),
                                  .request_id = request_id,
@@ -483,7 +504,8 @@ result<std::size_t> encoder::pong(out_buffer& out, std::uint64_t id) noexcept {
   return encode(out, [&](wire::Frame::Builder fr) { fr.initPong().setId(id); });
 }
 
-result<std::size_t> encoder::draining(out_buffer& out, std::string_view reason, std::uint32_t grace_ms) noexcept {
+result<std::size_t> encoder::draining(out_buffer& out, std::string_view reason,
+                                      std::uint32_t grace_ms) noexcept {
   return encode(out, [&](wire::Frame::Builder fr) {
     auto d = fr.initDraining();
     set_text(reason, [&](unsigned n) { return d.initReason(n); });

@@ -24,8 +24,8 @@
 
 #include <keyway/result.hpp>
 #include "proto/errc.hpp"
-#include "proto/keyway.capnp.h"
 #include "proto/fields.hpp"
+#include "proto/keyway.capnp.h"
 #include "proto/limits.hpp"
 #include "proto/out_buffer.hpp"
 
@@ -65,14 +65,14 @@ struct publish_fields {
   std::span<const std::byte> payload{};
   std::span<const header> headers{};
   std::string_view reply_to{};  // empty = none
-  std::uint64_t ack_id = 0;   // 0 = no ack wanted
+  std::uint64_t ack_id = 0;     // 0 = no ack wanted
 };
 
 struct subscribe_fields {
   std::uint32_t sid = 0;
   std::string_view pattern{};
   std::string_view queue_group{};  // empty = none
-  std::uint64_t request_id = 0;  // 0 = no ack wanted
+  std::uint64_t request_id = 0;    // 0 = no ack wanted
 };
 
 struct delivery_fields {
@@ -111,7 +111,8 @@ class message_batch_writer {
   bool open() const noexcept { return bytes_ != 0; }
   /// Whether `f` can be added to the open batch: same sid and subject, room left.
   bool accepts(const delivery_fields& f) const noexcept {
-    return open() && f.sid == sid_ && bytes_ + entry_size(f) + 8 <= max_bytes_ && f.subject == subject_;
+    return open() && f.sid == sid_ && bytes_ + entry_size(f) + 8 <= max_bytes_ &&
+           f.subject == subject_;
   }
   /// Whether a batch of `f` alone fits max_bytes.
   bool fits(const delivery_fields& f) const noexcept {
@@ -132,11 +133,11 @@ class message_batch_writer {
   static std::size_t start_size(std::string_view subject) noexcept;
 
   std::size_t max_bytes_;
-  std::size_t bytes_ = 0;    // of the open frame so far, without the entries' padding; 0 = none open
+  std::size_t bytes_ = 0;  // of the open frame so far, without the entries' padding; 0 = none open
   std::size_t entries_ = 0;  // bytes of its entries
   std::uint32_t count_ = 0;
   std::uint32_t sid_ = 0;
-  std::string subject_;      // a copy: the delivery's subject does not outlive the call
+  std::string subject_;  // a copy: the delivery's subject does not outlive the call
 };
 
 class encoder {
@@ -164,7 +165,8 @@ class encoder {
   result<std::size_t> publish_batch(out_buffer& out, std::string_view subject, std::uint32_t count,
                                     std::span<const std::byte> entries) noexcept;
   result<std::size_t> subscribe(out_buffer& out, const subscribe_fields& f) noexcept;
-  result<std::size_t> unsubscribe(out_buffer& out, std::uint32_t sid, std::uint64_t request_id = 0) noexcept;
+  result<std::size_t> unsubscribe(out_buffer& out, std::uint32_t sid,
+                                  std::uint64_t request_id = 0) noexcept;
   /// One delivery; the payload is copied into `out`.
   result<std::size_t> message(out_buffer& out, const delivery_fields& f) noexcept;
   /// message() without headers, written directly in the builder's layout
@@ -186,7 +188,8 @@ class encoder {
     std::size_t subject = 0, key = 0, reply_to = 0, payload = 0;
   };
   static std::size_t plain_message_lists_size(const delivery_fields& f) noexcept;
-  static plain_message_offsets write_plain_message_lists(std::byte* dst, const delivery_fields& f) noexcept;
+  static plain_message_offsets write_plain_message_lists(std::byte* dst,
+                                                         const delivery_fields& f) noexcept;
   result<std::size_t> stamped_message(out_buffer& out, const delivery_fields& f,
                                       std::span<const std::byte> lists) noexcept;
   /// message() through the capnp builder whatever the fields (the reference).
@@ -196,15 +199,18 @@ class encoder {
   /// The payload must outlive its consumption from `out` (see out_buffer).
   /// On the wire it is segment 1 of a two-segment frame, zero padded.
   result<std::size_t> message_ref(out_buffer& out, const delivery_fields& f) noexcept;
-  result<std::size_t> ack(out_buffer& out, std::uint64_t request_id, std::uint32_t delivered) noexcept;
+  result<std::size_t> ack(out_buffer& out, std::uint64_t request_id,
+                          std::uint32_t delivered) noexcept;
   result<std::size_t> error(out_buffer& out, const error_fields& f) noexcept;
   /// An error frame from a failed status, fatal per fatal_by_default(code).
-  result<std::size_t> error(out_buffer& out, const status& st, std::uint64_t request_id = 0) noexcept;
+  result<std::size_t> error(out_buffer& out, const status& st,
+                            std::uint64_t request_id = 0) noexcept;
   result<std::size_t> ping(out_buffer& out, std::uint64_t id) noexcept;
   result<std::size_t> pong(out_buffer& out, std::uint64_t id) noexcept;
   /// The server is shutting down (lame duck): `reason` for humans, and how
   /// long it keeps reading this connection (Draining.graceMs; 0 = stops now).
-  result<std::size_t> draining(out_buffer& out, std::string_view reason, std::uint32_t grace_ms = 0) noexcept;
+  result<std::size_t> draining(out_buffer& out, std::string_view reason,
+                               std::uint32_t grace_ms = 0) noexcept;
 
   /// Any frame, filled in by `build(wire::Frame::Builder)`: for tests and for
   /// kinds added later. Exceptions from `build` become errc::internal.
@@ -229,7 +235,8 @@ class encoder {
   kj::ArrayPtr<capnp::word> scratch() noexcept { return {scratch_.get(), scratch_words_}; }
   /// Appends the segment table and segments of `msg`; `external` is the
   /// payload segment to append by reference, if any.
-  result<std::size_t> emit(out_buffer& out, capnp::MessageBuilder& msg, std::span<const std::byte> external);
+  result<std::size_t> emit(out_buffer& out, capnp::MessageBuilder& msg,
+                           std::span<const std::byte> external);
 
   std::size_t max_frame_;
   std::size_t ref_threshold_;

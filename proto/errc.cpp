@@ -24,22 +24,36 @@ bool fatal_by_default(errc e) noexcept {
 wire::ErrorCode to_wire(errc e) noexcept {
   using W = wire::ErrorCode;
   switch (e) {
-    case errc::protocol: return W::PROTOCOL;
-    case errc::frame_too_large: return W::FRAME_TOO_LARGE;
-    case errc::payload_too_large: return W::PAYLOAD_TOO_LARGE;
-    case errc::invalid_subject: return W::INVALID_SUBJECT;
-    case errc::auth_failed: return W::AUTH_FAILED;
-    case errc::too_many_subscriptions: return W::TOO_MANY_SUBSCRIPTIONS;
-    case errc::slow_consumer: return W::SLOW_CONSUMER;
-    case errc::no_responders: return W::NO_RESPONDERS;
-    case errc::shutting_down: return W::SHUTTING_DOWN;
-    case errc::unsupported_version: return W::UNSUPPORTED_VERSION;
-    case errc::timeout: return W::TIMEOUT;
-    case errc::invalid_key: return W::INVALID_KEY;
-    case errc::too_many_connections: return W::TOO_MANY_CONNECTIONS;
+    case errc::protocol:
+      return W::PROTOCOL;
+    case errc::frame_too_large:
+      return W::FRAME_TOO_LARGE;
+    case errc::payload_too_large:
+      return W::PAYLOAD_TOO_LARGE;
+    case errc::invalid_subject:
+      return W::INVALID_SUBJECT;
+    case errc::auth_failed:
+      return W::AUTH_FAILED;
+    case errc::too_many_subscriptions:
+      return W::TOO_MANY_SUBSCRIPTIONS;
+    case errc::slow_consumer:
+      return W::SLOW_CONSUMER;
+    case errc::no_responders:
+      return W::NO_RESPONDERS;
+    case errc::shutting_down:
+      return W::SHUTTING_DOWN;
+    case errc::unsupported_version:
+      return W::UNSUPPORTED_VERSION;
+    case errc::timeout:
+      return W::TIMEOUT;
+    case errc::invalid_key:
+      return W::INVALID_KEY;
+    case errc::too_many_connections:
+      return W::TOO_MANY_CONNECTIONS;
     case errc::count_:
     case errc::ok:
-    case errc::internal: return W::INTERNAL;
+    case errc::internal:
+      return W::INTERNAL;
   }
   return W::INTERNAL;
 }
@@ -47,20 +61,34 @@ wire::ErrorCode to_wire(errc e) noexcept {
 errc from_wire(wire::ErrorCode code) noexcept {
   using W = wire::ErrorCode;
   switch (code) {
-    case W::PROTOCOL: return errc::protocol;
-    case W::FRAME_TOO_LARGE: return errc::frame_too_large;
-    case W::PAYLOAD_TOO_LARGE: return errc::payload_too_large;
-    case W::INVALID_SUBJECT: return errc::invalid_subject;
-    case W::AUTH_FAILED: return errc::auth_failed;
-    case W::TOO_MANY_SUBSCRIPTIONS: return errc::too_many_subscriptions;
-    case W::SLOW_CONSUMER: return errc::slow_consumer;
-    case W::NO_RESPONDERS: return errc::no_responders;
-    case W::SHUTTING_DOWN: return errc::shutting_down;
-    case W::UNSUPPORTED_VERSION: return errc::unsupported_version;
-    case W::TIMEOUT: return errc::timeout;
-    case W::INTERNAL: return errc::internal;
-    case W::INVALID_KEY: return errc::invalid_key;
-    case W::TOO_MANY_CONNECTIONS: return errc::too_many_connections;
+    case W::PROTOCOL:
+      return errc::protocol;
+    case W::FRAME_TOO_LARGE:
+      return errc::frame_too_large;
+    case W::PAYLOAD_TOO_LARGE:
+      return errc::payload_too_large;
+    case W::INVALID_SUBJECT:
+      return errc::invalid_subject;
+    case W::AUTH_FAILED:
+      return errc::auth_failed;
+    case W::TOO_MANY_SUBSCRIPTIONS:
+      return errc::too_many_subscriptions;
+    case W::SLOW_CONSUMER:
+      return errc::slow_consumer;
+    case W::NO_RESPONDERS:
+      return errc::no_responders;
+    case W::SHUTTING_DOWN:
+      return errc::shutting_down;
+    case W::UNSUPPORTED_VERSION:
+      return errc::unsupported_version;
+    case W::TIMEOUT:
+      return errc::timeout;
+    case W::INTERNAL:
+      return errc::internal;
+    case W::INVALID_KEY:
+      return errc::invalid_key;
+    case W::TOO_MANY_CONNECTIONS:
+      return errc::too_many_connections;
   }
   return errc::internal;
 }

@@ -85,7 +85,8 @@ inline std::byte* put(std::byte* dst, const void* src, std::size_t n) noexcept {
 /// returns its end. Sizes must fit in 32 bits (every limit does).
 inline std::byte* write_batch_entry(std::byte* dst, std::span<const std::byte> key,
                                     std::span<const std::byte> payload) noexcept {
-  const std::uint32_t sizes[2] = {static_cast<std::uint32_t>(key.size()), static_cast<std::uint32_t>(payload.size())};
+  const std::uint32_t sizes[2] = {static_cast<std::uint32_t>(key.size()),
+                                  static_cast<std::uint32_t>(payload.size())};
   dst = detail::put(dst, sizes, sizeof sizes);
   dst = detail::put(dst, key.data(), key.size());
   return detail::put(dst, payload.data(), payload.size());
@@ -95,8 +96,8 @@ inline std::byte* write_batch_entry(std::byte* dst, std::span<const std::byte> k
 inline std::byte* write_message_entry(std::byte* dst, std::span<const std::byte> key,
                                       std::span<const std::byte> payload, std::uint32_t owner_core,
                                       std::uint64_t seq) noexcept {
-  const std::uint32_t words[3] = {static_cast<std::uint32_t>(key.size()), static_cast<std::uint32_t>(payload.size()),
-                                  owner_core};
+  const std::uint32_t words[3] = {static_cast<std::uint32_t>(key.size()),
+                                  static_cast<std::uint32_t>(payload.size()), owner_core};
   dst = detail::put(dst, words, sizeof words);
   dst = detail::put(dst, &seq, sizeof seq);
   dst = detail::put(dst, key.data(), key.size());
@@ -109,7 +110,8 @@ inline std::byte* write_message_entry(std::byte* dst, std::span<const std::byte>
 class batch_cursor {
  public:
   batch_cursor() = default;
-  explicit batch_cursor(std::span<const std::byte> entries, std::size_t head = publish_entry_head) noexcept
+  explicit batch_cursor(std::span<const std::byte> entries,
+                        std::size_t head = publish_entry_head) noexcept
       : rest_(entries), head_(head) {}
 
   /// The next entry into `e`; false at the end, or when what is left is not a

@@ -23,19 +23,24 @@
 
 namespace keyway::proto::flat {
 
-constexpr std::size_t words_for(std::size_t bytes) noexcept { return (bytes + 7) / 8; }
+constexpr std::size_t words_for(std::size_t bytes) noexcept {
+  return (bytes + 7) / 8;
+}
 
-inline std::uint64_t struct_pointer(std::size_t from_word, std::size_t to_word, std::uint16_t data_words,
-                                    std::uint16_t pointers) noexcept {
+inline std::uint64_t struct_pointer(std::size_t from_word, std::size_t to_word,
+                                    std::uint16_t data_words, std::uint16_t pointers) noexcept {
   const auto offset = static_cast<std::uint32_t>(to_word - from_word - 1);
-  return (std::uint64_t{offset} << 2) | (std::uint64_t{data_words} << 32) | (std::uint64_t{pointers} << 48);
+  return (std::uint64_t{offset} << 2) | (std::uint64_t{data_words} << 32) |
+         (std::uint64_t{pointers} << 48);
 }
 
 /// A byte list (Text with its NUL, or Data); null when empty.
-inline std::uint64_t byte_list_pointer(std::size_t from_word, std::size_t to_word, std::size_t elements) noexcept {
+inline std::uint64_t byte_list_pointer(std::size_t from_word, std::size_t to_word,
+                                       std::size_t elements) noexcept {
   if (elements == 0) return 0;
   const auto offset = static_cast<std::uint32_t>(to_word - from_word - 1);
-  return 1u | (std::uint64_t{offset} << 2) | (std::uint64_t{2} << 32) | (std::uint64_t{elements} << 35);
+  return 1u | (std::uint64_t{offset} << 2) | (std::uint64_t{2} << 32) |
+         (std::uint64_t{elements} << 35);
 }
 
 /// One segment of a message, word-aligned.
@@ -88,7 +93,8 @@ class segment {
 
   /// Pointer `i` of struct `s` as a byte list (Data) into `out`, empty when
   /// null; false when it is anything but an in-bounds list of bytes.
-  bool read_data(const structure& s, std::size_t i, std::span<const std::byte>& out) const noexcept {
+  bool read_data(const structure& s, std::size_t i,
+                 std::span<const std::byte>& out) const noexcept {
     const std::uint64_t w = pointer_word(s, i);
     if (w == 0) {
       out = {};
@@ -119,7 +125,8 @@ class segment {
 
  private:
   static std::int64_t offset_of(std::uint64_t w) noexcept {
-    return static_cast<std::int32_t>(static_cast<std::uint32_t>(w)) >> 2;  // arithmetic shift keeps the sign
+    return static_cast<std::int32_t>(static_cast<std::uint32_t>(w)) >>
+           2;  // arithmetic shift keeps the sign
   }
 
   const std::byte* p_;

@@ -104,9 +104,10 @@ inline status validate_limits(const limits& l) {
   const std::uint64_t need = std::uint64_t{l.max_payload} + l.frame_overhead();
   if (l.max_frame < need) {
     return {errc::frame_too_large,
-            "limits.max_frame (" + format_size(l.max_frame) + ") cannot hold a publish of limits.max_payload (" +
-                format_size(l.max_payload) + ") with headers, key and subjects at their limits; it needs " +
-                format_size(need) + "; raise max_frame or lower the other limits"};
+            "limits.max_frame (" + format_size(l.max_frame) +
+                ") cannot hold a publish of limits.max_payload (" + format_size(l.max_payload) +
+                ") with headers, key and subjects at their limits; it needs " + format_size(need) +
+                "; raise max_frame or lower the other limits"};
   }
   return {};
 }

@@ -7,7 +7,8 @@
 namespace keyway::proto {
 
 out_buffer::out_buffer(std::size_t initial_capacity)
-    : data_(std::make_unique_for_overwrite<std::byte[]>(std::max<std::size_t>(initial_capacity, 64))),
+    : data_(
+          std::make_unique_for_overwrite<std::byte[]>(std::max<std::size_t>(initial_capacity, 64))),
       capacity_(std::max<std::size_t>(initial_capacity, 64)) {
   pieces_.reserve(8);
 }
@@ -55,7 +56,8 @@ void out_buffer::make_room(std::size_t n) {
 
 void out_buffer::grow(std::size_t owned_bytes, std::size_t pieces) {
   make_room(owned_bytes);
-  if (pieces_.capacity() - pieces_.size() < pieces) pieces_.reserve(std::max(pieces_.size() + pieces, 2 * pieces_.capacity()));
+  if (pieces_.capacity() - pieces_.size() < pieces)
+    pieces_.reserve(std::max(pieces_.size() + pieces, 2 * pieces_.capacity()));
 }
 
 void out_buffer::add_piece(std::size_t n) {

@@ -117,10 +117,10 @@ class out_buffer {
 
   std::unique_ptr<std::byte[]> data_;
   std::size_t capacity_ = 0;
-  std::size_t end_ = 0;            // owned bytes used (consumed ones included until compaction)
+  std::size_t end_ = 0;  // owned bytes used (consumed ones included until compaction)
   std::vector<piece> pieces_;
-  std::size_t head_ = 0;           // first piece not fully consumed
-  std::size_t head_offset_ = 0;    // bytes consumed of pieces_[head_]
+  std::size_t head_ = 0;         // first piece not fully consumed
+  std::size_t head_offset_ = 0;  // bytes consumed of pieces_[head_]
   std::uint64_t appended_ = 0;
   std::uint64_t consumed_ = 0;
 };

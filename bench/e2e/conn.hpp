@@ -21,8 +21,8 @@
 
 #include <chrono>
 #include <cstddef>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <stdexcept>
@@ -41,9 +41,12 @@ struct bench_error : std::runtime_error {
 
 /// steady_clock nanoseconds: the timestamp carried in every payload.
 inline std::uint64_t to_ns(clock::time_point t) noexcept {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<nanoseconds>(t.time_since_epoch()).count());
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<nanoseconds>(t.time_since_epoch()).count());
 }
-inline std::uint64_t now_ns() noexcept { return to_ns(clock::now()); }
+inline std::uint64_t now_ns() noexcept {
+  return to_ns(clock::now());
+}
 
 /// Writes a payload's head: [0, 8) send time (steady_clock ns), [8, 16) a tag
 /// (what it holds is the scenario's).

@@ -49,13 +49,13 @@ struct endpoint {
 struct pubsub_options {
   int publishers = 1;
   int subscribers = 0;
-  bool queue_group = false;   // subscribers form one queue group
-  std::size_t payload = 128;  // bytes, at least 16 (timestamp + sequence)
-  int keys = 64;              // distinct keys, round robin (Keyway only)
-  double rate = 0;            // total msgs/s over all publishers; 0 = flat out
-  std::uint64_t count = 0;    // per publisher; 0 = bounded by duration only
+  bool queue_group = false;            // subscribers form one queue group
+  std::size_t payload = 128;           // bytes, at least 16 (timestamp + sequence)
+  int keys = 64;                       // distinct keys, round robin (Keyway only)
+  double rate = 0;                     // total msgs/s over all publishers; 0 = flat out
+  std::uint64_t count = 0;             // per publisher; 0 = bounded by duration only
   std::size_t write_bytes = 32 << 10;  // flat out: queued bytes before a write (1: every batch)
-  bool batch = true;          // Keyway: each group of publishes queued together goes as one publishBatch
+  bool batch = true;  // Keyway: each group of publishes queued together goes as one publishBatch
   nanoseconds duration = std::chrono::seconds(3);
   std::uint64_t window =
       0;  // flat out: in-flight messages per subscriber; 0 = window_bytes / payload,
@@ -90,7 +90,8 @@ struct run_result {
   histogram latency;               // ns
   std::uint64_t server_errors = 0;
   double stolen_ms = -1;  // CPU time the hypervisor took during the run (suite only; -1: not read)
-  std::array<double, 2> cross_cpu_ns{-1, -1};  // cross-CPU cache-line round trip before and after (suite only)
+  std::array<double, 2> cross_cpu_ns{
+      -1, -1};  // cross-CPU cache-line round trip before and after (suite only)
 };
 
 run_result run_pubsub(const endpoint& ep, const pubsub_options& opt);

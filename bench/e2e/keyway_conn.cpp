@@ -80,7 +80,8 @@ class keyway_conn final : public conn {
       }
       if (const proto::message_batch_view* b = f.message_batch()) {
         if (sink_ != nullptr)
-          proto::for_each_delivery(*b, [&](const proto::delivery_view& d) { sink_->on_delivery(d.payload, {}, now); });
+          proto::for_each_delivery(
+              *b, [&](const proto::delivery_view& d) { sink_->on_delivery(d.payload, {}, now); });
         continue;
       }
       const wire::Frame::Reader root = f.root();

@@ -104,8 +104,7 @@ int main(int argc, char** argv) {
             if (comma > at) o.only.push_back(list.substr(at, comma - at));
             at = comma + 1;
           }
-        }
-        else if (a == "--out")
+        } else if (a == "--out")
           o.out_dir = value(a);
         else if (a == "--command")
           o.command = value(a);

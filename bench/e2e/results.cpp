@@ -100,8 +100,8 @@ std::string format_tables(const run_info& info, const std::vector<scenario_info>
      << (info.latency_repetitions != info.repetitions
              ? " (" + std::to_string(info.latency_repetitions) + " for the fixed-rate scenarios)"
              : std::string())
-     << (info.repetitions > 1 ? ", median reported" : "") << "; "
-     << fmt("%.0f", info.total_seconds) << " s in all)\n\n";
+     << (info.repetitions > 1 ? ", median reported" : "") << "; " << fmt("%.0f", info.total_seconds)
+     << " s in all)\n\n";
   os << "Machine: " << info.machine << "\n\n";
   os << "Versions: " << info.keyway_version << "; " << info.nats_version << "; "
      << info.redis_version << "\n\n";
@@ -218,8 +218,7 @@ bool write_json(const std::string& path, const run_info& info,
       << ", \"cpu_seconds\": " << json_number(r.cpu_seconds)
       << ", \"published\": " << json_count(r.published)
       << ", \"received\": " << json_count(r.received) << ", \"lost\": " << json_count(r.lost)
-      << ", \"disconnected\": "
-      << (r.disconnected ? (*r.disconnected ? "true" : "false") : "null")
+      << ", \"disconnected\": " << (r.disconnected ? (*r.disconnected ? "true" : "false") : "null")
       << ", \"pub_msgs_per_sec_second_half\": " << json_number(r.pub_msgs_per_sec_second_half)
       << ", \"version\": " << json_string(v == versions.end() ? "" : v->second)
       << ", \"mode\": " << json_string(info.mode)

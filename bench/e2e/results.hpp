@@ -25,7 +25,7 @@ struct result_row {
   std::optional<double> published, received, lost;
   std::optional<bool> disconnected;
   std::optional<double> pub_msgs_per_sec_second_half;
-  std::string note;                   // not supported / error / extra facts
+  std::string note;  // not supported / error / extra facts
 };
 
 struct scenario_info {
@@ -42,7 +42,7 @@ struct run_info {
   std::string redis_version;
   std::string mode;  // "quick" or "full"
   double seconds_per_run = 0;
-  int repetitions = 1;  // runs per (scenario, system); the median is reported
+  int repetitions = 1;          // runs per (scenario, system); the median is reported
   int latency_repetitions = 1;  // the same for the fixed-rate scenarios (median by p99)
   double total_seconds = 0;
   std::vector<std::string> notes;  // facts about the run as a whole (server logs, ...)

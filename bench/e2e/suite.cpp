@@ -117,7 +117,8 @@ double cross_cpu_round_trip_ns() {
       if (late) break;
     }
     if (done > 0)
-      ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count() /
+      ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start)
+               .count() /
            static_cast<double>(done);
   });
   lead.join();
@@ -174,7 +175,9 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
   std::sort(order.begin(), order.end(),
             [&](std::size_t a, std::size_t b) { return key(runs[a]) < key(runs[b]); });
   result_row row = to_row(s, kind, runs[order[order.size() / 2]]);
-  auto rounded = [](double v) { return v >= 0 ? std::to_string(std::lround(v)) : std::string("?"); };
+  auto rounded = [](double v) {
+    return v >= 0 ? std::to_string(std::lround(v)) : std::string("?");
+  };
   std::string figures, stolen, cross_cpu;
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const char* sep = i ? ", " : "";
@@ -186,12 +189,12 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
     cross_cpu += sep;
     cross_cpu += rounded(runs[i].cross_cpu_ns[0]) + "/" + rounded(runs[i].cross_cpu_ns[1]);
   }
-  const std::string machine =
-      "CPU ms stolen by the hypervisor: " + stolen + "; cross-CPU cache-line round trip ns before/after: " + cross_cpu;
+  const std::string machine = "CPU ms stolen by the hypervisor: " + stolen +
+                              "; cross-CPU cache-line round trip ns before/after: " + cross_cpu;
   const std::string all = runs.size() < 2 ? machine
                                           : "median of " + std::to_string(runs.size()) + " runs (" +
-                                                (s.fixed_rate ? "p99 µs: " : "msgs/s: ") + figures + "; " +
-                                                machine + ")";
+                                                (s.fixed_rate ? "p99 µs: " : "msgs/s: ") + figures +
+                                                "; " + machine + ")";
   row.note = row.note.empty() ? all : all + "; " + row.note;
   return row;
 }
@@ -203,9 +206,8 @@ void print_progress(const scenario& s, system_kind kind, const run_result& r) {
                s.info.id.c_str(), std::string(to_string(kind)).c_str(),
                static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.received),
                r.pub_rate, r.sub_rate, static_cast<double>(r.latency.percentile(50)) / 1e3,
-               static_cast<double>(r.latency.percentile(99)) / 1e3, r.stolen_ms, r.cross_cpu_ns[0], r.cross_cpu_ns[1],
-               r.error.empty() ? "" : "  ! ",
-               r.error.c_str());
+               static_cast<double>(r.latency.percentile(99)) / 1e3, r.stolen_ms, r.cross_cpu_ns[0],
+               r.cross_cpu_ns[1], r.error.empty() ? "" : "  ! ", r.error.c_str());
 }
 
 std::vector<scenario> make_scenarios(nanoseconds d) {
@@ -348,8 +350,9 @@ int run_suite(const suite_options& opt) {
   std::vector<scenario_info> infos;
   int status = 0;
   auto keywayd_argv = [&](int port, const char* workers) {
-    std::vector<std::string> argv{opt.keywayd, "--listen",  "tcp://127.0.0.1:" + std::to_string(port),
-                                  "--admin",   "off",       "--workers", workers};
+    std::vector<std::string> argv{
+        opt.keywayd, "--listen", "tcp://127.0.0.1:" + std::to_string(port), "--admin", "off",
+        "--workers", workers};
     argv.insert(argv.end(), opt.keywayd_args.begin(), opt.keywayd_args.end());
     return argv;
   };
@@ -360,9 +363,9 @@ int run_suite(const suite_options& opt) {
   }
   try {
     const int kport = free_port();
-    auto keywayd = server_process::start(
-        "keywayd", keywayd_argv(kport, "2"),
-        kport, logs + "/keywayd-w2.log", "listening on tcp://127.0.0.1:" + std::to_string(kport));
+    auto keywayd =
+        server_process::start("keywayd", keywayd_argv(kport, "2"), kport, logs + "/keywayd-w2.log",
+                              "listening on tcp://127.0.0.1:" + std::to_string(kport));
     const int nport = free_port();
     auto nats = server_process::start(
         "nats-server", {"nats-server", "-a", "127.0.0.1", "-p", std::to_string(nport)}, nport,
@@ -434,8 +437,8 @@ int run_suite(const suite_options& opt) {
       o.subject = "bench.scaling";
       const int port1 = free_port();
       auto keywayd1 = server_process::start(
-          "keywayd-w1", keywayd_argv(port1, "1"),
-          port1, logs + "/keywayd-w1.log", "listening on tcp://127.0.0.1:" + std::to_string(port1));
+          "keywayd-w1", keywayd_argv(port1, "1"), port1, logs + "/keywayd-w1.log",
+          "listening on tcp://127.0.0.1:" + std::to_string(port1));
       scenario pair[2];
       std::vector<run_result> runs[2];
       for (int w = 0; w < 2; ++w) {
@@ -472,8 +475,8 @@ int run_suite(const suite_options& opt) {
 
     // Idle cost: the three servers, all idle now (every bench connection closed), over 10 s.
     if (selected(opt, idle_id)) {
-      scenario_info idle{idle_id,
-                         "CPU seconds over 10 s with no clients, after the runs above", "-"};
+      scenario_info idle{idle_id, "CPU seconds over 10 s with no clients, after the runs above",
+                         "-"};
       infos.push_back(idle);
       std::this_thread::sleep_for(1s);
       server_process* procs[] = {&keywayd, &nats, &redis};
@@ -518,12 +521,13 @@ int run_suite(const suite_options& opt) {
   if (stolen_at_start >= 0 && stolen_at_end >= 0)
     std::snprintf(stolen, sizeof stolen, "%.1f s", (stolen_at_end - stolen_at_start) / 1e3);
   char load[400];
-  std::snprintf(load, sizeof load,
-                "load average (1 min) %.2f at the start, %.2f at the end; CPU time stolen by the "
-                "hypervisor over the suite: %s (/proc/stat steal; each median's note lists it per run, "
-                "and the time a cache line takes from one CPU to another and back, measured before "
-                "and after each run)",
-                load_at_start, load_average(), stolen);
+  std::snprintf(
+      load, sizeof load,
+      "load average (1 min) %.2f at the start, %.2f at the end; CPU time stolen by the "
+      "hypervisor over the suite: %s (/proc/stat steal; each median's note lists it per run, "
+      "and the time a cache line takes from one CPU to another and back, measured before "
+      "and after each run)",
+      load_at_start, load_average(), stolen);
   info.notes.insert(info.notes.begin(), load);
   const std::string tables = format_tables(info, infos, rows);
   std::fputs(tables.c_str(), stdout);

@@ -52,7 +52,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (d.value) {
       const std::string shown = config::format_duration(*d.value);
       const config::duration_result again = config::parse_duration(shown);
-      if (!again.value || *again.value != *d.value) fail("format_duration's text does not read back", shown);
+      if (!again.value || *again.value != *d.value)
+        fail("format_duration's text does not read back", shown);
     }
     (void)config::toml_string(text);
   }

@@ -54,7 +54,9 @@ void touch(std::span<const std::byte> bytes) {
   for (const std::byte b : bytes) x ^= static_cast<std::uint8_t>(b);
   sink = x;
 }
-void touch(std::string_view s) { touch(std::as_bytes(std::span(s.data(), s.size()))); }
+void touch(std::string_view s) {
+  touch(std::as_bytes(std::span(s.data(), s.size())));
+}
 
 bool same(std::span<const std::byte> a, std::span<const std::byte> b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size()) == 0);
@@ -102,13 +104,17 @@ void check_view(const proto::publish_view& v, Reader capnp_side, const proto::li
     touch(h.value);
   }
   if (v.headers.size() != 0 && v.headers.size() != v.header_count) fail("headers read in part");
-  if (proto::is_valid_publish_subject(v.subject, lim) != proto::validate_publish_subject(v.subject, lim).ok())
+  if (proto::is_valid_publish_subject(v.subject, lim) !=
+      proto::validate_publish_subject(v.subject, lim).ok())
     fail("is_valid_publish_subject and validate_publish_subject disagree");
   try {
-    if (proto::as_string_view(capnp_side.getSubject()) != v.subject) fail("subject differs from capnp's");
+    if (proto::as_string_view(capnp_side.getSubject()) != v.subject)
+      fail("subject differs from capnp's");
     if (!same(proto::as_bytes(capnp_side.getKey()), v.key)) fail("key differs from capnp's");
-    if (!same(proto::as_bytes(capnp_side.getPayload()), v.payload)) fail("payload differs from capnp's");
-    if (proto::as_string_view(capnp_side.getReplyTo()) != v.reply_to) fail("replyTo differs from capnp's");
+    if (!same(proto::as_bytes(capnp_side.getPayload()), v.payload))
+      fail("payload differs from capnp's");
+    if (proto::as_string_view(capnp_side.getReplyTo()) != v.reply_to)
+      fail("replyTo differs from capnp's");
     const std::uint32_t hs = capnp_side.hasHeaders() ? capnp_side.getHeaders().size() : 0;
     if (hs != v.header_count) fail("header count differs from capnp's");
   } catch (const kj::Exception& e) {
@@ -164,7 +170,8 @@ struct server_side {
       }
       case wire::Frame::PUBLISH: {
         const proto::publish_view& p = *f.publish();
-        if (!proto::validate_publish_subject(p.subject, lim).ok()) fail("a publish passed with a bad subject");
+        if (!proto::validate_publish_subject(p.subject, lim).ok())
+          fail("a publish passed with a bad subject");
         check_view(p, ref.root().getPublish(), lim);
         if (ref.root().getPublish().getAckId() != p.ack_id) fail("ackId differs from capnp's");
         return;
@@ -178,10 +185,12 @@ struct server_side {
         while (c.next(e)) {
           touch(e.key);
           touch(e.payload);
-          if (e.key.size() > lim.max_key || e.payload.size() > lim.max_payload) fail("a batch entry over the limits passed");
+          if (e.key.size() > lim.max_key || e.payload.size() > lim.max_payload)
+            fail("a batch entry over the limits passed");
           ++n;
         }
-        if (c.left() != 0 || n != b.count) fail("a publishBatch passed with entries that are not whole");
+        if (c.left() != 0 || n != b.count)
+          fail("a publishBatch passed with entries that are not whole");
         return;
       }
       case wire::Frame::SUBSCRIBE: {
@@ -190,7 +199,8 @@ struct server_side {
         (void)s.getRequestId();
         const std::string_view pattern = proto::as_string_view(s.getPattern());
         const std::string_view group = proto::as_string_view(s.getQueueGroup());
-        if (!proto::validate_pattern(pattern, lim).ok()) fail("a subscribe passed with a bad pattern");
+        if (!proto::validate_pattern(pattern, lim).ok())
+          fail("a subscribe passed with a bad pattern");
         (void)std::count(pattern.begin(), pattern.end(), '.');
         names.emplace_back(pattern);
         names.emplace_back(group);
@@ -242,8 +252,9 @@ struct client_side {
         (void)w.getProtocolVersion();
         (void)w.getWorkerCount();
         const auto l = w.getLimits();
-        (void)(l.getMaxPayload() + l.getMaxFrame() + l.getMaxSubject() + l.getMaxKey() + l.getMaxHeaders() +
-               l.getMaxHeaderBytes() + l.getMaxSegments() + l.getMaxSubscriptions() + l.getMaxPendingBytes());
+        (void)(l.getMaxPayload() + l.getMaxFrame() + l.getMaxSubject() + l.getMaxKey() +
+               l.getMaxHeaders() + l.getMaxHeaderBytes() + l.getMaxSegments() +
+               l.getMaxSubscriptions() + l.getMaxPendingBytes());
         st = state::open;
       } else if (root.which() == wire::Frame::ERROR) {
         const auto e = root.getError();
@@ -311,7 +322,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   server_side server(lim, dec);
   client_side client_end(lim);
-  auto closed = [&] { return client ? client_end.st == state::closed : server.st == state::closed; };
+  auto closed = [&] {
+    return client ? client_end.st == state::closed : server.st == state::closed;
+  };
 
   static constexpr std::size_t max_read[8] = {0, 1, 3, 8, 64, 512, 4096, 65536};
   std::uint64_t rng = 0x9e3779b97f4a7c15ull * (1 + (ctl >> 6)) ^ size;

@@ -44,8 +44,10 @@ bool same(std::span<const std::byte> a, std::span<const std::byte> b) {
 }
 
 void check_inside(const proto::publish_view& v, std::span<const std::byte> seg) {
-  if (!inside(v.subject.data(), v.subject.size(), seg) || !inside(v.key.data(), v.key.size(), seg) ||
-      !inside(v.payload.data(), v.payload.size(), seg) || !inside(v.reply_to.data(), v.reply_to.size(), seg))
+  if (!inside(v.subject.data(), v.subject.size(), seg) ||
+      !inside(v.key.data(), v.key.size(), seg) ||
+      !inside(v.payload.data(), v.payload.size(), seg) ||
+      !inside(v.reply_to.data(), v.reply_to.size(), seg))
     fail("a view outside the segment");
   if (v.header_count != 0 || !v.headers.empty()) fail("the hand reader returned headers");
 }
@@ -114,8 +116,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       for (std::size_t i = 0; i < root.pointers && i < 8; ++i) {
         std::span<const std::byte> bytes;
         std::string_view text;
-        if (s.read_data(root, i, bytes) && !inside(bytes.data(), bytes.size(), seg)) fail("data past the segment");
-        if (s.read_text(root, i, text) && !inside(text.data(), text.size() + (text.empty() ? 0 : 1), seg))
+        if (s.read_data(root, i, bytes) && !inside(bytes.data(), bytes.size(), seg))
+          fail("data past the segment");
+        if (s.read_text(root, i, text) &&
+            !inside(text.data(), text.size() + (text.empty() ? 0 : 1), seg))
           fail("text past the segment");
         proto::flat::segment::structure inner;
         if (s.read_struct(root.data + root.data_words + i, inner) &&

@@ -41,13 +41,16 @@ void check_one(std::string_view bytes, const http_request& r) {
       if (r.head_bytes < 4 || r.head_bytes > bytes.size() || r.head_bytes > max_request_bytes)
         fail("a complete head of an impossible size");
       const std::string_view head = bytes.substr(0, r.head_bytes);
-      if (head.substr(head.size() - 4) != "\r\n\r\n") fail("a complete head without its empty line");
-      if (r.method.empty() || r.target.empty() || !within(r.method, head) || !within(r.target, head))
+      if (head.substr(head.size() - 4) != "\r\n\r\n")
+        fail("a complete head without its empty line");
+      if (r.method.empty() || r.target.empty() || !within(r.method, head) ||
+          !within(r.target, head))
         fail("method or target empty or outside the head");
       for (const char c : r.method)
         if (!keyway::daemon::http_detail::is_tchar(c)) fail("a method with a non-token character");
       for (const char c : r.target)
-        if (!keyway::daemon::http_detail::is_visible(c)) fail("a target with an invisible character");
+        if (!keyway::daemon::http_detail::is_visible(c))
+          fail("a target with an invisible character");
       if (r.status != 0 || !r.error.empty()) fail("a complete request with an error");
       break;
     }
@@ -58,7 +61,8 @@ void check_one(std::string_view bytes, const http_request& r) {
       break;
     case state::incomplete:
       if (bytes.size() >= max_request_bytes) fail("incomplete at max_request_bytes");
-      if (r.status != 0 || !r.error.empty() || !r.method.empty()) fail("an incomplete request with results");
+      if (r.status != 0 || !r.error.empty() || !r.method.empty())
+        fail("an incomplete request with results");
       break;
   }
 }
@@ -69,8 +73,8 @@ void check_prefix(std::string_view bytes, const http_request& whole, std::size_t
   check_one(prefix, p);
   if (p.state == state::bad && whole.state != state::bad) fail("a prefix refused, the whole not");
   if (p.state == state::complete &&
-      (whole.state != state::complete || whole.head_bytes != p.head_bytes || whole.method != p.method ||
-       whole.target != p.target))
+      (whole.state != state::complete || whole.head_bytes != p.head_bytes ||
+       whole.method != p.method || whole.target != p.target))
     fail("a complete prefix, the whole read otherwise");
   if (whole.state == state::complete && cut < whole.head_bytes && p.state != state::incomplete)
     fail("a proper prefix of a complete head not incomplete");
@@ -85,7 +89,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size <= 512) {
     for (std::size_t cut = 0; cut < size; ++cut) check_prefix(bytes, whole, cut);
   } else {
-    for (const std::size_t cut : {std::size_t{0}, size / 3, size / 2, size - 1}) check_prefix(bytes, whole, cut);
+    for (const std::size_t cut : {std::size_t{0}, size / 3, size / 2, size - 1})
+      check_prefix(bytes, whole, cut);
     if (whole.state == state::complete) check_prefix(bytes, whole, whole.head_bytes - 1);
   }
   return 0;

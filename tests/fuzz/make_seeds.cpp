@@ -27,7 +27,9 @@ namespace {
 using namespace keyway;
 using bytes = std::vector<std::byte>;
 
-std::span<const std::byte> b(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
+std::span<const std::byte> b(std::string_view s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
 
 bytes drain(proto::out_buffer& out) {
   bytes all;
@@ -45,7 +47,8 @@ void check(bool ok, const char* what) {
 void write(const std::filesystem::path& file, std::uint8_t* ctl, const bytes& content) {
   std::ofstream f(file, std::ios::binary);
   if (ctl != nullptr) f.put(static_cast<char>(*ctl));
-  f.write(reinterpret_cast<const char*>(content.data()), static_cast<std::streamsize>(content.size()));
+  f.write(reinterpret_cast<const char*>(content.data()),
+          static_cast<std::streamsize>(content.size()));
   if (!f) {
     std::fprintf(stderr, "make_seeds: cannot write %s\n", file.c_str());
     std::exit(1);
@@ -72,7 +75,8 @@ int main(int argc, char** argv) {
     check(encode(out).has_value(), what);
     return drain(out);
   };
-  const bytes hello = one("hello", [&](auto& o) { return enc.hello(o, {.client_name = "fuzz-seed"}); });
+  const bytes hello =
+      one("hello", [&](auto& o) { return enc.hello(o, {.client_name = "fuzz-seed"}); });
   const bytes hello_token = one("hello with token", [&](auto& o) {
     return enc.hello(o, {.protocol_version = 1, .client_name = "v1", .auth_token = "s3cret-token"});
   });
@@ -87,15 +91,18 @@ int main(int argc, char** argv) {
                            .ack_id = 7});
   });
   const bytes pub_headers = one("publish with headers", [&](auto& o) {
-    return enc.publish(o, {.subject = "time.now", .key = b("k"), .payload = b("p"), .headers = hs, .ack_id = 9});
+    return enc.publish(
+        o, {.subject = "time.now", .key = b("k"), .payload = b("p"), .headers = hs, .ack_id = 9});
   });
   bytes entries;
-  for (const auto& [k, p] : {std::pair{"k1", "first"}, std::pair{"", "second"}, std::pair{"key-3", ""}}) {
+  for (const auto& [k, p] :
+       {std::pair{"k1", "first"}, std::pair{"", "second"}, std::pair{"key-3", ""}}) {
     const std::size_t at = entries.size();
     entries.resize(at + proto::batch_entry_size(std::strlen(k), std::strlen(p)));
     proto::write_batch_entry(entries.data() + at, b(k), b(p));
   }
-  const bytes batch = one("publishBatch", [&](auto& o) { return enc.publish_batch(o, "batch.subject", 3, entries); });
+  const bytes batch = one(
+      "publishBatch", [&](auto& o) { return enc.publish_batch(o, "batch.subject", 3, entries); });
   const bytes sub = one("subscribe", [&](auto& o) {
     return enc.subscribe(o, {.sid = 1, .pattern = "orders.*.>", .request_id = 11});
   });
@@ -107,20 +114,29 @@ int main(int argc, char** argv) {
   const bytes pong = one("pong", [&](auto& o) { return enc.pong(o, 5); });
 
   const bytes welcome = one("welcome", [&](auto& o) {
-    return enc.welcome(o, {.server_id = "0123456789abcdef", .server_version = "0.1.0", .worker_count = 2,
-                           .max_subscriptions = 65536, .max_pending_bytes = 1 << 26});
+    return enc.welcome(o, {.server_id = "0123456789abcdef",
+                           .server_version = "0.1.0",
+                           .worker_count = 2,
+                           .max_subscriptions = 65536,
+                           .max_pending_bytes = 1 << 26});
   });
-  proto::delivery_fields d{.sid = 1, .subject = "orders.eu", .key = b("customer-1"), .payload = b("order 1"),
-                           .owner_core = 1, .seq = 100};
+  proto::delivery_fields d{.sid = 1,
+                           .subject = "orders.eu",
+                           .key = b("customer-1"),
+                           .payload = b("order 1"),
+                           .owner_core = 1,
+                           .seq = 100};
   const bytes msg = one("message", [&](auto& o) { return enc.message(o, d); });
   proto::delivery_fields dh = d;
   dh.headers = hs;
   dh.reply_to = "_INBOX.x.2";
-  const bytes msg_headers = one("message with headers", [&](auto& o) { return enc.message(o, dh); });
+  const bytes msg_headers =
+      one("message with headers", [&](auto& o) { return enc.message(o, dh); });
   static const std::string big(128, 'B');  // 8-byte aligned in a std::string's heap buffer
   proto::delivery_fields dr = d;
   dr.payload = b(big);
-  const bytes msg_ref = one("message by reference", [&](auto& o) { return enc.message_ref(o, dr); });
+  const bytes msg_ref =
+      one("message by reference", [&](auto& o) { return enc.message_ref(o, dr); });
   bytes msg_batch;
   {
     proto::out_buffer o;
@@ -158,7 +174,8 @@ int main(int argc, char** argv) {
       {"batch-v1", cat({&hello_token, &batch}), false},
       {"no-hello", cat({&pub_full, &hello}), false},
       {"hello-twice", cat({&hello, &hello}), false},
-      {"server", cat({&welcome, &msg, &msg_headers, &msg_ref, &msg_batch, &ack, &err, &ping, &pong}), true},
+      {"server",
+       cat({&welcome, &msg, &msg_headers, &msg_ref, &msg_batch, &ack, &err, &ping, &pong}), true},
       {"server-error", cat({&err}), true},
   };
   // Control bytes: all at once, reads of up to 1, 8 and 512 bytes, small
@@ -176,10 +193,14 @@ int main(int argc, char** argv) {
   }
 
   // fuzz_flat: the segment after a one-segment frame's 8-byte table.
-  const std::pair<const char*, const bytes*> flat_frames[] = {
-      {"publish", &pub_plain}, {"publish-full", &pub_full}, {"publish-headers", &pub_headers},
-      {"message", &msg},       {"message-headers", &msg_headers}, {"hello", &hello},
-      {"ping", &ping},         {"batch", &batch}};
+  const std::pair<const char*, const bytes*> flat_frames[] = {{"publish", &pub_plain},
+                                                              {"publish-full", &pub_full},
+                                                              {"publish-headers", &pub_headers},
+                                                              {"message", &msg},
+                                                              {"message-headers", &msg_headers},
+                                                              {"hello", &hello},
+                                                              {"ping", &ping},
+                                                              {"batch", &batch}};
   for (const auto& [name, frame] : flat_frames) {
     std::uint32_t segments_minus_one = 0;
     std::memcpy(&segments_minus_one, frame->data(), 4);

@@ -77,7 +77,8 @@ class tcp_conn {
     fd_ = -1;
   }
   void send(std::string_view bytes) {
-    REQUIRE(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()));
+    REQUIRE(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(bytes.size()));
   }
   void shutdown_write() { REQUIRE(::shutdown(fd_, SHUT_WR) == 0); }
   /// Nothing to read and no EOF: the daemon keeps the connection open.
@@ -183,7 +184,8 @@ std::optional<ms> thread_cpu(pid_t pid, const std::string& name) {
 rlim_t limit_leaving(pid_t pid, int free) {
   std::vector<int> open;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec))
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec))
     open.push_back(std::stoi(e.path().filename().string()));
   std::sort(open.begin(), open.end());
   int fd = 0;
@@ -196,7 +198,9 @@ rlim_t limit_leaving(pid_t pid, int free) {
 
 }  // namespace
 
-TEST_CASE("admin: connections over admin.max_connections get a 503 at once and the port answers again once they close") {
+TEST_CASE(
+    "admin: connections over admin.max_connections get a 503 at once and the port answers again "
+    "once they close") {
   keywayd_process d;
   const auto port = d.admin_port();
   INFO("daemon log:\n" << d.log());
@@ -211,7 +215,8 @@ TEST_CASE("admin: connections over admin.max_connections get a 503 at once and t
   std::size_t refused = 0;
   const auto deadline = steady::now() + ms(2000);
   for (std::size_t i = admin_cap; i < conns.size(); ++i) {
-    const auto r = conns[i].read_to_close(std::max(ms(0), std::chrono::duration_cast<ms>(deadline - steady::now())));
+    const auto r = conns[i].read_to_close(
+        std::max(ms(0), std::chrono::duration_cast<ms>(deadline - steady::now())));
     CHECK_MESSAGE(r.closed, "connection " << i << " over the limit was not closed");
     CHECK(status_of(r.bytes) == 503);
     CHECK(body_of(r.bytes) == "too many admin connections (admin.max_connections is 64)\n");
@@ -239,7 +244,8 @@ TEST_CASE("admin: connections over admin.max_connections get a 503 at once and t
   // after its 10 s), and /readyz answers again.
   for (std::size_t i = 0; i < admin_cap; ++i) conns[i].close();
   const auto back = wait_ready(port, ms(3000));
-  REQUIRE_MESSAGE(back.has_value(), "/readyz did not answer 200 within 3 s of the idle connections closing");
+  REQUIRE_MESSAGE(back.has_value(),
+                  "/readyz did not answer 200 within 3 s of the idle connections closing");
   CHECK(http_get(port, "/livez").status == 200);
   CHECK(http_get(port, "/metrics").status == 200);
 }
@@ -247,7 +253,8 @@ TEST_CASE("admin: connections over admin.max_connections get a 503 at once and t
 TEST_CASE("admin: the limit is admin.max_connections from keyway.toml") {
   temp_dir dir;
   const auto conf = dir.path() / "keyway.toml";
-  std::ofstream(conf) << "[listen]\ntcp = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n";
+  std::ofstream(conf) << "[listen]\ntcp = [\"127.0.0.1:0\"]\n[admin]\nlisten = "
+                         "\"127.0.0.1:0\"\nmax_connections = 2\n";
   keywayd_process d({"--config", conf.string()});
   const auto port = d.admin_port();
   INFO("daemon log:\n" << d.log());
@@ -265,7 +272,9 @@ TEST_CASE("admin: the limit is admin.max_connections from keyway.toml") {
   CHECK(wait_ready(port, ms(3000)).has_value());
 }
 
-TEST_CASE("admin: a request half-closed before its end is closed at once and one half-closed after its end is answered") {
+TEST_CASE(
+    "admin: a request half-closed before its end is closed at once and one half-closed after its "
+    "end is answered") {
   keywayd_process d;
   const auto port = d.admin_port();
   INFO("daemon log:\n" << d.log());
@@ -318,7 +327,8 @@ TEST_CASE("admin: requests a byte at a time, garbage and oversized heads") {
   INFO("daemon log:\n" << d.log());
   SUBCASE("a byte at a time is answered") {
     tcp_conn c(port);
-    for (const char ch : std::string_view("GET /livez?x HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n")) {
+    for (const char ch :
+         std::string_view("GET /livez?x HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n")) {
       c.send(std::string_view(&ch, 1));
       std::this_thread::sleep_for(ms(1));
     }
@@ -328,7 +338,8 @@ TEST_CASE("admin: requests a byte at a time, garbage and oversized heads") {
   }
   SUBCASE("bytes that are not HTTP are refused at once, without waiting for a line end") {
     tcp_conn c(port);
-    c.send(std::string_view("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11));  // a TLS ClientHello
+    c.send(
+        std::string_view("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11));  // a TLS ClientHello
     const auto r = c.read_to_close(ms(3000));
     CHECK(r.took < ms(1000));
     CHECK(status_of(r.bytes) == 400);
@@ -348,8 +359,9 @@ TEST_CASE("admin: requests a byte at a time, garbage and oversized heads") {
   CHECK(http_get(port, "/readyz").status == 200);
 }
 
-TEST_CASE("admin: accepts failing for want of file descriptors back off, with one log line, and recover" *
-          doctest::skip(sanitizer_needs_descriptors)) {
+TEST_CASE(
+    "admin: accepts failing for want of file descriptors back off, with one log line, and recover" *
+    doctest::skip(sanitizer_needs_descriptors)) {
   keywayd_process d;
   const auto port = d.admin_port();
   INFO("daemon log:\n" << d.log());
@@ -378,7 +390,8 @@ TEST_CASE("admin: accepts failing for want of file descriptors back off, with on
   REQUIRE(::prlimit(d.pid(), RLIMIT_NOFILE, &old, nullptr) == 0);
   conns.clear();
   const auto back = wait_ready(port, ms(3000));
-  CHECK_MESSAGE(back.has_value(), "/readyz did not answer 200 within 3 s of the limit being restored");
+  CHECK_MESSAGE(back.has_value(),
+                "/readyz did not answer 200 within 3 s of the limit being restored");
   CHECK(d.wait_log("admin: accepting again after", ms(1000)));
   CHECK(count_of(d.log(), "admin: accept failed") == 1);
 }

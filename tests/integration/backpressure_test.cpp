@@ -22,7 +22,8 @@ TEST_CASE("backpressure: publishers that outrun the mesh are paused and lose not
   sub.subscribe(1, "bp.>");
   // Connections are spread over the workers, so the publishers sit on both.
   std::vector<raw_client> pubs;
-  for (int p = 0; p < publishers; ++p) pubs.push_back(open_client(d.url(), "pub-" + std::to_string(p)));
+  for (int p = 0; p < publishers; ++p)
+    pubs.push_back(open_client(d.url(), "pub-" + std::to_string(p)));
 
   std::vector<std::string> errors(publishers);
   std::vector<std::thread> threads;
@@ -76,7 +77,8 @@ TEST_CASE("backpressure: publishers that outrun the mesh are paused and lose not
   // The daemon is alive and exits cleanly.
   const auto code = d.stop();
   REQUIRE(code.has_value());
-  CHECK_MESSAGE(*code == 0, "keywayd exit status " << *code << " (128 + signal when killed by one)");
+  CHECK_MESSAGE(*code == 0,
+                "keywayd exit status " << *code << " (128 + signal when killed by one)");
 }
 
 }  // namespace keyway::itest

@@ -93,16 +93,20 @@ TEST_CASE("bad input: a segment table announcing 4 GiB is refused before allocat
 
   // The daemon did not try to make room for the announced frame.
   const std::uint64_t rss_after = rss_bytes(d.pid());
-  const std::int64_t growth = static_cast<std::int64_t>(rss_after) - static_cast<std::int64_t>(rss_before);
-  MESSAGE("keywayd VmRSS before " << rss_before / 1024 << " KiB, after " << rss_after / 1024 << " KiB");
+  const std::int64_t growth =
+      static_cast<std::int64_t>(rss_after) - static_cast<std::int64_t>(rss_before);
+  MESSAGE("keywayd VmRSS before " << rss_before / 1024 << " KiB, after " << rss_after / 1024
+                                  << " KiB");
   CHECK(growth < 64 * 1024 * 1024);
 
   // Four segments of 2^32 - 1 words each (~128 GiB in all): also refused.
   raw_client bad2 = open_client(d.url(), "huge-multi");
-  auto table = words({seg_table(3, 0xffffffffu), 0xffffffffffffffffull, 0xffffffffull /* 4th + pad */});
+  auto table =
+      words({seg_table(3, 0xffffffffu), 0xffffffffffffffffull, 0xffffffffull /* 4th + pad */});
   bad2.send_raw(table);
   (void)expect_fatal_then_close(bad2, proto::errc::frame_too_large);
-  CHECK(static_cast<std::int64_t>(rss_bytes(d.pid())) - static_cast<std::int64_t>(rss_before) < 64 * 1024 * 1024);
+  CHECK(static_cast<std::int64_t>(rss_bytes(d.pid())) - static_cast<std::int64_t>(rss_before) <
+        64 * 1024 * 1024);
   check_daemon_serves(d, bystander);
 }
 
@@ -116,7 +120,8 @@ TEST_CASE("bad input: too many segments is frameTooLarge") {
   std::vector<std::uint32_t> table{count - 1};
   for (std::uint32_t i = 0; i < count; ++i) table.push_back(1);
   if (table.size() % 2) table.push_back(0);
-  for (std::size_t i = 0; i < table.size(); i += 2) ws.push_back(table[i] | (std::uint64_t{table[i + 1]} << 32));
+  for (std::size_t i = 0; i < table.size(); i += 2)
+    ws.push_back(table[i] | (std::uint64_t{table[i + 1]} << 32));
   for (std::uint32_t i = 0; i < count; ++i) ws.push_back(0);
   std::vector<std::byte> frame(ws.size() * 8);
   for (std::size_t i = 0; i < ws.size(); ++i) {
@@ -146,7 +151,8 @@ TEST_CASE("bad input: a payload over max_payload is refused without closing") {
   CHECK(e.request_id == 5);
   CHECK(e.message.find("max_payload") != std::string::npos);
   // ... and its value, in bytes or as format_size writes it.
-  CHECK((e.message.find("1024") != std::string::npos || e.message.find("1 KiB") != std::string::npos));
+  CHECK((e.message.find("1024") != std::string::npos ||
+         e.message.find("1 KiB") != std::string::npos));
   // Nothing was delivered (nothing before a sentinel from `pub` on the same
   // key), the publisher is still connected, and a payload at the limit goes
   // through.
@@ -251,7 +257,8 @@ TEST_CASE("bad input: a connection that goes quiet hits the idle timeout") {
   while (!(closed && steady::now() - start >= 1000ms)) {
     REQUIRE_MESSAGE(steady::now() - start < 5s, "the quiet connection was not closed");
     if (!closed) {
-      closed = quiet.wait_closed(std::max(ms(0), std::chrono::ceil<ms>(next_ping - steady::now())), &seen);
+      closed = quiet.wait_closed(std::max(ms(0), std::chrono::ceil<ms>(next_ping - steady::now())),
+                                 &seen);
       if (closed) closed_after = steady::now() - start;
     } else {
       std::this_thread::sleep_until(next_ping);
@@ -323,8 +330,8 @@ TEST_CASE("bad input: invalid subscriptions are refused without closing") {
     c.queue_subscribe({sid++, pattern, group, ++id});
     c.flush();
     const error_frame e = c.await_error();
-    CHECK_MESSAGE(e.code == proto::errc::invalid_subject, "pattern '" << pattern << "' group '" << group
-                                                                      << "': " << e.message);
+    CHECK_MESSAGE(e.code == proto::errc::invalid_subject,
+                  "pattern '" << pattern << "' group '" << group << "': " << e.message);
     CHECK(e.request_id == id);
     CHECK_FALSE(e.fatal);
   }
@@ -362,7 +369,8 @@ TEST_CASE("bad input: hundreds of bad connections in a row leave the daemon serv
     raw_client bad = open_client(d.url(), name);
     bad.send_raw(garbage);
     std::vector<server_frame> seen;
-    if (bad.wait_closed(default_timeout, &seen) && seen.size() == 1 && std::holds_alternative<error_frame>(seen[0]))
+    if (bad.wait_closed(default_timeout, &seen) && seen.size() == 1 &&
+        std::holds_alternative<error_frame>(seen[0]))
       ++closed_with_error;
   }
   CHECK(closed_with_error == attempts);

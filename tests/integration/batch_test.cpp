@@ -36,8 +36,9 @@ struct sent {
 /// payload; that each key's messages arrive in the order they were published;
 /// that a key always carries one owner core; and that seq rises per owner
 /// core. Returns the owner cores seen.
-std::set<std::uint32_t> check_deliveries(const std::vector<message_frame>& got, const std::vector<sent>& expected,
-                                         std::uint32_t sid, std::uint32_t workers) {
+std::set<std::uint32_t> check_deliveries(const std::vector<message_frame>& got,
+                                         const std::vector<sent>& expected, std::uint32_t sid,
+                                         std::uint32_t workers) {
   CHECK(got.size() == expected.size());
   // Payloads are unique in every test here: they identify the publish.
   std::map<std::string, std::size_t> index_of;
@@ -73,8 +74,8 @@ std::set<std::uint32_t> check_deliveries(const std::vector<message_frame>& got, 
     if (!m.reply_to.empty() || !m.headers.empty()) note(where + "a replyTo or headers nobody sent");
     if (auto [at, fresh] = last_of_key.emplace(e.key, i); !fresh) {
       if (i < at->second)
-        note(where + "publish " + std::to_string(i) + " after publish " + std::to_string(at->second) +
-             " of the same key");
+        note(where + "publish " + std::to_string(i) + " after publish " +
+             std::to_string(at->second) + " of the same key");
       at->second = i;
     }
     if (m.owner_core >= workers) note(where + "ownerCore out of range");
@@ -86,14 +87,17 @@ std::set<std::uint32_t> check_deliveries(const std::vector<message_frame>& got, 
     cores.insert(m.owner_core);
   }
   for (std::size_t i = 0; i < expected.size(); ++i) {
-    if (!seen[i]) note("publish " + std::to_string(i) + " (payload '" + expected[i].payload + "') never arrived");
+    if (!seen[i])
+      note("publish " + std::to_string(i) + " (payload '" + expected[i].payload +
+           "') never arrived");
   }
   CHECK_MESSAGE(problems == 0, problems << " problems; the first: " << problem);
   return cores;
 }
 
 /// The entries of `items` as sent to `subject`, appended to `log`.
-void log_batch(std::vector<sent>& log, const std::string& subject, const std::vector<batch_item>& items) {
+void log_batch(std::vector<sent>& log, const std::string& subject,
+               const std::vector<batch_item>& items) {
   for (const auto& e : items) log.push_back({subject, e.key, e.payload});
 }
 
@@ -107,7 +111,8 @@ std::string metrics_of(keywayd_process& d) {
 void expect_fatal_naming(raw_client& bad, proto::errc code, const std::string& needle) {
   const error_frame e = expect_fatal_then_close(bad, code);
   CHECK(e.request_id == 0);
-  CHECK_MESSAGE(e.message.find(needle) != std::string::npos, "'" << needle << "' not in: " << e.message);
+  CHECK_MESSAGE(e.message.find(needle) != std::string::npos,
+                "'" << needle << "' not in: " << e.message);
 }
 
 /// A non-fatal error for a batch (which has no request id) naming each of `needles`.
@@ -125,21 +130,24 @@ void expect_refused(raw_client& c, proto::errc code, std::initializer_list<std::
 // ---- version negotiation ------------------------------------------------------
 
 TEST_CASE("batch: hello's version is negotiated down to the server's, version 0 is refused") {
-  static_assert(proto::protocol_version == 2 && proto::min_protocol_version == 1 && proto::batch_version == 2);
+  static_assert(proto::protocol_version == 2 && proto::min_protocol_version == 1 &&
+                proto::batch_version == 2);
   keywayd_process d;
   raw_client bystander = open_client(d.url(), "bystander");
   bystander.subscribe(1, "nego.>");
   struct version_case {
     std::uint32_t asked, agreed;
   };
-  const version_case cases[] = {{2, 2}, {1, 1}, {3, 2}, {99, 2}, {std::numeric_limits<std::uint32_t>::max(), 2}};
+  const version_case cases[] = {
+      {2, 2}, {1, 1}, {3, 2}, {99, 2}, {std::numeric_limits<std::uint32_t>::max(), 2}};
   for (const auto& vc : cases) {
     INFO("hello version " << vc.asked);
     raw_client c = raw_client::connect(d.url());
     const welcome_frame w = c.hello_version(vc.asked, "v" + std::to_string(vc.asked));
     CHECK(w.protocol_version == vc.agreed);
     // Open and serving, in the version agreed.
-    const ack_frame a = c.publish_acked("nego.single", "k", "single from v" + std::to_string(vc.asked));
+    const ack_frame a =
+        c.publish_acked("nego.single", "k", "single from v" + std::to_string(vc.asked));
     CHECK(a.delivered == 1);
     if (vc.agreed >= proto::batch_version) {
       const std::vector<batch_item> items{{"k", "batch from v" + std::to_string(vc.asked)}};
@@ -170,7 +178,8 @@ TEST_CASE("batch: hello's version is negotiated down to the server's, version 0 
 
 // ---- delivery -------------------------------------------------------------------
 
-TEST_CASE("batch: 200 entries over several keys arrive whole and in per-key order, on both owner cores") {
+TEST_CASE(
+    "batch: 200 entries over several keys arrive whole and in per-key order, on both owner cores") {
   keywayd_process d({"--workers", "2"});
   raw_client sub = open_client(d.url(), "sub");
   sub.subscribe(5, "batch.orders");
@@ -182,11 +191,13 @@ TEST_CASE("batch: 200 entries over several keys arrive whole and in per-key orde
   REQUIRE(pub.hello("pub").protocol_version == 2);
 
   // Empty, binary and ordinary keys; payloads binary, of varied sizes, one empty.
-  const std::vector<std::string> keys{"",        "alpha", "beta", "gamma", "delta", "k\0bin"s, "\xff\xfe\x01"s,
-                                      "epsilon", "zeta",  "eta",  "theta"};
+  const std::vector<std::string> keys{"",      "alpha",   "beta",          "gamma",
+                                      "delta", "k\0bin"s, "\xff\xfe\x01"s, "epsilon",
+                                      "zeta",  "eta",     "theta"};
   std::vector<batch_item> items;
   for (int i = 0; i < 200; ++i) {
-    std::string payload = i == 0 ? "" : "payload " + std::to_string(i) + "\0\xff"s + std::string(i % 37, 'x');
+    std::string payload =
+        i == 0 ? "" : "payload " + std::to_string(i) + "\0\xff"s + std::string(i % 37, 'x');
     items.push_back({keys[static_cast<std::size_t>(i) % keys.size()], std::move(payload)});
   }
   std::vector<sent> log;
@@ -200,13 +211,16 @@ TEST_CASE("batch: 200 entries over several keys arrive whole and in per-key orde
   check_deliveries(old_got, log, 6, 2);
   // (That nothing beyond the 200 arrives is checked at the end, with sentinels
   // that would disturb the metrics here.)
-  CHECK_MESSAGE(old_sub.message_batches() == 0, "a version 1 connection must not get messageBatch frames");
-  MESSAGE("the version 2 subscriber got its 200 deliveries in " << sub.message_batches() << " messageBatch frames");
+  CHECK_MESSAGE(old_sub.message_batches() == 0,
+                "a version 1 connection must not get messageBatch frames");
+  MESSAGE("the version 2 subscriber got its 200 deliveries in " << sub.message_batches()
+                                                                << " messageBatch frames");
   // One order per key: both saw each publish with the same (ownerCore, seq).
   std::map<std::string, std::pair<std::uint32_t, std::uint64_t>> stamp;
   for (const auto& m : got) stamp[m.payload] = {m.owner_core, m.seq};
   std::size_t stamp_mismatches = 0;
-  for (const auto& m : old_got) stamp_mismatches += stamp[m.payload] != std::pair(m.owner_core, m.seq);
+  for (const auto& m : old_got)
+    stamp_mismatches += stamp[m.payload] != std::pair(m.owner_core, m.seq);
   CHECK(stamp_mismatches == 0);
   // No error came back for the batch: nothing came before the pong.
   CHECK(pub.barrier().empty());
@@ -247,7 +261,8 @@ TEST_CASE("batch: publishes and batches on one connection keep their order per k
   // Everything pipelined in one write: single publishes, batches and an empty
   // batch follow each other in the daemon's read buffer.
   std::vector<sent> log;
-  const auto single = [&](const std::string& subject, const std::string& key, const std::string& payload) {
+  const auto single = [&](const std::string& subject, const std::string& key,
+                          const std::string& payload) {
     proto::publish_fields f;
     f.subject = subject;
     f.key = as_bytes(key);
@@ -262,7 +277,8 @@ TEST_CASE("batch: publishes and batches on one connection keep their order per k
     const std::vector<batch_item> items{{key, "batch " + rs + ".0"},
                                         {"other-" + std::to_string(r % 3), "batch " + rs + ".1"},
                                         {key, "batch " + rs + ".2"}};
-    pub.queue_publish_batch("mix.batch", static_cast<std::uint32_t>(items.size()), batch_entries(items));
+    pub.queue_publish_batch("mix.batch", static_cast<std::uint32_t>(items.size()),
+                            batch_entries(items));
     log_batch(log, "mix.batch", items);
     if (r % 10 == 0) pub.queue_publish_batch("mix.empty", 0, {});  // does nothing
     single("mix.single", key, "then " + rs);
@@ -298,7 +314,8 @@ TEST_CASE(
   raw_client pub = open_client(d.url(), "pub");
   const std::uint32_t max_key = proto::limits{}.max_key;  // not announced, not configurable
 
-  std::vector<batch_item> items{{"k0", "p0"}, {"k1", "p1"}, {std::string(max_key + 1, 'K'), "p2"}, {"k3", "p3"}};
+  std::vector<batch_item> items{
+      {"k0", "p0"}, {"k1", "p1"}, {std::string(max_key + 1, 'K'), "p2"}, {"k3", "p3"}};
   pub.send_publish_batch("bk.x", items);
   expect_refused(pub, proto::errc::invalid_key, {"entry 2 ", "limits.max_key"});
   // None of its entries went anywhere: the next publish is all that arrives
@@ -440,7 +457,8 @@ TEST_CASE("batch: entries cut short are a fatal protocol error") {
   bystander.subscribe(1, "cut.>");
   raw_client bad = open_client(d.url(), "cut-short");
   const std::vector<batch_item> good{{"g0", "good 0"}, {"g1", "good 1"}};
-  std::vector<std::byte> entries = batch_entries(std::vector<batch_item>{{"k0", "whole 0"}, {"k1", "whole 1"}});
+  std::vector<std::byte> entries =
+      batch_entries(std::vector<batch_item>{{"k0", "whole 0"}, {"k1", "whole 1"}});
   const auto append_head = [&](std::uint32_t key_size, std::uint32_t payload_size) {
     const std::uint32_t sizes[2] = {key_size, payload_size};
     const auto* p = reinterpret_cast<const std::byte*>(sizes);
@@ -473,7 +491,8 @@ TEST_CASE("batch: entries cut short are a fatal protocol error") {
   check_daemon_serves(d, bystander);
 }
 
-TEST_CASE("batch: a publishBatch on a connection that agreed on version 1 is a fatal protocol error") {
+TEST_CASE(
+    "batch: a publishBatch on a connection that agreed on version 1 is a fatal protocol error") {
   keywayd_process d({"--workers", "2"});
   raw_client bystander = open_client(d.url(), "bystander");
   bystander.subscribe(1, "old.>");
@@ -525,7 +544,8 @@ TEST_CASE("batch: batches that run out of mesh credit half-way lose and reorder 
   raw_client sub = open_client(d.url(), "sub");
   sub.subscribe(1, "bbp.>");
   std::vector<raw_client> pubs;
-  for (int p = 0; p < publishers; ++p) pubs.push_back(open_client(d.url(), "pub-" + std::to_string(p)));
+  for (int p = 0; p < publishers; ++p)
+    pubs.push_back(open_client(d.url(), "pub-" + std::to_string(p)));
 
   // Each publisher's publishes, in its publish order; a payload names the
   // publisher and the index in its log.
@@ -537,7 +557,8 @@ TEST_CASE("batch: batches that run out of mesh credit half-way lose and reorder 
       for (int i = 0; i < per_batch; ++i)
         log.push_back({subject, "key-" + std::to_string((i * 7 + b) % keys),
                        std::to_string(p) + ":" + std::to_string(log.size())});
-      log.push_back({"bbp.single", "key-" + std::to_string(b), std::to_string(p) + ":" + std::to_string(log.size())});
+      log.push_back({"bbp.single", "key-" + std::to_string(b),
+                     std::to_string(p) + ":" + std::to_string(log.size())});
     }
   }
   std::vector<std::string> errors(publishers);
@@ -553,7 +574,8 @@ TEST_CASE("batch: batches that run out of mesh credit half-way lose and reorder 
           for (int i = 0; i < per_batch; ++i, ++at) items.push_back({log[at].key, log[at].payload});
           c.queue_publish_batch(log[at - 1].subject, per_batch, batch_entries(items));
           const sent& s = log[at++];
-          c.queue_publish({.subject = s.subject, .key = as_bytes(s.key), .payload = as_bytes(s.payload)});
+          c.queue_publish(
+              {.subject = s.subject, .key = as_bytes(s.key), .payload = as_bytes(s.payload)});
         }
         c.flush(30s);
         c.ping(30s);
@@ -594,8 +616,8 @@ TEST_CASE("batch: batches that run out of mesh credit half-way lose and reorder 
   }
   for (int p = 0; p < publishers; ++p) {
     INFO("publisher " << p);
-    const auto cores =
-        check_deliveries(by_publisher[static_cast<std::size_t>(p)], logs[static_cast<std::size_t>(p)], 1, 2);
+    const auto cores = check_deliveries(by_publisher[static_cast<std::size_t>(p)],
+                                        logs[static_cast<std::size_t>(p)], 1, 2);
     CHECK(cores.size() == 2);
   }
   // The batches did run out of credit (else this test showed nothing).

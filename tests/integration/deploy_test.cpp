@@ -65,7 +65,8 @@ std::map<std::string, std::vector<std::string>> unit_settings(const std::string&
 }
 
 /// The one value of KEY (the last one given), "" when unset.
-std::string setting(const std::map<std::string, std::vector<std::string>>& s, const std::string& key) {
+std::string setting(const std::map<std::string, std::vector<std::string>>& s,
+                    const std::string& key) {
   const auto it = s.find(key);
   return it == s.end() || it->second.empty() ? std::string() : it->second.back();
 }
@@ -81,7 +82,9 @@ std::vector<std::vector<std::string>> snippet_lines(const std::string& text) {
   return lines;
 }
 
-unsigned octal(const std::string& s) { return static_cast<unsigned>(std::stoul(s, nullptr, 8)); }
+unsigned octal(const std::string& s) {
+  return static_cast<unsigned>(std::stoul(s, nullptr, 8));
+}
 
 /// The numeric id of NAME in a passwd or group file ("" when absent).
 std::string id_in(const std::filesystem::path& file, const std::string& name) {
@@ -99,7 +102,8 @@ std::string id_in(const std::filesystem::path& file, const std::string& name) {
 
 TEST_CASE("deploy: systemd-analyze verify passes on the units") {
   const std::string dir = KEYWAY_TEST_UNITS_DIR;
-  const auto [code, out] = run("systemd-analyze verify " + dir + "/keyway.service " + dir + "/keyway.socket 2>&1");
+  const auto [code, out] =
+      run("systemd-analyze verify " + dir + "/keyway.service " + dir + "/keyway.socket 2>&1");
   INFO(out);
   CHECK(code == 0);
   CHECK(out.find("keyway.service") == std::string::npos);  // no complaint names our units
@@ -164,7 +168,8 @@ TEST_CASE("deploy: systemd-sysusers and systemd-tmpfiles make /run/keyway keyway
   temp_dir root;
   std::filesystem::create_directories(root.path() / "etc");
   const std::string src = KEYWAY_SOURCE_DIR;
-  auto [code, out] = run("systemd-sysusers --root=" + root.path().string() + " " + src + "/systemd/keyway.sysusers");
+  auto [code, out] = run("systemd-sysusers --root=" + root.path().string() + " " + src +
+                         "/systemd/keyway.sysusers");
   INFO(out);
   REQUIRE(code == 0);
   const std::string uid = id_in(root.path() / "etc/passwd", "keyway");
@@ -175,8 +180,8 @@ TEST_CASE("deploy: systemd-sysusers and systemd-tmpfiles make /run/keyway keyway
     MESSAGE("not root: systemd-tmpfiles cannot chown, its part is skipped");
     return;
   }
-  std::tie(code, out) =
-      run("systemd-tmpfiles --root=" + root.path().string() + " --create " + src + "/systemd/keyway.tmpfiles");
+  std::tie(code, out) = run("systemd-tmpfiles --root=" + root.path().string() + " --create " + src +
+                            "/systemd/keyway.tmpfiles");
   INFO(out);
   REQUIRE(code == 0);
   struct stat st {};
@@ -189,7 +194,8 @@ TEST_CASE("deploy: systemd-sysusers and systemd-tmpfiles make /run/keyway keyway
 
 TEST_CASE("deploy: promtool checks the alert rules and runs their unit tests") {
   const std::string dir = std::string(KEYWAY_SOURCE_DIR) + "/deploy/prometheus";
-  auto [code, out] = run("cd " + dir + " && promtool check rules alerts.yml && promtool test rules alerts_test.yml");
+  auto [code, out] = run(
+      "cd " + dir + " && promtool check rules alerts.yml && promtool test rules alerts_test.yml");
   INFO(out);
   CHECK(code == 0);
   std::tie(code, out) = run("cd " + dir + " && promtool check config prometheus.yml");
@@ -203,7 +209,8 @@ TEST_CASE("deploy: a real Prometheus scrapes keywayd and promtool accepts its me
   raw_client pub = open_client(d.url(), "pub");
   sub.subscribe(1, "prom.>");
   constexpr int n = 1234;
-  for (int i = 0; i < n; ++i) pub.publish("prom.x", std::string("k").append(std::to_string(i % 50)), "payload");
+  for (int i = 0; i < n; ++i)
+    pub.publish("prom.x", std::string("k").append(std::to_string(i % 50)), "payload");
   pub.ping();
   REQUIRE(sub.collect(n, 10s).size() == n);
 
@@ -219,9 +226,11 @@ TEST_CASE("deploy: a real Prometheus scrapes keywayd and promtool accepts its me
 
   const std::uint16_t port = keyway::test::closed_loopback_port();
   std::ofstream(dir.path() / "prometheus.yml")
-      << "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: keyway\n    static_configs:\n"
+      << "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: keyway\n    "
+         "static_configs:\n"
       << "      - targets: [\"127.0.0.1:" << d.admin_port() << "\"]\n";
-  child_process prom({"/usr/bin/prometheus", "--config.file=" + (dir.path() / "prometheus.yml").string(),
+  child_process prom({"/usr/bin/prometheus",
+                      "--config.file=" + (dir.path() / "prometheus.yml").string(),
                       "--storage.tsdb.path=" + (dir.path() / "data").string(),
                       "--web.listen-address=127.0.0.1:" + std::to_string(port)});
   // Ask until the scraped sum shows every publish (bounded: 60 s).

@@ -28,11 +28,11 @@ constexpr int rounds = 20;
 constexpr int per_round = 1000;
 
 struct round_result {
-  std::size_t before_pong = 0;   // deliveries read before the pong
+  std::size_t before_pong = 0;     // deliveries read before the pong
   std::set<std::string> payloads;  // of those
   bool pong = false;
   std::vector<std::uint64_t> pongs;  // ids, in arrival order
-  std::string trouble;              // an unexpected frame, or why reading stopped
+  std::string trouble;               // an unexpected frame, or why reading stopped
 };
 
 /// Reads until the pong `last_pong` (or the deadline): counts sid's
@@ -216,7 +216,8 @@ TEST_CASE("flush: pipelined pings are answered in order, each after the publishe
   CHECK(before.back() == published);
 }
 
-TEST_CASE("flush: a connection closed with barriers in flight is forgotten, and the daemon serves on") {
+TEST_CASE(
+    "flush: a connection closed with barriers in flight is forgotten, and the daemon serves on") {
   keywayd_process d({"--workers", "2"});
   raw_client established = open_client(d.url(), "established");
   for (int round = 0; round < 5; ++round) {

@@ -28,7 +28,8 @@ inline std::uint64_t rss_bytes(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // "VmRSS:   1234 kB"
+    if (line.rfind("VmRSS:", 0) == 0)
+      return std::stoull(line.substr(6)) * 1024;  // "VmRSS:   1234 kB"
   }
   return 0;
 }
@@ -37,7 +38,8 @@ inline std::uint64_t rss_bytes(pid_t pid) {
 inline std::size_t socket_count(pid_t pid) {
   std::size_t n = 0;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
     std::error_code link_ec;
     const auto target = std::filesystem::read_symlink(e.path(), link_ec);
     if (!link_ec && target.string().rfind("socket:", 0) == 0) ++n;
@@ -75,7 +77,8 @@ inline void check_daemon_serves(keywayd_process& d, raw_client& established) {
 
 /// Expects `c` to receive a fatal error with `code` and then be closed by the
 /// daemon. Returns the error frame.
-inline error_frame expect_fatal_then_close(raw_client& c, proto::errc code, ms timeout = default_timeout) {
+inline error_frame expect_fatal_then_close(raw_client& c, proto::errc code,
+                                           ms timeout = default_timeout) {
   std::vector<server_frame> seen;
   const bool closed = c.wait_closed(timeout, &seen);
   CHECK_MESSAGE(closed, "the daemon did not close the connection");
@@ -90,7 +93,8 @@ inline error_frame expect_fatal_then_close(raw_client& c, proto::errc code, ms t
     }
   }
   REQUIRE_MESSAGE(errors == 1, "expected exactly one error frame, got " << errors);
-  CHECK_MESSAGE(found.code == code, "got " << proto::to_string(found.code) << ": " << found.message);
+  CHECK_MESSAGE(found.code == code,
+                "got " << proto::to_string(found.code) << ": " << found.message);
   CHECK(found.fatal);
   CHECK_FALSE(found.message.empty());
   return found;
@@ -116,7 +120,8 @@ inline std::vector<std::byte> words(std::initializer_list<std::uint64_t> ws) {
   std::vector<std::byte> v(ws.size() * 8);
   std::size_t i = 0;
   for (const std::uint64_t w : ws) {
-    for (int b = 0; b < 8; ++b) v[8 * i + static_cast<std::size_t>(b)] = static_cast<std::byte>(w >> (8 * b));
+    for (int b = 0; b < 8; ++b)
+      v[8 * i + static_cast<std::size_t>(b)] = static_cast<std::byte>(w >> (8 * b));
     ++i;
   }
   return v;

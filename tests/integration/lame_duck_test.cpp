@@ -25,7 +25,8 @@ inline std::string numbered(std::string_view prefix, long long n) {
 
 /// Reads until `c` gets a draining frame; other frames are kept back.
 std::optional<draining_frame> await_draining(raw_client& c, ms timeout = default_timeout) {
-  auto f = c.wait_for([](const server_frame& x) { return std::holds_alternative<draining_frame>(x); }, timeout);
+  auto f = c.wait_for(
+      [](const server_frame& x) { return std::holds_alternative<draining_frame>(x); }, timeout);
   if (!f) return std::nullopt;
   return std::get<draining_frame>(*f);
 }
@@ -39,7 +40,8 @@ TEST_CASE("lame duck: on SIGTERM every client gets draining before its connectio
     // Four clients, so both workers have some (connections are dealt out in
     // turn); one of them subscribed.
     std::vector<raw_client> clients;
-    for (int i = 0; i < 4; ++i) clients.push_back(open_client(d.url(), "client-" + std::to_string(i)));
+    for (int i = 0; i < 4; ++i)
+      clients.push_back(open_client(d.url(), "client-" + std::to_string(i)));
     clients[0].subscribe(1, "lame.>");
     const auto code = d.stop(SIGTERM);
     INFO("daemon log:\n" << d.log());
@@ -70,7 +72,9 @@ TEST_CASE("lame duck: on SIGTERM every client gets draining before its connectio
   }
 }
 
-TEST_CASE("lame duck: during the grace the server serves on, refuses new connections, and ends once clients left") {
+TEST_CASE(
+    "lame duck: during the grace the server serves on, refuses new connections, and ends once "
+    "clients left") {
   // A grace far longer than the test may take: the daemon must end it early,
   // when its last client leaves.
   keywayd_process d({"--workers", "2", "--lame-duck-grace", "10m"});
@@ -116,10 +120,12 @@ TEST_CASE("lame duck: during the grace the server serves on, refuses new connect
 
 TEST_CASE("welcome: connectUrls carries server.advertise, from the flags or the file") {
   SUBCASE("flags") {
-    keywayd_process d({"--advertise", "tcp://10.0.0.2:7400", "--advertise", "unix:///run/keyway/keyway.sock"});
+    keywayd_process d(
+        {"--advertise", "tcp://10.0.0.2:7400", "--advertise", "unix:///run/keyway/keyway.sock"});
     raw_client c = raw_client::connect(d.url());
     const welcome_frame w = c.hello("advertised");
-    CHECK(w.connect_urls == std::vector<std::string>{"tcp://10.0.0.2:7400", "unix:///run/keyway/keyway.sock"});
+    CHECK(w.connect_urls ==
+          std::vector<std::string>{"tcp://10.0.0.2:7400", "unix:///run/keyway/keyway.sock"});
   }
   SUBCASE("config file, and a reload changes it for new connections") {
     temp_dir dir;
@@ -128,9 +134,11 @@ TEST_CASE("welcome: connectUrls carries server.advertise, from the flags or the 
                         << "[listen]\ntcp = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     keywayd_process d({"--config", conf.string()});
     raw_client before = raw_client::connect(d.url());
-    CHECK(before.hello("before").connect_urls == std::vector<std::string>{"tcp://keyway-b.example:7400"});
-    std::ofstream(conf) << "[server]\nadvertise = [\"tcp://[fd00::3]:7400\", \"tcp://10.0.0.3:7400\"]\n"
-                        << "[listen]\ntcp = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    CHECK(before.hello("before").connect_urls ==
+          std::vector<std::string>{"tcp://keyway-b.example:7400"});
+    std::ofstream(conf)
+        << "[server]\nadvertise = [\"tcp://[fd00::3]:7400\", \"tcp://10.0.0.3:7400\"]\n"
+        << "[listen]\ntcp = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     ::kill(d.pid(), SIGHUP);
     REQUIRE(d.wait_log("SIGHUP: reloaded", 5s));
     raw_client after = raw_client::connect(d.url());
@@ -144,11 +152,15 @@ TEST_CASE("welcome: connectUrls carries server.advertise, from the flags or the 
   }
 }
 
-TEST_CASE("welcome: a bad --advertise stops keywayd with a one-line error naming the key, the value and the rule") {
-  CHECK_THROWS_WITH_AS(keywayd_process({"--advertise", "tcp://10.0.0.2"}, 5s),
-                       doctest::Contains("command line: server.advertise[0] = \"tcp://10.0.0.2\" is not a client URL: "
-                                         "missing :PORT; write tcp://HOST:PORT"),
-                       std::runtime_error);
+TEST_CASE(
+    "welcome: a bad --advertise stops keywayd with a one-line error naming the key, the value and "
+    "the rule") {
+  CHECK_THROWS_WITH_AS(
+      keywayd_process({"--advertise", "tcp://10.0.0.2"}, 5s),
+      doctest::Contains(
+          "command line: server.advertise[0] = \"tcp://10.0.0.2\" is not a client URL: "
+          "missing :PORT; write tcp://HOST:PORT"),
+      std::runtime_error);
 }
 
 }  // namespace keyway::itest

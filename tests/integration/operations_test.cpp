@@ -117,7 +117,8 @@ TEST_CASE("admin: metrics count what was published and delivered") {
   sub.collect(1, 5s);
   // Seven that no subscription matches: dropped at ingress, not routed.
   for (int i = 0; i < 7; ++i) pub.publish("nobody.listens", "k", "p");
-  CHECK(pub.publish_acked("nobody.acked", "k", "x").delivered == 0);  // with an ack: routed, reaches 0
+  CHECK(pub.publish_acked("nobody.acked", "k", "x").delivered ==
+        0);  // with an ack: routed, reaches 0
   pub.ping();
   raw_client bad = raw_client::connect(d.url());
   bad.send_hello(0, "unset-version");  // refused (a newer version would be negotiated down)
@@ -127,7 +128,8 @@ TEST_CASE("admin: metrics count what was published and delivered") {
   // socket, which the client may see first: wait for the gauge.
   auto r = http_get(d.admin_port(), "/metrics");
   for (const auto end = steady::now() + 5s;
-       r.body.find("keyway_connections{transport=\"tcp\"} 2") == std::string::npos && steady::now() < end;) {
+       r.body.find("keyway_connections{transport=\"tcp\"} 2") == std::string::npos &&
+       steady::now() < end;) {
     std::this_thread::sleep_for(10ms);
     r = http_get(d.admin_port(), "/metrics");
   }
@@ -196,7 +198,8 @@ TEST_CASE("auth: right wrong and missing tokens and a reload that changes them")
     const auto* e = std::get_if<error_frame>(&seen[0]);
     REQUIRE(e != nullptr);
     CHECK(e->code == proto::errc::auth_failed);
-    CHECK(e->message.find(*bad ? "not one this server accepts" : "no auth token") != std::string::npos);
+    CHECK(e->message.find(*bad ? "not one this server accepts" : "no auth token") !=
+          std::string::npos);
   }
 
   std::ofstream(tokens) << "gamma-secret\n";
@@ -232,8 +235,9 @@ TEST_CASE("reload: a listener change is refused and the old config stays") {
   c.subscribe(2, "b");
 
   // A change that cannot apply live is refused, naming the key.
-  std::ofstream(conf) << "[listen]\ntcp = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-                      << "[limits]\nmax_subscriptions = 1\n";
+  std::ofstream(conf)
+      << "[listen]\ntcp = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+      << "[limits]\nmax_subscriptions = 1\n";
   ::kill(d.pid(), SIGHUP);
   REQUIRE(d.wait_log("cannot change while keywayd runs", 5s));
   CHECK(d.log().find("listen cannot change") != std::string::npos);
@@ -324,7 +328,8 @@ TEST_CASE("config: flags override the file and check-config reports every proble
   temp_dir dir;
   const auto conf = dir.path() / "keyway.toml";
   const std::string sock = (dir.path() / "k.sock").string();
-  std::ofstream(conf) << "[listen]\ntcp = [\"127.0.0.1:0\"]\nunix = [\"" << sock << "\"]\nunix_socket_mode = \"0600\"\n"
+  std::ofstream(conf) << "[listen]\ntcp = [\"127.0.0.1:0\"]\nunix = [\"" << sock
+                      << "\"]\nunix_socket_mode = \"0600\"\n"
                       << "[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_subscriptions = 1\n";
   {
     child_process check({KEYWAYD_PATH, "--check-config", "--config", conf.string()});
@@ -363,13 +368,13 @@ TEST_CASE("config: flags override the file and check-config reports every proble
   CHECK(check2.err().find("directory /nonexistent-dir does not exist") != std::string::npos);
 
   // Flags get the file's checks: ranges and units, every problem reported.
-  child_process check3({KEYWAYD_PATH, "--check-config", "--max-payload", "100000000", "--max-connections", "-1",
-                        "--idle-timeout", "5x"});
+  child_process check3({KEYWAYD_PATH, "--check-config", "--max-payload", "100000000",
+                        "--max-connections", "-1", "--idle-timeout", "5x"});
   CHECK(check3.wait(10s) == 2);
   const std::string err3 = check3.err();
   INFO(err3);
-  CHECK(err3.find("command line: limits.max_payload = 100000000 is out of range; allowed 1..67108864 bytes") !=
-        std::string::npos);
+  CHECK(err3.find("command line: limits.max_payload = 100000000 is out of range; allowed "
+                  "1..67108864 bytes") != std::string::npos);
   CHECK(err3.find("limits.max_connections = -1 is out of range") != std::string::npos);
   CHECK(err3.find("\"5x\" is not a duration") != std::string::npos);
 }
@@ -392,7 +397,8 @@ TEST_CASE("config: --partitioner range is accepted with the file's split points,
   temp_dir dir;
   const auto conf = dir.path() / "keyway.toml";
   std::ofstream(conf) << "[routing]\npartitioner = \"range\"\nsplit_points = [\"m\"]\n";
-  child_process with_flag({KEYWAYD_PATH, "--check-config", "--config", conf.string(), "--partitioner", "range"});
+  child_process with_flag(
+      {KEYWAYD_PATH, "--check-config", "--config", conf.string(), "--partitioner", "range"});
   CHECK(with_flag.wait(10s) == 0);
   // Without split points the flag gets the file's rule.
   child_process no_points({KEYWAYD_PATH, "--check-config", "--partitioner", "range"});

@@ -22,7 +22,9 @@ constexpr int keys = 1000;
 constexpr int rounds = 5;  // messages per key per publisher
 constexpr std::size_t total = std::size_t{publishers} * keys * rounds;
 
-std::string key_name(int k) { return "key-" + std::to_string(k); }
+std::string key_name(int k) {
+  return "key-" + std::to_string(k);
+}
 
 /// "P:R": publisher P's R-th message for a key.
 std::pair<int, int> parse_payload(const std::string& p) {
@@ -64,7 +66,8 @@ struct stream_check {
       auto [it, fresh] = owner.emplace(m.key, m.owner_core);
       if (!fresh && it->second != m.owner_core) {
         ++owner_changes;
-        note("key " + m.key + " on cores " + std::to_string(it->second) + " and " + std::to_string(m.owner_core));
+        note("key " + m.key + " on cores " + std::to_string(it->second) + " and " +
+             std::to_string(m.owner_core));
       }
       auto& last = last_seq[m.owner_core];
       if (m.seq <= last) {
@@ -88,7 +91,8 @@ TEST_CASE("ordering: per-key total order with 4 publishers and 2 subscribers") {
   const std::uint32_t workers = 2;
 
   std::vector<raw_client> pubs;
-  for (int p = 0; p < publishers; ++p) pubs.push_back(open_client(d.url(), "pub-" + std::to_string(p)));
+  for (int p = 0; p < publishers; ++p)
+    pubs.push_back(open_client(d.url(), "pub-" + std::to_string(p)));
 
   std::mutex error_mutex;
   std::vector<std::string> errors;
@@ -199,8 +203,8 @@ TEST_CASE("ordering: per-key total order with 4 publishers and 2 subscribers") {
       if (r != next[p]) {
         ++publisher_order_breaks;
         if (first_break.empty())
-          first_break = key + ": publisher " + std::to_string(p) + " counter " + std::to_string(r) + " expected " +
-                        std::to_string(next[p]);
+          first_break = key + ": publisher " + std::to_string(p) + " counter " + std::to_string(r) +
+                        " expected " + std::to_string(next[p]);
       }
       next[p] = r + 1;
     }

@@ -16,11 +16,10 @@ namespace {
 
 using namespace std::string_literals;
 
-
 /// Publishes `count` messages on `subject` with one key and checks that `sub`
 /// gets all of them on `sid`, in order, with every field intact.
-void check_stream(raw_client& pub, raw_client& sub, std::uint32_t sid, const std::string& subject, int count,
-                  std::uint32_t workers) {
+void check_stream(raw_client& pub, raw_client& sub, std::uint32_t sid, const std::string& subject,
+                  int count, std::uint32_t workers) {
   const std::string key = "order-key";
   const std::string header_value = "v\0x"s;  // binary-safe
   for (int i = 0; i < count; ++i) {
@@ -90,9 +89,11 @@ TEST_CASE("pubsub: publish and subscribe over a Unix socket") {
   const std::string path = (dir.path() / "keyway.sock").string();
   std::filesystem::path socket_path(path);
   {
-    keywayd_process d({"--workers", "2", "--listen", "unix://" + path, "--listen", "tcp://127.0.0.1:0"});
+    keywayd_process d(
+        {"--workers", "2", "--listen", "unix://" + path, "--listen", "tcp://127.0.0.1:0"});
     REQUIRE(d.addresses().size() == 2);
-    CHECK(std::find(d.addresses().begin(), d.addresses().end(), "unix://" + path) != d.addresses().end());
+    CHECK(std::find(d.addresses().begin(), d.addresses().end(), "unix://" + path) !=
+          d.addresses().end());
     CHECK(std::filesystem::is_socket(socket_path));
 
     raw_client unix_sub = open_client("unix://" + path, "unix-sub");
@@ -126,18 +127,19 @@ TEST_CASE("pubsub: wildcards star and tail") {
   raw_client pub = open_client(d.url(), "publisher");
 
   const std::map<std::uint32_t, std::string> patterns{
-      {1, "wc.*"},        // one token after wc
-      {2, "wc.>"},        // one or more tokens after wc
-      {3, "wc.*.c"},      // exactly three tokens, the last c
-      {4, "wc.a.>"},      // wc.a then one or more
-      {5, "*.a.b"},       // any first token
-      {6, ">"},           // everything
-      {7, "wc.a.b.c"},    // literal
-      {8, "other.*.*"},   // never matches the wc subjects below
+      {1, "wc.*"},       // one token after wc
+      {2, "wc.>"},       // one or more tokens after wc
+      {3, "wc.*.c"},     // exactly three tokens, the last c
+      {4, "wc.a.>"},     // wc.a then one or more
+      {5, "*.a.b"},      // any first token
+      {6, ">"},          // everything
+      {7, "wc.a.b.c"},   // literal
+      {8, "other.*.*"},  // never matches the wc subjects below
   };
   for (const auto& [sid, pattern] : patterns) sub.subscribe(sid, pattern);
 
-  const std::vector<std::string> subjects{"wc", "wc.a", "wc.a.b", "wc.x.c", "wc.a.b.c", "x.a.b", "wc.a.c"};
+  const std::vector<std::string> subjects{"wc",       "wc.a",  "wc.a.b", "wc.x.c",
+                                          "wc.a.b.c", "x.a.b", "wc.a.c"};
   // Which sids must see which subject (the NATS rules).
   const std::map<std::string, std::set<std::uint32_t>> expected{
       {"wc", {6}},
@@ -197,7 +199,8 @@ TEST_CASE("pubsub: no deliveries after the unsubscribe ack") {
   // One sentinel per key: each key's owner core sends it after that key's
   // "after" messages, over the same ring, so when all sentinels are in, any
   // stray delivery would have arrived too.
-  for (int k = 0; k < keys; ++k) pub.publish("unsub.sentinel", "key-" + std::to_string(k), "sentinel");
+  for (int k = 0; k < keys; ++k)
+    pub.publish("unsub.sentinel", "key-" + std::to_string(k), "sentinel");
   const auto after = sub.collect(keys, default_timeout);
   REQUIRE(after.size() == keys);
   for (const auto& m : after) {
@@ -289,7 +292,8 @@ TEST_CASE("request reply: the responder answers to replyTo") {
   constexpr int requests = 20;
   for (int i = 0; i < requests; ++i) {
     const std::string inbox = "_INBOX.requester." + std::to_string(i);
-    requester.publish("svc.echo", "req-" + std::to_string(i), "question " + std::to_string(i), inbox);
+    requester.publish("svc.echo", "req-" + std::to_string(i), "question " + std::to_string(i),
+                      inbox);
     const auto req = responder.collect(1, default_timeout);
     REQUIRE(req.size() == 1);
     CHECK(req[0].sid == 1);
@@ -379,7 +383,8 @@ TEST_CASE("pubsub: payloads up to max_payload arrive intact") {
   sub_b.subscribe(2, "big.*");
   // Around the daemon's by-reference threshold (8 KiB), odd sizes, and the
   // default limit of 1 MiB itself.
-  const std::vector<std::size_t> sizes{0, 1, 8191, 8192, 8193, 65537, 300001, proto::limits{}.max_payload};
+  const std::vector<std::size_t> sizes{0,    1,     8191,   8192,
+                                       8193, 65537, 300001, proto::limits{}.max_payload};
   std::vector<std::string> payloads;
   std::uint32_t x = 12345;
   for (const std::size_t n : sizes) {
@@ -421,7 +426,8 @@ TEST_CASE("pubsub: an empty key routes by subject") {
   constexpr int subjects = 32;
   constexpr int per_subject = 5;
   for (int r = 0; r < per_subject; ++r)
-    for (int s = 0; s < subjects; ++s) pub.publish("nokey.s" + std::to_string(s), "", std::to_string(r));
+    for (int s = 0; s < subjects; ++s)
+      pub.publish("nokey.s" + std::to_string(s), "", std::to_string(r));
   const auto got = sub.collect(subjects * per_subject, default_timeout);
   REQUIRE(got.size() == subjects * per_subject);
   std::map<std::string, std::set<std::uint32_t>> cores;

@@ -5,8 +5,8 @@
 
 #include <map>
 #include <set>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/itest.hpp"
@@ -17,10 +17,13 @@ namespace {
 constexpr int keys = 300;
 constexpr int per_key = 2;
 
-std::string key_name(int k) { return "key-" + std::to_string(k); }
+std::string key_name(int k) {
+  return "key-" + std::to_string(k);
+}
 
 /// Publishes `per_key` messages for every key; payload "TAG:K:I".
-void publish_round(raw_client& pub, const std::string& tag, const std::string& subject = "qg.work") {
+void publish_round(raw_client& pub, const std::string& tag,
+                   const std::string& subject = "qg.work") {
   for (int i = 0; i < per_key; ++i)
     for (int k = 0; k < keys; ++k) {
       const std::string key = key_name(k);
@@ -51,8 +54,9 @@ constexpr std::string_view fence_subject = "qgfence.x";
 /// publishes a sentinel to fence_subject on each of `fence_keys` (the keys it
 /// used), which each member gets after any delivery of `pub`'s earlier
 /// publishes on those keys; then each member is read up to its sentinels.
-round_result collect_round(std::vector<raw_client*> members, raw_client& pub, const std::vector<std::string>& fence_keys,
-                           const std::string& subject, ms limit = 30s) {
+round_result collect_round(std::vector<raw_client*> members, raw_client& pub,
+                           const std::vector<std::string>& fence_keys, const std::string& subject,
+                           ms limit = 30s) {
   round_result r;
   r.per_member.resize(members.size());
   std::vector<std::map<std::string, int>> next_i(members.size());
@@ -116,7 +120,8 @@ void run_departure(Leave&& leave) {
   publish_round(pub, "r1");
   const round_result r1 = collect_round(all, pub, all_keys(), "qg.work");
   check_exactly_once(r1, "r1");
-  for (std::size_t m = 0; m < 3; ++m) CHECK_MESSAGE(r1.per_member[m] > 0, "member " << m << " got no keys");
+  for (std::size_t m = 0; m < 3; ++m)
+    CHECK_MESSAGE(r1.per_member[m] > 0, "member " << m << " got no keys");
   MESSAGE("round 1 deliveries per member: " << r1.per_member[0] << " " << r1.per_member[1] << " "
                                             << r1.per_member[2]);
 
@@ -134,7 +139,8 @@ void run_departure(Leave&& leave) {
   std::set<int> departed_went_to;
   for (const auto& [key, before] : r1.members_of_key) {
     auto it = r2.members_of_key.find(key);
-    if (it == r2.members_of_key.end() || it->second.size() != 1) continue;  // counted by check_exactly_once
+    if (it == r2.members_of_key.end() || it->second.size() != 1)
+      continue;  // counted by check_exactly_once
     const int now = *it->second.begin();
     const int was = *before.begin();
     if (was == 2) {
@@ -152,7 +158,8 @@ void run_departure(Leave&& leave) {
   CHECK(departed_moved == departed_keys.size());
   // Consistent hashing spreads the departed member's keys over both others.
   CHECK(departed_went_to == std::set<int>{0, 1});
-  MESSAGE("keys that stayed: " << stayed << ", keys of the departed member that moved: " << departed_moved);
+  MESSAGE("keys that stayed: " << stayed
+                               << ", keys of the departed member that moved: " << departed_moved);
   // A member that unsubscribed (and is still connected) got nothing since:
   // nothing of the group's subject before sentinels on every key (it still
   // holds its plain fence subscription; sentinels of round 2 are ignored).
@@ -167,8 +174,11 @@ void run_departure(Leave&& leave) {
 
 }  // namespace
 
-TEST_CASE("queue group: one member per message and key and only the keys of a member that unsubscribes move") {
-  run_departure([](raw_client& leaver, raw_client&, const std::set<std::string>&, const std::vector<raw_client*>&) {
+TEST_CASE(
+    "queue group: one member per message and key and only the keys of a member that unsubscribes "
+    "move") {
+  run_departure([](raw_client& leaver, raw_client&, const std::set<std::string>&,
+                   const std::vector<raw_client*>&) {
     leaver.unsubscribe(12);  // acknowledged: every worker dropped it from the group
   });
 }
@@ -185,8 +195,8 @@ TEST_CASE("queue group: only the keys of a member that disconnects move") {
     for (int attempt = 0; !settled && steady::now() < deadline; ++attempt) {
       const std::string subject = "qg.probe" + std::to_string(attempt);
       for (const auto& key : departed) pub.publish(subject, key, "probe:0:0");
-      const round_result r =
-          collect_round(remaining, pub, std::vector<std::string>(departed.begin(), departed.end()), subject);
+      const round_result r = collect_round(
+          remaining, pub, std::vector<std::string>(departed.begin(), departed.end()), subject);
       settled = r.deliveries == departed.size();
       if (!settled) std::this_thread::sleep_for(20ms);  // a poll's pace: the drop is asynchronous
     }

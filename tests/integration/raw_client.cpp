@@ -20,10 +20,16 @@ namespace wire = proto::wire;
 
 namespace {
 
-std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
-std::string data(capnp::Data::Reader d) { return std::string(reinterpret_cast<const char*>(d.begin()), d.size()); }
+std::string text(capnp::Text::Reader t) {
+  return std::string(t.cStr(), t.size());
+}
+std::string data(capnp::Data::Reader d) {
+  return std::string(reinterpret_cast<const char*>(d.begin()), d.size());
+}
 
-std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+std::string errno_text(const char* what) {
+  return std::string(what) + ": " + std::strerror(errno);
+}
 
 int poll_ms(steady::time_point deadline) {
   const auto left = std::chrono::ceil<ms>(deadline - steady::now()).count();
@@ -38,15 +44,17 @@ std::string describe(const server_frame& f) {
       [&](const auto& v) {
         using T = std::decay_t<decltype(v)>;
         if constexpr (std::is_same_v<T, welcome_frame>) {
-          os << "welcome{server " << v.server_id << " v" << v.protocol_version << " workers " << v.worker_count << "}";
+          os << "welcome{server " << v.server_id << " v" << v.protocol_version << " workers "
+             << v.worker_count << "}";
         } else if constexpr (std::is_same_v<T, message_frame>) {
-          os << "message{sid " << v.sid << " subject '" << v.subject << "' key '" << v.key << "' payload "
-             << v.payload.size() << " bytes core " << v.owner_core << " seq " << v.seq << "}";
+          os << "message{sid " << v.sid << " subject '" << v.subject << "' key '" << v.key
+             << "' payload " << v.payload.size() << " bytes core " << v.owner_core << " seq "
+             << v.seq << "}";
         } else if constexpr (std::is_same_v<T, ack_frame>) {
           os << "ack{id " << v.request_id << " delivered " << v.delivered << "}";
         } else if constexpr (std::is_same_v<T, error_frame>) {
-          os << "error{" << proto::to_string(v.code) << (v.fatal ? " fatal" : " non-fatal") << " id " << v.request_id
-             << " '" << v.message << "'}";
+          os << "error{" << proto::to_string(v.code) << (v.fatal ? " fatal" : " non-fatal")
+             << " id " << v.request_id << " '" << v.message << "'}";
         } else if constexpr (std::is_same_v<T, ping_frame>) {
           os << "ping{" << v.id << "}";
         } else if constexpr (std::is_same_v<T, pong_frame>) {
@@ -71,7 +79,8 @@ std::vector<std::byte> batch_entries(std::span<const batch_item> items) {
   for (const auto& e : items) size += proto::batch_entry_size(e.key.size(), e.payload.size());
   std::vector<std::byte> v(size);
   std::byte* at = v.data();
-  for (const auto& e : items) at = proto::write_batch_entry(at, as_bytes(e.key), as_bytes(e.payload));
+  for (const auto& e : items)
+    at = proto::write_batch_entry(at, as_bytes(e.key), as_bytes(e.payload));
   return v;
 }
 
@@ -111,7 +120,9 @@ raw_client& raw_client::operator=(raw_client&& o) noexcept {
   return *this;
 }
 
-raw_client::~raw_client() { close_fd(); }
+raw_client::~raw_client() {
+  close_fd();
+}
 
 void raw_client::close() noexcept {
   close_fd();
@@ -149,7 +160,8 @@ raw_client raw_client::connect(std::string_view url, int rcvbuf) {
       sockaddr_in6 sa{};
       sa.sin6_family = AF_INET6;
       sa.sin6_port = htons(static_cast<std::uint16_t>(port));
-      if (::inet_pton(AF_INET6, host.c_str(), &sa.sin6_addr) != 1) throw io_error("bad host in " + std::string(url));
+      if (::inet_pton(AF_INET6, host.c_str(), &sa.sin6_addr) != 1)
+        throw io_error("bad host in " + std::string(url));
       std::memcpy(&ss, &sa, sizeof sa);
       len = sizeof sa;
       fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -157,7 +169,8 @@ raw_client raw_client::connect(std::string_view url, int rcvbuf) {
       sockaddr_in sa{};
       sa.sin_family = AF_INET;
       sa.sin_port = htons(static_cast<std::uint16_t>(port));
-      if (::inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1) throw io_error("bad host in " + std::string(url));
+      if (::inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1)
+        throw io_error("bad host in " + std::string(url));
       std::memcpy(&ss, &sa, sizeof sa);
       len = sizeof sa;
       fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -197,7 +210,8 @@ void raw_client::send_raw(std::span<const std::byte> bytes, ms timeout) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       if (steady::now() >= deadline)
-        throw io_error("send timed out with " + std::to_string(off) + " of " + std::to_string(bytes.size()) +
+        throw io_error("send timed out with " + std::to_string(off) + " of " +
+                       std::to_string(bytes.size()) +
                        " bytes written (the server stopped reading)");
       pollfd p{fd_, POLLOUT, 0};
       ::poll(&p, 1, poll_ms(deadline));
@@ -211,13 +225,21 @@ void raw_client::check(const result<std::size_t>& r, const char* what) {
   if (!r) throw io_error(std::string("cannot encode ") + what + ": " + r.error().message());
 }
 
-void raw_client::queue_hello(const proto::hello_fields& f) { check(enc_->hello(out_, f), "hello"); }
-void raw_client::queue_publish(const proto::publish_fields& f) { check(enc_->publish(out_, f), "publish"); }
-void raw_client::queue_subscribe(const proto::subscribe_fields& f) { check(enc_->subscribe(out_, f), "subscribe"); }
+void raw_client::queue_hello(const proto::hello_fields& f) {
+  check(enc_->hello(out_, f), "hello");
+}
+void raw_client::queue_publish(const proto::publish_fields& f) {
+  check(enc_->publish(out_, f), "publish");
+}
+void raw_client::queue_subscribe(const proto::subscribe_fields& f) {
+  check(enc_->subscribe(out_, f), "subscribe");
+}
 void raw_client::queue_unsubscribe(std::uint32_t sid, std::uint64_t request_id) {
   check(enc_->unsubscribe(out_, sid, request_id), "unsubscribe");
 }
-void raw_client::queue_ping(std::uint64_t id) { check(enc_->ping(out_, id), "ping"); }
+void raw_client::queue_ping(std::uint64_t id) {
+  check(enc_->ping(out_, id), "ping");
+}
 void raw_client::queue_publish_batch(std::string_view subject, std::uint32_t count,
                                      std::span<const std::byte> entries) {
   check(enc_->publish_batch(out_, subject, count, entries), "publishBatch");
@@ -245,7 +267,8 @@ void raw_client::send_hello(std::uint32_t version, std::string_view name) {
 void raw_client::send_publish_batch(std::string_view subject, std::span<const batch_item> items,
                                     std::optional<std::uint32_t> count_override) {
   const std::vector<std::byte> entries = batch_entries(items);
-  queue_publish_batch(subject, count_override.value_or(static_cast<std::uint32_t>(items.size())), entries);
+  queue_publish_batch(subject, count_override.value_or(static_cast<std::uint32_t>(items.size())),
+                      entries);
   flush();
 }
 
@@ -351,8 +374,9 @@ std::optional<server_frame> raw_client::decode_one() {
         unbatched_.push_back(std::move(v));
       }
       if (c.left() != 0 || n != b.getCount())
-        throw io_error("the server sent a bad messageBatch: count " + std::to_string(b.getCount()) + ", " +
-                       std::to_string(n) + " whole entries, " + std::to_string(c.left()) + " bytes left over");
+        throw io_error("the server sent a bad messageBatch: count " + std::to_string(b.getCount()) +
+                       ", " + std::to_string(n) + " whole entries, " + std::to_string(c.left()) +
+                       " bytes left over");
       ++message_batches_;
       return decode_one();  // its first entry (or the next frame, for an empty batch)
     }
@@ -370,13 +394,16 @@ std::optional<server_frame> raw_client::decode_one() {
       v.reply_to = text(e.getReplyTo());
       return v;
     }
-    case wire::Frame::PING: return ping_frame{root.getPing().getId()};
-    case wire::Frame::PONG: return pong_frame{root.getPong().getId()};
+    case wire::Frame::PING:
+      return ping_frame{root.getPing().getId()};
+    case wire::Frame::PONG:
+      return pong_frame{root.getPong().getId()};
     case wire::Frame::DRAINING: {
       auto d = root.getDraining();
       return draining_frame{text(d.getReason()), d.getGraceMs()};
     }
-    default: return other_frame{static_cast<int>(root.which())};
+    default:
+      return other_frame{static_cast<int>(root.which())};
   }
 }
 
@@ -401,8 +428,9 @@ std::vector<message_frame> raw_client::collect(std::size_t n, ms timeout) {
   const auto deadline = steady::now() + timeout;
   std::vector<message_frame> got;
   while (got.size() < n) {
-    auto f = wait_for([](const server_frame& x) { return std::holds_alternative<message_frame>(x); },
-                      std::max(ms(0), std::chrono::ceil<ms>(deadline - steady::now())));
+    auto f =
+        wait_for([](const server_frame& x) { return std::holds_alternative<message_frame>(x); },
+                 std::max(ms(0), std::chrono::ceil<ms>(deadline - steady::now())));
     if (!f) break;
     got.push_back(std::get<message_frame>(std::move(*f)));
   }
@@ -413,7 +441,8 @@ std::vector<message_frame> raw_client::collect_until_quiet(ms quiet, ms limit) {
   const auto deadline = steady::now() + limit;
   std::vector<message_frame> got;
   while (steady::now() < deadline) {
-    auto f = wait_for([](const server_frame& x) { return std::holds_alternative<message_frame>(x); }, quiet);
+    auto f = wait_for(
+        [](const server_frame& x) { return std::holds_alternative<message_frame>(x); }, quiet);
     if (!f) break;
     got.push_back(std::get<message_frame>(std::move(*f)));
   }
@@ -457,7 +486,8 @@ welcome_frame raw_client::hello(std::string_view name, ms timeout) {
 welcome_frame raw_client::hello_version(std::uint32_t version, std::string_view name, ms timeout) {
   send_hello(version, name);
   auto f = read(timeout);
-  if (!f) throw io_error(eof_ ? "connection closed before welcome" : "no welcome before the deadline");
+  if (!f)
+    throw io_error(eof_ ? "connection closed before welcome" : "no welcome before the deadline");
   if (auto* w = std::get_if<welcome_frame>(&*f)) return *w;
   throw io_error("expected welcome, got " + describe(*f));
 }
@@ -471,21 +501,23 @@ ack_frame raw_client::await_ack(std::uint64_t id, ms timeout) {
       },
       timeout);
   if (!f)
-    throw io_error("no ack for request " + std::to_string(id) + (eof_ ? " (connection closed)" : " (timeout)") +
-                   kept_back_summary());
+    throw io_error("no ack for request " + std::to_string(id) +
+                   (eof_ ? " (connection closed)" : " (timeout)") + kept_back_summary());
   if (auto* a = std::get_if<ack_frame>(&*f)) return *a;
   throw io_error("request " + std::to_string(id) + " answered with " + describe(*f));
 }
 
 error_frame raw_client::await_error(ms timeout) {
-  auto f = wait_for([](const server_frame& x) { return std::holds_alternative<error_frame>(x); }, timeout);
+  auto f = wait_for([](const server_frame& x) { return std::holds_alternative<error_frame>(x); },
+                    timeout);
   if (!f)
-    throw io_error(std::string("no error frame came") + (eof_ ? " (connection closed)" : " (timeout)") +
-                   kept_back_summary());
+    throw io_error(std::string("no error frame came") +
+                   (eof_ ? " (connection closed)" : " (timeout)") + kept_back_summary());
   return std::get<error_frame>(*f);
 }
 
-void raw_client::subscribe(std::uint32_t sid, std::string_view pattern, std::string_view group, ms timeout) {
+void raw_client::subscribe(std::uint32_t sid, std::string_view pattern, std::string_view group,
+                           ms timeout) {
   const std::uint64_t id = next_id_++;
   queue_subscribe({sid, pattern, group, id});
   flush(timeout);
@@ -499,8 +531,8 @@ void raw_client::unsubscribe(std::uint32_t sid, ms timeout) {
   (void)await_ack(id, timeout);
 }
 
-ack_frame raw_client::publish_acked(std::string_view subject, std::string_view key, std::string_view payload,
-                                    ms timeout) {
+ack_frame raw_client::publish_acked(std::string_view subject, std::string_view key,
+                                    std::string_view payload, ms timeout) {
   const std::uint64_t id = next_id_++;
   publish(subject, key, payload, {}, id);
   return await_ack(id, timeout);
@@ -517,8 +549,8 @@ void raw_client::ping(ms timeout) {
       },
       timeout);
   if (!f)
-    throw io_error("no pong for ping " + std::to_string(id) + (eof_ ? " (connection closed)" : " (timeout)") +
-                   kept_back_summary());
+    throw io_error("no pong for ping " + std::to_string(id) +
+                   (eof_ ? " (connection closed)" : " (timeout)") + kept_back_summary());
 }
 
 std::vector<server_frame> raw_client::barrier(ms timeout) {
@@ -530,8 +562,9 @@ std::vector<server_frame> raw_client::barrier(ms timeout) {
   for (;;) {
     auto f = read(std::max(ms(0), std::chrono::ceil<ms>(deadline - steady::now())));
     if (!f)
-      throw io_error("no pong for barrier ping " + std::to_string(id) + (eof_ ? " (connection closed)" : " (timeout)") +
-                     "; " + std::to_string(before.size()) + " frames before it");
+      throw io_error("no pong for barrier ping " + std::to_string(id) +
+                     (eof_ ? " (connection closed)" : " (timeout)") + "; " +
+                     std::to_string(before.size()) + " frames before it");
     if (const auto* p = std::get_if<pong_frame>(&*f); p && p->id == id) return before;
     before.push_back(std::move(*f));
   }
@@ -545,7 +578,8 @@ sentinels::sentinels() {
   tag_ = std::string("\0sentinel ", 10) + std::to_string(++counter) + " ";
 }
 
-void sentinels::publish(raw_client& pub, std::string_view subject, std::span<const std::string> keys) {
+void sentinels::publish(raw_client& pub, std::string_view subject,
+                        std::span<const std::string> keys) {
   for (const auto& key : keys) {
     const std::string payload = tag_ + std::to_string(count_++);
     proto::publish_fields f;
@@ -563,20 +597,24 @@ void sentinels::publish(raw_client& pub, std::string_view subject, std::string_v
   publish(pub, subject, std::span<const std::string>(&k, 1));
 }
 
-bool sentinels::is_sentinel(const message_frame& m) const { return m.payload.starts_with(tag_); }
+bool sentinels::is_sentinel(const message_frame& m) const {
+  return m.payload.starts_with(tag_);
+}
 
-std::vector<message_frame> sentinels::await(raw_client& sub, ms timeout, std::size_t per_sentinel) const {
+std::vector<message_frame> sentinels::await(raw_client& sub, ms timeout,
+                                            std::size_t per_sentinel) const {
   const auto deadline = steady::now() + timeout;
   const std::size_t want = count_ * per_sentinel;
   std::size_t seen = 0;
   std::vector<message_frame> others;
   while (seen < want) {
-    auto f = sub.wait_for([](const server_frame& x) { return std::holds_alternative<message_frame>(x); },
-                          std::max(ms(0), std::chrono::ceil<ms>(deadline - steady::now())));
+    auto f =
+        sub.wait_for([](const server_frame& x) { return std::holds_alternative<message_frame>(x); },
+                     std::max(ms(0), std::chrono::ceil<ms>(deadline - steady::now())));
     if (!f)
-      throw io_error("only " + std::to_string(seen) + " of " + std::to_string(want) + " sentinels came" +
-                     (sub.eof() ? " (connection closed)" : " (timeout)") + "; " + std::to_string(others.size()) +
-                     " other deliveries meanwhile");
+      throw io_error("only " + std::to_string(seen) + " of " + std::to_string(want) +
+                     " sentinels came" + (sub.eof() ? " (connection closed)" : " (timeout)") +
+                     "; " + std::to_string(others.size()) + " other deliveries meanwhile");
     auto& m = std::get<message_frame>(*f);
     if (is_sentinel(m))
       ++seen;

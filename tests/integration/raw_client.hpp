@@ -99,8 +99,8 @@ struct other_frame {
   int which = -1;
 };
 
-using server_frame = std::variant<welcome_frame, message_frame, ack_frame, error_frame, ping_frame, pong_frame,
-                                  draining_frame, other_frame>;
+using server_frame = std::variant<welcome_frame, message_frame, ack_frame, error_frame, ping_frame,
+                                  pong_frame, draining_frame, other_frame>;
 
 /// One line for failure messages, e.g. "error{protocol fatal id 0 '...'}".
 std::string describe(const server_frame& f);
@@ -145,7 +145,9 @@ class raw_client {
   /// Writes every byte before `timeout` passes; throws io_error if the peer
   /// is gone or the time runs out (the server stopped reading).
   void send_raw(std::span<const std::byte> bytes, ms timeout = default_timeout);
-  void send_raw(std::string_view bytes, ms timeout = default_timeout) { send_raw(as_bytes(bytes), timeout); }
+  void send_raw(std::string_view bytes, ms timeout = default_timeout) {
+    send_raw(as_bytes(bytes), timeout);
+  }
 
   /// Encode into the outbound queue; nothing is written until flush().
   void queue_hello(const proto::hello_fields& f);
@@ -155,7 +157,8 @@ class raw_client {
   void queue_ping(std::uint64_t id);
   /// A publishBatch with these very fields: `entries` may be any bytes and
   /// `count` any number, so a test can lie about either.
-  void queue_publish_batch(std::string_view subject, std::uint32_t count, std::span<const std::byte> entries);
+  void queue_publish_batch(std::string_view subject, std::uint32_t count,
+                           std::span<const std::byte> entries);
   /// Writes everything queued (see send_raw for the failure modes).
   void flush(ms timeout = default_timeout);
   std::size_t queued_bytes() const noexcept { return out_.size(); }
@@ -217,7 +220,8 @@ class raw_client {
       else
         skipped.push_back(std::move(*f));
     }
-    for (auto it = skipped.rbegin(); it != skipped.rend(); ++it) backlog_.push_front(std::move(*it));
+    for (auto it = skipped.rbegin(); it != skipped.rend(); ++it)
+      backlog_.push_front(std::move(*it));
     return found;
   }
 

@@ -67,7 +67,8 @@ TEST_CASE("shutdown: SIGTERM with publishes in flight delivers every acked publi
         if (sent >= gate && !sent_at_draining) {
           const auto gate_deadline = steady::now() + 40s;
           while (!sent_at_draining) {
-            auto f = pub.read(std::max(ms(0), std::chrono::ceil<ms>(gate_deadline - steady::now())));
+            auto f =
+                pub.read(std::max(ms(0), std::chrono::ceil<ms>(gate_deadline - steady::now())));
             if (!f) throw io_error(pub.eof() ? "closed before draining" : "no draining for 40 s");
             take(*f);
           }
@@ -105,7 +106,8 @@ TEST_CASE("shutdown: SIGTERM with publishes in flight delivers every acked publi
   });
 
   const auto wait_deadline = steady::now() + 30s;
-  while (acked_count.load() < stop_after_acks && steady::now() < wait_deadline) std::this_thread::sleep_for(1ms);
+  while (acked_count.load() < stop_after_acks && steady::now() < wait_deadline)
+    std::this_thread::sleep_for(1ms);
   const std::uint64_t acked_at_signal = acked_count.load();
   const auto code = d.stop(SIGTERM, 40s);
   pub_thread.join();
@@ -115,12 +117,14 @@ TEST_CASE("shutdown: SIGTERM with publishes in flight delivers every acked publi
   CHECK(sub_error.empty());
   REQUIRE(code.has_value());
   CHECK(*code == 0);
-  MESSAGE("acked at SIGTERM: " << acked_at_signal << ", sent: " << sent << ", acked in all: " << acked.size()
-                               << ", received: " << received.size() << "; publisher stopped: " << stop_reason);
+  MESSAGE("acked at SIGTERM: " << acked_at_signal << ", sent: " << sent << ", acked in all: "
+                               << acked.size() << ", received: " << received.size()
+                               << "; publisher stopped: " << stop_reason);
   CHECK(acked_at_signal >= stop_after_acks);
   // The signal came while publishing went on (else this test proves little):
   // guaranteed by the gate, checked here.
-  REQUIRE_MESSAGE(sent_at_draining.has_value(), "the publisher never saw draining; it stopped: " << stop_reason);
+  REQUIRE_MESSAGE(sent_at_draining.has_value(),
+                  "the publisher never saw draining; it stopped: " << stop_reason);
   MESSAGE("sent when draining came: " << *sent_at_draining);
   CHECK(*sent_at_draining < total);
 
@@ -134,7 +138,8 @@ TEST_CASE("shutdown: SIGTERM with publishes in flight delivers every acked publi
       if (missing++ == 0) first_missing = id;
     }
   }
-  CHECK_MESSAGE(missing == 0, missing << " acked publishes never delivered, the first is " << first_missing);
+  CHECK_MESSAGE(missing == 0,
+                missing << " acked publishes never delivered, the first is " << first_missing);
   // Each ack answered a publish that was sent, once.
   const std::set<std::uint64_t> acked_set(acked.begin(), acked.end());
   CHECK(acked_set.size() == acked.size());

@@ -85,7 +85,8 @@ void check_healthy_got_everything(const std::multiset<int>& got) {
 
 }  // namespace
 
-TEST_CASE("slow consumer: disconnect policy sends slowConsumer and closes only the stalled subscriber") {
+TEST_CASE(
+    "slow consumer: disconnect policy sends slowConsumer and closes only the stalled subscriber") {
   slow_setup s("disconnect");
   std::multiset<int> got;
   // Publish until the daemon gives up on the stalled subscriber...
@@ -104,8 +105,8 @@ TEST_CASE("slow consumer: disconnect policy sends slowConsumer and closes only t
     if (std::holds_alternative<message_frame>(f)) ++deliveries;
     if (const auto* e = std::get_if<error_frame>(&f)) errors.push_back(*e);
   }
-  MESSAGE("the stalled subscriber got " << deliveries << " deliveries before the close; the publisher was at "
-                                        << stalled_at);
+  MESSAGE("the stalled subscriber got "
+          << deliveries << " deliveries before the close; the publisher was at " << stalled_at);
   CHECK(deliveries < static_cast<std::size_t>(messages));
   REQUIRE(errors.size() == 1);
   CHECK(errors[0].code == proto::errc::slow_consumer);
@@ -138,7 +139,8 @@ TEST_CASE("slow consumer: disconnect policy closes a subscriber that never reads
     std::this_thread::sleep_for(20ms);
     sockets_now = socket_count(pid);
   }
-  MESSAGE("keywayd sockets: " << sockets_before << " before the stall, " << sockets_now << " after it");
+  MESSAGE("keywayd sockets: " << sockets_before << " before the stall, " << sockets_now
+                              << " after it");
   CHECK_MESSAGE(sockets_now < sockets_before,
                 "keywayd still holds the socket of the slow consumer it decided to disconnect");
   CHECK(s.daemon.log().find("slow consumer") != std::string::npos);
@@ -148,7 +150,8 @@ TEST_CASE("slow consumer: disconnect policy closes a subscriber that never reads
   check_daemon_serves(s.daemon, s.healthy);
 }
 
-TEST_CASE("slow consumer: drop policy keeps the stalled subscriber open and drops only its messages") {
+TEST_CASE(
+    "slow consumer: drop policy keeps the stalled subscriber open and drops only its messages") {
   slow_setup s("drop");
   std::multiset<int> got;
   CHECK(s.publish(0, messages, got) == messages);

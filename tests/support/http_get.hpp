@@ -34,7 +34,8 @@ inline http_response http_get(std::uint16_t port, const std::string& target,
                               const std::string& method = "GET") {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw std::runtime_error("socket failed");
-  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+  timeval tv{static_cast<time_t>(timeout.count() / 1000),
+             static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   sockaddr_in sa{};
@@ -45,7 +46,8 @@ inline http_response http_get(std::uint16_t port, const std::string& target,
     ::close(fd);
     throw std::runtime_error("connect to 127.0.0.1:" + std::to_string(port) + " failed");
   }
-  const std::string req = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  const std::string req =
+      method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
   if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
     ::close(fd);
     throw std::runtime_error("send failed");
@@ -59,7 +61,8 @@ inline http_response http_get(std::uint16_t port, const std::string& target,
       continue;
     }
     ::close(fd);
-    if (n < 0) throw std::runtime_error("no complete HTTP response for " + target + " within the timeout");
+    if (n < 0)
+      throw std::runtime_error("no complete HTTP response for " + target + " within the timeout");
     break;
   }
   const auto end = all.find("\r\n\r\n");

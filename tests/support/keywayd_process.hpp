@@ -57,7 +57,8 @@ class keywayd_process {
       has_admin = has_admin || a == "--admin" || a == "--config";
     }
     std::vector<std::string> argv{KEYWAYD_PATH};
-    if (!has_listen && spawn.listen_fd < 0) argv.insert(argv.end(), {"--listen", "tcp://127.0.0.1:0"});
+    if (!has_listen && spawn.listen_fd < 0)
+      argv.insert(argv.end(), {"--listen", "tcp://127.0.0.1:0"});
     if (!has_admin) argv.insert(argv.end(), {"--admin", "127.0.0.1:0"});
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> cargv;
@@ -155,7 +156,8 @@ class keywayd_process {
 
   /// Sends `sig`; with SIGTERM/SIGINT, waits for the exit and returns the exit
   /// code (or 128 + signal), or nullopt if it did not exit within `limit`.
-  std::optional<int> stop(int sig = SIGTERM, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+  std::optional<int> stop(int sig = SIGTERM,
+                          std::chrono::milliseconds limit = std::chrono::seconds(20)) {
     if (exited()) return exit_code();  // already reaped: its pid may belong to another process now
     ::kill(pid_, sig);
     if (!wait_exit(limit)) return std::nullopt;
@@ -173,9 +175,11 @@ class keywayd_process {
     return log_;
   }
   /// Waits until the log contains `needle`.
-  bool wait_log(std::string_view needle, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  bool wait_log(std::string_view needle,
+                std::chrono::milliseconds limit = std::chrono::seconds(10)) {
     std::unique_lock lock(log_mutex_);
-    return log_changed_.wait_for(lock, limit, [&] { return log_.find(needle) != std::string::npos; });
+    return log_changed_.wait_for(lock, limit,
+                                 [&] { return log_.find(needle) != std::string::npos; });
   }
 
  private:

@@ -52,7 +52,8 @@ inline int bind_unix(const std::string& path, int type = SOCK_STREAM) {
   sockaddr_un a{};
   if (path.size() >= sizeof a.sun_path)
     throw std::runtime_error("unix socket path of " + std::to_string(path.size()) +
-                             " bytes is over the limit of " + std::to_string(sizeof a.sun_path - 1));
+                             " bytes is over the limit of " +
+                             std::to_string(sizeof a.sun_path - 1));
   a.sun_family = AF_UNIX;
   std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
   const int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC, 0);

@@ -14,21 +14,21 @@ namespace keyway::proto {
 
 enum class errc {
   ok = 0,
-  protocol,                // malformed frame, or a frame not allowed now (fatal)
-  frame_too_large,         // framed message over limits.max_frame / max_segments (fatal)
-  payload_too_large,       // payload, header count or header bytes over the limit
-  invalid_subject,         // subject, pattern, reply_to or queue group
-  auth_failed,             // (fatal)
+  protocol,           // malformed frame, or a frame not allowed now (fatal)
+  frame_too_large,    // framed message over limits.max_frame / max_segments (fatal)
+  payload_too_large,  // payload, header count or header bytes over the limit
+  invalid_subject,    // subject, pattern, reply_to or queue group
+  auth_failed,        // (fatal)
   too_many_subscriptions,
-  slow_consumer,           // outbound queue over max_pending_bytes (fatal with policy disconnect)
-  no_responders,           // a request (publish with reply_to) matched no subscriber
-  shutting_down,           // the daemon is draining (fatal)
-  unsupported_version,     // hello.protocolVersion not spoken here (fatal)
-  timeout,                 // handshake or idle timeout (fatal)
-  internal,                // a handler failed; the connection carries on
-  invalid_key,             // key over limits.max_key
-  too_many_connections,    // over limits.max_connections (fatal)
-  count_,                  // sentinel: the number of codes, for arrays indexed by errc
+  slow_consumer,         // outbound queue over max_pending_bytes (fatal with policy disconnect)
+  no_responders,         // a request (publish with reply_to) matched no subscriber
+  shutting_down,         // the daemon is draining (fatal)
+  unsupported_version,   // hello.protocolVersion not spoken here (fatal)
+  timeout,               // handshake or idle timeout (fatal)
+  internal,              // a handler failed; the connection carries on
+  invalid_key,           // key over limits.max_key
+  too_many_connections,  // over limits.max_connections (fatal)
+  count_,                // sentinel: the number of codes, for arrays indexed by errc
 };
 
 KEYWAY_API const std::error_category& proto_category() noexcept;

@@ -42,13 +42,16 @@ int main(int argc, char** argv) {
     if (!worker) return fail("connect", worker.error());
     kc::subscribe_options options;
     options.queue_group = "workers";
-    auto sub = (*worker)->subscribe("jobs.>", [&, name](const kc::message& m) {
-      std::lock_guard lock(mutex);
-      workers_of[m.key].insert(name);
-      ++messages_of[m.key];
-      ++received;
-      arrived.notify_all();
-    }, options);
+    auto sub = (*worker)->subscribe(
+        "jobs.>",
+        [&, name](const kc::message& m) {
+          std::lock_guard lock(mutex);
+          workers_of[m.key].insert(name);
+          ++messages_of[m.key];
+          ++received;
+          arrived.notify_all();
+        },
+        options);
     if (!sub) return fail("subscribe", sub.error());
     workers.push_back(std::move(*worker));
   }
@@ -61,7 +64,8 @@ int main(int argc, char** argv) {
       const std::string key = "user-" + std::to_string(k);
       kc::publish_options options;
       options.key = key;
-      if (auto r = (*publisher)->publish("jobs.resize", "job " + std::to_string(round), options); !r)
+      if (auto r = (*publisher)->publish("jobs.resize", "job " + std::to_string(round), options);
+          !r)
         return fail("publish", r.error());
     }
   }

@@ -37,10 +37,11 @@ enum class errc {
   bad_server_frame,  // the server sent a frame the client cannot accept
   handler_failed,    // a message handler or completion threw (reported to on_error)
   connection_lost,   // the link dropped while this call awaited the server: it may or may not
-                     // have taken effect; retry if duplicates are acceptable (never resent silently)
-  buffer_full,       // disconnected, and the reconnect buffer (connect_options::reconnect_buffer_bytes) is full
-  no_reply_to,       // respond() to a message that carries no reply_to
-  count_,            // sentinel: the number of codes
+                    // have taken effect; retry if duplicates are acceptable (never resent silently)
+  buffer_full,  // disconnected, and the reconnect buffer (connect_options::reconnect_buffer_bytes)
+                // is full
+  no_reply_to,  // respond() to a message that carries no reply_to
+  count_,       // sentinel: the number of codes
 };
 
 /// The codes the server sends (no_responders, payload_too_large, ...).

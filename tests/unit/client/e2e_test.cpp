@@ -105,7 +105,8 @@ TEST_CASE("client e2e: connect reads the welcome") {
 TEST_CASE("client e2e: connect errors are clear") {
   connect_options quick;
   quick.connect_timeout = 3s;
-  auto refused = connect("tcp://127.0.0.1:" + std::to_string(keyway::test::closed_loopback_port()), quick);
+  auto refused =
+      connect("tcp://127.0.0.1:" + std::to_string(keyway::test::closed_loopback_port()), quick);
   REQUIRE_FALSE(refused);
   CHECK((refused.error().code == errc::connect_failed));
   CHECK(refused.error().message.find("refused") != std::string::npos);
@@ -529,7 +530,8 @@ TEST_CASE("client e2e: concurrent publishers under backpressure keep per-key ord
   stop_daemon(*d);
 }
 
-TEST_CASE("client e2e: plain publishes go out in publishBatch frames, in order with every other frame") {
+TEST_CASE(
+    "client e2e: plain publishes go out in publishBatch frames, in order with every other frame") {
   auto d = start_daemon();
   {
     auto sub_conn = must_connect(d->url());

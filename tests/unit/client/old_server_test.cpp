@@ -5,8 +5,8 @@
 // unsupportedVersion error that server sent and closes, as it did; it
 // welcomes version 1, answers pings, and records every hello's version and
 // the kind of every later frame. Set to refuse version 1 as well, it stands
-// for a server that no longer speaks it. Every wait has a deadline. The stand-in's thread asserts nothing: a failure there
-// shows as a connect() error or missing frames in the test's own checks.
+// for a server that no longer speaks it. Every wait has a deadline. The stand-in's thread asserts
+// nothing: a failure there shows as a connect() error or missing frames in the test's own checks.
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -36,7 +36,8 @@ struct stand_in_options {
 
 class version1_server {
  public:
-  explicit version1_server(stand_in_options o = {}) : welcome_1_(o.welcome_version_1), unix_path_(o.unix_path) {
+  explicit version1_server(stand_in_options o = {})
+      : welcome_1_(o.welcome_version_1), unix_path_(o.unix_path) {
     if (unix_path_.empty()) {
       const auto s = keyway::test::bind_loopback();
       listen_fd_ = s.fd;
@@ -187,7 +188,8 @@ void check_fallback(version1_server& server) {
 
 }  // namespace
 
-TEST_CASE("client: against a version-1 server, connect falls back to version 1 and sends no batches") {
+TEST_CASE(
+    "client: against a version-1 server, connect falls back to version 1 and sends no batches") {
   version1_server server;
   check_fallback(server);
 }
@@ -197,7 +199,8 @@ TEST_CASE("client: the fallback to version 1 works over a Unix socket too") {
   check_fallback(server);
 }
 
-TEST_CASE("client: a server that refuses version 1 as well fails connect once, saying both refusals") {
+TEST_CASE(
+    "client: a server that refuses version 1 as well fails connect once, saying both refusals") {
   version1_server server({false, ""});
   const auto start = std::chrono::steady_clock::now();
   auto c = keyway::client::connect(server.url(), quick_options());
@@ -205,8 +208,9 @@ TEST_CASE("client: a server that refuses version 1 as well fails connect once, s
   INFO(c.error().to_string());
   CHECK(std::chrono::steady_clock::now() - start < 5s);  // not the connect timeout: two refusals
   CHECK((c.error().code == proto::errc::unsupported_version));
-  CHECK(c.error().message.find("protocol version 1 is not supported; this server speaks 3 and up") !=
-        std::string::npos);
+  CHECK(
+      c.error().message.find("protocol version 1 is not supported; this server speaks 3 and up") !=
+      std::string::npos);
   CHECK(c.error().message.find("refused protocol version 2") != std::string::npos);
   CHECK(c.error().message.find("tried again with 1") != std::string::npos);
   CHECK(server.hellos() == std::vector<std::uint32_t>{proto::protocol_version, 1});

@@ -31,7 +31,8 @@ using steady = std::chrono::steady_clock;
 
 /// A keywayd on `url`'s port (tcp://127.0.0.1:PORT), e.g. the same address
 /// as a stopped one.
-std::unique_ptr<keywayd_process> start_on(const std::string& url, std::vector<std::string> extra = {}) {
+std::unique_ptr<keywayd_process> start_on(const std::string& url,
+                                          std::vector<std::string> extra = {}) {
   std::vector<std::string> args{"--listen", url, "--workers", "2"};
   args.insert(args.end(), extra.begin(), extra.end());
   return std::make_unique<keywayd_process>(args);
@@ -167,7 +168,9 @@ TEST_CASE("reconnect: subscriber and acked publisher ride through a restart on t
     if (r) {
       REQUIRE(*r <= 1);
       (*r == 1 ? acked : unheard).push_back(payload);
-      if (*r == 0) CHECK_MESSAGE(!subscriber_back, "publish ", i, " reached no one though made after the resubscribe");
+      if (*r == 0)
+        CHECK_MESSAGE(!subscriber_back, "publish ", i,
+                      " reached no one though made after the resubscribe");
     } else {
       INFO(r.error().to_string());
       REQUIRE((r.error().code == errc::connection_lost));
@@ -189,7 +192,8 @@ TEST_CASE("reconnect: subscriber and acked publisher ride through a restart on t
   const auto delivered = got.snapshot();
   std::map<std::string, int> seen;
   for (const auto& p : delivered) ++seen[p];
-  for (const auto& p : acked) CHECK_MESSAGE(seen[p] == 1, "acked publish ", p, " delivered ", seen[p], " times");
+  for (const auto& p : acked)
+    CHECK_MESSAGE(seen[p] == 1, "acked publish ", p, " delivered ", seen[p], " times");
   for (const auto& p : unheard) CHECK(seen[p] == 0);
   for (const auto& p : lost) CHECK(seen[p] <= 1);
   CHECK(delivered.size() <= acked.size() + lost.size());
@@ -203,18 +207,23 @@ TEST_CASE("reconnect: subscriber and acked publisher ride through a restart on t
       it->second = i;
     }
   }
-  const auto ms = [](steady::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
+  const auto ms = [](steady::duration d) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  };
   const steady::time_point back = sub_ev.get(&events::reconnected_at);
-  MESSAGE("SIGTERM -> subscriber resubscribed: " << ms(back - stopping) << " ms, of which the old keywayd's exit and the new one's start "
-          << ms(launched - stopping) << " ms; new keywayd launched -> resubscribed: " << ms(back - launched) << " ms; acked to the subscriber "
-          << acked.size() << ", acked to no one " << unheard.size() << ", connection_lost " << lost.size()
+  MESSAGE("SIGTERM -> subscriber resubscribed: "
+          << ms(back - stopping) << " ms, of which the old keywayd's exit and the new one's start "
+          << ms(launched - stopping) << " ms; new keywayd launched -> resubscribed: "
+          << ms(back - launched) << " ms; acked to the subscriber " << acked.size()
+          << ", acked to no one " << unheard.size() << ", connection_lost " << lost.size()
           << ", delivered " << delivered.size());
   sub.reset();
   pub.reset();
   stop_daemon(*d2);
 }
 
-TEST_CASE("reconnect: subscriptions come back before buffered publishes, and the buffer has a limit") {
+TEST_CASE(
+    "reconnect: subscriptions come back before buffered publishes, and the buffer has a limit") {
   auto d1 = start_daemon();
   const std::string url = d1->url();
   events ev;
@@ -301,7 +310,8 @@ TEST_CASE("reconnect: the next server of the list takes over, and max_attempts e
   REQUIRE(ev.wait([](events& e) { return e.reconnected == 1; }));
   CHECK(c->info().url == b->url());
   // Everything published after the switch arrives, once, in order per key.
-  for (int i = 0; i < 200; ++i) REQUIRE(c->publish("fail.over", std::to_string(i), keyed(key_of(i % 5))));
+  for (int i = 0; i < 200; ++i)
+    REQUIRE(c->publish("fail.over", std::to_string(i), keyed(key_of(i % 5))));
   REQUIRE(c->flush());
   const auto after = got.snapshot();
   REQUIRE(after.size() == 200);
@@ -392,9 +402,8 @@ TEST_CASE("client: synchronous subscriptions, auto-unsubscribe, respond, drain a
 
   // respond() answers a request; a plain message cannot be answered.
   auto responder = must_connect(d->url(), quick());
-  REQUIRE(responder->subscribe("svc.echo", [&](const message& m) {
-    (void)responder->respond(m, "echo:" + m.payload);
-  }));
+  REQUIRE(responder->subscribe(
+      "svc.echo", [&](const message& m) { (void)responder->respond(m, "echo:" + m.payload); }));
   auto reply = c->request("svc.echo", "hi", 2s);
   REQUIRE(reply);
   CHECK(reply->payload == "echo:hi");

@@ -247,8 +247,9 @@ tokens_file = "/etc/keyway/tokens"
   CHECK(o.cpus == std::vector<int>{3, 1});
   CHECK(o.drain_timeout == 3s);
   CHECK(o.lame_duck_grace == 2s);
-  CHECK(o.advertise == std::vector<std::string>{"tcp://10.0.0.2:7400", "tcp://keyway-b.example.com:7400",
-                                                "tcp://[fd00::2]:7400", "unix:///run/keyway/keyway.sock"});
+  CHECK(o.advertise ==
+        std::vector<std::string>{"tcp://10.0.0.2:7400", "tcp://keyway-b.example.com:7400",
+                                 "tcp://[fd00::2]:7400", "unix:///run/keyway/keyway.sock"});
   CHECK(listen_urls(o) == std::vector<std::string>{"tcp://0.0.0.0:7500", "tcp://[::1]:0",
                                                    "unix:///tmp/keyway-a.sock"});
   CHECK(o.unix_socket_mode == 0600);
@@ -362,7 +363,8 @@ TEST_CASE("unknown sections and keys are errors") {
         "keyway.toml: unknown key server.wrokers; did you mean server.workers?");
   CHECK(problem_of("[limits]\nmax_frame = 4\n") ==
         "keyway.toml: unknown key limits.max_frame; the keys of [limits] are max_payload, "
-        "max_connections, max_subscriptions, max_pattern_tokens, max_queue_group_members, max_pattern_shapes, "
+        "max_connections, max_subscriptions, max_pattern_tokens, max_queue_group_members, "
+        "max_pattern_shapes, "
         "max_subscription_bytes, max_total_subscription_bytes, max_pending_bytes, slow_consumer, "
         "slow_consumer_grace, handshake_timeout, idle_timeout");
   CHECK(problem_of("[servr]\nworkers = 4\n") ==
@@ -418,14 +420,16 @@ TEST_CASE("values out of range are errors") {
         "CPU)");
   CHECK(problem_of("[server]\nworkers = -1\n").find("server.workers = -1 is out of range") !=
         std::string::npos);
-  CHECK(problem_of("[limits]\nmax_connections = -1\n") ==
-        "keyway.toml: limits.max_connections = -1 is out of range; allowed 0..1000000 (0 = from the "
-        "file-descriptor limit)");
+  CHECK(
+      problem_of("[limits]\nmax_connections = -1\n") ==
+      "keyway.toml: limits.max_connections = -1 is out of range; allowed 0..1000000 (0 = from the "
+      "file-descriptor limit)");
   CHECK(parse_ok("[limits]\nmax_connections = 0\n").options->max_connections == 0);
   CHECK(problem_of("[limits]\nmax_pattern_tokens = 129\n") ==
         "keyway.toml: limits.max_pattern_tokens = 129 is out of range; allowed 1..128");
   CHECK(problem_of("[limits]\nmax_queue_group_members = 4097\n") ==
-        "keyway.toml: limits.max_queue_group_members = 4097 is out of range; allowed 1..4096 (a group's slot "
+        "keyway.toml: limits.max_queue_group_members = 4097 is out of range; allowed 1..4096 (a "
+        "group's slot "
         "table has 4096 slots)");
   CHECK(problem_of("[limits]\nslow_consumer_grace = \"2h\"\n").find("limits.slow_consumer_grace") !=
         std::string::npos);
@@ -548,7 +552,8 @@ TEST_CASE("a TOML syntax error is one problem on one line") {
 TEST_CASE("a value shown in a problem is kept on one line") {
   // Found by fuzz_config: an array of tables where a table is expected is
   // printed by toml++ over several lines.
-  auto r = keyway::config::parse("[[auth]]\ntcp = [\"127.0.0.1:0\"]\n[[log]]\nlisten = \"\"\n", "keyway.toml");
+  auto r = keyway::config::parse("[[auth]]\ntcp = [\"127.0.0.1:0\"]\n[[log]]\nlisten = \"\"\n",
+                                 "keyway.toml");
   REQUIRE_FALSE(r.problems.empty());
   for (const auto& p : r.problems) {
     INFO(p);
@@ -562,62 +567,83 @@ TEST_CASE("server.lame_duck_grace is a duration of 0..1h") {
   CHECK(problem_of("[server]\nlame_duck_grace = \"2h\"\n") ==
         "keyway.toml: server.lame_duck_grace = \"2h\" is out of range; allowed 0..1h");
   CHECK(problem_of("[server]\nlame_duck_grace = \"soon\"\n") ==
-        "keyway.toml: server.lame_duck_grace = \"soon\" is not a duration; use a whole number and a unit, e.g. "
+        "keyway.toml: server.lame_duck_grace = \"soon\" is not a duration; use a whole number and "
+        "a unit, e.g. "
         "500ms, 5s, 2m or 1h (a bare number means milliseconds)");
 }
 
 TEST_CASE("server.advertise takes client URLs and names the bad one, its value and the rule") {
   CHECK(parse_ok("[server]\nadvertise = []\n").options->advertise.empty());
-  CHECK(parse_ok("[server]\nadvertise = [\"tcp://127.0.0.1:7400\", \"tcp://a-b.c1:1\", \"tcp://[::1]:65535\"]\n")
+  CHECK(parse_ok("[server]\nadvertise = [\"tcp://127.0.0.1:7400\", \"tcp://a-b.c1:1\", "
+                 "\"tcp://[::1]:65535\"]\n")
             .options->advertise.size() == 3);
   const std::string rule =
-      "; write tcp://HOST:PORT (HOST a name, an IP address or [IPv6], PORT 1..65535) or unix:///absolute/path";
+      "; write tcp://HOST:PORT (HOST a name, an IP address or [IPv6], PORT 1..65535) or "
+      "unix:///absolute/path";
   const auto bad = [](std::string_view value) {
-    return problem_of("[server]\nadvertise = [\"tcp://10.0.0.1:7400\", \"" + std::string(value) + "\"]\n");
+    return problem_of("[server]\nadvertise = [\"tcp://10.0.0.1:7400\", \"" + std::string(value) +
+                      "\"]\n");
   };
   CHECK(bad("http://10.0.0.2:7400") ==
-        "keyway.toml: server.advertise[1] = \"http://10.0.0.2:7400\" is not a client URL: unknown scheme" + rule);
+        "keyway.toml: server.advertise[1] = \"http://10.0.0.2:7400\" is not a client URL: unknown "
+        "scheme" +
+            rule);
   CHECK(bad("tcp://10.0.0.2") ==
-        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2\" is not a client URL: missing :PORT" + rule);
-  CHECK(bad("tcp://10.0.0.2:70000") == "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2:70000\" is not a client "
-                                       "URL: the port must be a number from 1 to 65535" +
-                                           rule);
+        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2\" is not a client URL: missing :PORT" +
+            rule);
+  CHECK(bad("tcp://10.0.0.2:70000") ==
+        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2:70000\" is not a client "
+        "URL: the port must be a number from 1 to 65535" +
+            rule);
   CHECK(bad("tcp://10.0.0.2:0") ==
-        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2:0\" is not a client URL: port 0 cannot be advertised (it "
+        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.2:0\" is not a client URL: port 0 "
+        "cannot be advertised (it "
         "binds any free port); give the port clients connect to" +
             rule);
-  CHECK(bad("tcp://:7400") == "keyway.toml: server.advertise[1] = \"tcp://:7400\" is not a client URL: missing host" +
-                                  rule);
+  CHECK(bad("tcp://:7400") ==
+        "keyway.toml: server.advertise[1] = \"tcp://:7400\" is not a client URL: missing host" +
+            rule);
   CHECK(bad("tcp://bad_host:7400") ==
-        "keyway.toml: server.advertise[1] = \"tcp://bad_host:7400\" is not a client URL: host \"bad_host\" is neither "
+        "keyway.toml: server.advertise[1] = \"tcp://bad_host:7400\" is not a client URL: host "
+        "\"bad_host\" is neither "
         "an IP address nor a host name (letters, digits, '-' and '.')" +
             rule);
-  CHECK(bad("tcp://-a.b:7400").find("is neither an IP address nor a host name") != std::string::npos);
-  CHECK(bad("tcp://a..b:7400").find("is neither an IP address nor a host name") != std::string::npos);
-  CHECK(bad("tcp://" + std::string(64, 'a') + ".b:7400").find("nor a host name") != std::string::npos);
-  CHECK(bad("tcp://::1:7400") == "keyway.toml: server.advertise[1] = \"tcp://::1:7400\" is not a client URL: an IPv6 "
-                                 "host must be in brackets, e.g. tcp://[::1]:7400" +
-                                     rule);
+  CHECK(bad("tcp://-a.b:7400").find("is neither an IP address nor a host name") !=
+        std::string::npos);
+  CHECK(bad("tcp://a..b:7400").find("is neither an IP address nor a host name") !=
+        std::string::npos);
+  CHECK(bad("tcp://" + std::string(64, 'a') + ".b:7400").find("nor a host name") !=
+        std::string::npos);
+  CHECK(bad("tcp://::1:7400") ==
+        "keyway.toml: server.advertise[1] = \"tcp://::1:7400\" is not a client URL: an IPv6 "
+        "host must be in brackets, e.g. tcp://[::1]:7400" +
+            rule);
   CHECK(bad("tcp://[nope]:7400") ==
-        "keyway.toml: server.advertise[1] = \"tcp://[nope]:7400\" is not a client URL: host [nope] is not an IPv6 "
+        "keyway.toml: server.advertise[1] = \"tcp://[nope]:7400\" is not a client URL: host [nope] "
+        "is not an IPv6 "
         "address" +
             rule);
   CHECK(bad("unix://run/keyway.sock") ==
-        "keyway.toml: server.advertise[1] = \"unix://run/keyway.sock\" is not a client URL: the Unix socket path must "
+        "keyway.toml: server.advertise[1] = \"unix://run/keyway.sock\" is not a client URL: the "
+        "Unix socket path must "
         "be absolute" +
             rule);
   CHECK(bad("tcp://10.0.0.1:7400") ==
-        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.1:7400\" is listed twice; list each URL once");
+        "keyway.toml: server.advertise[1] = \"tcp://10.0.0.1:7400\" is listed twice; list each URL "
+        "once");
   CHECK(problem_of("[server]\nadvertise = \"tcp://10.0.0.2:7400\"\n") ==
-        "keyway.toml: server.advertise = \"tcp://10.0.0.2:7400\" has the wrong type: expected an array of client URLs "
+        "keyway.toml: server.advertise = \"tcp://10.0.0.2:7400\" has the wrong type: expected an "
+        "array of client URLs "
         "such as [\"tcp://10.0.0.2:7400\", \"unix:///run/keyway/keyway.sock\"]");
   CHECK(problem_of("[server]\nadvertise = [7400]\n") ==
         "keyway.toml: server.advertise[0] = 7400 has the wrong type: expected a string");
   std::string many = "[server]\nadvertise = [";
-  for (int i = 0; i < 257; ++i) many += (i ? ", " : "") + std::string("\"tcp://h") + std::to_string(i) + ":1\"";
+  for (int i = 0; i < 257; ++i)
+    many += (i ? ", " : "") + std::string("\"tcp://h") + std::to_string(i) + ":1\"";
   CHECK(problem_of(many + "]\n") ==
         "keyway.toml: server.advertise lists 257 URLs; at most 256 are announced in a welcome");
   // Every bad entry is reported, and nothing is taken from a refused list.
-  const auto problems = problems_of("[server]\nadvertise = [\"tcp://x\", \"unix://y\", \"tcp://ok:1\"]\n");
+  const auto problems =
+      problems_of("[server]\nadvertise = [\"tcp://x\", \"unix://y\", \"tcp://ok:1\"]\n");
   CHECK(problems.size() == 2);
 }

@@ -96,8 +96,9 @@ TEST_CASE("key table: names are section.key, unique, documented, and every secti
     CHECK(find_key(k.name) == &k);
   }
   CHECK(find_key("server.nope") == nullptr);
-  CHECK(keyway::config::sections() ==
-        std::vector<std::string_view>{"server", "listen", "admin", "routing", "limits", "log", "auth"});
+  CHECK(keyway::config::sections() == std::vector<std::string_view>{"server", "listen", "admin",
+                                                                    "routing", "limits", "log",
+                                                                    "auth"});
 }
 
 TEST_CASE("key table: its defaults, written as TOML, parse to the built-in defaults") {
@@ -120,7 +121,9 @@ TEST_CASE("key table: its defaults, written as TOML, parse to the built-in defau
   }
 }
 
-TEST_CASE("key table: the reader reads every key, restart keys are refused on reload and live keys are not") {
+TEST_CASE(
+    "key table: the reader reads every key, restart keys are refused on reload and live keys are "
+    "not") {
   const server_options defaults;
   CHECK(keyway::config::restart_keys_changed(defaults, defaults).empty());
   for (const auto& k : keys()) {
@@ -146,7 +149,8 @@ TEST_CASE("key table: the reader reads every key, restart keys are refused on re
   }
 }
 
-TEST_CASE("key table: config/keyway.toml sets every key at its default and marks exactly the live ones") {
+TEST_CASE(
+    "key table: config/keyway.toml sets every key at its default and marks exactly the live ones") {
   const std::string file = read_source("config/keyway.toml");
   std::istringstream in(file);
   std::string line, section, comments;
@@ -215,7 +219,8 @@ TEST_CASE("key table: keywayd's flags and the docs' flags table map to the table
   // Its flags-to-TOML lines name the key the table gives the flag.
   const std::regex override_re(R"re((?:number|text)\("(--[a-z-]+)",\s*"([a-z_]+\.[a-z_]+)")re");
   int overrides = 0;
-  for (std::sregex_iterator it(main_cpp.begin(), main_cpp.end(), override_re), end; it != end; ++it) {
+  for (std::sregex_iterator it(main_cpp.begin(), main_cpp.end(), override_re), end; it != end;
+       ++it) {
     const std::string flag = (*it)[1], name = (*it)[2];
     INFO(flag << " -> " << name);
     const key_info* k = find_key(name);

@@ -45,11 +45,13 @@ TEST_CASE("block_pool starts every pooled block on a cache line, so that blocks 
   for (std::size_t bytes : {1u, 48u, 100u, 200u, 1000u, 4000u, 4080u})
     for (int i = 0; i < 8; ++i) blocks.push_back(pool.allocate(bytes));
   for (void* p : blocks)
-    CHECK(reinterpret_cast<std::uintptr_t>(p) % keyway::core::cache_line == block_pool::header_bytes);
+    CHECK(reinterpret_cast<std::uintptr_t>(p) % keyway::core::cache_line ==
+          block_pool::header_bytes);
   for (void* p : blocks) block_pool::deallocate(p);
   // Reused blocks keep their alignment.
   void* again = pool.allocate(100);
-  CHECK(reinterpret_cast<std::uintptr_t>(again) % keyway::core::cache_line == block_pool::header_bytes);
+  CHECK(reinterpret_cast<std::uintptr_t>(again) % keyway::core::cache_line ==
+        block_pool::header_bytes);
   block_pool::deallocate(again);
 }
 

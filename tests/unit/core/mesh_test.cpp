@@ -33,8 +33,15 @@ struct tally {
 class all_to_all : public worker_handler {
  public:
   all_to_all(worker& w, mesh<msg>& m, tally& t, std::uint64_t per_peer, std::uint64_t seed)
-      : w_(w), ep_(m.at(w.id())), n_(m.size()), tally_(t), per_peer_(per_peer),
-        next_seq_(n_, 0), expect_(n_, 0), rng_(seed + w.id()), timer_(w.io()) {}
+      : w_(w),
+        ep_(m.at(w.id())),
+        n_(m.size()),
+        tally_(t),
+        per_peer_(per_peer),
+        next_seq_(n_, 0),
+        expect_(n_, 0),
+        rng_(seed + w.id()),
+        timer_(w.io()) {}
 
   void init() override {
     ep_.attach(w_, w_.stats());
@@ -98,9 +105,8 @@ TEST_CASE("mesh all-to-all with sleep and wake delivers everything in per-sender
     mesh<msg> m(workers, 32);  // small rings: credits run out
     tally t(workers);
     const std::uint64_t per_peer = 20000;
-    REQUIRE((*pool)->start([&](worker& w) {
-      return std::make_unique<all_to_all>(w, m, t, per_peer, seed);
-    }));
+    REQUIRE((*pool)->start(
+        [&](worker& w) { return std::make_unique<all_to_all>(w, m, t, per_peer, seed); }));
     const auto deadline = std::chrono::steady_clock::now() + 60s;
     auto done = [&] {
       for (auto& c : t.received)
@@ -120,7 +126,7 @@ TEST_CASE("mesh all-to-all with sleep and wake delivers everything in per-sender
       stalls += (*pool)->at(i).stats().credit_stalls.get();
       CHECK((*pool)->at(i).stats().mesh_received.get() == per_peer * workers);
     }
-    CHECK(sleeps > 0);   // the wake-up path was exercised
+    CHECK(sleeps > 0);  // the wake-up path was exercised
     MESSAGE("workers=" << workers << " sleeps=" << sleeps << " credit stalls=" << stalls);
   }
 }
@@ -175,7 +181,8 @@ TEST_CASE("mesh publishes a batch of 16 before the end of the turn") {
   CHECK(m.depth(1, 0) == 16);
 }
 
-TEST_CASE("mesh: a backlog of derived traffic over the ring capacity refuses publishes to its worker") {
+TEST_CASE(
+    "mesh: a backlog of derived traffic over the ring capacity refuses publishes to its worker") {
   // Worker 1 (the owner) has more than a ring's worth staged for worker 2
   // (a slow subscriber's worker); worker 0 (an ingress) must not hand it
   // more publishes until that backlog drains, and is woken when it has.
@@ -202,7 +209,7 @@ TEST_CASE("mesh: a backlog of derived traffic over the ring capacity refuses pub
   CHECK(s1.mesh_staged.get() == 5);
   CHECK_FALSE(ingress.try_send(1, msg{0, 1}));  // refused although its ring to 1 has room
   CHECK(s0.credit_stalls.get() == 1);
-  CHECK_FALSE(ingress.has_work());  // nothing to retry while the owner is backlogged
+  CHECK_FALSE(ingress.has_work());        // nothing to retry while the owner is backlogged
   CHECK(ingress.try_send(2, msg{0, 2}));  // other destinations are unaffected
 
   // The subscriber's worker drains; the owner flushes what was staged and,

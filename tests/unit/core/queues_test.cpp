@@ -131,7 +131,8 @@ property_result run_property(Q& q, int producers, int consumers, std::uint64_t p
   std::atomic<int> producers_left{producers};
   std::atomic<bool> stop_observer{false};
   std::vector<std::vector<std::uint64_t>> logs(static_cast<std::size_t>(consumers));
-  std::vector<char> fifo(static_cast<std::size_t>(consumers), 1);  // not vector<bool>: one byte per thread
+  std::vector<char> fifo(static_cast<std::size_t>(consumers),
+                         1);  // not vector<bool>: one byte per thread
   bool stats_ok = true;
 
   std::vector<std::thread> threads;
@@ -233,8 +234,12 @@ void check_property(const property_result& r, std::uint64_t total) {
 
 // ---- mpsc_queue ---------------------------------------------------------------
 
-TEST_CASE("mpsc_queue capacity, full and empty edges") { check_bounded_edges<mpsc_queue<int>>(); }
-TEST_CASE("mpsc_queue wraps around many laps") { check_bounded_wrap<mpsc_queue<std::uint64_t>>(); }
+TEST_CASE("mpsc_queue capacity, full and empty edges") {
+  check_bounded_edges<mpsc_queue<int>>();
+}
+TEST_CASE("mpsc_queue wraps around many laps") {
+  check_bounded_wrap<mpsc_queue<std::uint64_t>>();
+}
 TEST_CASE("mpsc_queue carries move-only items") {
   check_move_only<mpsc_queue<std::unique_ptr<int>>>();
 }
@@ -282,8 +287,12 @@ TEST_CASE("mpsc_queue 3 producers, 1 consumer, random batches and yields") {
 
 // ---- mpmc_queue ---------------------------------------------------------------
 
-TEST_CASE("mpmc_queue capacity, full and empty edges") { check_bounded_edges<mpmc_queue<int>>(); }
-TEST_CASE("mpmc_queue wraps around many laps") { check_bounded_wrap<mpmc_queue<std::uint64_t>>(); }
+TEST_CASE("mpmc_queue capacity, full and empty edges") {
+  check_bounded_edges<mpmc_queue<int>>();
+}
+TEST_CASE("mpmc_queue wraps around many laps") {
+  check_bounded_wrap<mpmc_queue<std::uint64_t>>();
+}
 TEST_CASE("mpmc_queue carries move-only items") {
   check_move_only<mpmc_queue<std::unique_ptr<int>>>();
 }

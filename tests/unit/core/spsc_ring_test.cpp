@@ -3,11 +3,11 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <random>
 #include <span>
-#include <atomic>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -119,11 +119,12 @@ TEST_CASE("spsc_ring consume_all shows each item to `ahead` once, in order, befo
       auto& order = events[e].first == 'a' ? ahead_order : fn_order;
       order.push_back(events[e].second);
       if (events[e].first == 'f') {  // its `ahead` came earlier, and as many ahead as there were
-        const auto seen_ahead = std::count(events.begin(), events.begin() + static_cast<std::ptrdiff_t>(e),
-                                           std::pair<char, int>{'a', events[e].second});
+        const auto seen_ahead =
+            std::count(events.begin(), events.begin() + static_cast<std::ptrdiff_t>(e),
+                       std::pair<char, int>{'a', events[e].second});
         CHECK(seen_ahead == 1);
-        const int expect_ahead =
-            std::min<int>(count, events[e].second + 1 + static_cast<int>(spsc_ring<int>::consume_lookahead));
+        const int expect_ahead = std::min<int>(
+            count, events[e].second + 1 + static_cast<int>(spsc_ring<int>::consume_lookahead));
         CHECK(static_cast<int>(ahead_order.size()) == expect_ahead);
       }
     }
@@ -222,7 +223,8 @@ TEST_CASE("spsc_ring honours over-aligned item types") {
   }
 }
 
-TEST_CASE("spsc_ring two threads, random batches and yields: nothing lost, duplicated or reordered") {
+TEST_CASE(
+    "spsc_ring two threads, random batches and yields: nothing lost, duplicated or reordered") {
   const std::uint64_t seed = keyway::test::seed();
   constexpr std::uint64_t n = 200'000;
   spsc_ring<std::uint64_t> r(64);
@@ -235,8 +237,10 @@ TEST_CASE("spsc_ring two threads, random batches and yields: nothing lost, dupli
     while (next < n) {
       const auto kind = rng() % 3;
       if (kind == 0) {
-        if (r.try_push(next)) ++next;
-        else std::this_thread::yield();
+        if (r.try_push(next))
+          ++next;
+        else
+          std::this_thread::yield();
       } else if (kind == 1) {
         if (r.try_emplace(next)) ++next;
       } else {

@@ -1,5 +1,5 @@
-#include "core/worker_pool.hpp"
 #include "core/progress_monitor.hpp"
+#include "core/worker_pool.hpp"
 
 #include <doctest/doctest.h>
 #include <pthread.h>
@@ -109,7 +109,8 @@ TEST_CASE("workers are named keyway-w<N> and pinned and run init and shutdown on
   for (std::size_t i = 0; i < (*pool)->size(); ++i)
     CHECK(wait_for([&] { return (*pool)->at(i).state() == worker_state::running; }));
   (*pool)->stop();
-  for (std::size_t i = 0; i < (*pool)->size(); ++i) CHECK((*pool)->at(i).state() == worker_state::stopped);
+  for (std::size_t i = 0; i < (*pool)->size(); ++i)
+    CHECK((*pool)->at(i).state() == worker_state::stopped);
 }
 
 TEST_CASE("a pool starts and stops repeatedly") {
@@ -238,7 +239,7 @@ TEST_CASE("progress_monitor reports a worker stuck in a handler and not an idle 
   {
     progress_monitor monitor(**pool);
     REQUIRE(wait_for([&] { return w0.sleeping() && w1.sleeping(); }));
-    monitor.check();  // first probes
+    monitor.check();                           // first probes
     REQUIRE(ran_what_was_posted({&w0, &w1}));  // both ran them
     monitor.check();
     CHECK(monitor.stalled().empty());  // both asleep: they woke for the probe

@@ -21,12 +21,17 @@ TEST_CASE("fd_limit: max_connections 0 takes what the descriptors leave after th
   CHECK(effective_max_connections(o, 2, fd_limit{100, 100, 100}, why) == 1);
 }
 
-TEST_CASE("fd_limit: a configured max_connections is kept, with a warning when the descriptors cannot hold it") {
+TEST_CASE(
+    "fd_limit: a configured max_connections is kept, with a warning when the descriptors cannot "
+    "hold it") {
   server_options o;
   o.max_connections = 5000;
   std::string why;
   CHECK(effective_max_connections(o, 2, fd_limit{1024, 1024, 1024}, why) == 5000);
-  CHECK(why.find("limits.max_connections = 5000 exceeds the 890 connections the file descriptors allow") == 0);
+  CHECK(
+      why.find(
+          "limits.max_connections = 5000 exceeds the 890 connections the file descriptors allow") ==
+      0);
   CHECK(effective_max_connections(o, 2, fd_limit{65536, 65536, 1024}, why) == 5000);
   CHECK(why.empty());
 }

@@ -35,7 +35,8 @@ inline std::string numbered(std::string_view prefix, long long n) {
 
 std::uint64_t paused_reads(const server& s) {
   std::uint64_t n = 0;
-  for (std::uint32_t w = 0; w < s.context().workers; ++w) n += s.context().stats[w]->paused_reads.get();
+  for (std::uint32_t w = 0; w < s.context().workers; ++w)
+    n += s.context().stats[w]->paused_reads.get();
   return n;
 }
 
@@ -63,7 +64,9 @@ void queue_publishes(raw_client& c, std::string_view subject, const std::string&
 
 }  // namespace
 
-TEST_CASE("flush barrier: on 8-slot rings, pongs wait for every own delivery of the publishes before them") {
+TEST_CASE(
+    "flush barrier: on 8-slot rings, pongs wait for every own delivery of the publishes before "
+    "them") {
   server s(small_rings(2));
   s.start();
   const std::string url = s.addresses().front();

@@ -31,13 +31,15 @@ constexpr std::size_t total = std::size_t{publishers} * per_publisher;
 
 std::uint64_t paused_reads(const server& s) {
   std::uint64_t n = 0;
-  for (std::uint32_t w = 0; w < s.context().workers; ++w) n += s.context().stats[w]->paused_reads.get();
+  for (std::uint32_t w = 0; w < s.context().workers; ++w)
+    n += s.context().stats[w]->paused_reads.get();
   return n;
 }
 
 }  // namespace
 
-TEST_CASE("pause/resume: 4 publishers on 8-slot mesh rings pause again and again and lose nothing") {
+TEST_CASE(
+    "pause/resume: 4 publishers on 8-slot mesh rings pause again and again and lose nothing") {
   server_options o;
   o.listen = {parse_listen_url("tcp://127.0.0.1:0")};
   o.admin.reset();
@@ -70,8 +72,10 @@ TEST_CASE("pause/resume: 4 publishers on 8-slot mesh rings pause again and again
   for (std::size_t i = 0; i < subs.size(); ++i) {
     threads.emplace_back([&, i] {
       try {
-        while (got[i].size() < total && std::chrono::steady_clock::now() < deadline && !subs[i].eof())
-          for (auto& m : subs[i].collect(total - got[i].size(), 200ms)) got[i].push_back(std::move(m));
+        while (got[i].size() < total && std::chrono::steady_clock::now() < deadline &&
+               !subs[i].eof())
+          for (auto& m : subs[i].collect(total - got[i].size(), 200ms))
+            got[i].push_back(std::move(m));
       } catch (const std::exception& e) {
         note_error(e);
       }

@@ -23,7 +23,8 @@ std::size_t by_definition(std::uint64_t ns) {
 }  // namespace
 
 TEST_CASE("latency_histogram::bucket_of finds the first bound at or above the value") {
-  std::vector<std::uint64_t> values{0, 1, 999, 1000, 1001, 1414, 1415, std::numeric_limits<std::uint64_t>::max()};
+  std::vector<std::uint64_t> values{0,    1,    999,  1000,
+                                    1001, 1414, 1415, std::numeric_limits<std::uint64_t>::max()};
   for (std::size_t i = 0; i < latency_histogram::buckets; ++i) {
     const auto b = static_cast<std::uint64_t>(latency_histogram::bound_ns(i));
     values.insert(values.end(), {b - 1, b, b + 1});
@@ -40,5 +41,6 @@ TEST_CASE("latency_histogram::bucket_of finds the first bound at or above the va
     REQUIRE(latency_histogram::bucket_of(v) == by_definition(v));
   }
   CHECK(latency_histogram::bucket_of(0) == 0);
-  CHECK(latency_histogram::bucket_of(std::numeric_limits<std::uint64_t>::max()) == latency_histogram::buckets);
+  CHECK(latency_histogram::bucket_of(std::numeric_limits<std::uint64_t>::max()) ==
+        latency_histogram::buckets);
 }

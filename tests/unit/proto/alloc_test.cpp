@@ -25,11 +25,21 @@ void* operator new(std::size_t n) {
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
   throw std::bad_alloc();
 }
-void* operator new[](std::size_t n) { return operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void* operator new[](std::size_t n) {
+  return operator new(n);
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
 #pragma GCC diagnostic pop
 
 using namespace keyway::proto;
@@ -46,9 +56,15 @@ TEST_CASE("steady state: encoding and decoding single-segment frames allocates n
 
   // No doctest assertions inside: they allocate. Returns false on any failure.
   auto one_round = [&](std::uint64_t i) {
-    bool ok = enc.publish(out, {.subject = "orders.eu", .key = bytes_of("k"), .payload = payload, .headers = hs,
-                                .ack_id = i}).has_value();
-    ok &= enc.message(out, {.sid = 1, .subject = "orders.eu", .payload = payload, .owner_core = 2, .seq = i})
+    bool ok = enc.publish(out, {.subject = "orders.eu",
+                                .key = bytes_of("k"),
+                                .payload = payload,
+                                .headers = hs,
+                                .ack_id = i})
+                  .has_value();
+    ok &= enc.message(
+                 out,
+                 {.sid = 1, .subject = "orders.eu", .payload = payload, .owner_core = 2, .seq = i})
               .has_value();
     ok &= enc.ack(out, i, 1).has_value();
     // "Write" the out_buffer into the decoder the way a socket would.
@@ -69,8 +85,10 @@ TEST_CASE("steady state: encoding and decoding single-segment frames allocates n
       if (!r.has_value()) return false;
       if (!r->has_value()) break;
       const bool is_publish = (*r)->which() == W::PUBLISH;
-      ok &= !is_publish || (validate_client_frame((*r)->root(), limits{}).ok() && validate_client_frame(**r, limits{}).ok());
-      ok &= !is_publish || as_bytes((*r)->root().getPublish().getPayload()).size() == payload.size();
+      ok &= !is_publish || (validate_client_frame((*r)->root(), limits{}).ok() &&
+                            validate_client_frame(**r, limits{}).ok());
+      ok &=
+          !is_publish || as_bytes((*r)->root().getPublish().getPayload()).size() == payload.size();
       ++frames;
     }
     return ok && frames == 3;

@@ -25,13 +25,15 @@ std::vector<std::byte> entries_of(const std::vector<entry_bytes>& es) {
   for (const auto& e : es) {
     const std::size_t at = v.size();
     v.resize(at + batch_entry_size(e.key.size(), e.payload.size()));
-    CHECK(write_batch_entry(v.data() + at, bytes_of(e.key), bytes_of(e.payload)) == v.data() + v.size());
+    CHECK(write_batch_entry(v.data() + at, bytes_of(e.key), bytes_of(e.payload)) ==
+          v.data() + v.size());
   }
   return v;
 }
 
 /// Entries with their own u32 sizes and bytes, for entries no writer makes.
-std::vector<std::byte> raw_entry(std::uint32_t key_size, std::uint32_t payload_size, std::size_t bytes_after) {
+std::vector<std::byte> raw_entry(std::uint32_t key_size, std::uint32_t payload_size,
+                                 std::size_t bytes_after) {
   std::vector<std::byte> v(8 + bytes_after, std::byte{'z'});
   std::memcpy(v.data(), &key_size, 4);
   std::memcpy(v.data() + 4, &payload_size, 4);
@@ -70,11 +72,15 @@ status check(std::string_view subject, std::uint32_t count, const std::vector<st
   return st;
 }
 
-bool has(const status& st, std::string_view needle) { return st.message().find(needle) != std::string::npos; }
+bool has(const status& st, std::string_view needle) {
+  return st.message().find(needle) != std::string::npos;
+}
 
 }  // namespace
 
-TEST_CASE("encoder: publish_batch writes the bytes capnp's builder writes, and the decoder reads them back") {
+TEST_CASE(
+    "encoder: publish_batch writes the bytes capnp's builder writes, and the decoder reads them "
+    "back") {
   std::mt19937_64 rng(keyway::test::seed());
   const std::string subjects[] = {"", "a", "orders.eu", "exactly.8", "s.0123456789abcde"};
   encoder enc;
@@ -132,7 +138,8 @@ TEST_CASE("encoder: a publish_batch over limits.max_frame is refused and appends
   lim.max_frame = 1024;
   encoder enc(lim);
   out_buffer out;
-  const std::vector<std::byte> entries(1024 - 56 - 8 + 1);  // head, one-word subject: one byte too many
+  const std::vector<std::byte> entries(1024 - 56 - 8 +
+                                       1);  // head, one-word subject: one byte too many
   const auto r = enc.publish_batch(out, "a", 1, entries);
   REQUIRE_FALSE(r.has_value());
   CHECK(r.error() == errc::frame_too_large);
@@ -168,17 +175,20 @@ TEST_CASE("batch_cursor: hostile sizes are not read past the entries") {
 }
 
 TEST_CASE("validate: a good batch passes, and an empty one too") {
-  CHECK(check("orders.eu", 3, entries_of({{"k1", "a"}, {"", ""}, {"k3", std::string(100, 'p')}})).ok());
+  CHECK(check("orders.eu", 3, entries_of({{"k1", "a"}, {"", ""}, {"k3", std::string(100, 'p')}}))
+            .ok());
   CHECK(check("orders.eu", 0, {}).ok());
 }
 
-TEST_CASE("validate: one entry's key over max_key refuses the batch, naming the entry and the limit") {
+TEST_CASE(
+    "validate: one entry's key over max_key refuses the batch, naming the entry and the limit") {
   limits lim;
   lim.max_key = 4;
   const auto st = check("a.b", 3, entries_of({{"k", "x"}, {"four", "x"}, {"fiver", "x"}}), lim);
   CHECK(st.code() == errc::invalid_key);
   CHECK(st.message() ==
-        "publishBatch entry 2 (counting from 0): key of 5 bytes exceeds limits.max_key (4 bytes); no entry of the batch "
+        "publishBatch entry 2 (counting from 0): key of 5 bytes exceeds limits.max_key (4 bytes); "
+        "no entry of the batch "
         "was published");
   CHECK_FALSE(fatal_by_default(st.code()));
 }
@@ -188,7 +198,9 @@ TEST_CASE("validate: one entry's payload over max_payload refuses the batch") {
   lim.max_payload = 8;
   const auto st = check("a.b", 2, entries_of({{"k", std::string(9, 'p')}, {"k", "x"}}), lim);
   CHECK(st.code() == errc::payload_too_large);
-  CHECK(has(st, "publishBatch entry 0 (counting from 0): payload of 9 bytes exceeds limits.max_payload (8 bytes)"));
+  CHECK(has(st,
+            "publishBatch entry 0 (counting from 0): payload of 9 bytes exceeds limits.max_payload "
+            "(8 bytes)"));
   CHECK_FALSE(fatal_by_default(st.code()));
 }
 
@@ -231,7 +243,9 @@ TEST_CASE("validate: a server may not send publishBatch") {
   CHECK(has(st, "'publishBatch'"));
 }
 
-TEST_CASE("message_batch_writer: in-place batches are the bytes capnp's builder writes, and decode back") {
+TEST_CASE(
+    "message_batch_writer: in-place batches are the bytes capnp's builder writes, and decode "
+    "back") {
   std::mt19937_64 rng(keyway::test::seed());
   const std::string subjects[] = {"", "a", "orders.eu", "exactly.8", "s.0123456789abcde"};
   std::size_t cases = 0;
@@ -252,7 +266,8 @@ TEST_CASE("message_batch_writer: in-place batches are the bytes capnp's builder 
         e.seq = rng();
         const std::size_t at = entries.size();
         entries.resize(at + batch_entry_size(e.key.size(), e.payload.size(), message_entry_head));
-        write_message_entry(entries.data() + at, bytes_of(e.key), bytes_of(e.payload), e.owner, e.seq);
+        write_message_entry(entries.data() + at, bytes_of(e.key), bytes_of(e.payload), e.owner,
+                            e.seq);
       }
       const std::uint32_t sid = static_cast<std::uint32_t>(rng());
       CAPTURE(subject);
@@ -297,7 +312,8 @@ TEST_CASE("message_batch_writer: in-place batches are the bytes capnp's builder 
       const auto fr = decode(dec, ours);
       REQUIRE(fr->which() == W::MESSAGE_BATCH);
       REQUIRE(fr->message_batch() != nullptr);
-      CHECK(validate_server_frame(*fr, limits{}).code() == (subject.empty() ? errc::invalid_subject : errc::ok));
+      CHECK(validate_server_frame(*fr, limits{}).code() ==
+            (subject.empty() ? errc::invalid_subject : errc::ok));
       std::size_t i = 0;
       for_each_delivery(*fr->message_batch(), [&](const delivery_view& d) {
         REQUIRE(i < n);
@@ -338,7 +354,8 @@ TEST_CASE("message_batch_writer: a batch stays under its byte bound") {
 }
 
 TEST_CASE("validate: a messageBatch from the server is checked entry by entry") {
-  const auto check_server = [](std::uint32_t count, const std::vector<std::byte>& entries, const limits& lim) {
+  const auto check_server = [](std::uint32_t count, const std::vector<std::byte>& entries,
+                               const limits& lim) {
     const auto bytes = capnp_frame([&](W::Builder f) {
       auto b = f.initMessageBatch();
       b.setSid(3);
@@ -354,17 +371,20 @@ TEST_CASE("validate: a messageBatch from the server is checked entry by entry") 
     return st;
   };
   std::vector<std::byte> two(2 * batch_entry_size(1, 4, message_entry_head));
-  write_message_entry(write_message_entry(two.data(), bytes_of("k"), bytes_of("abcd"), 1, 9), bytes_of("k"),
-                      bytes_of("efgh"), 0, 10);
+  write_message_entry(write_message_entry(two.data(), bytes_of("k"), bytes_of("abcd"), 1, 9),
+                      bytes_of("k"), bytes_of("efgh"), 0, 10);
   CHECK(check_server(2, two, limits{}).ok());
   const auto wrong_count = check_server(3, two, limits{});
   CHECK(wrong_count.code() == errc::protocol);
-  CHECK(wrong_count.message() == "messageBatch.count is 3 but messageBatch.entries holds 2 entries");
+  CHECK(wrong_count.message() ==
+        "messageBatch.count is 3 but messageBatch.entries holds 2 entries");
   limits small;
   small.max_payload = 3;
   const auto big = check_server(2, two, small);
   CHECK(big.code() == errc::payload_too_large);
-  CHECK(has(big, "messageBatch entry 0 (counting from 0): payload of 4 bytes exceeds limits.max_payload (3 bytes)"));
+  CHECK(has(big,
+            "messageBatch entry 0 (counting from 0): payload of 4 bytes exceeds limits.max_payload "
+            "(3 bytes)"));
   auto cut = two;
   cut.pop_back();
   const auto short_one = check_server(2, cut, limits{});

@@ -53,14 +53,17 @@ std::vector<std::byte> pattern_bytes(std::size_t n, unsigned seed) {
 }  // namespace
 
 TEST_CASE("round trip: hello") {
-  round_trip([](encoder& e, out_buffer& o) { return e.hello(o, {.client_name = "svc-a", .auth_token = "s3cret"}); },
-             [](W::Reader f) {
-               REQUIRE(f.which() == W::HELLO);
-               auto h = f.getHello();
-               CHECK(h.getProtocolVersion() == protocol_version);
-               CHECK(as_string_view(h.getClientName()) == "svc-a");
-               CHECK(as_string_view(h.getAuthToken()) == "s3cret");
-             });
+  round_trip(
+      [](encoder& e, out_buffer& o) {
+        return e.hello(o, {.client_name = "svc-a", .auth_token = "s3cret"});
+      },
+      [](W::Reader f) {
+        REQUIRE(f.which() == W::HELLO);
+        auto h = f.getHello();
+        CHECK(h.getProtocolVersion() == protocol_version);
+        CHECK(as_string_view(h.getClientName()) == "svc-a");
+        CHECK(as_string_view(h.getAuthToken()) == "s3cret");
+      });
 }
 
 TEST_CASE("round trip: welcome carries the limits") {
@@ -144,7 +147,9 @@ TEST_CASE("round trip: empty publish fields stay empty") {
 TEST_CASE("round trip: subscribe and unsubscribe") {
   round_trip(
       [](encoder& e, out_buffer& o) {
-        return e.subscribe(o, {.sid = 9, .pattern = "orders.*.created", .queue_group = "billing", .request_id = 5});
+        return e.subscribe(
+            o,
+            {.sid = 9, .pattern = "orders.*.created", .queue_group = "billing", .request_id = 5});
       },
       [](W::Reader f) {
         REQUIRE(f.which() == W::SUBSCRIBE);
@@ -219,7 +224,8 @@ TEST_CASE("round trip: ack, error, ping, pong") {
         CHECK_FALSE(e.getFatal());
         CHECK(as_string_view(e.getReplyTo()) == "_INBOX.c1.8");
       });
-  round_trip([](encoder& e, out_buffer& o) { return e.error(o, status(errc::auth_failed, "bad token"), 0); },
+  round_trip([](encoder& e,
+                out_buffer& o) { return e.error(o, status(errc::auth_failed, "bad token"), 0); },
              [](W::Reader f) {
                auto e = f.getError();
                CHECK(e.getCode() == wire::ErrorCode::AUTH_FAILED);
@@ -242,7 +248,8 @@ TEST_CASE("our framing is standard Cap'n Proto stream framing, both ways") {
   // Ours -> capnp's reader.
   encoder enc;
   out_buffer out;
-  REQUIRE(enc.publish(out, {.subject = "a.b", .payload = bytes_of("hello"), .ack_id = 1}).has_value());
+  REQUIRE(
+      enc.publish(out, {.subject = "a.b", .payload = bytes_of("hello"), .ack_id = 1}).has_value());
   const auto wire = drain(out);
   kj::Array<capnp::word> aligned = kj::heapArray<capnp::word>(wire.size() / 8);
   std::memcpy(aligned.begin(), wire.data(), wire.size());
@@ -268,7 +275,8 @@ TEST_CASE("multi-segment frames decode, and more segments than max_segments are 
   auto p = msg.initRoot<W>().initPublish();
   p.setSubject("multi.seg");
   const auto payload = pattern_bytes(200, 1);
-  p.setPayload(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(payload.data()), payload.size()));
+  p.setPayload(
+      capnp::Data::Reader(reinterpret_cast<const kj::byte*>(payload.data()), payload.size()));
   auto hs = p.initHeaders(3);
   const char* names[] = {"h0", "h1", "h2"};
   for (unsigned i = 0; i < 3; ++i) hs[i].setName(names[i]);
@@ -306,13 +314,23 @@ TEST_CASE("byte-by-byte feeding yields the same frames in order") {
   std::vector<W::Which> kinds;
   for (std::uint64_t i = 0; i < 12; ++i) {
     switch (i % 4) {
-      case 0: REQUIRE(enc.ping(out, i).has_value()); kinds.push_back(W::PING); break;
+      case 0:
+        REQUIRE(enc.ping(out, i).has_value());
+        kinds.push_back(W::PING);
+        break;
       case 1:
-        REQUIRE(enc.publish(out, {.subject = "s.t", .payload = bytes_of("x"), .ack_id = i}).has_value());
+        REQUIRE(enc.publish(out, {.subject = "s.t", .payload = bytes_of("x"), .ack_id = i})
+                    .has_value());
         kinds.push_back(W::PUBLISH);
         break;
-      case 2: REQUIRE(enc.subscribe(out, {.sid = 1, .pattern = "s.>"}).has_value()); kinds.push_back(W::SUBSCRIBE); break;
-      case 3: REQUIRE(enc.ack(out, i, 1).has_value()); kinds.push_back(W::ACK); break;
+      case 2:
+        REQUIRE(enc.subscribe(out, {.sid = 1, .pattern = "s.>"}).has_value());
+        kinds.push_back(W::SUBSCRIBE);
+        break;
+      case 3:
+        REQUIRE(enc.ack(out, i, 1).has_value());
+        kinds.push_back(W::ACK);
+        break;
     }
   }
   const auto wire = drain(out);

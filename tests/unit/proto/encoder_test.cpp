@@ -7,8 +7,8 @@
 
 #include <array>
 #include <random>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "tests/unit/proto/helpers.hpp"
 #include "tests/unit/test_seed.hpp"
@@ -21,12 +21,14 @@ namespace {
 /// and non-empty fields, with lengths around word boundaries; returns the count.
 template <class Check>
 std::size_t for_each_field_combination(Check&& check) {
-  const std::string subjects[] = {"", "a", "orders.eu", "exactly.8", "subject.of.fifteen", "s.0123456789abcde"};
+  const std::string subjects[] = {
+      "", "a", "orders.eu", "exactly.8", "subject.of.fifteen", "s.0123456789abcde"};
   const std::size_t sizes[] = {0, 1, 7, 8, 9, 15, 16, 17, 100, 1000, 8191};
   std::mt19937_64 rng(keyway::test::seed());
   std::size_t cases = 0;
   for (const auto& subject : subjects) {
-    for (const std::size_t key_len : {std::size_t{0}, std::size_t{1}, std::size_t{8}, std::size_t{13}}) {
+    for (const std::size_t key_len :
+         {std::size_t{0}, std::size_t{1}, std::size_t{8}, std::size_t{13}}) {
       for (const std::size_t payload_len : sizes) {
         for (const std::string_view reply : {"", "_INBOX.x.1", "_INBOX.abcdefg"}) {
           std::string key(key_len, 'k'), payload(payload_len, '\0');
@@ -48,65 +50,69 @@ std::size_t for_each_field_combination(Check&& check) {
 
 TEST_CASE("encoder: plain_message writes the bytes capnp's builder writes") {
   encoder enc;
-  const std::size_t cases = for_each_field_combination([&](std::string_view subject, std::span<const std::byte> key,
-                                                           std::span<const std::byte> payload, std::string_view reply,
-                                                           std::mt19937_64& rng) {
-    delivery_fields f;
-    f.sid = static_cast<std::uint32_t>(rng());
-    f.subject = subject;
-    f.key = key;
-    f.payload = payload;
-    f.reply_to = reply;
-    f.owner_core = static_cast<std::uint32_t>(rng() % 64);
-    f.seq = rng();
-    out_buffer a, b;
-    REQUIRE(enc.plain_message(a, f));
-    REQUIRE(enc.built_message(b, f));
-    REQUIRE(drain(a) == drain(b));
-  });
+  const std::size_t cases = for_each_field_combination(
+      [&](std::string_view subject, std::span<const std::byte> key,
+          std::span<const std::byte> payload, std::string_view reply, std::mt19937_64& rng) {
+        delivery_fields f;
+        f.sid = static_cast<std::uint32_t>(rng());
+        f.subject = subject;
+        f.key = key;
+        f.payload = payload;
+        f.reply_to = reply;
+        f.owner_core = static_cast<std::uint32_t>(rng() % 64);
+        f.seq = rng();
+        out_buffer a, b;
+        REQUIRE(enc.plain_message(a, f));
+        REQUIRE(enc.built_message(b, f));
+        REQUIRE(drain(a) == drain(b));
+      });
   CHECK(cases == 6 * 4 * 11 * 3);
 }
 
-TEST_CASE("encoder: stamped_message from lists written once writes the bytes capnp's builder writes") {
+TEST_CASE(
+    "encoder: stamped_message from lists written once writes the bytes capnp's builder writes") {
   // A payload of 1000 bytes or more goes by reference: both ways are covered.
   encoder enc(limits{}, 1000);
-  const std::size_t cases = for_each_field_combination([&](std::string_view subject, std::span<const std::byte> key,
-                                                           std::span<const std::byte> payload, std::string_view reply,
-                                                           std::mt19937_64& rng) {
-    delivery_fields f;
-    f.subject = subject;
-    f.key = key;
-    f.payload = payload;
-    f.reply_to = reply;
-    // The lists as shared_message keeps them, in a buffer of their own, and
-    // the fields read back through the offsets returned.
-    std::vector<std::byte> lists(encoder::plain_message_lists_size(f), std::byte{0xee});
-    const auto at = encoder::write_plain_message_lists(lists.data(), f);
-    const auto field = [&](std::size_t off, std::size_t n) { return std::span<const std::byte>(lists).subspan(off, n); };
-    REQUIRE(to_string(field(at.subject, subject.size())) == subject);
-    REQUIRE(to_string(field(at.key, key.size())) == to_string(key));
-    REQUIRE(to_string(field(at.payload, payload.size())) == to_string(payload));
-    REQUIRE(to_string(field(at.reply_to, reply.size())) == reply);
-    // Two subscribers of the same message: only the ids differ.
-    for (int i = 0; i < 2; ++i) {
-      f.sid = static_cast<std::uint32_t>(rng());
-      f.owner_core = static_cast<std::uint32_t>(rng() % 64);
-      f.seq = rng();
-      out_buffer a, b;
-      const auto n = enc.stamped_message(a, f, lists);
-      REQUIRE(n);
-      REQUIRE(enc.built_message(b, f));
-      CHECK(*n == b.size());
-      REQUIRE(drain(a) == drain(b));
-    }
-  });
+  const std::size_t cases = for_each_field_combination(
+      [&](std::string_view subject, std::span<const std::byte> key,
+          std::span<const std::byte> payload, std::string_view reply, std::mt19937_64& rng) {
+        delivery_fields f;
+        f.subject = subject;
+        f.key = key;
+        f.payload = payload;
+        f.reply_to = reply;
+        // The lists as shared_message keeps them, in a buffer of their own, and
+        // the fields read back through the offsets returned.
+        std::vector<std::byte> lists(encoder::plain_message_lists_size(f), std::byte{0xee});
+        const auto at = encoder::write_plain_message_lists(lists.data(), f);
+        const auto field = [&](std::size_t off, std::size_t n) {
+          return std::span<const std::byte>(lists).subspan(off, n);
+        };
+        REQUIRE(to_string(field(at.subject, subject.size())) == subject);
+        REQUIRE(to_string(field(at.key, key.size())) == to_string(key));
+        REQUIRE(to_string(field(at.payload, payload.size())) == to_string(payload));
+        REQUIRE(to_string(field(at.reply_to, reply.size())) == reply);
+        // Two subscribers of the same message: only the ids differ.
+        for (int i = 0; i < 2; ++i) {
+          f.sid = static_cast<std::uint32_t>(rng());
+          f.owner_core = static_cast<std::uint32_t>(rng() % 64);
+          f.seq = rng();
+          out_buffer a, b;
+          const auto n = enc.stamped_message(a, f, lists);
+          REQUIRE(n);
+          REQUIRE(enc.built_message(b, f));
+          CHECK(*n == b.size());
+          REQUIRE(drain(a) == drain(b));
+        }
+      });
   CHECK(cases == 6 * 4 * 11 * 3);
 }
 
 TEST_CASE("encoder: stamped_message references a large payload in its lists") {
   encoder enc(limits{}, 1000);
   const std::string payload(5000, 'p');
-  delivery_fields f{.sid = 3, .subject = "files.x", .payload = bytes_of(payload), .owner_core = 1, .seq = 77};
+  delivery_fields f{
+      .sid = 3, .subject = "files.x", .payload = bytes_of(payload), .owner_core = 1, .seq = 77};
   std::vector<std::byte> lists(encoder::plain_message_lists_size(f));
   const auto at = encoder::write_plain_message_lists(lists.data(), f);
   out_buffer out;
@@ -133,16 +139,19 @@ TEST_CASE("encoder: stamped_message refuses a frame over max_frame") {
 
 TEST_CASE("encoder: plain_publish writes the bytes capnp's builder writes") {
   encoder enc;
-  const std::size_t cases = for_each_field_combination([&](std::string_view subject, std::span<const std::byte> key,
-                                                           std::span<const std::byte> payload, std::string_view reply,
-                                                           std::mt19937_64& rng) {
-    const publish_fields f{
-        .subject = subject, .key = key, .payload = payload, .reply_to = reply, .ack_id = rng() % 2 ? 0 : rng()};
-    out_buffer a, b;
-    REQUIRE(enc.plain_publish(a, f));
-    REQUIRE(enc.built_publish(b, f));
-    REQUIRE(drain(a) == drain(b));
-  });
+  const std::size_t cases = for_each_field_combination(
+      [&](std::string_view subject, std::span<const std::byte> key,
+          std::span<const std::byte> payload, std::string_view reply, std::mt19937_64& rng) {
+        const publish_fields f{.subject = subject,
+                               .key = key,
+                               .payload = payload,
+                               .reply_to = reply,
+                               .ack_id = rng() % 2 ? 0 : rng()};
+        out_buffer a, b;
+        REQUIRE(enc.plain_publish(a, f));
+        REQUIRE(enc.built_publish(b, f));
+        REQUIRE(drain(a) == drain(b));
+      });
   CHECK(cases == 6 * 4 * 11 * 3);
 }
 

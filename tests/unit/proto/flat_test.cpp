@@ -48,7 +48,8 @@ std::vector<capnp::word> framed_of(const std::vector<capnp::word>& w) {
 
 /// capnp's reading of the same segment: nullopt when it throws or the frame
 /// is not a publish. The view points into `framed`, the segment behind its table.
-std::optional<publish_view> capnp_read(const std::vector<capnp::word>& w, std::vector<header>& headers,
+std::optional<publish_view> capnp_read(const std::vector<capnp::word>& w,
+                                       std::vector<header>& headers,
                                        std::vector<capnp::word>& framed) {
   framed = framed_of(w);
   try {
@@ -109,7 +110,8 @@ TEST_CASE("flat reader reads every publish without headers as capnp does") {
 TEST_CASE("flat reader leaves headers and non-publish frames to capnp") {
   const std::vector<header> hs{{"h", bytes_of("v")}};
   publish_view v;
-  CHECK_FALSE(read_flat_publish(as_span(segment_of(encode_publish({.subject = "a", .headers = hs}))), v));
+  CHECK_FALSE(
+      read_flat_publish(as_span(segment_of(encode_publish({.subject = "a", .headers = hs}))), v));
   encoder enc;
   out_buffer out;
   REQUIRE(enc.ping(out, 7).has_value());
@@ -122,7 +124,8 @@ TEST_CASE("flat reader refuses a Text without its NUL, out-of-bounds lists and f
   publish_view v;
   REQUIRE(read_flat_publish(as_span(w), v));
   auto* bytes = reinterpret_cast<std::byte*>(w.data());
-  const auto at = static_cast<std::size_t>(reinterpret_cast<const std::byte*>(v.subject.data()) - bytes);
+  const auto at =
+      static_cast<std::size_t>(reinterpret_cast<const std::byte*>(v.subject.data()) - bytes);
   {
     auto bad = w;
     reinterpret_cast<std::byte*>(bad.data())[at + 3] = std::byte{'!'};  // the NUL after "abc"
@@ -161,7 +164,8 @@ TEST_CASE("flat reader on mutated frames: whatever it accepts, capnp reads the s
     for (int flips = 1 + static_cast<int>(rng() % 3); flips > 0; --flips) {
       // Pointer words (the first 8 words) most often: that is where the checks are.
       const std::size_t pos = rng() % 4 ? rng() % std::min<std::size_t>(n, 64) : rng() % n;
-      b[pos] = rng() % 2 ? static_cast<std::uint8_t>(rng()) : static_cast<std::uint8_t>(b[pos] ^ (1u << (rng() % 8)));
+      b[pos] = rng() % 2 ? static_cast<std::uint8_t>(rng())
+                         : static_cast<std::uint8_t>(b[pos] ^ (1u << (rng() % 8)));
     }
     publish_view fast;
     std::vector<header> hs;
@@ -180,7 +184,9 @@ TEST_CASE("flat reader on mutated frames: whatever it accepts, capnp reads the s
   CHECK(refused > 0);
 }
 
-TEST_CASE("flat reader reads deliveries as capnp does, and on mutated ones accepts only what capnp reads the same") {
+TEST_CASE(
+    "flat reader reads deliveries as capnp does, and on mutated ones accepts only what capnp reads "
+    "the same") {
   std::mt19937_64 rng(keyway::test::seed());
   encoder enc;
   std::size_t accepted = 0, refused = 0;

@@ -50,7 +50,11 @@ std::vector<std::uint64_t> publish_skeleton() {
       2,                    // w1 Frame data: discriminant 2 = publish
       struct_ptr(0, 1, 5),  // w2 -> Publish at w3
       0,                    // w3 ackId
-      0, 0, 0, 0, 0,        // w4..w8 subject, key, payload, headers, replyTo
+      0,
+      0,
+      0,
+      0,
+      0,  // w4..w8 subject, key, payload, headers, replyTo
   };
 }
 
@@ -68,12 +72,14 @@ status decode_status(const std::vector<std::byte>& wire, const limits& lim = {})
 std::vector<std::byte> aliasing_headers(std::uint32_t n, std::uint32_t blob_words) {
   auto w = publish_skeleton();
   w[7] = list_ptr(1, inline_composite, 2 * n);  // headers -> tag at w9
-  w.push_back((std::uint64_t{n} << 2) | (std::uint64_t{0} << 32) | (std::uint64_t{2} << 48));  // w9 tag
+  w.push_back((std::uint64_t{n} << 2) | (std::uint64_t{0} << 32) |
+              (std::uint64_t{2} << 48));  // w9 tag
   const std::size_t blob = 10 + 2 * std::size_t{n};
   for (std::uint32_t i = 0; i < n; ++i) {
     w.push_back(0);  // name: null
     const std::size_t at = w.size();
-    w.push_back(list_ptr(static_cast<std::int32_t>(blob - (at + 1)), byte_elements, blob_words * 8));
+    w.push_back(
+        list_ptr(static_cast<std::int32_t>(blob - (at + 1)), byte_elements, blob_words * 8));
   }
   for (std::uint32_t i = 0; i < blob_words; ++i) w.push_back(0x4141414141414141ull);
   return frame_of(w);
@@ -111,8 +117,8 @@ TEST_CASE("a text without its NUL terminator is a protocol error") {
 
 TEST_CASE("a list of 2^29 zero-sized headers (amplification) is refused") {
   auto w = publish_skeleton();
-  w[7] = list_ptr(1, inline_composite, 0);           // headers: 0 words of content
-  w.push_back(std::uint64_t{(1u << 29) - 1} << 2);   // w9 tag: 2^29-1 elements of 0 data, 0 ptrs
+  w[7] = list_ptr(1, inline_composite, 0);          // headers: 0 words of content
+  w.push_back(std::uint64_t{(1u << 29) - 1} << 2);  // w9 tag: 2^29-1 elements of 0 data, 0 ptrs
   const auto st = decode_status(frame_of(w));
   CHECK(st.code() == errc::protocol);
 
@@ -143,7 +149,8 @@ TEST_CASE("a far pointer to itself (a pointer loop) is refused") {
   // empty struct, i.e. a default Frame).
   CHECK(decode_status(frame_of({far_ptr(0, 1, true), far_ptr(0, 1, true), 0})).ok());
   // A double-far whose landing pad names a segment that does not exist.
-  CHECK(decode_status(frame_of({far_ptr(0, 1, true), far_ptr(9, 0, false), 0})).code() == errc::protocol);
+  CHECK(decode_status(frame_of({far_ptr(0, 1, true), far_ptr(9, 0, false), 0})).code() ==
+        errc::protocol);
   // A far pointer into a segment that does not exist.
   CHECK(decode_status(frame_of({far_ptr(7, 0, false)})).code() == errc::protocol);
 }

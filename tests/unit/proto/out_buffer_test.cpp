@@ -25,7 +25,7 @@ TEST_CASE("out_buffer: owned and external pieces come out in order, and partial 
   std::span<const std::byte> pieces[8];
   REQUIRE(out.gather(pieces) == 3);
   CHECK(pieces[1].data() == reinterpret_cast<const std::byte*>(ext.data()));  // not copied
-  out.consume(7);  // "head-" and "EX"
+  out.consume(7);                                                             // "head-" and "EX"
   REQUIRE(out.gather(pieces) == 2);
   CHECK(to_string(pieces[0]) == "TERNAL");
   CHECK(to_string(out.front()) == "TERNAL");
@@ -70,12 +70,14 @@ TEST_CASE("message_ref: a big aligned payload is referenced, not copied, and dec
   // The byte after the payload is not zero: the frame must not leak it.
   auto storage = std::make_unique<std::uint64_t[]>(n / 8 + 2);
   auto* base = reinterpret_cast<std::byte*>(storage.get());
-  for (std::size_t i = 0; i < n + 5; ++i) base[i] = static_cast<std::byte>(i < n ? (i % 251) : 0xEE);
+  for (std::size_t i = 0; i < n + 5; ++i)
+    base[i] = static_cast<std::byte>(i < n ? (i % 251) : 0xEE);
   const std::span<const std::byte> payload(base, n);
 
   encoder enc;
   out_buffer out;
-  auto size = enc.message_ref(out, {.sid = 4, .subject = "big.file", .payload = payload, .owner_core = 1, .seq = 9});
+  auto size = enc.message_ref(
+      out, {.sid = 4, .subject = "big.file", .payload = payload, .owner_core = 1, .seq = 9});
   REQUIRE(size.has_value());
   CHECK(*size == out.size());
   std::span<const std::byte> pieces[8];
@@ -114,7 +116,8 @@ TEST_CASE("message_ref: small or unaligned payloads are copied like message()") 
   CHECK(drain(a) == drain(b));
 
   auto storage = std::make_unique<std::uint64_t[]>(4096);
-  const std::span<const std::byte> unaligned(reinterpret_cast<std::byte*>(storage.get()) + 1, 20000);
+  const std::span<const std::byte> unaligned(reinterpret_cast<std::byte*>(storage.get()) + 1,
+                                             20000);
   out_buffer c;
   REQUIRE(enc.message_ref(c, {.sid = 1, .subject = "s", .payload = unaligned}).has_value());
   std::span<const std::byte> pieces[8];

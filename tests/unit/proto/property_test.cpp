@@ -64,14 +64,31 @@ std::vector<std::byte> valid_stream(std::mt19937_64& rng) {
   const header hs[] = {{"k", bytes_of("v")}, {"trace", bytes_of("0123456789")}};
   for (int i = 0; i < 6; ++i) {
     switch (rng() % 6) {
-      case 0: (void)enc.ping(out, rng()); break;
-      case 1: (void)enc.publish(out, {.subject = "a.b.c", .key = bytes_of("key"), .payload = bytes_of("payload!"),
-                                      .headers = hs, .reply_to = "_INBOX.1", .ack_id = 3});
+      case 0:
+        (void)enc.ping(out, rng());
         break;
-      case 2: (void)enc.subscribe(out, {.sid = 2, .pattern = "a.*.>", .queue_group = "g", .request_id = 4}); break;
-      case 3: (void)enc.hello(out, {.client_name = "fuzz", .auth_token = "t"}); break;
-      case 4: (void)enc.message(out, {.sid = 1, .subject = "a.b", .payload = bytes_of("xyz"), .headers = hs}); break;
-      case 5: (void)enc.error(out, {.code = errc::timeout, .message = "late", .fatal = true}); break;
+      case 1:
+        (void)enc.publish(out, {.subject = "a.b.c",
+                                .key = bytes_of("key"),
+                                .payload = bytes_of("payload!"),
+                                .headers = hs,
+                                .reply_to = "_INBOX.1",
+                                .ack_id = 3});
+        break;
+      case 2:
+        (void)enc.subscribe(out,
+                            {.sid = 2, .pattern = "a.*.>", .queue_group = "g", .request_id = 4});
+        break;
+      case 3:
+        (void)enc.hello(out, {.client_name = "fuzz", .auth_token = "t"});
+        break;
+      case 4:
+        (void)enc.message(out,
+                          {.sid = 1, .subject = "a.b", .payload = bytes_of("xyz"), .headers = hs});
+        break;
+      case 5:
+        (void)enc.error(out, {.code = errc::timeout, .message = "late", .fatal = true});
+        break;
     }
   }
   return drain(out);
@@ -107,7 +124,8 @@ TEST_CASE("property: valid streams with random bit flips never crash or throw") 
   for (int iter = 0; iter < 2000; ++iter) {
     auto bytes = valid_stream(rng);
     const int flips = static_cast<int>(rng() % 4);
-    for (int i = 0; i < flips; ++i) bytes[rng() % bytes.size()] ^= static_cast<std::byte>(1u << (rng() % 8));
+    for (int i = 0; i < flips; ++i)
+      bytes[rng() % bytes.size()] ^= static_cast<std::byte>(1u << (rng() % 8));
     outcome o;
     CHECK_NOTHROW(o = drive(bytes, rng, lim));
     if (flips == 0) {

@@ -54,7 +54,8 @@ TEST_CASE("draining: encoded as Cap'n Proto would, decoded, and accepted from a 
     const status st = validate_client_frame(f, limits{});
     CHECK(st.code() == errc::protocol);
     CHECK(st.message() ==
-          "a client may not send 'draining' frames; it may send hello, publish, publishBatch, subscribe, "
+          "a client may not send 'draining' frames; it may send hello, publish, publishBatch, "
+          "subscribe, "
           "unsubscribe, ping and pong");
   });
   // The two-argument form: no reason is needed, and graceMs 0 means "now".
@@ -68,7 +69,8 @@ TEST_CASE("draining: encoded as Cap'n Proto would, decoded, and accepted from a 
 }
 
 TEST_CASE("welcome: connectUrls round trip, and a welcome without them reads as an empty list") {
-  const std::vector<std::string> urls{"tcp://10.0.0.2:7400", "tcp://[fd00::2]:7400", "unix:///run/keyway/keyway.sock"};
+  const std::vector<std::string> urls{"tcp://10.0.0.2:7400", "tcp://[fd00::2]:7400",
+                                      "unix:///run/keyway/keyway.sock"};
   encoder enc;
   out_buffer out;
   welcome_fields wf;
@@ -95,7 +97,8 @@ TEST_CASE("welcome: connectUrls round trip, and a welcome without them reads as 
   });
 }
 
-TEST_CASE("a welcome whose last connectUrls entry runs past its segment is refused by the decoder") {
+TEST_CASE(
+    "a welcome whose last connectUrls entry runs past its segment is refused by the decoder") {
   auto bytes = capnp_frame([](W::Builder f) {
     auto w = f.initWelcome();
     w.setServerId("x");

@@ -7,12 +7,15 @@
 using namespace keyway::proto;
 
 namespace {
-bool has(const status& st, std::string_view needle) { return st.message().find(needle) != std::string::npos; }
+bool has(const status& st, std::string_view needle) {
+  return st.message().find(needle) != std::string::npos;
+}
 }  // namespace
 
 TEST_CASE("literal subjects") {
   const limits lim;
-  for (const char* ok : {"a", "orders.eu.created", "_INBOX.c1.7", "a-b_c.d:e", "\xc3\xa9t\xc3\xa9.x"}) {
+  for (const char* ok :
+       {"a", "orders.eu.created", "_INBOX.c1.7", "a-b_c.d:e", "\xc3\xa9t\xc3\xa9.x"}) {
     CAPTURE(ok);
     CHECK(validate_publish_subject(ok, lim).ok());
     CHECK(is_literal_subject(ok));
@@ -41,8 +44,8 @@ TEST_CASE("empty subjects, empty tokens, whitespace and control characters") {
     CHECK((has(st, "empty token") || has(st, "ends with '.'")));
     CHECK(validate_pattern(bad, lim).code() == errc::invalid_subject);
   }
-  for (std::string bad : {std::string("a b"), std::string("a\tb"), std::string("a\nb"), std::string("a\x7f"),
-                          std::string("a\0b", 3)}) {
+  for (std::string bad : {std::string("a b"), std::string("a\tb"), std::string("a\nb"),
+                          std::string("a\x7f"), std::string("a\0b", 3)}) {
     CAPTURE(bad);
     const auto st = validate_publish_subject(bad, lim);
     CHECK(st.code() == errc::invalid_subject);
@@ -57,7 +60,8 @@ TEST_CASE("subject length limit names the size and the limit") {
   CHECK(validate_publish_subject("abcd.efg", lim).ok());
   const auto st = validate_publish_subject("abcd.efgh", lim, "publish.subject");
   CHECK(st.code() == errc::invalid_subject);
-  CHECK(st.message() == "publish.subject of 9 bytes exceeds limits.max_subject (8 bytes); use a shorter subject");
+  CHECK(st.message() ==
+        "publish.subject of 9 bytes exceeds limits.max_subject (8 bytes); use a shorter subject");
 }
 
 TEST_CASE("good patterns") {
@@ -123,7 +127,9 @@ bool reference_valid_subject(std::string_view s, std::size_t max_subject) {
 }
 }  // namespace
 
-TEST_CASE("is_valid_publish_subject agrees with the rules and with validate_publish_subject on every short string") {
+TEST_CASE(
+    "is_valid_publish_subject agrees with the rules and with validate_publish_subject on every "
+    "short string") {
   // Every string of up to 5 bytes over an alphabet with one byte of each
   // class (plain ASCII, UTF-8 lead byte, dot, both wildcards, space, control,
   // DEL), with a limit of 4 bytes so that the length rule is hit too.
@@ -137,7 +143,8 @@ TEST_CASE("is_valid_publish_subject agrees with the rules and with validate_publ
     for (std::size_t i = 0; i < len; ++i) combos *= alphabet.size();
     for (std::size_t n = 0; n < combos; ++n) {
       s.clear();
-      for (std::size_t i = 0, k = n; i < len; ++i, k /= alphabet.size()) s += alphabet[k % alphabet.size()];
+      for (std::size_t i = 0, k = n; i < len; ++i, k /= alphabet.size())
+        s += alphabet[k % alphabet.size()];
       CAPTURE(quote(s));
       const bool expected = reference_valid_subject(s, lim.max_subject);
       REQUIRE(is_valid_publish_subject(s, lim) == expected);

@@ -13,7 +13,9 @@ using W = wire::Frame;
 
 namespace {
 
-bool has(const status& st, std::string_view needle) { return st.message().find(needle) != std::string::npos; }
+bool has(const status& st, std::string_view needle) {
+  return st.message().find(needle) != std::string::npos;
+}
 
 // Builds a frame with plain capnp and validates it as a client frame.
 template <class Build>
@@ -42,7 +44,8 @@ TEST_CASE("payload over the limit: payload_too_large naming the size and the lim
   const auto st = validate_client_frame((*r)->root(), server);
   CHECK(st.code() == errc::payload_too_large);
   CHECK(st.message() ==
-        "payload of 2 MiB exceeds limits.max_payload (1 MiB); raise it in keyway.toml or send smaller payloads");
+        "payload of 2 MiB exceeds limits.max_payload (1 MiB); raise it in keyway.toml or send "
+        "smaller payloads");
   CHECK(request_id_of((*r)->root()) == 12);
   CHECK_FALSE(fatal_by_default(st.code()));
 }
@@ -51,17 +54,25 @@ TEST_CASE("payload exactly at the limit is accepted") {
   limits lim;
   lim.max_payload = 100;
   const std::vector<std::byte> payload(100);
-  CHECK(client_check([&](W::Builder f) {
-          auto p = f.initPublish();
-          p.setSubject("a");
-          p.setPayload(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(payload.data()), 100));
-        }, lim).ok());
+  CHECK(client_check(
+            [&](W::Builder f) {
+              auto p = f.initPublish();
+              p.setSubject("a");
+              p.setPayload(
+                  capnp::Data::Reader(reinterpret_cast<const kj::byte*>(payload.data()), 100));
+            },
+            lim)
+            .ok());
   const std::vector<std::byte> over(101);
-  CHECK(client_check([&](W::Builder f) {
-          auto p = f.initPublish();
-          p.setSubject("a");
-          p.setPayload(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(over.data()), 101));
-        }, lim).code() == errc::payload_too_large);
+  CHECK(client_check(
+            [&](W::Builder f) {
+              auto p = f.initPublish();
+              p.setSubject("a");
+              p.setPayload(
+                  capnp::Data::Reader(reinterpret_cast<const kj::byte*>(over.data()), 101));
+            },
+            lim)
+            .code() == errc::payload_too_large);
 }
 
 TEST_CASE("publish to a wildcard subject is invalid_subject") {
@@ -88,11 +99,13 @@ TEST_CASE("replyTo must be empty or a literal subject") {
 TEST_CASE("key over max_key is invalid_key") {
   limits lim;
   lim.max_key = 4;
-  const auto st = client_check([](W::Builder f) {
-    auto p = f.initPublish();
-    p.setSubject("a");
-    p.setKey(capnp::Data::Reader(reinterpret_cast<const kj::byte*>("12345"), 5));
-  }, lim);
+  const auto st = client_check(
+      [](W::Builder f) {
+        auto p = f.initPublish();
+        p.setSubject("a");
+        p.setKey(capnp::Data::Reader(reinterpret_cast<const kj::byte*>("12345"), 5));
+      },
+      lim);
   CHECK(st.code() == errc::invalid_key);
   CHECK(has(st, "publish.key of 5 bytes exceeds limits.max_key (4 bytes)"));
 }
@@ -108,7 +121,8 @@ TEST_CASE("header count, header bytes and empty header names") {
       auto l = p.initHeaders(static_cast<unsigned>(hs.size()));
       for (unsigned i = 0; i < hs.size(); ++i) {
         l[i].setName(hs[i].first);
-        l[i].setValue(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(hs[i].second.data()), hs[i].second.size()));
+        l[i].setValue(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(hs[i].second.data()),
+                                          hs[i].second.size()));
       }
     };
   };
@@ -227,7 +241,9 @@ TEST_CASE("headers the decoder left unread are refused even when a reload raised
   reloaded.max_headers = 4;
   const auto st = validate_client_frame(**r, reloaded);
   CHECK(st.code() == errc::payload_too_large);
-  CHECK(has(st, "publish.headers has 3 entries, over the limits.max_headers this connection was opened with"));
+  CHECK(has(st,
+            "publish.headers has 3 entries, over the limits.max_headers this connection was opened "
+            "with"));
   CHECK(has(st, "reconnect to use the reloaded limit (4)"));
 }
 
@@ -249,5 +265,7 @@ TEST_CASE("a delivery whose headers the decoder left unread is refused too") {
   later.max_headers = 4;
   const auto st = validate_server_frame(**r, later);
   CHECK(st.code() == errc::payload_too_large);
-  CHECK(has(st, "message.headers has 3 entries, over the limits.max_headers this connection was opened with"));
+  CHECK(has(st,
+            "message.headers has 3 entries, over the limits.max_headers this connection was opened "
+            "with"));
 }
