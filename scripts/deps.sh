@@ -9,7 +9,7 @@ build_pkgs=(build-essential cmake ninja-build pkg-config
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles for the unit
 # tests; dpkg-dev (dpkg-shlibdeps), file and lintian for the packaging test
 # (tests/packaging/check_packages.sh: cpack, dpkg-deb, lintian).
-test_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev prometheus systemd dpkg-dev file lintian)
+test_pkgs=(clang-format libconcurrentqueue-dev libreaderwriterqueue-dev prometheus systemd dpkg-dev file lintian)
 bench_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev nats-server redis-server gnuplot-nox)
 # The fuzz preset (scripts/fuzz): clang 14, and libclang-rt-14-dev for libFuzzer and
 # the sanitizer runtimes (libclang_rt.fuzzer-x86_64.a, only recommended by clang-14);
