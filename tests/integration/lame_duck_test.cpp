@@ -11,17 +11,12 @@
 #include <vector>
 
 #include "tests/integration/itest.hpp"
+#include "tests/support/numbered.hpp"
 
 namespace keyway::itest {
 namespace {
 
-/// prefix followed by n, e.g. "k17" (not "k" + std::to_string(n): g++ 12
-/// warns about that, wrongly, under -Wrestrict).
-inline std::string numbered(std::string_view prefix, long long n) {
-  std::string s(prefix);
-  s += std::to_string(n);
-  return s;
-}
+using test::numbered;
 
 /// Reads until `c` gets a draining frame; other frames are kept back.
 std::optional<draining_frame> await_draining(raw_client& c, ms timeout = default_timeout) {

@@ -17,11 +17,13 @@
 #include <vector>
 
 #include <keyway/client.hpp>
+#include "tests/support/numbered.hpp"
 #include "tests/unit/client/test_daemon.hpp"
 
 using namespace keyway::client;
 using namespace std::chrono_literals;
 using keyway::test::keywayd_process;
+using keyway::test::numbered;
 using keyway::test::start_daemon;
 using keyway::test::stop_daemon;
 
@@ -36,13 +38,6 @@ std::unique_ptr<keywayd_process> start_on(const std::string& url,
   std::vector<std::string> args{"--listen", url, "--workers", "2"};
   args.insert(args.end(), extra.begin(), extra.end());
   return std::make_unique<keywayd_process>(args);
-}
-
-/// "k<n>" (appended, not "k" + to_string: g++ 12 -O3 warns -Wrestrict there).
-std::string key_of(int n) {
-  std::string k = "k";
-  k += std::to_string(n);
-  return k;
 }
 
 publish_options keyed(const std::string& key) {
@@ -164,7 +159,7 @@ TEST_CASE("reconnect: subscriber and acked publisher ride through a restart on t
     }
     const std::string payload = std::to_string(i);
     const bool subscriber_back = sub_ev.get(&events::reconnected) > 0;
-    auto r = pub->publish_ack("ride.x", payload, keyed(key_of(i % 4)));
+    auto r = pub->publish_ack("ride.x", payload, keyed(numbered("k", i % 4)));
     if (r) {
       REQUIRE(*r <= 1);
       (*r == 1 ? acked : unheard).push_back(payload);
@@ -311,7 +306,7 @@ TEST_CASE("reconnect: the next server of the list takes over, and max_attempts e
   CHECK(c->info().url == b->url());
   // Everything published after the switch arrives, once, in order per key.
   for (int i = 0; i < 200; ++i)
-    REQUIRE(c->publish("fail.over", std::to_string(i), keyed(key_of(i % 5))));
+    REQUIRE(c->publish("fail.over", std::to_string(i), keyed(numbered("k", i % 5))));
   REQUIRE(c->flush());
   const auto after = got.snapshot();
   REQUIRE(after.size() == 200);

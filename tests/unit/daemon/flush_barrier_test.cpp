@@ -14,6 +14,7 @@
 #include "daemon/router.hpp"
 #include "daemon/server.hpp"
 #include "tests/integration/raw_client.hpp"
+#include "tests/support/numbered.hpp"
 
 namespace keyway::daemon {
 namespace {
@@ -25,13 +26,7 @@ using itest::open_client;
 using itest::pong_frame;
 using itest::raw_client;
 
-/// prefix followed by n, e.g. "k17" (not "k" + std::to_string(n): g++ 12
-/// warns about that, wrongly, under -Wrestrict).
-inline std::string numbered(std::string_view prefix, long long n) {
-  std::string s(prefix);
-  s += std::to_string(n);
-  return s;
-}
+using keyway::test::numbered;
 
 std::uint64_t paused_reads(const server& s) {
   std::uint64_t n = 0;

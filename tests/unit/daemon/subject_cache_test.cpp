@@ -8,16 +8,12 @@
 #include <random>
 #include <string>
 
+#include "tests/support/numbered.hpp"
 #include "tests/unit/test_seed.hpp"
 
 using keyway::daemon::subject_cache;
 
-namespace {
-std::string numbered(std::string prefix, std::uint64_t n) {
-  prefix += std::to_string(n);  // not prefix + to_string(n): g++ 12 -Wrestrict false positive
-  return prefix;
-}
-}  // namespace
+using keyway::test::numbered;
 
 TEST_CASE("subject_cache finds inserted subjects and only those") {
   subject_cache<int> c(8);
