@@ -56,6 +56,13 @@ std::size_t frame_estimate(std::string_view subject, std::string_view key,
   return subject.size() + key.size() + payload.size() + 64;
 }
 
+/// Unlocks, then calls `done` with `result`: completions never run under mu_.
+template <class Done, class Result>
+void complete_unlocked(std::unique_lock<std::mutex>& lock, Done& done, Result&& result) {
+  lock.unlock();
+  done(std::forward<Result>(result));
+}
+
 error would_block(std::string_view call) {
   return error{
       errc::would_block,
@@ -153,14 +160,14 @@ connection_status connection_impl::status() const noexcept {
 
 statistics connection_impl::stats() const {
   statistics s;
-  s.in_msgs = stats_.in_msgs.load(std::memory_order_relaxed);
-  s.in_bytes = stats_.in_bytes.load(std::memory_order_relaxed);
-  s.out_msgs = stats_.out_msgs.load(std::memory_order_relaxed);
-  s.out_bytes = stats_.out_bytes.load(std::memory_order_relaxed);
-  s.reconnects = stats_.reconnects.load(std::memory_order_relaxed);
-  s.buffered_publishes = stats_.buffered.load(std::memory_order_relaxed);
-  s.lost_publishes = stats_.lost.load(std::memory_order_relaxed);
-  s.dropped_msgs = stats_.dropped.load(std::memory_order_relaxed);
+  s.in_msgs = stats_.in_msgs.get();
+  s.in_bytes = stats_.in_bytes.get();
+  s.out_msgs = stats_.out_msgs.get();
+  s.out_bytes = stats_.out_bytes.get();
+  s.reconnects = stats_.reconnects.get();
+  s.buffered_publishes = stats_.buffered.get();
+  s.lost_publishes = stats_.lost.get();
+  s.dropped_msgs = stats_.dropped.get();
   return s;
 }
 
@@ -311,9 +318,9 @@ outcome<void> connection_impl::encode_publish_locked(std::string_view subject, s
                                                      std::string_view reply_to,
                                                      std::uint64_t ack_id) {
   const auto counted = [&] {
-    stats_.out_msgs.fetch_add(1, std::memory_order_relaxed);
-    stats_.out_bytes.fetch_add(payload.size(), std::memory_order_relaxed);
-    if (state_ == state::reconnecting) stats_.buffered.fetch_add(1, std::memory_order_relaxed);
+    stats_.out_msgs.add(1);
+    stats_.out_bytes.add(payload.size());
+    if (state_ == state::reconnecting) stats_.buffered.add(1);
     if (ack_id == 0) ++out_publishes_;
     kick_locked();
   };
@@ -416,9 +423,7 @@ void connection_impl::publish_ack_async(std::string_view subject, std::string_vi
   if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers,
                                     options.reply_to);
       !r) {
-    lock.unlock();
-    done(r.error());
-    return;
+    return complete_unlocked(lock, done, r.error());
   }
   pending_op op;
   op.kind = op_kind::publish_ack;
@@ -430,8 +435,7 @@ void connection_impl::publish_ack_async(std::string_view subject, std::string_vi
                                      options.reply_to, id);
       !r) {
     auto failed = take_pending_locked(id);
-    lock.unlock();
-    failed->on_ack(r.error());
+    complete_unlocked(lock, failed->on_ack, r.error());
   }
 }
 
@@ -473,10 +477,7 @@ void connection_impl::subscribe_async(std::string_view pattern, message_handler 
   asio::post(io_, [this, sid, entry = std::move(entry), done = std::move(done)]() mutable {
     std::unique_lock lock(mu_);
     if (!accepting_locked()) {
-      auto e = closed_error_locked();
-      lock.unlock();
-      done(std::move(e));
-      return;
+      return complete_unlocked(lock, done, closed_error_locked());
     }
     pending_op op;
     op.kind = op_kind::subscribe;
@@ -504,10 +505,9 @@ void connection_impl::subscribe_async(std::string_view pattern, message_handler 
         {.sid = sid, .pattern = entry.pattern, .queue_group = entry.group, .request_id = id});
     if (!r) {
       auto failed = take_pending_locked(id);
-      lock.unlock();
-      failed->on_ack(
+      return complete_unlocked(
+          lock, failed->on_ack,
           error{r.error(), "cannot encode the subscribe to " + proto::quote(entry.pattern), false});
-      return;
     }
     subs_.emplace(sid, std::move(entry));
     kick_locked();
@@ -545,7 +545,7 @@ outcome<subscription> connection_impl::subscribe_sync(std::string_view pattern,
         return;
       }
     }
-    stats_.dropped.fetch_add(1, std::memory_order_relaxed);
+    stats_.dropped.add(1);
     if (!*overflowing) {
       *overflowing = true;
       report(error{proto::errc::slow_consumer,
@@ -625,26 +625,20 @@ void connection_impl::unsubscribe_async(subscription sub, done_handler done) {
     remove_sub(sid);
     std::unique_lock lock(mu_);
     if (!accepting_locked()) {
-      auto e = closed_error_locked();
-      lock.unlock();
-      done(std::move(e));
-      return;
+      return complete_unlocked(lock, done, closed_error_locked());
     }
     if (!known) {
-      lock.unlock();
-      done(error{
-          errc::invalid_argument,
-          "unsubscribe: subscription " + std::to_string(sid) + " is not active on this connection",
-          false});
-      return;
+      return complete_unlocked(lock, done,
+                               error{errc::invalid_argument,
+                                     "unsubscribe: subscription " + std::to_string(sid) +
+                                         " is not active on this connection",
+                                     false});
     }
     if (state_ == state::reconnecting) {
       // The next link will not subscribe it; a link being restored may have
       // already: take it back there (no ack needed).
       if (restoring_ && encoder_->unsubscribe(out_locked(), sid, 0)) kick_locked();
-      lock.unlock();
-      done(outcome<void>{});
-      return;
+      return complete_unlocked(lock, done, outcome<void>{});
     }
     pending_op op;
     op.kind = op_kind::unsubscribe;
@@ -657,8 +651,8 @@ void connection_impl::unsubscribe_async(subscription sub, done_handler done) {
     const std::uint64_t id = add_pending_locked(std::move(op));
     if (!encoder_->unsubscribe(out_locked(), sid, id)) {
       auto failed = take_pending_locked(id);
-      lock.unlock();
-      failed->on_ack(error{errc::invalid_argument, "cannot encode the unsubscribe", false});
+      complete_unlocked(lock, failed->on_ack,
+                        error{errc::invalid_argument, "cannot encode the unsubscribe", false});
       return;
     }
     kick_locked();
@@ -684,8 +678,7 @@ void connection_impl::request_async(std::string_view subject, std::string_view p
                       false});
   std::unique_lock lock(mu_);
   if (auto r = admit_publish_locked(lock, subject, options.key, payload, options.headers, {}); !r) {
-    lock.unlock();
-    return done(r.error());
+    return complete_unlocked(lock, done, r.error());
   }
   pending_op op;
   op.kind = op_kind::request;
@@ -700,8 +693,7 @@ void connection_impl::request_async(std::string_view subject, std::string_view p
                                        inbox_reply_to(id), id);
         !r) {
       auto failed = take_pending_locked(id);
-      lock.unlock();
-      failed->on_reply(r.error());
+      complete_unlocked(lock, failed->on_reply, r.error());
     }
     return;
   }
@@ -750,9 +742,7 @@ outcome<message> connection_impl::request(std::string_view subject, std::string_
 void connection_impl::flush_async(done_handler done) {
   std::unique_lock lock(mu_);
   if (!accepting_locked()) {
-    auto e = closed_error_locked();
-    lock.unlock();
-    return done(std::move(e));
+    return complete_unlocked(lock, done, closed_error_locked());
   }
   pending_op op;
   op.kind = op_kind::ping;
@@ -765,8 +755,8 @@ void connection_impl::flush_async(done_handler done) {
   const std::uint64_t id = add_pending_locked(std::move(op));
   if (!encoder_->ping(out_locked(), id)) {
     auto failed = take_pending_locked(id);
-    lock.unlock();
-    failed->on_ack(error{errc::invalid_argument, "cannot encode a ping", false});
+    complete_unlocked(lock, failed->on_ack,
+                      error{errc::invalid_argument, "cannot encode a ping", false});
     return;
   }
   kick_locked();

@@ -527,7 +527,7 @@ void connection_impl::finish_restore() {
     state_ = state::open;
     kick_locked();
   }
-  stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
+  stats_.reconnects.add(1);
   call(options_.on_reconnected);
 }
 
@@ -629,8 +629,8 @@ void connection_impl::on_message(const proto::delivery_view& m) {
   if (rx_.sid == inbox_sid_.load(std::memory_order_relaxed)) return on_inbox_reply();
   auto it = subs_.find(rx_.sid);
   if (it == subs_.end()) return;  // unsubscribed a moment ago
-  stats_.in_msgs.fetch_add(1, std::memory_order_relaxed);
-  stats_.in_bytes.fetch_add(rx_.payload.size(), std::memory_order_relaxed);
+  stats_.in_msgs.add(1);
+  stats_.in_bytes.add(rx_.payload.size());
   sub_entry& sub = it->second;
   const bool last = sub.max_messages != 0 && ++sub.delivered >= sub.max_messages;
   if (!last) {
@@ -961,7 +961,7 @@ void connection_impl::link_lost(const error& reason) {
         ++it;
       }
     }
-    stats_.lost.fetch_add(writing_publishes_, std::memory_order_relaxed);
+    stats_.lost.add(writing_publishes_);
     writing_publishes_ = 0;
     for (server_entry& e : servers_)
       if (e.url.to_string() == info_.url)

@@ -52,6 +52,7 @@
 #include <keyway/client.hpp>
 
 #include "client/url.hpp"
+#include "core/stats.hpp"
 #include "proto/decoder.hpp"
 #include "proto/encoder.hpp"
 #include "proto/limits.hpp"
@@ -260,9 +261,11 @@ class connection_impl {
   std::atomic<std::uint32_t> inbox_sid_{0};
   std::atomic<std::thread::id> io_thread_id_{};
 
+  // One writer at a time (core::counter: a plain store, no locked
+  // instruction per message): out_*, buffered and lost under mu_; in_*,
+  // dropped and reconnects on the IO thread. stats() reads from any thread.
   struct counters {
-    std::atomic<std::uint64_t> in_msgs{0}, in_bytes{0}, out_msgs{0}, out_bytes{0}, reconnects{0},
-        buffered{0}, lost{0}, dropped{0};
+    core::counter in_msgs, in_bytes, out_msgs, out_bytes, reconnects, buffered, lost, dropped;
   };
   counters stats_;
 
