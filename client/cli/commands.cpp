@@ -388,6 +388,29 @@ int run_pub(const global_options& g, pub_options o) {
 
 // ---- sub -------------------------------------------------------------------------
 
+namespace {
+
+/// Subscribes for sub and reply, and says so on stderr once the server
+/// acknowledged it (the line scripts wait for); false after saying why not.
+bool subscribe_and_announce(client::connection& conn, const std::string& pattern,
+                            const std::string& queue,
+                            const client::connection::message_handler& handler,
+                            link_events& events) {
+  client::subscribe_options so;
+  so.queue_group = queue;
+  auto sub = conn.subscribe(pattern, handler, so);
+  if (!sub) {
+    say("cannot subscribe to " + pattern + ": " + describe(sub.error()));
+    events.closing();
+    return false;
+  }
+  std::fprintf(stderr, "subscribed to %s\n", pattern.c_str());
+  std::fflush(stderr);
+  return true;
+}
+
+}  // namespace
+
 int run_sub(const global_options& g, const sub_options& o) {
   install_stop_signals();
   static char stdout_buf[1 << 16];
@@ -424,16 +447,7 @@ int run_sub(const global_options& g, const sub_options& o) {
       w.finish();
     }
   };
-  client::subscribe_options so;
-  so.queue_group = o.queue;
-  auto sub = conn->subscribe(o.pattern, handler, so);
-  if (!sub) {
-    say("cannot subscribe to " + o.pattern + ": " + describe(sub.error()));
-    events.closing();
-    return exit_error;
-  }
-  std::fprintf(stderr, "subscribed to %s\n", o.pattern.c_str());
-  std::fflush(stderr);
+  if (!subscribe_and_announce(*conn, o.pattern, o.queue, handler, events)) return exit_error;
 
   const auto failure = w.wait();
   events.closing();
@@ -541,16 +555,7 @@ int run_reply(const global_options& g, const reply_options& o) {
       w.finish();
     }
   };
-  client::subscribe_options so;
-  so.queue_group = o.queue;
-  auto sub = conn->subscribe(o.pattern, handler, so);
-  if (!sub) {
-    say("cannot subscribe to " + o.pattern + ": " + describe(sub.error()));
-    events.closing();
-    return exit_error;
-  }
-  std::fprintf(stderr, "subscribed to %s\n", o.pattern.c_str());
-  std::fflush(stderr);
+  if (!subscribe_and_announce(*conn, o.pattern, o.queue, handler, events)) return exit_error;
 
   auto failure = w.wait();
   if (!failure) {
