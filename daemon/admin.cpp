@@ -124,17 +124,17 @@ std::string status_json(const server& srv, const std::string& admin_url) {
   std::string workers;
   for (std::uint32_t i = 0; i < ctx.workers; ++i) {
     const core::worker& w = srv.pool().at(i);
-    const daemon_stats& st = *ctx.stats[i];
-    const std::uint64_t c = st.connections[0].get() + st.connections[1].get();
+    const probe& st = *ctx.stats[i];
+    const std::uint64_t c = st.open_connections();
     std::uint64_t depth = 0;
     for (std::uint32_t from = 0; from < ctx.workers; ++from) depth += ctx.mesh->depth(i, from);
     conns += c;
-    subs += st.subscriptions.get();
+    subs += st.live_subscriptions();
     if (i) workers += ",";
     workers += "{\"id\":" + std::to_string(i) +
                ",\"cpu\":" + (w.cpu() ? std::to_string(*w.cpu()) : "null") +
                ",\"connections\":" + std::to_string(c) +
-               ",\"subscriptions\":" + std::to_string(st.subscriptions.get()) +
+               ",\"subscriptions\":" + std::to_string(st.live_subscriptions()) +
                ",\"mesh_queue_depth\":" + std::to_string(depth) +
                ",\"loop_turns\":" + std::to_string(w.stats().loop_turns.get()) +
                ",\"sleeping\":" + (w.sleeping() ? "true" : "false") + ",\"stalled\":" +

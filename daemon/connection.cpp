@@ -10,38 +10,38 @@
 #include <algorithm>
 
 #include "daemon/auth.hpp"
-#include "daemon/router.hpp"
+#include "daemon/worker_services.hpp"
 #include "proto/validate.hpp"
 
 namespace keyway::daemon {
 
 namespace wire = proto::wire;
 
-connection::connection(router& r, socket_type socket, std::uint64_t id, bool unix_socket)
-    : router_(r),
+connection::connection(worker_services& w, socket_type socket, std::uint64_t id, bool unix_socket)
+    : svc_(w),
       socket_(std::move(socket)),
       id_(id),
       unix_(unix_socket),
-      decoder_(r.options().limits),
-      batch_out_(std::min<std::size_t>(max_message_batch, r.options().limits.max_frame)),
-      timer_(r.worker().io()),
-      grace_timer_(r.worker().io()) {
+      decoder_(w.options().limits),
+      batch_out_(std::min<std::size_t>(max_message_batch, w.options().limits.max_frame)),
+      timer_(w.worker().io()),
+      grace_timer_(w.worker().io()) {
   // Until a good hello, a hello-sized frame is all this peer may make us buffer.
   decoder_.cap_frames(
-      r.options().limits.hello_frame_limit(),
+      w.options().limits.hello_frame_limit(),
       "the limit before hello (limits.max_auth_token + limits.max_client_name + 1 KiB)");
 }
 
 connection::~connection() = default;
 
 void connection::start() {
-  KEYWAY_ASSERT_OWNER(router_.worker());
-  timer_.expires_after(router_.options().handshake_timeout);
+  KEYWAY_ASSERT_OWNER(svc_.worker());
+  timer_.expires_after(svc_.options().handshake_timeout);
   timer_.async_wait([self = shared_from_this()](std::error_code ec) {
     if (ec || self->state_ != state::handshake) return;
     self->send_error(proto::errc::timeout,
                      "no hello within limits.handshake_timeout (" +
-                         std::to_string(self->router_.options().handshake_timeout.count()) +
+                         std::to_string(self->svc_.options().handshake_timeout.count()) +
                          " ms); send hello first",
                      0, true);
   });
@@ -54,10 +54,10 @@ void connection::arm_idle(std::chrono::steady_clock::duration after) {
   timer_.expires_after(after);
   timer_.async_wait([self = shared_from_this()](std::error_code ec) {
     if (ec || self->state_ != state::open) return;
-    const auto limit = self->router_.options().idle_timeout;
+    const auto limit = self->svc_.options().idle_timeout;
     if (limit.count() == 0) return;  // turned off by a reload: this connection stays open
     const auto now = std::chrono::steady_clock::now();
-    if (self->reading_paused() || self->router_.draining()) {
+    if (self->reading_paused() || self->svc_.draining()) {
       // The server, not the peer, is why nothing was read: waiting for credit
       // or for queued output, throttled, or draining. The quiet period starts
       // again when reading does.
@@ -74,24 +74,24 @@ void connection::arm_idle(std::chrono::steady_clock::duration after) {
 }
 
 std::size_t connection::high_water() const noexcept {
-  return router_.options().max_pending_bytes / 2;
+  return svc_.options().max_pending_bytes / 2;
 }
 std::size_t connection::hard_limit() const noexcept {
-  const std::uint64_t limit = router_.options().max_pending_bytes;
+  const std::uint64_t limit = svc_.options().max_pending_bytes;
   return std::max(2 * limit, limit + in_flight_allowance);
 }
 std::size_t connection::low_water() const noexcept {
-  return router_.options().max_pending_bytes / 4;
+  return svc_.options().max_pending_bytes / 4;
 }
 
 void connection::read_more() {
   if (reading_ || state_ == state::closing || state_ == state::closed || reading_paused()) return;
-  if (router_.draining()) return;
+  if (svc_.draining()) return;
   if (pending_bytes() >= high_water()) {
     // Replies this peer does not read: stop reading it rather than queue
     // more (after_write() resumes).
     out_paused_ = true;
-    router_.stats().paused_reads.add();
+    svc_.stats().read_paused();
     return;
   }
   reading_ = true;
@@ -114,13 +114,13 @@ void connection::on_read(std::error_code ec, std::size_t n) {
     abort();
     return;
   }
-  if (router_.draining()) return;  // read after the drain began: not accepted
+  if (svc_.draining()) return;  // read after the drain began: not accepted
   decoder_.commit(n);
   if (n >= read_size_ && read_size_ < max_read)
     read_size_ *= 2;
   else if (n < read_size_ / 8 && read_size_ > min_read)
     read_size_ /= 2;
-  router_.stats().bytes_in.add(n);
+  svc_.stats().bytes_read(n);
   last_read_ = std::chrono::steady_clock::now();
   last_active_ = last_read_;
   process();
@@ -133,7 +133,7 @@ void connection::process() {
     if (reading_paused()) return;
     if (pending_bytes() >= high_water()) {
       out_paused_ = true;
-      router_.stats().paused_reads.add();
+      svc_.stats().read_paused();
       return;
     }
     if (handled == frames_per_call) {
@@ -155,7 +155,7 @@ void connection::process() {
       return;
     }
     if (!next->has_value()) break;
-    router_.stats().frames_in.add();
+    svc_.stats().frame_received();
     if (!handle(**next)) return;  // paused: resume() continues from here
   }
   read_more();
@@ -178,7 +178,7 @@ bool connection::handle(const proto::frame& f) {
                0, true);
     return true;
   }
-  if (auto st = proto::validate_client_frame(f, router_.options().limits); !st) {
+  if (auto st = proto::validate_client_frame(f, svc_.options().limits); !st) {
     fail(st, f.publish() ? f.publish()->ack_id : proto::request_id_of(f.root()));
     return true;
   }
@@ -235,10 +235,10 @@ void connection::on_hello(wire::Hello::Reader h) {
     return;
   }
   protocol_version_ = std::min(h.getProtocolVersion(), proto::protocol_version);
-  if (!router_.tokens().empty()) {
+  if (!svc_.tokens().empty()) {
     const std::string_view token = proto::as_string_view(h.getAuthToken());
-    if (!token_matches(router_.tokens(), token)) {
-      router_.stats().auth_failures.add();
+    if (!token_matches(svc_.tokens(), token)) {
+      svc_.stats().auth_failed();
       send_error(
           proto::errc::auth_failed,
           token.empty()
@@ -252,34 +252,34 @@ void connection::on_hello(wire::Hello::Reader h) {
   state_ = state::open;
   decoder_.lift_frame_cap();
   timer_.cancel();
-  if (router_.options().idle_timeout.count() > 0) {
-    arm_idle(router_.options().idle_timeout);
+  if (svc_.options().idle_timeout.count() > 0) {
+    arm_idle(svc_.options().idle_timeout);
   }
-  const server_options& o = router_.options();
+  const server_options& o = svc_.options();
   proto::welcome_fields wf;
-  wf.server_id = router_.context().server_id;
+  wf.server_id = std::string(svc_.server_id());
   wf.server_version = KEYWAY_VERSION;
   wf.protocol_version = protocol_version_;
-  wf.worker_count = static_cast<std::uint32_t>(router_.context().workers);
+  wf.worker_count = svc_.workers();
   wf.server_limits = o.limits;
   wf.max_subscriptions = o.max_subscriptions;
   wf.max_pending_bytes = o.max_pending_bytes;
   wf.connect_urls = o.advertise;
-  (void)router_.encoder().welcome(out(), wf);
+  (void)svc_.encoder().welcome(out(), wf);
   queued();
   // The server began shutting down during the handshake: tell it now.
-  if (router_.draining_announced()) send_draining();
+  if (svc_.draining_announced()) send_draining();
 }
 
 bool connection::admit(std::string_view subject, std::uint32_t count, bool to_owner) {
-  router_.stats().published.add(count);
+  svc_.stats().published(count);
   // No subscription matches, by this worker's replica of the index, which
   // holds every acknowledged subscription: nothing to order or deliver.
   // Dropped here, without a copy or a hop to the owner (nats-server drops a
   // message with no interest the same way). A publish with an ack request
   // still goes to its owner, which answers after routing it.
-  if (to_owner || router_.has_interest(subject)) return true;
-  router_.stats().unmatched.add(count);
+  if (to_owner || svc_.has_interest(subject)) return true;
+  svc_.stats().unmatched(count);
   return false;
 }
 
@@ -293,23 +293,23 @@ bool connection::on_publish(const proto::publish_view& p) {
 
 bool connection::route_publish(const proto::publish_view& p) {
   shared_message* msg =
-      shared_message::make(router_.pool(), p.subject, p.key, p.payload, p.reply_to, p.headers);
+      shared_message::make(svc_.pool(), p.subject, p.key, p.payload, p.reply_to, p.headers);
   msg->set_received_ns(
       static_cast<std::uint64_t>(last_read_.time_since_epoch() / std::chrono::nanoseconds(1)));
   publish_op op;
   op.msg = message_ref(msg);
   op.conn = id_;
   op.ack_id = p.ack_id;
-  op.from = router_.worker().id();
-  const std::uint32_t owner = router_.owner_of(*op.msg);
-  if (router_.route(op, owner)) {
+  op.from = svc_.worker().id();
+  const std::uint32_t owner = svc_.owner_of(*op.msg);
+  if (svc_.route(op, owner)) {
     if (owner != op.from) published_to_.set(owner);
     return true;
   }
   blocked_owner_ = owner;
   blocked_.emplace(std::move(op));
-  router_.stats().paused_reads.add();
-  router_.mark_paused(this);
+  svc_.stats().read_paused();
+  svc_.resume_later(*this);
   return false;
 }
 
@@ -323,18 +323,18 @@ bool connection::publish_entries() {
 }
 
 bool connection::resume() {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (!blocked_) return true;
   if (state_ == state::closed) {
     blocked_.reset();
     return true;
   }
-  if (!router_.route(*blocked_, blocked_owner_)) return false;
-  if (blocked_owner_ != router_.worker().id()) published_to_.set(blocked_owner_);
+  if (!svc_.route(*blocked_, blocked_owner_)) return false;
+  if (blocked_owner_ != svc_.worker().id()) published_to_.set(blocked_owner_);
   blocked_.reset();
   last_active_ = std::chrono::steady_clock::now();
   // The rest of a paused batch first, then the frames after it; either may
-  // pause again, through route_publish's mark_paused.
+  // pause again, through route_publish's resume_later().
   if (publish_entries()) continue_reading();
   return true;
 }
@@ -348,10 +348,10 @@ void connection::continue_reading() {
 }
 
 void connection::throttle(bool on) {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (on) {
     ++throttles_;
-    router_.stats().paused_reads.add();
+    svc_.stats().read_paused();
     return;
   }
   if (throttles_ == 0) return;
@@ -362,28 +362,28 @@ void connection::on_ping(std::uint64_t id) {
   if (pings_.empty() && published_to_.none()) {
     // Every publish before it was routed inline, or was covered by a ping
     // already answered: the usual case, as cheap as it ever was.
-    (void)router_.encoder().pong(out(), id);
+    (void)svc_.encoder().pong(out(), id);
     queued();
     return;
   }
   std::uint32_t barriers = 0;
   if (published_to_.any()) {
     const std::uint64_t round = first_round_ + pings_.size();
-    const auto workers = static_cast<std::uint32_t>(router_.context().workers);
+    const std::uint32_t workers = svc_.workers();
     for (std::uint32_t w = 0; w < workers; ++w) {
       if (!published_to_.test(w)) continue;
-      router_.barrier(w, id_, round);
+      svc_.barrier(w, id_, round);
       ++barriers;
     }
     published_to_.reset();
   }
   // Behind earlier pings even without barriers of its own: pongs go in order.
   pings_.push_back({id, barriers});
-  if (pings_.size() >= max_pending_pings) router_.stats().paused_reads.add();
+  if (pings_.size() >= max_pending_pings) svc_.stats().read_paused();
 }
 
 void connection::barrier_done(std::uint64_t round) {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (round < first_round_ || round - first_round_ >= pings_.size())
     return;  // not ours: cannot happen
   pending_ping& p = pings_[static_cast<std::size_t>(round - first_round_)];
@@ -397,7 +397,7 @@ void connection::answer_pings() {
   while (!pings_.empty() && pings_.front().barriers_left == 0) {
     // Closing after a fatal error: nothing but what is queued goes out.
     if (state_ == state::open) {
-      (void)router_.encoder().pong(out(), pings_.front().id);
+      (void)svc_.encoder().pong(out(), pings_.front().id);
       answered = true;
     }
     pings_.pop_front();
@@ -408,15 +408,21 @@ void connection::answer_pings() {
 }
 
 void connection::send_draining() {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (state_ != state::open || draining_sent_) return;  // a handshake's is sent after its welcome
   draining_sent_ = true;
-  (void)router_.encoder().draining(out(), router_.draining_reason(), router_.draining_grace_ms());
+  const auto grace_ms =
+      std::clamp<std::int64_t>(svc_.options().lame_duck_grace.count(), 0, UINT32_MAX);
+  (void)svc_.encoder().draining(
+      out(),
+      "the server is shutting down; reconnect to another server of this deployment "
+      "(welcome.connectUrls)",
+      static_cast<std::uint32_t>(grace_ms));
   queued();
 }
 
 void connection::on_subscribe(wire::Subscribe::Reader s) {
-  const server_options& o = router_.options();
+  const server_options& o = svc_.options();
   const std::uint32_t sid = s.getSid();
   const std::uint64_t rid = s.getRequestId();
   if (subs_.count(sid) != 0) {
@@ -445,7 +451,7 @@ void connection::on_subscribe(wire::Subscribe::Reader s) {
                rid, false);
     return;
   }
-  const std::uint64_t cost = router_.subscription_cost(pattern, group);
+  const std::uint64_t cost = svc_.subscription_cost(pattern, group);
   if (sub_bytes_ + cost > o.max_subscription_bytes) {
     send_error(proto::errc::too_many_subscriptions,
                "this connection's subscriptions take " + proto::format_size(sub_bytes_) +
@@ -456,7 +462,7 @@ void connection::on_subscribe(wire::Subscribe::Reader s) {
                rid, false);
     return;
   }
-  auto uid = router_.admit_subscription(pattern, group, cost);
+  auto uid = svc_.admit_subscription(pattern, group, cost);
   if (!uid) {
     send_error(proto::errc::too_many_subscriptions, uid.error(), rid, false);
     return;
@@ -465,15 +471,15 @@ void connection::on_subscribe(wire::Subscribe::Reader s) {
   spec.add = true;
   spec.pattern = std::string(pattern);
   spec.group = std::string(group);
-  spec.ref = sub_ref{*uid, router_.worker().id(), id_, sid};
+  spec.ref = sub_ref{*uid, svc_.worker().id(), id_, sid};
   spec.request_id = rid;
   subs_.emplace(sid, subscription{spec.ref.uid, cost});
   sub_bytes_ += cost;
-  router_.stats().subscriptions.add();
-  if (rid != 0) pending_acks_[rid] = {static_cast<std::uint32_t>(router_.context().workers), false};
+  svc_.stats().subscriptions_added(1);
+  if (rid != 0) pending_acks_[rid] = {svc_.workers(), false};
   std::vector<sub_spec> changes;
   changes.push_back(std::move(spec));
-  router_.broadcast(std::move(changes));
+  svc_.broadcast(std::move(changes));
 }
 
 void connection::on_unsubscribe(wire::Unsubscribe::Reader u) {
@@ -486,22 +492,22 @@ void connection::on_unsubscribe(wire::Unsubscribe::Reader u) {
     return;
   }
   drop_subscription(u.getSid(), rid);
-  if (rid != 0) pending_acks_[rid] = {static_cast<std::uint32_t>(router_.context().workers), false};
+  if (rid != 0) pending_acks_[rid] = {svc_.workers(), false};
 }
 
 void connection::drop_subscription(std::uint32_t sid, std::uint64_t request_id) {
   auto it = subs_.find(sid);
   sub_spec spec;
   spec.add = false;
-  spec.ref = sub_ref{it->second.uid, router_.worker().id(), id_, sid};
+  spec.ref = sub_ref{it->second.uid, svc_.worker().id(), id_, sid};
   spec.request_id = request_id;
   sub_bytes_ -= it->second.cost;
-  router_.release_subscription(it->second.cost);
+  svc_.release_subscriptions(it->second.cost);
   subs_.erase(it);
-  router_.stats().subscriptions.set(router_.stats().subscriptions.get() - 1);
+  svc_.stats().subscriptions_removed(1);
   std::vector<sub_spec> changes;
   changes.push_back(std::move(spec));
-  router_.broadcast(std::move(changes));
+  svc_.broadcast(std::move(changes));
   // The uid is freed once every worker applied the removal (router::on_sub_change
   // on this worker is enough: later adds travel the same FIFO rings).
 }
@@ -513,18 +519,18 @@ void connection::drop_all_subscriptions() {
   for (const auto& [sid, sub] : subs_) {
     sub_spec spec;
     spec.add = false;
-    spec.ref = sub_ref{sub.uid, router_.worker().id(), id_, sid};
+    spec.ref = sub_ref{sub.uid, svc_.worker().id(), id_, sid};
     changes.push_back(std::move(spec));
   }
-  router_.release_subscription(sub_bytes_);
-  router_.stats().subscriptions.set(router_.stats().subscriptions.get() - subs_.size());
+  svc_.release_subscriptions(sub_bytes_);
+  svc_.stats().subscriptions_removed(subs_.size());
   subs_.clear();
   sub_bytes_ = 0;
-  router_.broadcast(std::move(changes));
+  svc_.broadcast(std::move(changes));
 }
 
 void connection::sub_applied(const sub_applied_op& op) {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (op.refused) {
     // Another worker's index refused the subscription (a limit reached by a
     // change in flight when this worker checked): undo it everywhere, once.
@@ -547,12 +553,12 @@ void connection::sub_applied(const sub_applied_op& op) {
 
 void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32_t core,
                          std::uint64_t seq, std::uint64_t publisher) {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (state_ != state::open) {
-    router_.stats().drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
+    svc_.stats().dropped(drop_reason::connection_gone);
     return;
   }
-  const server_options& o = router_.options();
+  const server_options& o = svc_.options();
   if (pending_bytes() >= o.max_pending_bytes) {
     // Publishers are paused from half the limit on, so what gets here was in
     // flight when they were. Policy drop: what does not fit is dropped.
@@ -560,12 +566,12 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
     // (hard_limit()); a connection that far over is not slowing anything.
     if (o.slow_consumer == slow_consumer_policy::drop) {
       note_slow_consumer();
-      router_.stats().drops[static_cast<std::size_t>(drop_reason::slow_consumer)].add();
+      svc_.stats().dropped(drop_reason::slow_consumer);
       return;
     }
     if (pending_bytes() >= hard_limit()) {
       apply_slow_consumer_policy();
-      router_.stats().drops[static_cast<std::size_t>(drop_reason::slow_consumer)].add();
+      svc_.stats().dropped(drop_reason::slow_consumer);
       return;
     }
   }
@@ -577,7 +583,7 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
   f.reply_to = m.reply_to();
   f.owner_core = core;
   f.seq = seq;
-  auto& enc = router_.encoder();
+  auto& enc = svc_.encoder();
   const bool batched =
       protocol_version_ >= proto::batch_version && m.plain() && f.reply_to.empty() &&
       f.payload.size() < proto::encoder::default_ref_threshold && batch_out_.fits(f);
@@ -586,29 +592,28 @@ void connection::deliver(const shared_message& m, std::uint32_t sid, std::uint32
                                       : encode_with_headers(m, f);
   if (!r) {
     spdlog::error("connection {}: cannot encode a delivery: {}", id_, r.error().message());
-    router_.stats().drops[static_cast<std::size_t>(drop_reason::encode_failed)].add();
+    svc_.stats().dropped(drop_reason::encode_failed);
     return;
   }
   // A payload appended by reference must outlive the write; keep the message.
   if (m.payload().size() >= proto::encoder::default_ref_threshold)
     out_refs_.push_back(message_ref::share(m));
-  router_.stats().delivered.add();
-  router_.stats().latency.record(router_.turn_ns(m.received_ns()) - m.received_ns());
+  svc_.stats().delivered(svc_.turn_ns(m.received_ns()) - m.received_ns());
   if (pending_bytes() >= high_water() && !shedding_) on_congestion(publisher);
   queued();
 }
 
 void connection::on_congestion(std::uint64_t publisher) {
   if (throttled_.empty()) {  // a new congestion episode
-    router_.stats().congested.add();
+    svc_.stats().congestion_began();
     last_progress_ = std::chrono::steady_clock::now();
-    arm_grace(router_.options().slow_consumer_grace);
+    arm_grace(svc_.options().slow_consumer_grace);
   }
   // Each publisher is paused once per episode; a short linear scan, since
   // only the publishers that reached this subscriber meanwhile are here.
   if (std::find(throttled_.begin(), throttled_.end(), publisher) != throttled_.end()) return;
   throttled_.push_back(publisher);
-  router_.throttle(publisher, true);
+  svc_.throttle(publisher, true);
 }
 
 void connection::arm_grace(std::chrono::steady_clock::duration after) {
@@ -616,7 +621,7 @@ void connection::arm_grace(std::chrono::steady_clock::duration after) {
   grace_timer_.expires_after(after);
   grace_timer_.async_wait([self = shared_from_this()](std::error_code ec) {
     if (ec || self->throttled_.empty() || self->state_ != state::open) return;
-    const auto grace = self->router_.options().slow_consumer_grace;
+    const auto grace = self->svc_.options().slow_consumer_grace;
     const auto stalled = std::chrono::steady_clock::now() - self->last_progress_;
     if (stalled < grace) return self->arm_grace(grace - stalled);
     self->apply_slow_consumer_policy();
@@ -626,12 +631,12 @@ void connection::arm_grace(std::chrono::steady_clock::duration after) {
 void connection::release_throttled() {
   if (throttled_.empty()) return;
   grace_timer_.cancel();
-  router_.stats().congested.set(router_.stats().congested.get() - 1);
+  svc_.stats().congestion_ended();
   // A publisher on this worker resumes inline and may congest this
   // connection again, starting a new episode in throttled_: walk a copy.
   std::vector<std::uint64_t> released;
   released.swap(throttled_);
-  for (const std::uint64_t p : released) router_.throttle(p, false);
+  for (const std::uint64_t p : released) svc_.throttle(p, false);
 }
 
 void connection::after_write() {
@@ -648,9 +653,9 @@ void connection::after_write() {
 
 void connection::note_slow_consumer() {
   if (slow_logged_) return;
-  const server_options& o = router_.options();
+  const server_options& o = svc_.options();
   slow_logged_ = true;
-  router_.stats().slow_consumers.add();
+  svc_.stats().slow_consumer();
   spdlog::warn(
       "slow consumer: connection {} ({}) has {} bytes pending, limits.max_pending_bytes is {}; {}",
       id_, client_name_, pending_bytes(), o.max_pending_bytes,
@@ -659,7 +664,7 @@ void connection::note_slow_consumer() {
 }
 
 void connection::apply_slow_consumer_policy() {
-  const server_options& o = router_.options();
+  const server_options& o = svc_.options();
   note_slow_consumer();
   if (state_ != state::open) return;
   if (o.slow_consumer == slow_consumer_policy::drop) {
@@ -688,7 +693,7 @@ result<std::size_t> connection::encode_with_headers(const shared_message& m,
   headers_.clear();
   m.for_each_header([&](const header_view& h) { headers_.push_back(h); });
   f.headers = headers_;
-  return router_.encoder().message_ref(out(), f);
+  return svc_.encoder().message_ref(out(), f);
 }
 
 result<std::size_t> connection::add_to_batch(const proto::delivery_fields& f) {
@@ -705,7 +710,7 @@ result<std::size_t> connection::add_to_batch(const proto::delivery_fields& f) {
 
 void connection::send_no_responders(std::string_view subject, std::string_view reply_to,
                                     std::uint64_t ack_id) {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   send_error(proto::errc::no_responders,
              "no subscriber matched request subject " + proto::quote(subject) + " (reply_to " +
                  proto::quote(reply_to) + ")",
@@ -713,16 +718,16 @@ void connection::send_no_responders(std::string_view subject, std::string_view r
 }
 
 void connection::send_ack(std::uint64_t request_id, std::uint32_t delivered) {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (state_ != state::open) return;
-  (void)router_.encoder().ack(out(), request_id, delivered);
-  router_.stats().acks_sent.add();
+  (void)svc_.encoder().ack(out(), request_id, delivered);
+  svc_.stats().ack_sent();
   queued();
 }
 
 void connection::send_error(proto::errc code, std::string_view message, std::uint64_t request_id,
                             bool fatal, std::string_view reply_to) {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (state_ == state::closing || state_ == state::closed) return;
   if (code == proto::errc::slow_consumer) {
     // What is queued but not yet on the wire will not be read in time; drop it
@@ -731,8 +736,8 @@ void connection::send_error(proto::errc code, std::string_view message, std::uin
     out_refs_.clear();
     batch_out_.discard();
   }
-  (void)router_.encoder().error(out(), {code, message, request_id, fatal, reply_to});
-  router_.stats().errors[static_cast<std::size_t>(code)].add();
+  (void)svc_.encoder().error(out(), {code, message, request_id, fatal, reply_to});
+  svc_.stats().error_sent(code);
   if (fatal) {
     spdlog::info("closing connection {} ({}): {}: {}", id_, client_name_, proto::to_string(code),
                  message);
@@ -756,12 +761,12 @@ void connection::arm_close_deadline() {
 void connection::queued() {
   if (!dirty_) {
     dirty_ = true;
-    router_.mark_dirty(this);
+    svc_.flush_later(*this);
   }
 }
 
 void connection::flush() {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   dirty_ = false;
   if (state_ == state::closed) return;
   if (writing_now_) return;  // the completion handler continues
@@ -791,7 +796,7 @@ void connection::write_some() {
           self->abort();
           return;
         }
-        self->router_.stats().bytes_out.add(written);
+        self->svc_.stats().bytes_written(written);
         self->writing_.consume(written);
         if (self->writing_.empty()) self->writing_refs_.clear();
         if (self->state_ == state::closing) {
@@ -811,7 +816,7 @@ void connection::finish_close() {
 }
 
 void connection::abort() {
-  KEYWAY_ASSERT_OWNER(router_.worker());
+  KEYWAY_ASSERT_OWNER(svc_.worker());
   if (state_ == state::closed) return;
   state_ = state::closed;
   timer_.cancel();
@@ -821,7 +826,7 @@ void connection::abort() {
   blocked_.reset();
   release_throttled();
   drop_all_subscriptions();
-  router_.forget(*this);
+  svc_.closed(*this);
 }
 
 }  // namespace keyway::daemon

@@ -56,26 +56,19 @@
 
 namespace keyway::daemon {
 
-class router;
+class worker_services;
 
 class connection : public std::enable_shared_from_this<connection> {
  public:
   using socket_type = asio::generic::stream_protocol::socket;
 
-  connection(router& r, socket_type socket, std::uint64_t id, bool unix_socket);
+  connection(worker_services& w, socket_type socket, std::uint64_t id, bool unix_socket);
   ~connection();
 
   std::uint64_t id() const noexcept { return id_; }
   bool unix_socket() const noexcept { return unix_; }
   bool closed() const noexcept { return state_ == state::closed; }
-  /// Subscription ids and uids, for the router to remove them when this
-  /// connection is gone.
-  template <class Fn>
-  void for_each_subscription(Fn&& fn) const {
-    for (const auto& [sid, s] : subs_) fn(sid, s.uid);
-  }
   std::size_t pending_bytes() const noexcept { return out_.size() + writing_.size(); }
-  std::size_t subscription_count() const noexcept { return subs_.size(); }
 
   void start();
   /// Queue one delivery. Applies the slow-consumer policy.
@@ -102,7 +95,7 @@ class connection : public std::enable_shared_from_this<connection> {
   void send_draining();
   /// Router: credit came back. Returns false if the held publish still has
   /// no credit: the caller keeps the connection on its paused list. A publish
-  /// further on that pauses it again puts it back there itself (mark_paused),
+  /// further on that pauses it again puts it back there itself (resume_later),
   /// and resume() returns true.
   bool resume();
   /// Router, end of turn: start a socket write of everything queued.
@@ -195,7 +188,7 @@ class connection : public std::enable_shared_from_this<connection> {
   void write_some();
   void finish_close();
 
-  router& router_;
+  worker_services& svc_;  // the worker it lives on (worker_services.hpp)
   socket_type socket_;
   const std::uint64_t id_;
   const bool unix_;

@@ -37,39 +37,36 @@ void add(MetricFamily& f, double v, std::vector<ClientMetric::Label> labels = {}
   f.metric.push_back(std::move(m));
 }
 
-/// One family with a value per worker, read by `get` from that worker's blocks.
+/// One family with a value per worker from the runtime's counters (core::worker_stats).
 template <class Get>
 MetricFamily per_worker(const server& s, std::string name, std::string help, MetricType type,
                         Get get) {
   MetricFamily f = family(std::move(name), std::move(help), type);
-  const server_context& ctx = s.context();
-  for (std::size_t i = 0; i < ctx.workers; ++i)
-    add(f, static_cast<double>(get(s.pool().at(i).stats(), *ctx.stats[i])),
-        {{"worker", std::to_string(i)}});
+  for (std::size_t i = 0; i < s.context().workers; ++i)
+    add(f, static_cast<double>(get(s.pool().at(i).stats())), {{"worker", std::to_string(i)}});
   return f;
 }
 
-/// A family summed over workers, with one series per label value.
-template <std::size_t N, class Get>
-MetricFamily by_label(const server& s, std::string name, std::string help, MetricType type,
-                      const char* label, const std::array<std::string_view, N>& values, Get get) {
-  MetricFamily f = family(std::move(name), std::move(help), type);
+/// A family of probe counters (probe.cpp's table): per worker, or summed over
+/// workers with one series per label value.
+MetricFamily from_probes(const server& s, const probe_metric& m) {
+  MetricFamily f = family(std::string(m.name), std::string(m.help),
+                          m.gauge ? MetricType::Gauge : MetricType::Counter);
   const server_context& ctx = s.context();
-  for (std::size_t k = 0; k < N; ++k) {
-    std::uint64_t sum = 0;
-    for (std::size_t i = 0; i < ctx.workers; ++i) sum += get(*ctx.stats[i], k);
-    add(f, static_cast<double>(sum), {{label, std::string(values[k])}});
+  if (m.per_worker) {
+    for (std::size_t i = 0; i < ctx.workers; ++i)
+      add(f, static_cast<double>(m.read(*ctx.stats[i], 0)), {{"worker", std::to_string(i)}});
+    return f;
   }
-  return f;
-}
-
-template <class Get>
-MetricFamily summed(const server& s, std::string name, std::string help, MetricType type, Get get) {
-  MetricFamily f = family(std::move(name), std::move(help), type);
-  const server_context& ctx = s.context();
-  std::uint64_t sum = 0;
-  for (std::size_t i = 0; i < ctx.workers; ++i) sum += get(*ctx.stats[i]);
-  add(f, static_cast<double>(sum));
+  const std::size_t series = m.label.empty() ? 1 : m.label_values.size();
+  for (std::size_t k = 0; k < series; ++k) {
+    std::uint64_t sum = 0;
+    for (std::size_t i = 0; i < ctx.workers; ++i) sum += m.read(*ctx.stats[i], k);
+    if (m.label.empty())
+      add(f, static_cast<double>(sum));
+    else
+      add(f, static_cast<double>(sum), {{std::string(m.label), std::string(m.label_values[k])}});
+  }
   return f;
 }
 
@@ -83,23 +80,17 @@ MetricFamily latency(const server& s) {
   ClientMetric m;
   std::uint64_t cumulative = 0, sum_ns = 0;
   for (std::size_t b = 0; b <= latency_histogram::buckets; ++b) {
-    for (std::size_t i = 0; i < ctx.workers; ++i)
-      cumulative += ctx.stats[i]->latency.counts[b].get();
+    for (std::size_t i = 0; i < ctx.workers; ++i) cumulative += ctx.stats[i]->latency().count(b);
     if (b < latency_histogram::buckets)
       m.histogram.bucket.push_back({cumulative, latency_histogram::bound_ns(b) / 1e9});
   }
-  for (std::size_t i = 0; i < ctx.workers; ++i) sum_ns += ctx.stats[i]->latency.sum_ns.get();
+  for (std::size_t i = 0; i < ctx.workers; ++i) sum_ns += ctx.stats[i]->latency().sum_ns();
   m.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
   m.histogram.sample_count = cumulative;
   m.histogram.sample_sum = static_cast<double>(sum_ns) / 1e9;
   f.metric.push_back(std::move(m));
   return f;
 }
-
-constexpr std::array<std::string_view, 2> transports{"tcp", "unix"};
-constexpr std::array<std::string_view, 3> drop_reasons{"slow_consumer", "connection_gone",
-                                                       "encode_failed"};
-static_assert(drop_reasons.size() == static_cast<std::size_t>(drop_reason::count_));
 
 }  // namespace
 
@@ -120,106 +111,31 @@ std::vector<MetricFamily> metrics_collector::Collect() const {
   add(ready, s.ready() ? 1 : 0);
   out.push_back(std::move(ready));
 
-  out.push_back(per_worker(
-      s, "keyway_messages_received_total", "Publishes accepted from clients, by ingress worker", C,
-      [](const worker_stats&, const daemon_stats& d) { return d.published.get(); }));
+  for (const probe_metric& m : probe::metrics()) out.push_back(from_probes(s, m));
+  out.push_back(per_worker(s, "keyway_mesh_sent_messages_total",
+                           "Messages a worker passed to other workers", C,
+                           [](const worker_stats& w) { return w.mesh_sent.get(); }));
+  out.push_back(per_worker(s, "keyway_mesh_received_messages_total",
+                           "Messages a worker took from other workers", C,
+                           [](const worker_stats& w) { return w.mesh_received.get(); }));
+  out.push_back(per_worker(s, "keyway_credit_stalls_total",
+                           "Sends refused because the destination worker had no credit", C,
+                           [](const worker_stats& w) { return w.credit_stalls.get(); }));
   out.push_back(
-      per_worker(s, "keyway_messages_routed_total", "Publishes ordered at their owner core", C,
-                 [](const worker_stats&, const daemon_stats& d) { return d.routed.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_messages_unmatched_total",
-      "Publishes without an ack request that matched no subscription, dropped at ingress", C,
-      [](const worker_stats&, const daemon_stats& d) { return d.unmatched.get(); }));
-  out.push_back(
-      per_worker(s, "keyway_messages_delivered_total",
-                 "Message frames queued to subscribers, by the subscriber's worker", C,
-                 [](const worker_stats&, const daemon_stats& d) { return d.delivered.get(); }));
-  out.push_back(
-      per_worker(s, "keyway_frames_received_total", "Frames decoded from clients", C,
-                 [](const worker_stats&, const daemon_stats& d) { return d.frames_in.get(); }));
-  out.push_back(
-      per_worker(s, "keyway_received_bytes_total", "Bytes read from client sockets", C,
-                 [](const worker_stats&, const daemon_stats& d) { return d.bytes_in.get(); }));
-  out.push_back(
-      per_worker(s, "keyway_sent_bytes_total", "Bytes written to client sockets", C,
-                 [](const worker_stats&, const daemon_stats& d) { return d.bytes_out.get(); }));
-  out.push_back(
-      per_worker(s, "keyway_acks_sent_total",
-                 "Acks sent (for publishes with an ack id, subscribes and unsubscribes)", C,
-                 [](const worker_stats&, const daemon_stats& d) { return d.acks_sent.get(); }));
-  out.push_back(by_label(s, "keyway_dropped_messages_total", "Deliveries dropped, by reason", C,
-                         "reason", drop_reasons,
-                         [](const daemon_stats& d, std::size_t k) { return d.drops[k].get(); }));
-
-  auto errors = family("keyway_errors_total", "Error frames sent to clients, by code", C);
-  for (std::size_t k = 1; k < s.context().stats.front()->errors.size(); ++k) {
-    std::uint64_t sum = 0;
-    for (const auto& st : s.context().stats) sum += st->errors[k].get();
-    add(errors, static_cast<double>(sum),
-        {{"code", std::string(proto::to_string(static_cast<proto::errc>(k)))}});
-  }
-  out.push_back(std::move(errors));
-
-  out.push_back(by_label(
-      s, "keyway_connections", "Open client connections, by transport", G, "transport", transports,
-      [](const daemon_stats& d, std::size_t k) { return d.connections[k].get(); }));
-  out.push_back(by_label(s, "keyway_connections_accepted_total",
-                         "Client connections accepted, by transport", C, "transport", transports,
-                         [](const daemon_stats& d, std::size_t k) { return d.accepted[k].get(); }));
-  out.push_back(summed(s, "keyway_subscriptions", "Live subscriptions", G,
-                       [](const daemon_stats& d) { return d.subscriptions.get(); }));
-  out.push_back(summed(s, "keyway_slow_consumers_total",
-                       "Connections that went over limits.max_pending_bytes", C,
-                       [](const daemon_stats& d) { return d.slow_consumers.get(); }));
-  out.push_back(summed(s, "keyway_auth_failures_total",
-                       "Hellos refused for a missing or unknown token", C,
-                       [](const daemon_stats& d) { return d.auth_failures.get(); }));
-  out.push_back(
-      per_worker(s, "keyway_mesh_sent_messages_total", "Messages a worker passed to other workers",
-                 C, [](const worker_stats& w, const daemon_stats&) { return w.mesh_sent.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_mesh_received_messages_total", "Messages a worker took from other workers", C,
-      [](const worker_stats& w, const daemon_stats&) { return w.mesh_received.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_credit_stalls_total", "Sends refused because the destination worker had no credit",
-      C, [](const worker_stats& w, const daemon_stats&) { return w.credit_stalls.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_mesh_staged_messages",
-      "Messages a worker has staged for other workers that did not fit their ring yet", G,
-      [](const worker_stats& w, const daemon_stats&) { return w.mesh_staged.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_congested_connections",
-      "Connections over half their limits.max_pending_bytes (their publishers are paused)", G,
-      [](const worker_stats&, const daemon_stats& d) { return d.congested.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_throttled_publishers_total",
-      "Times a publisher was paused for a congested subscriber", C,
-      [](const worker_stats&, const daemon_stats& d) { return d.throttles_sent.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_accept_errors_total",
-      "accept() failures, each followed by a pause (out of file descriptors or memory)", C,
-      [](const worker_stats&, const daemon_stats& d) { return d.accept_errors.get(); }));
-  out.push_back(
-      summed(s, "keyway_subscriptions_refused_total",
-             "Subscriptions a worker's index refused after the subscriber's worker admitted them",
-             C, [](const daemon_stats& d) { return d.subscriptions_refused.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_paused_reads_total",
-      "Times a connection stopped reading: no credit, its own unread output, or a congested "
-      "subscriber",
-      C, [](const worker_stats&, const daemon_stats& d) { return d.paused_reads.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_worker_loop_turns_total", "Turns of the worker loop (the progress heartbeat)", C,
-      [](const worker_stats& w, const daemon_stats&) { return w.loop_turns.get(); }));
-  out.push_back(
-      per_worker(s, "keyway_worker_sleeps_total", "Times a worker went to sleep for lack of work",
-                 C, [](const worker_stats& w, const daemon_stats&) { return w.sleeps.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_worker_wakeups_sent_total", "Wake-ups a worker sent to sleeping peers", C,
-      [](const worker_stats& w, const daemon_stats&) { return w.wakeups_sent.get(); }));
-  out.push_back(per_worker(
-      s, "keyway_handler_errors_total", "Exceptions caught from handlers", C,
-      [](const worker_stats& w, const daemon_stats&) { return w.handler_errors.get(); }));
+      per_worker(s, "keyway_mesh_staged_messages",
+                 "Messages a worker has staged for other workers that did not fit their ring yet",
+                 G, [](const worker_stats& w) { return w.mesh_staged.get(); }));
+  out.push_back(per_worker(s, "keyway_worker_loop_turns_total",
+                           "Turns of the worker loop (the progress heartbeat)", C,
+                           [](const worker_stats& w) { return w.loop_turns.get(); }));
+  out.push_back(per_worker(s, "keyway_worker_sleeps_total",
+                           "Times a worker went to sleep for lack of work", C,
+                           [](const worker_stats& w) { return w.sleeps.get(); }));
+  out.push_back(per_worker(s, "keyway_worker_wakeups_sent_total",
+                           "Wake-ups a worker sent to sleeping peers", C,
+                           [](const worker_stats& w) { return w.wakeups_sent.get(); }));
+  out.push_back(per_worker(s, "keyway_handler_errors_total", "Exceptions caught from handlers", C,
+                           [](const worker_stats& w) { return w.handler_errors.get(); }));
   auto stalled =
       family("keyway_worker_stalled", "1 while a worker makes no progress (see /readyz)", G);
   const auto stalled_ids = s.stalled_workers();

@@ -1,7 +1,7 @@
 // metrics_collector: keywayd's Prometheus metrics, built at scrape time.
 //
 // The hot path never touches prometheus-cpp: workers bump their own
-// single-writer counters (core::worker_stats, daemon_stats); Collect() reads
+// single-writer counters (core::worker_stats, probe); Collect() reads
 // them with relaxed loads from the scraping thread and sums or labels them.
 // Names and labels are listed in docs/metrics.md; labels are low-cardinality
 // (worker, transport, reason, code), never a subject or a key.

@@ -30,26 +30,46 @@ index_limits index_limits_of(const server_options& o) {
 }
 }  // namespace
 
-router::router(core::worker& w, server_context& ctx)
-    : w_(w),
-      ctx_(ctx),
-      ep_(ctx.mesh->at(w.id())),
-      stats_(*ctx.stats[w.id()]),
-      pool_(*ctx.pools[w.id()]),
-      live_(ctx.options),
-      tokens_(ctx.tokens),
-      encoder_(std::make_unique<proto::encoder>(ctx.options.limits)),
-      index_(index_limits_of(ctx.options)),
-      per_worker_(ctx.workers),
-      accept_timer_(w.io()) {
+namespace {
+std::unique_ptr<core::partitioner> worker_partitioner(const server_context& ctx) {
   auto p = core::make_partitioner(ctx.options.partitioner, ctx.options.partition);
   if (!p) throw std::runtime_error("cannot build the worker partitioner: " + p.error().message());
-  owners_ = std::move(*p);
   for (std::uint32_t i = 0; i < ctx.workers; ++i) {
-    auto added = owners_->add(i);
+    auto added = (*p)->add(i);
     if (!added)
       throw std::runtime_error("cannot add worker to partitioner: " + added.error().message());
   }
+  return std::move(*p);
+}
+}  // namespace
+
+worker_services::worker_services(core::worker& w, std::string_view server_id, std::uint32_t workers,
+                                 const std::atomic<bool>& draining, core::block_pool& pool,
+                                 probe& stats, const server_options& live,
+                                 std::shared_ptr<const std::vector<std::string>> tokens,
+                                 std::unique_ptr<core::partitioner> owners)
+    : w_(w),
+      server_id_(server_id),
+      workers_(workers),
+      draining_(draining),
+      pool_(pool),
+      probe_(stats),
+      live_(live),
+      tokens_(std::move(tokens)),
+      encoder_(std::make_unique<proto::encoder>(live.limits)),
+      owners_(std::move(owners)) {}
+
+worker_services::~worker_services() = default;
+
+router::router(core::worker& w, server_context& ctx)
+    : worker_services(w, ctx.server_id, static_cast<std::uint32_t>(ctx.workers), ctx.draining,
+                      *ctx.pools[w.id()], *ctx.stats[w.id()], ctx.options, ctx.tokens,
+                      worker_partitioner(ctx)),
+      ctx_(ctx),
+      ep_(ctx.mesh->at(w.id())),
+      index_(index_limits_of(ctx.options)),
+      per_worker_(ctx.workers),
+      accept_timer_(w.io()) {
   next_conn_ = std::uint64_t{w.id()} << 48;
 }
 
@@ -100,7 +120,7 @@ std::size_t router::poll() {
 void router::flush() {
   KEYWAY_ASSERT_OWNER(w_);
   // Writing may close connections (a fatal error was queued), which may
-  // append to dirty_ again via forget(); iterate by index.
+  // append to dirty_ again via closed(); iterate by index.
   for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->flush();
   dirty_.clear();
   graveyard_.clear();
@@ -111,7 +131,7 @@ void router::flush() {
     // so only while draining.
     std::uint64_t pending = 0;
     for (auto& [id, c] : conns_) pending += c->pending_bytes();
-    stats_.pending_out_bytes.set(pending);
+    probe_.pending_out(pending);
   }
 }
 
@@ -137,10 +157,9 @@ void router::on_error(std::string_view what) {
   spdlog::error("worker {}: handler failed: {}", w_.id(), what);
 }
 
-std::uint32_t router::owner_of(const shared_message& m) noexcept {
+bool router::has_interest(std::string_view subject) {
   KEYWAY_ASSERT_OWNER(w_);
-  if (ctx_.workers == 1) return 0;
-  return owners_->pick(m.routing_key());
+  return index_.any_match(subject);
 }
 
 bool router::route(publish_op& op, std::uint32_t owner) {
@@ -200,7 +219,7 @@ void router::on_barrier(const barrier_op& op) {
 void router::on_publish(publish_op& op) {
   const shared_message& msg = *op.msg;
   const std::uint64_t seq = ++seq_;
-  stats_.routed.add();
+  probe_.routed();
   matches_.clear();
   index_.match(msg.subject(), msg.routing_key(), matches_);
   std::uint32_t last = 0;  // the last worker with targets
@@ -256,7 +275,7 @@ void router::on_deliver(deliver_op& op) {
   auto deliver_to = [&](const delivery_target& t) {
     connection* c = find_conn(t.conn);
     if (c == nullptr) {
-      stats_.drops[static_cast<std::size_t>(drop_reason::connection_gone)].add();
+      probe_.dropped(drop_reason::connection_gone);
       return;
     }
     c->deliver(*op.msg, t.sid, op.core, op.seq, op.publisher);
@@ -290,7 +309,7 @@ void router::on_sub_change(const sub_change_op& op) {
       if (auto st = index_.add(s.pattern, s.group, s.ref); !st) {
         // The subscriber's worker checked against its own replica; a change
         // still in flight from another worker took the last room here.
-        stats_.subscriptions_refused.add();
+        probe_.subscription_refused();
         submit(s.ref.worker,
                route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid,
                                         std::make_shared<const std::string>(st.message())}));
@@ -312,9 +331,10 @@ void router::on_sub_applied(const sub_applied_op& op) {
   if (connection* c = find_conn(op.conn)) c->sub_applied(op);
 }
 
-std::uint64_t router::subscription_cost(std::string_view pattern, std::string_view group) const {
-  KEYWAY_ASSERT_OWNER(w_);
-  return subject_index::cost_bytes(pattern, group, group_slots) * ctx_.workers;
+std::uint64_t worker_services::subscription_cost(std::string_view pattern,
+                                                 std::string_view group) const {
+  // Every worker holds a replica of the index entry.
+  return subject_index::cost_bytes(pattern, group, group_slots) * workers_;
 }
 
 result<std::uint32_t, std::string> router::admit_subscription(std::string_view pattern,
@@ -322,7 +342,7 @@ result<std::uint32_t, std::string> router::admit_subscription(std::string_view p
                                                               std::uint64_t cost) {
   KEYWAY_ASSERT_OWNER(w_);
   if (auto st = index_.can_add(pattern, group); !st) return st.message();
-  const std::uint64_t share = live_.max_total_subscription_bytes / ctx_.workers;
+  const std::uint64_t share = live_.max_total_subscription_bytes / workers_;
   if (sub_bytes_ + cost > share)
     return "the subscriptions of this worker's connections take " + proto::format_size(sub_bytes_) +
            " of index memory and this one needs " + proto::format_size(cost) +
@@ -345,14 +365,14 @@ result<std::uint32_t, std::string> router::admit_subscription(std::string_view p
   return uid;
 }
 
-void router::release_subscription(std::uint64_t cost) noexcept {
+void router::release_subscriptions(std::uint64_t cost) noexcept {
   KEYWAY_ASSERT_OWNER(w_);
   sub_bytes_ -= std::min(cost, sub_bytes_);
 }
 
 void router::throttle(std::uint64_t conn, bool on) {
   KEYWAY_ASSERT_OWNER(w_);
-  if (on) stats_.throttles_sent.add();
+  if (on) probe_.throttle_sent();
   submit(worker_of_conn(conn), route_msg(throttle_op{conn, on}));
 }
 
@@ -367,19 +387,19 @@ void router::free_uid(std::uint32_t uid) {
   free_uids_.push_back(uid);
 }
 
-void router::mark_dirty(connection* c) {
+void router::flush_later(connection& c) {
   KEYWAY_ASSERT_OWNER(w_);
-  dirty_.push_back(c);
+  dirty_.push_back(&c);
 }
 
-void router::mark_paused(connection* c) {
+void router::resume_later(connection& c) {
   KEYWAY_ASSERT_OWNER(w_);
-  paused_.push_back(c);
+  paused_.push_back(&c);
 }
 
 void router::resume_paused() {
-  // resume() reads on, and that may pause a connection again (mark_paused) or
-  // close one (forget): both change paused_, so walk it moved out of the way.
+  // resume() reads on, and that may pause a connection again (resume_later) or
+  // close one (closed): both change paused_, so walk it moved out of the way.
   // A connection closed meanwhile stays alive in graveyard_ until flush(),
   // and its resume() returns true.
   resuming_.swap(paused_);
@@ -388,7 +408,7 @@ void router::resume_paused() {
   resuming_.clear();
 }
 
-void router::forget(connection& c) {
+void router::closed(connection& c) {
   KEYWAY_ASSERT_OWNER(w_);
   auto it = conns_.find(c.id());
   if (it == conns_.end()) return;
@@ -396,8 +416,7 @@ void router::forget(connection& c) {
   if (last_conn_ == it->second.get()) last_conn_ = nullptr;
   graveyard_.push_back(std::move(it->second));
   conns_.erase(it);
-  auto& gauge = stats_.connections_on(c.unix_socket());
-  gauge.set(gauge.get() - 1);
+  probe_.connection_closed(c.unix_socket());
   submit(0, route_msg(conn_closed_op{}));
 }
 
@@ -429,7 +448,7 @@ void router::accept_failed(Acceptor& a, bool unix_socket, std::error_code ec) {
   // See accept_backoff.hpp: never accept again at once after a failure.
   // One timer for every listener (a member: a timer owning itself through
   // its handler would outlive the io_context's shutdown).
-  stats_.accept_errors.add();
+  probe_.accept_failed();
   const auto wait = accept_backoff_.failed(ec);
   accept_retry_.push_back([this, &a, unix_socket] {
     if (a.is_open()) accept_next(a, unix_socket);
@@ -492,8 +511,7 @@ void router::adopt(int fd, bool unix_socket) {
   }
   auto c = std::make_shared<connection>(*this, std::move(sock), next_conn_++, unix_socket);
   conns_.emplace(c->id(), c);
-  stats_.accepted_on(unix_socket).add();
-  stats_.connections_on(unix_socket).set(stats_.connections_on(unix_socket).get() + 1);
+  probe_.connection_opened(unix_socket);
   if (draining()) {
     c->send_error(proto::errc::shutting_down, "the server is shutting down; reconnect later", 0,
                   true);
@@ -505,18 +523,6 @@ void router::adopt(int fd, bool unix_socket) {
 void router::on_conn_closed() {
   KEYWAY_ASSERT(w_.id() == 0);
   if (open_connections_ > 0) --open_connections_;
-}
-
-std::string_view router::draining_reason() const noexcept {
-  KEYWAY_ASSERT_OWNER(w_);
-  return "the server is shutting down; reconnect to another server of this deployment "
-         "(welcome.connectUrls)";
-}
-
-std::uint32_t router::draining_grace_ms() const noexcept {
-  KEYWAY_ASSERT_OWNER(w_);
-  const auto ms = ctx_.options.lame_duck_grace.count();
-  return static_cast<std::uint32_t>(std::clamp<std::int64_t>(ms, 0, UINT32_MAX));
 }
 
 void router::close_acceptors() {

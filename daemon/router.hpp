@@ -11,6 +11,8 @@
 //   the connection's outbound buffer → one socket write per connection per
 //   loop turn.
 //
+// Connections reach it only through worker_services (worker_services.hpp).
+//
 // Threads: every method runs on the owning worker's thread (asserted at the
 // entry points). The only cross-thread inputs are mesh messages and the
 // read-only server_context.
@@ -37,6 +39,7 @@
 #include "daemon/probe.hpp"
 #include "daemon/route.hpp"
 #include "daemon/subject_index.hpp"
+#include "daemon/worker_services.hpp"
 #include "proto/encoder.hpp"
 
 namespace keyway::daemon {
@@ -53,7 +56,7 @@ struct server_context {
   std::vector<std::unique_ptr<core::block_pool>> pools;
   std::unique_ptr<core::mesh<route_msg>> mesh;
   /// Per worker; written by that worker only.
-  std::vector<std::unique_ptr<daemon_stats>> stats;
+  std::vector<std::unique_ptr<probe>> stats;
   /// Acceptors, all run by worker 0 (sockets are handed out round-robin).
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> tcp_acceptors;
   std::vector<std::unique_ptr<asio::local::stream_protocol::acceptor>> unix_acceptors;
@@ -69,7 +72,7 @@ struct server_context {
   std::atomic<bool> draining{false};
 };
 
-class router final : public core::worker_handler {
+class router final : public core::worker_handler, public worker_services {
  public:
   router(core::worker& w, server_context& ctx);
   ~router() override;
@@ -82,73 +85,24 @@ class router final : public core::worker_handler {
   void shutdown() override;
   void on_error(std::string_view what) override;
 
-  // ---- used by connection, on this worker's thread -------------------------
-  core::worker& worker() noexcept { return w_; }
-  /// The options in force on this worker: the server's, then what reloads
-  /// changed (log level, limits, tokens).
-  const server_options& options() const noexcept { return live_; }
-  /// Auth tokens; empty: no authentication.
-  const std::vector<std::string>& tokens() const noexcept { return *tokens_; }
+  // worker_services (worker_services.hpp: what connections ask of this worker)
+  bool has_interest(std::string_view subject) override;
+  bool route(publish_op& op, std::uint32_t owner) override;
+  void barrier(std::uint32_t owner, std::uint64_t conn, std::uint64_t round) override;
+  result<std::uint32_t, std::string> admit_subscription(std::string_view pattern,
+                                                        std::string_view group,
+                                                        std::uint64_t cost) override;
+  void release_subscriptions(std::uint64_t cost) noexcept override;
+  void broadcast(std::vector<sub_spec> changes) override;
+  void throttle(std::uint64_t conn, bool on) override;
+  void flush_later(connection& c) override;
+  void resume_later(connection& c) override;
+  void closed(connection& c) override;
+
   /// On this worker's thread (the server posts it): takes the live part of a
   /// reloaded configuration. Connections already open keep the frame size
   /// their decoder was built with.
   void apply(const server_options& next, std::shared_ptr<const std::vector<std::string>> tokens);
-  const server_context& context() const noexcept { return ctx_; }
-  daemon_stats& stats() noexcept { return stats_; }
-  /// This worker's allocator for the messages it builds.
-  core::block_pool& pool() noexcept { return pool_; }
-  /// The steady clock in ns, read once per loop turn (deliveries of one turn
-  /// share it), and again when a message received later than that reading
-  /// comes through: the "written" end of the latency histogram.
-  std::uint64_t turn_ns(std::uint64_t not_before) noexcept {
-    if (turn_ns_ < not_before)
-      turn_ns_ = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch() /
-                                            std::chrono::nanoseconds(1));
-    return turn_ns_;
-  }
-  /// One encoder per worker, shared by its connections (it holds a scratch
-  /// segment of limits.max_frame bytes).
-  proto::encoder& encoder() noexcept { return *encoder_; }
-  bool draining() const noexcept { return ctx_.draining.load(std::memory_order_relaxed); }
-  /// This worker told its clients that the server is shutting down (lame
-  /// duck): a connection that completes its handshake later is told after
-  /// its welcome.
-  bool draining_announced() const noexcept { return announced_; }
-  /// The `draining` frame's reason and grace, for connection::send_draining().
-  std::string_view draining_reason() const noexcept;
-  std::uint32_t draining_grace_ms() const noexcept;
-
-  /// Routes an accepted publish to `owner` (owner_of(*op.msg)). Returns false
-  /// if the owner has no credit: the op is left intact and the connection must
-  /// pause (see resume_paused()).
-  bool route(publish_op& op, std::uint32_t owner);
-  /// Sends a barrier (route.hpp) of connection `conn`'s round `round` to
-  /// worker `owner` (not this one). Never refused.
-  void barrier(std::uint32_t owner, std::uint64_t conn, std::uint64_t round);
-  /// The worker that owns op.msg's routing key.
-  std::uint32_t owner_of(const shared_message& m) noexcept;
-  /// Whether any subscription matches `subject`, by this worker's replica of
-  /// the index (which holds every acknowledged subscription).
-  bool has_interest(std::string_view subject) { return index_.any_match(subject); }
-  /// Broadcasts subscription changes to every worker (self included).
-  void broadcast(std::vector<sub_spec> changes);
-  /// Index memory a subscription costs on all workers together.
-  std::uint64_t subscription_cost(std::string_view pattern, std::string_view group) const;
-  /// Checks a new subscription against this worker's replica of the index
-  /// (queue-group members, pattern shapes) and its share of
-  /// limits.max_total_subscription_bytes; charges `cost` and returns a uid,
-  /// or why not (for a tooManySubscriptions error).
-  result<std::uint32_t, std::string> admit_subscription(std::string_view pattern,
-                                                        std::string_view group, std::uint64_t cost);
-  /// Gives back what admit_subscription() charged, when a subscription goes.
-  void release_subscription(std::uint64_t cost) noexcept;
-  /// Pauses (on) or resumes (off) reading from connection `conn`, which may
-  /// live on any worker.
-  void throttle(std::uint64_t conn, bool on);
-  void mark_dirty(connection* c);
-  void mark_paused(connection* c);
-  /// The connection finished closing: forget it and tell the acceptor.
-  void forget(connection& c);
 
  private:
   /// Runs `m` here when `to` is this worker, else sends it there.
@@ -181,16 +135,8 @@ class router final : public core::worker_handler {
   void resume_paused();
   void start_drain();
 
-  core::worker& w_;
   server_context& ctx_;
   core::mesh<route_msg>::endpoint& ep_;
-  daemon_stats& stats_;
-  core::block_pool& pool_;
-  std::uint64_t turn_ns_ = 0;
-  server_options live_;
-  std::shared_ptr<const std::vector<std::string>> tokens_;
-  std::unique_ptr<proto::encoder> encoder_;
-  std::unique_ptr<core::partitioner> owners_;
   subject_index index_;
   std::uint64_t seq_ = 0;
   std::uint64_t next_conn_ = 0;
@@ -216,7 +162,6 @@ class router final : public core::worker_handler {
   accept_backoff accept_backoff_{"listen"};
   asio::steady_timer accept_timer_;                  // the backoff's wait
   std::vector<std::function<void()>> accept_retry_;  // listeners waiting on it
-  bool announced_ = false;                           // announce_draining() ran
   bool drain_started_ = false;
 };
 

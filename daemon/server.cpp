@@ -66,8 +66,7 @@ void server::start() {
   for (std::size_t i = 0; i < ctx_.workers; ++i)
     ctx_.pools.push_back(std::make_unique<core::block_pool>());
   ctx_.mesh = std::make_unique<core::mesh<route_msg>>(ctx_.workers, o.ring_capacity);
-  for (std::size_t i = 0; i < ctx_.workers; ++i)
-    ctx_.stats.push_back(std::make_unique<daemon_stats>());
+  for (std::size_t i = 0; i < ctx_.workers; ++i) ctx_.stats.push_back(std::make_unique<probe>());
   if (o.partitioner == core::partition_strategy::round_robin)
     spdlog::warn(
         "routing.partitioner = round_robin gives up key affinity: messages of one key may be "
@@ -237,15 +236,14 @@ bool server::quiescent() const {
     if (!w.sleeping()) return false;
     sent += w.stats().mesh_sent.get();
     received += w.stats().mesh_received.get();
-    if (ctx_.stats[i]->pending_out_bytes.get() != 0) return false;
+    if (ctx_.stats[i]->pending_out_bytes() != 0) return false;
   }
   return sent == received;
 }
 
 std::uint64_t server::client_connections() const {
   std::uint64_t n = 0;
-  for (std::size_t i = 0; i < ctx_.workers; ++i)
-    for (const auto& c : ctx_.stats[i]->connections) n += c.get();
+  for (std::size_t i = 0; i < ctx_.workers; ++i) n += ctx_.stats[i]->open_connections();
   return n;
 }
 

@@ -30,8 +30,7 @@ using keyway::test::numbered;
 
 std::uint64_t paused_reads(const server& s) {
   std::uint64_t n = 0;
-  for (std::uint32_t w = 0; w < s.context().workers; ++w)
-    n += s.context().stats[w]->paused_reads.get();
+  for (std::uint32_t w = 0; w < s.context().workers; ++w) n += s.context().stats[w]->paused_reads();
   return n;
 }
 

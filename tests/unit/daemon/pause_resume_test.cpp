@@ -31,8 +31,7 @@ constexpr std::size_t total = std::size_t{publishers} * per_publisher;
 
 std::uint64_t paused_reads(const server& s) {
   std::uint64_t n = 0;
-  for (std::uint32_t w = 0; w < s.context().workers; ++w)
-    n += s.context().stats[w]->paused_reads.get();
+  for (std::uint32_t w = 0; w < s.context().workers; ++w) n += s.context().stats[w]->paused_reads();
   return n;
 }
 
