@@ -124,7 +124,8 @@ class worker_services {
  protected:
   worker_services(core::worker& w, std::string_view server_id, std::uint32_t workers,
                   const std::atomic<bool>& draining, core::block_pool& pool, probe& stats,
-                  const server_options& live, std::shared_ptr<const std::vector<std::string>> tokens,
+                  const server_options& live,
+                  std::shared_ptr<const std::vector<std::string>> tokens,
                   std::unique_ptr<core::partitioner> owners);
   ~worker_services();
 

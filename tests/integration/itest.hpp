@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/integration/raw_client.hpp"
 #include "tests/support/keywayd_process.hpp"
+#include "tests/support/raw_client.hpp"
 
 namespace keyway::itest {
 

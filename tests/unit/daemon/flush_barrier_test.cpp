@@ -13,8 +13,8 @@
 
 #include "daemon/router.hpp"
 #include "daemon/server.hpp"
-#include "tests/integration/raw_client.hpp"
 #include "tests/support/numbered.hpp"
+#include "tests/support/raw_client.hpp"
 
 namespace keyway::daemon {
 namespace {

@@ -14,7 +14,7 @@
 
 #include "daemon/router.hpp"
 #include "daemon/server.hpp"
-#include "tests/integration/raw_client.hpp"
+#include "tests/support/raw_client.hpp"
 
 namespace keyway::daemon {
 namespace {

@@ -1,4 +1,4 @@
-#include "tests/integration/raw_client.hpp"
+#include "tests/support/raw_client.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
