@@ -180,6 +180,7 @@ class reader {
   void read_limits(server_options& o);
   void read_log(server_options& o);
   void read_auth(server_options& o);
+  void read_cluster(server_options& o);
 
  private:
   void fail(const std::string& msg) {
@@ -705,6 +706,153 @@ void reader::read_auth(server_options& o) {
   }
 }
 
+// A cluster or node name: 1..64 bytes of letters, digits, '.', '_' and '-' (it is
+// part of etcd keys and of metric labels).
+std::string name_problem(std::string_view v) {
+  if (v.empty() || v.size() > 64)
+    return "has " + std::to_string(v.size()) + " bytes; allowed 1..64";
+  for (const char c : v) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok)
+      return "holds " + toml_string(std::string(1, c)) +
+             "; allowed letters, digits, '.', '_' and '-'";
+  }
+  return {};
+}
+
+// Why `url` is not an etcd client URL (http://HOST:PORT, HOST a name or an IP
+// address, PORT 1..65535), or "".
+std::string etcd_url_problem(std::string_view url) {
+  constexpr std::string_view scheme = "http://";
+  if (!url.starts_with(scheme))
+    return url.starts_with("https://") ? "TLS to etcd is not supported; use http://HOST:PORT"
+                                       : "has no http:// scheme";
+  std::string_view rest = url.substr(scheme.size());
+  if (rest.ends_with("/")) rest.remove_suffix(1);
+  std::string_view host, port;
+  if (rest.starts_with("[")) {
+    const auto close = rest.find(']');
+    if (close == std::string_view::npos) return "has an unclosed [";
+    host = rest.substr(1, close - 1);
+    rest.remove_prefix(close + 1);
+    if (!rest.starts_with(":")) return "has no :PORT";
+    port = rest.substr(1);
+    unsigned char buf[16];
+    if (::inet_pton(AF_INET6, std::string(host).c_str(), buf) != 1)
+      return "host [" + std::string(host) + "] is not an IPv6 address";
+  } else {
+    const auto colon = rest.rfind(':');
+    if (colon == std::string_view::npos) return "has no :PORT";
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+    if (!is_ip_literal(std::string(host)) && !is_host_name(host))
+      return "host " + toml_string(host) + " is neither an IP address nor a host name";
+  }
+  unsigned p = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || p == 0 || p > 65535)
+    return "port " + toml_string(port) + " is not a number from 1 to 65535";
+  return {};
+}
+
+void reader::read_cluster(server_options& o) {
+  const toml::node* section = root_.get("cluster");
+  if (section == nullptr || !section->is_table()) return;  // no [cluster]: a single node
+  daemon::cluster_options c = o.cluster.value_or(daemon::cluster_options{});
+  auto named = [&](const char* key, std::string& into, bool empty_ok) {
+    const std::string name = std::string("cluster.") + key;
+    const auto* n = find("cluster", key);
+    if (n == nullptr) return;
+    auto v = string(name, *n);
+    if (!v) return;
+    if (const std::string why = v->empty() && empty_ok ? std::string() : name_problem(*v);
+        !why.empty())
+      return fail(name + " = " + show(*n) + " " + why);
+    into = *v;
+  };
+  named("name", c.name, false);
+  named("node_id", c.node_id, true);  // "": the host name
+  if (const auto* n = find("cluster", "peer_listen")) {
+    if (auto v = string("cluster.peer_listen", *n)) {
+      const auto addr = [&]() -> std::optional<listen_address> {
+        try {
+          return daemon::parse_listen_url(*v);
+        } catch (const std::invalid_argument& e) {
+          fail("cluster.peer_listen = " + show(*n) + " is not a valid URL: " +
+               listen_url_reason(*v, e.what()) + "; write tcp://IP:PORT, e.g. tcp://10.0.0.1:7402");
+          return std::nullopt;
+        }
+      }();
+      if (addr && addr->type != listen_address::kind::tcp)
+        fail("cluster.peer_listen = " + show(*n) +
+             " is a Unix path; peers connect over TCP: write tcp://IP:PORT");
+      else if (addr && !is_ip_literal(addr->host))
+        fail("cluster.peer_listen = " + show(*n) + " has host " + toml_string(addr->host) +
+             ", not an IP address; keywayd does not resolve names when it binds");
+      else if (addr)
+        c.peer_listen = *addr;
+    }
+  }
+  if (const auto* n = find("cluster", "advertise")) {
+    if (auto v = string("cluster.advertise", *n)) {
+      if (const std::string why = v->empty() ? std::string() : client_url_problem(*v); !why.empty())
+        fail("cluster.advertise = " + show(*n) + " is not a client URL: " + why +
+             "; write tcp://HOST:PORT or unix:///absolute/path, or \"\" for the first listener");
+      else
+        c.advertise = *v;
+    }
+  }
+  if (const auto* n = find("cluster", "etcd_endpoints")) {
+    const auto* a = array("cluster.etcd_endpoints", *n,
+                          "an array of etcd client URLs such as [\"http://127.0.0.1:2379\"]");
+    constexpr std::size_t max_endpoints = 16;
+    if (a != nullptr && (a->empty() || a->size() > max_endpoints)) {
+      fail("cluster.etcd_endpoints lists " + std::to_string(a->size()) + " URLs; allowed 1.." +
+           std::to_string(max_endpoints));
+      a = nullptr;
+    }
+    bool ok = a != nullptr;
+    std::vector<std::string> urls;
+    for (std::size_t i = 0; a != nullptr && i < a->size(); ++i) {
+      const std::string name = "cluster.etcd_endpoints[" + std::to_string(i) + "]";
+      auto url = string(name, *a->get(i));
+      if (!url) {
+        ok = false;
+      } else if (const std::string why = etcd_url_problem(*url); !why.empty()) {
+        fail(name + " = " + show(*a->get(i)) + " is not an etcd client URL: " + why +
+             "; write http://HOST:PORT, e.g. http://127.0.0.1:2379");
+        ok = false;
+      } else if (std::find(urls.begin(), urls.end(), *url) != urls.end()) {
+        fail(name + " = " + show(*a->get(i)) + " is listed twice; list each URL once");
+        ok = false;
+      } else {
+        urls.push_back(std::move(*url));
+      }
+    }
+    if (ok) c.etcd_endpoints = std::move(urls);
+  }
+  if (const auto* n = find("cluster", "lease_ttl")) {
+    if (auto d =
+            duration("cluster.lease_ttl", *n, std::chrono::seconds(2), std::chrono::minutes(10),
+                     " (etcd refuses leases shorter than about 1.5 election timeouts)"))
+      c.lease_ttl = *d;
+  }
+  // The peer listener must not take a client or admin listener's address.
+  const auto& peer = c.peer_listen;
+  const auto clash = [&](const listen_address& l) {
+    return l.type == listen_address::kind::tcp && l.port != 0 && l.port == peer.port &&
+           l.host == peer.host;
+  };
+  if (peer.port != 0 && std::any_of(o.listen.begin(), o.listen.end(), clash))
+    fail("cluster.peer_listen = " + toml_string(peer.to_string()) +
+         " is also a client listener (listen.tcp); give the peers a port of their own");
+  else if (peer.port != 0 && o.admin && clash(*o.admin))
+    fail("cluster.peer_listen = " + toml_string(peer.to_string()) +
+         " is also the admin listener (admin.listen); give the peers a port of their own");
+  o.cluster = std::move(c);
+}
+
 }  // namespace
 
 std::string one_line(std::string_view text) {
@@ -782,6 +930,7 @@ load_result parse(std::string_view toml_text, std::string_view file_name, server
   r.read_limits(o);
   r.read_log(o);
   r.read_auth(o);
+  r.read_cluster(o);  // after listen and admin: it checks for clashes with them
   if (r.problems.empty()) {
     out.options = std::move(o);
   } else {

@@ -21,6 +21,11 @@ std::string admin_url(const server_options& o) {
   return o.admin ? o.admin->to_string() : "off";
 }
 
+const daemon::cluster_options& cluster_of(const server_options& o) {
+  static const daemon::cluster_options defaults;
+  return o.cluster ? *o.cluster : defaults;
+}
+
 // Same(field): a comparison of one member.
 #define KEYWAY_SAME(expr) \
   +[](const server_options& a, const server_options& b) { return a.expr == b.expr; }
@@ -124,6 +129,35 @@ constexpr key_info table[] = {
     {"auth.tokens_file", "path", "\"\"", "(no authentication)", "a readable regular file", R::live,
      "--tokens-file", "file of accepted client tokens, one per line; \"\": no authentication",
      KEYWAY_SAME(tokens_file)},
+
+// [cluster] is off unless present; its keys compare as their defaults when absent
+// (whether the section is present at all is its own restart rule, "cluster").
+#define KEYWAY_SAME_CLUSTER(expr)                         \
+  +[](const server_options& a, const server_options& b) { \
+    return cluster_of(a).expr == cluster_of(b).expr;      \
+  }
+    {"cluster.name", "string", "\"keyway\"", "", "1..64 of `a-z A-Z 0-9 . _ -`", R::restart, "",
+     "the cluster's name: its nodes share the etcd prefix /keyway/<name>/",
+     KEYWAY_SAME_CLUSTER(name)},
+    {"cluster.node_id", "string", "\"\"", "(the host name)",
+     "`\"\"` or 1..64 of `a-z A-Z 0-9 . _ -`", R::restart, "",
+     "this node's id, unique in the cluster", KEYWAY_SAME_CLUSTER(node_id)},
+    {"cluster.peer_listen", "URL", "\"tcp://127.0.0.1:7402\"", "",
+     "`tcp://IP:PORT`, not a client or admin address", R::restart, "",
+     "where the other nodes connect to this one",
+     +[](const server_options& a, const server_options& b) {
+       return cluster_of(a).peer_listen.to_string() == cluster_of(b).peer_listen.to_string();
+     }},
+    {"cluster.advertise", "URL", "\"\"", "(the first listener)",
+     "`tcp://HOST:PORT` or `unix:///absolute/path`", R::restart, "",
+     "the client URL the other nodes announce for this one", KEYWAY_SAME_CLUSTER(advertise)},
+    {"cluster.etcd_endpoints", "array of URLs", "[\"http://127.0.0.1:2379\"]", "",
+     "1..16 `http://HOST:PORT`, no repeats", R::restart, "", "etcd's client URLs, tried in turn",
+     KEYWAY_SAME_CLUSTER(etcd_endpoints)},
+    {"cluster.lease_ttl", "duration", "\"3s\"", "", "2s..10m", R::restart, "",
+     "this node leaves the ring this long after it stops renewing its etcd lease",
+     KEYWAY_SAME_CLUSTER(lease_ttl)},
+#undef KEYWAY_SAME_CLUSTER
 };
 
 #undef KEYWAY_SAME
@@ -154,9 +188,15 @@ std::vector<std::string_view> section_keys(std::string_view section) {
   return out;
 }
 
+bool optional_section(std::string_view section) {
+  return section == "cluster";
+}
+
 std::vector<std::string> restart_keys_changed(const server_options& current,
                                               const server_options& next) {
   std::vector<std::string> out;
+  // Joining or leaving a cluster (adding or removing [cluster]) takes a restart.
+  if (current.cluster.has_value() != next.cluster.has_value()) out.emplace_back("cluster");
   for (const auto& k : table) {
     if (k.reload != reload_rule::restart || k.same(current, next)) continue;
     if (std::find(out.begin(), out.end(), k.reload_name()) == out.end())

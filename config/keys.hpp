@@ -59,11 +59,15 @@ struct key_info {
 };
 
 /// Every key, sections in the order of the file (server, listen, admin, routing, limits,
-/// log, auth), keys in the order of their section.
+/// log, auth, cluster), keys in the order of their section.
 std::span<const key_info> keys();
 
 /// The row of `name`, or nullptr.
 const key_info* find_key(std::string_view name);
+
+/// Sections that are off unless the file has them ([cluster]): keyway.toml shows them
+/// commented out, and adding or removing one takes a restart.
+bool optional_section(std::string_view section);
 
 /// The section names, in order.
 std::vector<std::string_view> sections();
@@ -72,7 +76,8 @@ std::vector<std::string_view> sections();
 std::vector<std::string_view> section_keys(std::string_view section);
 
 /// The restart-only keys whose values differ between `current` and `next`, by
-/// reload_name(), once each, in table order: what a reload must refuse.
+/// reload_name(), once each, in table order, after "cluster" when one has a [cluster]
+/// section and the other not: what a reload must refuse.
 std::vector<std::string> restart_keys_changed(const daemon::server_options& current,
                                               const daemon::server_options& next);
 

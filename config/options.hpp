@@ -39,6 +39,26 @@ enum class slow_consumer_policy { disconnect, drop };
 
 enum class log_format { text, json };
 
+/// [cluster]: this node's membership of a cluster (docs/cluster.md). The
+/// section present makes keywayd a cluster node; absent, it is the single
+/// node it always was.
+struct cluster_options {
+  /// The cluster's name: its nodes share the etcd prefix /keyway/<name>/.
+  std::string name = "keyway";
+  /// This node's id, unique in the cluster. Empty: the host name, at start.
+  std::string node_id;
+  /// Where the other nodes connect to this one (tcp://HOST:PORT).
+  listen_address peer_listen{listen_address::kind::tcp, "127.0.0.1", 7402, {}};
+  /// The client URL other nodes announce for this one. Empty: the first
+  /// listen.tcp address.
+  std::string advertise;
+  /// etcd's client URLs (http://HOST:PORT), tried in turn.
+  std::vector<std::string> etcd_endpoints{"http://127.0.0.1:2379"};
+  /// This node's etcd lease: it leaves the ring this long after it stops
+  /// renewing it (keepalive every third of it).
+  std::chrono::milliseconds lease_ttl{3000};
+};
+
 struct server_options {
   std::vector<listen_address> listen{listen_address{}};
   /// The admin HTTP listener (/metrics, /livez, /readyz, /healthz, /status);
@@ -97,6 +117,8 @@ struct server_options {
   log_format log_fmt = log_format::text;
   /// [auth] tokens_file: one token per line; empty: no authentication.
   std::string tokens_file;
+  /// [cluster]; unset: a single node.
+  std::optional<cluster_options> cluster;
 };
 
 }  // namespace keyway::daemon

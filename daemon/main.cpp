@@ -252,10 +252,21 @@ int main(int argc, char** argv) {
     log_problems(e.what());
     return 2;
   }
+  // Cluster membership (etcd) is built, but forwarding between nodes is not: a node
+  // would serve only its own clients, which is not what [cluster] promises.
+  constexpr const char* cluster_not_built =
+      "[cluster] is validated, but this build of keywayd cannot run as a cluster node yet: "
+      "forwarding between nodes is not built, so a node would serve only its own clients; "
+      "remove [cluster] to run a single node (docs/cluster.md)";
   if (f.check_config) {
     std::printf("%s: configuration is valid\n",
                 f.config.empty() ? "built-in defaults" : f.config.c_str());
+    if (opt.cluster) std::printf("note: %s\n", cluster_not_built);
     return 0;
+  }
+  if (opt.cluster) {
+    spdlog::critical("{}", cluster_not_built);
+    return 2;
   }
   spdlog::set_level(spdlog::level::from_str(opt.log_level));
   set_log_format(opt.log_fmt);

@@ -379,6 +379,34 @@ TEST_CASE("config: flags override the file and check-config reports every proble
   CHECK(err3.find("\"5x\" is not a duration") != std::string::npos);
 }
 
+TEST_CASE("config: check-config validates [cluster], and keywayd refuses to run as a node") {
+  temp_dir dir;
+  const auto bad = dir.path() / "bad.toml";
+  std::ofstream(bad) << "[cluster]\nnode_id = \"a b\"\nlease_ttl = \"1s\"\n"
+                     << "etcd_endpoints = [\"https://127.0.0.1:2379\"]\n";
+  child_process check({KEYWAYD_PATH, "--check-config", "--config", bad.string()});
+  CHECK(check.wait(10s) == 2);
+  const std::string err = check.err();
+  INFO(err);
+  CHECK(err.find("cluster.node_id = \"a b\"") != std::string::npos);
+  CHECK(err.find("cluster.lease_ttl = \"1s\" is out of range; allowed 2s..10m") !=
+        std::string::npos);
+  CHECK(err.find("cluster.etcd_endpoints[0]") != std::string::npos);
+
+  const auto good = dir.path() / "good.toml";
+  std::ofstream(good) << "[listen]\ntcp = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"off\"\n"
+                      << "[cluster]\nnode_id = \"n1\"\n";
+  child_process ok({KEYWAYD_PATH, "--check-config", "--config", good.string()});
+  CHECK(ok.wait(10s) == 0);
+  CHECK(ok.out().find("configuration is valid") != std::string::npos);
+  CHECK(ok.out().find("forwarding between nodes is not built") != std::string::npos);
+
+  // Not built yet: said at start, not a node that silently serves only its own clients.
+  child_process run({KEYWAYD_PATH, "--config", good.string()});
+  CHECK(run.wait(10s) == 2);
+  CHECK(run.err().find("cannot run as a cluster node yet") != std::string::npos);
+}
+
 TEST_CASE("config: a usage error exits 2 with CLI11's message, --help exits 0") {
   child_process bogus({KEYWAYD_PATH, "--bogus"});
   CHECK(bogus.wait(10s) == 2);

@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
 #include "config/config.hpp"
+#include "config/keys.hpp"
 
 namespace {
 
@@ -95,6 +97,7 @@ void check_same(const server_options& a, const server_options& b) {
   CHECK(a.log_level == b.log_level);
   CHECK(a.log_fmt == b.log_fmt);
   CHECK(a.tokens_file == b.tokens_file);
+  CHECK(a.cluster.has_value() == b.cluster.has_value());
 }
 
 bool contains(const std::vector<std::string>& problems, std::string_view text) {
@@ -646,4 +649,75 @@ TEST_CASE("server.advertise takes client URLs and names the bad one, its value a
   const auto problems =
       problems_of("[server]\nadvertise = [\"tcp://x\", \"unix://y\", \"tcp://ok:1\"]\n");
   CHECK(problems.size() == 2);
+}
+
+TEST_CASE("[cluster]: absent means a single node; present, its keys default") {
+  CHECK_FALSE(parse_ok("[server]\nworkers = 1\n").options->cluster.has_value());
+  const auto r = parse_ok("[cluster]\n");
+  REQUIRE(r.options->cluster.has_value());
+  const auto& c = *r.options->cluster;
+  CHECK(c.name == "keyway");
+  CHECK(c.node_id.empty());
+  CHECK(c.peer_listen.to_string() == "tcp://127.0.0.1:7402");
+  CHECK(c.advertise.empty());
+  CHECK(c.etcd_endpoints == std::vector<std::string>{"http://127.0.0.1:2379"});
+  CHECK(c.lease_ttl == 3s);
+
+  const auto set = parse_ok(R"([cluster]
+name = "blue"
+node_id = "n-1.a_b"
+peer_listen = "tcp://[::1]:0"
+advertise = "tcp://kw1.example:7400"
+etcd_endpoints = ["http://127.0.0.1:2379", "http://[::1]:2379", "http://etcd-2:2379"]
+lease_ttl = "2s"
+)");
+  const auto& d = *set.options->cluster;
+  CHECK(d.name == "blue");
+  CHECK(d.node_id == "n-1.a_b");
+  CHECK(d.peer_listen.to_string() == "tcp://[::1]:0");
+  CHECK(d.advertise == "tcp://kw1.example:7400");
+  CHECK(d.etcd_endpoints.size() == 3);
+  CHECK(d.lease_ttl == 2s);
+}
+
+TEST_CASE("[cluster]: bad values are refused with the key, the value and the rule") {
+  auto has = [](const std::string& problem, std::initializer_list<std::string_view> parts) {
+    INFO(problem);
+    for (auto part : parts) CHECK(problem.find(part) != std::string::npos);
+  };
+  has(problem_of("[cluster]\nname = \"\"\n"), {"cluster.name", "0 bytes", "1..64"});
+  has(problem_of("[cluster]\nnode_id = \"a/b\"\n"), {"cluster.node_id", "\"/\"", "letters"});
+  has(problem_of("[cluster]\npeer_listen = \"unix:///tmp/p.sock\"\n"),
+      {"cluster.peer_listen", "Unix path", "TCP"});
+  has(problem_of("[cluster]\npeer_listen = \"tcp://peer.example:7402\"\n"),
+      {"cluster.peer_listen", "not an IP address"});
+  has(problem_of("[listen]\ntcp = [\"127.0.0.1:7500\"]\n[cluster]\npeer_listen = "
+                 "\"tcp://127.0.0.1:7500\"\n"),
+      {"cluster.peer_listen", "client listener"});
+  has(problem_of("[admin]\nlisten = \"127.0.0.1:7501\"\n[cluster]\npeer_listen = "
+                 "\"tcp://127.0.0.1:7501\"\n"),
+      {"cluster.peer_listen", "admin listener"});
+  has(problem_of("[cluster]\nadvertise = \"tcp://10.0.0.1:0\"\n"), {"cluster.advertise", "port 0"});
+  has(problem_of("[cluster]\netcd_endpoints = []\n"),
+      {"cluster.etcd_endpoints", "0 URLs", "1..16"});
+  has(problem_of("[cluster]\netcd_endpoints = [\"https://127.0.0.1:2379\"]\n"),
+      {"cluster.etcd_endpoints[0]", "TLS"});
+  has(problem_of("[cluster]\netcd_endpoints = [\"127.0.0.1:2379\"]\n"),
+      {"cluster.etcd_endpoints[0]", "http://"});
+  has(problem_of("[cluster]\netcd_endpoints = [\"http://127.0.0.1:99999\"]\n"),
+      {"cluster.etcd_endpoints[0]", "1 to 65535"});
+  has(problem_of("[cluster]\netcd_endpoints = [\"http://a:1\", \"http://a:1\"]\n"),
+      {"cluster.etcd_endpoints[1]", "twice"});
+  has(problem_of("[cluster]\nlease_ttl = \"1s\"\n"), {"cluster.lease_ttl", "2s..10m"});
+  has(problem_of("[cluster]\nnodes = 3\n"), {"unknown key cluster.nodes"});
+}
+
+TEST_CASE("[cluster]: joining or leaving a cluster takes a restart") {
+  const auto single = parse_ok("");
+  const auto node = parse_ok("[cluster]\n");
+  CHECK(keyway::config::restart_keys_changed(*single.options, *node.options) ==
+        std::vector<std::string>{"cluster"});
+  CHECK(keyway::config::restart_keys_changed(*node.options, *single.options) ==
+        std::vector<std::string>{"cluster"});
+  CHECK(keyway::config::restart_keys_changed(*node.options, *node.options).empty());
 }

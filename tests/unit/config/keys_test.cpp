@@ -74,6 +74,12 @@ const std::map<std::string, std::string>& examples() {
       {"log.level", "level = \"debug\""},
       {"log.format", "format = \"json\""},
       {"auth.tokens_file", "tokens_file = \"/tmp/keyway-tokens\""},
+      {"cluster.name", "name = \"blue\""},
+      {"cluster.node_id", "node_id = \"n1\""},
+      {"cluster.peer_listen", "peer_listen = \"tcp://127.0.0.1:7602\""},
+      {"cluster.advertise", "advertise = \"tcp://10.0.0.2:7400\""},
+      {"cluster.etcd_endpoints", "etcd_endpoints = [\"http://127.0.0.1:2479\"]"},
+      {"cluster.lease_ttl", "lease_ttl = \"5s\""},
   };
   return m;
 }
@@ -98,7 +104,7 @@ TEST_CASE("key table: names are section.key, unique, documented, and every secti
   CHECK(find_key("server.nope") == nullptr);
   CHECK(keyway::config::sections() == std::vector<std::string_view>{"server", "listen", "admin",
                                                                     "routing", "limits", "log",
-                                                                    "auth"});
+                                                                    "auth", "cluster"});
 }
 
 TEST_CASE("key table: its defaults, written as TOML, parse to the built-in defaults") {
@@ -157,12 +163,29 @@ TEST_CASE(
   std::set<std::string> found;
   const std::regex section_re(R"(^\[([a-z_]+)\]\s*$)");
   const std::regex key_re(R"(^([a-z_]+) = (.*)$)");
+  // An optional section ([cluster]) is shipped commented out: "#[cluster]", "#key = value".
+  const std::regex optional_section_re(R"(^#\[([a-z_]+)\]\s*$)");
+  const std::regex optional_key_re(R"(^#([a-z_]+) = (.*)$)");
   std::smatch m;
+  bool in_optional = false;
   while (std::getline(in, line)) {
+    if (std::regex_match(line, m, optional_section_re)) {
+      section = m[1];
+      INFO(section);
+      CHECK(keyway::config::optional_section(section));
+      in_optional = true;
+      comments.clear();
+      continue;
+    }
+    if (in_optional && std::regex_match(line, m, optional_key_re))
+      line = line.substr(1);  // checked as the key it sets when uncommented
     if (line.starts_with("#")) {
       comments += line + "\n";
     } else if (std::regex_match(line, m, section_re)) {
       section = m[1];
+      INFO(section);
+      CHECK_FALSE(keyway::config::optional_section(section));  // shipped on: would turn it on
+      in_optional = false;
       comments.clear();
     } else if (std::regex_match(line, m, key_re)) {
       const std::string name = section + "." + std::string(m[1]);
