@@ -5,11 +5,13 @@ set -euo pipefail
 
 build_pkgs=(build-essential cmake ninja-build pkg-config
   libasio-dev libspdlog-dev libcli11-dev libtomlplusplus-dev prometheus-cpp-dev
-  libcapnp-dev capnproto doctest-dev libsystemd-dev libxxhash-dev nlohmann-json3-dev)
+  libcapnp-dev capnproto doctest-dev libsystemd-dev libxxhash-dev nlohmann-json3-dev
+  libcurl4-openssl-dev)
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles for the unit
 # tests; dpkg-dev (dpkg-shlibdeps), file and lintian for the packaging test
 # (tests/packaging/check_packages.sh: cpack, dpkg-deb, lintian).
-test_pkgs=(clang-format libconcurrentqueue-dev libreaderwriterqueue-dev prometheus systemd dpkg-dev file lintian)
+test_pkgs=(clang-format libconcurrentqueue-dev libreaderwriterqueue-dev prometheus systemd dpkg-dev file lintian
+  etcd-server)
 bench_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev nats-server redis-server gnuplot-nox)
 # The fuzz preset (scripts/fuzz): clang 14, and libclang-rt-14-dev for libFuzzer and
 # the sanitizer runtimes (libclang_rt.fuzzer-x86_64.a, only recommended by clang-14);

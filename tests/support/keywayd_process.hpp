@@ -30,6 +30,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/temp_dir.hpp"
+
 extern char** environ;
 
 namespace keyway::test {
@@ -270,24 +272,6 @@ class keywayd_process {
   std::vector<std::string> addresses_;
   std::string admin_url_;
   std::optional<int> status_;
-};
-
-/// A fresh temporary directory for Unix socket paths, removed on destruction.
-class temp_dir {
- public:
-  temp_dir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "keyway-test-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
 };
 
 }  // namespace keyway::test
