@@ -1,0 +1,310 @@
+#include "cluster/membership.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "cluster/etcd.hpp"
+
+namespace keyway::cluster {
+
+using std::chrono::steady_clock;
+
+std::string_view to_string(node_state s) noexcept {
+  switch (s) {
+    case node_state::joining:
+      return "joining";
+    case node_state::active:
+      return "active";
+    case node_state::draining:
+      return "draining";
+  }
+  return "joining";
+}
+
+std::string encode(const node_info& n) {
+  nlohmann::json j;
+  j["id"] = n.id;
+  j["client_urls"] = n.client_urls;
+  j["peer_url"] = n.peer_url;
+  j["workers"] = n.workers;
+  j["state"] = std::string(to_string(n.state));
+  return j.dump();
+}
+
+result<node_info, std::string> decode_node(std::string_view text) {
+  const auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return std::string("the value is not a JSON object");
+  auto field = [&](const char* name, auto check) -> const nlohmann::json* {
+    const auto it = j.find(name);
+    return it != j.end() && check(*it) ? &*it : nullptr;
+  };
+  node_info n;
+  const auto* id = field("id", [](const auto& v) { return v.is_string(); });
+  const auto* urls = field("client_urls", [](const auto& v) { return v.is_array(); });
+  const auto* peer = field("peer_url", [](const auto& v) { return v.is_string(); });
+  const auto* workers = field("workers", [](const auto& v) { return v.is_number_unsigned(); });
+  const auto* state = field("state", [](const auto& v) { return v.is_string(); });
+  if (!id || !urls || !peer || !workers || !state)
+    return std::string(
+        "the value lacks one of id, client_urls, peer_url, workers, state, or one has the wrong "
+        "type");
+  n.id = id->get<std::string>();
+  for (const auto& u : *urls) {
+    if (!u.is_string()) return std::string("client_urls holds a value that is not a string");
+    n.client_urls.push_back(u.get<std::string>());
+  }
+  n.peer_url = peer->get<std::string>();
+  n.workers = workers->get<std::uint32_t>();
+  const auto s = state->get<std::string>();
+  if (s == "joining")
+    n.state = node_state::joining;
+  else if (s == "active")
+    n.state = node_state::active;
+  else if (s == "draining")
+    n.state = node_state::draining;
+  else
+    return "state \"" + s + "\" is not joining, active or draining";
+  return n;
+}
+
+const member* cluster_view::find(std::string_view id) const noexcept {
+  for (const auto& m : members)
+    if (m.info.id == id) return &m;
+  return nullptr;
+}
+
+namespace {
+
+std::vector<std::string> ring_of(const std::vector<member>& members) {
+  std::vector<std::string> ring;
+  for (const auto& m : members)
+    if (m.info.state == node_state::active) ring.push_back(m.info.id);
+  std::sort(ring.begin(), ring.end());
+  return ring;
+}
+
+/// Inserts or replaces `m`, keeping members sorted by id.
+void upsert(std::vector<member>& members, member m) {
+  const auto it = std::lower_bound(members.begin(), members.end(), m.info.id,
+                                   [](const member& a, const std::string& id) { return a.info.id < id; });
+  if (it != members.end() && it->info.id == m.info.id)
+    *it = std::move(m);
+  else
+    members.insert(it, std::move(m));
+}
+
+}  // namespace
+
+membership::membership(membership_config cfg, observer on_change)
+    : cfg_(std::move(cfg)), on_change_(std::move(on_change)), self_(cfg_.self) {
+  key_ = prefix() + cfg_.self.id;
+}
+
+membership::~membership() {
+  stop_.store(true, std::memory_order_release);
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string membership::prefix() const {
+  return "/keyway/" + cfg_.cluster + "/nodes/";
+}
+
+result<void, std::string> membership::join() {
+  calls_ = std::make_unique<etcd_client>(cfg_.etcd_endpoints, cfg_.etcd_timeout);
+  keepalive_ = std::make_unique<etcd_client>(cfg_.etcd_endpoints, cfg_.etcd_timeout);
+  const auto ttl = std::chrono::ceil<std::chrono::seconds>(cfg_.lease_ttl);
+  auto lease = calls_->lease_grant(ttl);
+  if (!lease)
+    return "cannot join cluster \"" + cfg_.cluster + "\": no lease from etcd: " + lease.error();
+  lease_ = *lease;
+  self_.state = node_state::joining;
+  auto created = calls_->create_if_absent(key_, encode(self_), lease_);
+  if (!created || !created->created) {
+    (void)calls_->lease_revoke(lease_);
+    if (!created)
+      return "cannot join cluster \"" + cfg_.cluster + "\": registering " + key_ +
+             " failed: " + created.error();
+    std::string holder;
+    if (created->existing) {
+      if (auto other = decode_node(created->existing->value)) {
+        holder = " (peer " + other->peer_url + ", state " + std::string(to_string(other->state));
+        for (const auto& u : other->client_urls) holder += ", client " + u;
+        holder += ")";
+      }
+    }
+    return "node id \"" + cfg_.self.id + "\" is already registered in cluster \"" + cfg_.cluster +
+           "\" by another node" + holder + " (etcd key " + key_ +
+           "); give this node another cluster.node_id, or, if that node is gone, wait for its "
+           "lease to expire (at most its lease_ttl)";
+  }
+  self_revision_ = created->revision;
+  last_renewed_ = steady_clock::now();
+  lease_held_.store(true, std::memory_order_release);
+  if (auto st = resync(); !st) {
+    (void)calls_->lease_revoke(lease_);
+    lease_held_.store(false, std::memory_order_release);
+    return "cannot join cluster \"" + cfg_.cluster + "\": " + st.error();
+  }
+  publish();
+  thread_ = std::thread([this] { run(); });
+  return {};
+}
+
+result<void, std::string> membership::set_state(node_state s) {
+  node_info next = self_;
+  next.state = s;
+  auto put = calls_->put(key_, encode(next), lease_);
+  if (!put)
+    return "cannot set node \"" + self_.id + "\" " + std::string(to_string(s)) + ": " +
+           put.error();
+  self_ = std::move(next);
+  self_revision_ = *put;
+  return {};
+}
+
+result<void, std::string> membership::leave() {
+  stop_.store(true, std::memory_order_release);
+  if (thread_.joinable()) thread_.join();
+  lease_held_.store(false, std::memory_order_release);
+  if (!calls_) return {};
+  auto r = calls_->lease_revoke(lease_);
+  if (!r) return "cannot leave cluster \"" + cfg_.cluster + "\": " + r.error();
+  return {};
+}
+
+std::shared_ptr<const cluster_view> membership::view() const {
+  std::lock_guard lock(view_mutex_);
+  return view_;
+}
+
+result<void, std::string> membership::resync() {
+  auto range = (keepalive_ ? keepalive_ : calls_)->range_prefix(prefix());
+  if (!range) return "cannot read the members: " + range.error();
+  cluster_view v;
+  v.revision = range->revision;
+  for (const kv& item : range->kvs) {
+    const std::string id = item.key.substr(prefix().size());
+    auto info = decode_node(item.value);
+    if (!info) {
+      spdlog::warn("cluster: ignoring {}: {}", item.key, info.error());
+      continue;
+    }
+    info->id = id;  // the key names the node, whatever the value says
+    if (info->state == node_state::active) v.epoch = std::max(v.epoch, item.mod_revision);
+    upsert(v.members, member{std::move(*info), item.lease, item.mod_revision});
+  }
+  v.ring = ring_of(v.members);
+  // The epoch only moves when the ring does: a resync that finds the same ring
+  // keeps the epoch this node already had.
+  if (working_.revision != 0 && v.ring == working_.ring) v.epoch = working_.epoch;
+  working_ = std::move(v);
+  watch_ = std::make_unique<etcd_watch>(cfg_.etcd_endpoints, prefix(), working_.revision + 1,
+                                        cfg_.etcd_timeout);
+  return {};
+}
+
+void membership::apply(const watch_event& e) {
+  const std::string& key = e.item.key;
+  if (!key.starts_with(prefix())) return;
+  const std::string id = key.substr(prefix().size());
+  if (e.type == watch_event::kind::del) {
+    std::erase_if(working_.members, [&](const member& m) { return m.info.id == id; });
+  } else if (auto info = decode_node(e.item.value)) {
+    info->id = id;
+    upsert(working_.members, member{std::move(*info), e.item.lease, e.item.mod_revision});
+  } else {
+    spdlog::warn("cluster: ignoring {} at revision {}: {}", key, e.item.mod_revision,
+                 info.error());
+    std::erase_if(working_.members, [&](const member& m) { return m.info.id == id; });
+  }
+  working_.revision = std::max(working_.revision, e.item.mod_revision);
+  auto ring = ring_of(working_.members);
+  if (ring != working_.ring) {
+    working_.ring = std::move(ring);
+    working_.epoch = e.item.mod_revision;
+  }
+}
+
+void membership::publish() {
+  auto v = std::make_shared<const cluster_view>(working_);
+  {
+    std::lock_guard lock(view_mutex_);
+    view_ = v;
+  }
+  if (on_change_) on_change_(*v);
+}
+
+void membership::keepalive() {
+  if (!lease_held()) return;
+  const auto now = steady_clock::now();
+  auto ttl = keepalive_->lease_keepalive(lease_);
+  if (ttl && *ttl > 0) {
+    last_renewed_ = now;
+    return;
+  }
+  if (ttl) {
+    spdlog::error("cluster: etcd says this node's lease {:x} is gone; node \"{}\" is out of the "
+                  "ring",
+                  lease_, self_.id);
+    lease_held_.store(false, std::memory_order_release);
+    return;
+  }
+  const auto since = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_renewed_);
+  if (since >= cfg_.lease_ttl) {
+    spdlog::error(
+        "cluster: no keepalive succeeded for {} ms (cluster.lease_ttl {} ms): this node's lease "
+        "has expired, node \"{}\" is out of the ring; last error: {}",
+        since.count(), cfg_.lease_ttl.count(), self_.id, ttl.error());
+    lease_held_.store(false, std::memory_order_release);
+    return;
+  }
+  spdlog::warn("cluster: lease keepalive failed ({} ms since the last renewal, lease_ttl {} ms): {}",
+               since.count(), cfg_.lease_ttl.count(), ttl.error());
+}
+
+void membership::run() {
+  using namespace std::chrono_literals;
+  const auto period = cfg_.lease_ttl / 3;
+  auto next_keepalive = steady_clock::now() + period;
+  auto next_resync = steady_clock::now();
+  while (!stop_.load(std::memory_order_acquire)) {
+    auto now = steady_clock::now();
+    if (now >= next_keepalive) {
+      keepalive();
+      now = steady_clock::now();
+      next_keepalive = now + period;
+    }
+    // Wake at least every 100 ms to notice stop_.
+    const auto wait = std::clamp(
+        std::chrono::duration_cast<std::chrono::milliseconds>(next_keepalive - now), 0ms, 100ms);
+    if (!watch_) {
+      if (now < next_resync) {
+        std::this_thread::sleep_for(wait);
+        continue;
+      }
+      const auto before = working_.ring;
+      const auto epoch = working_.epoch;
+      if (auto st = resync(); !st) {
+        spdlog::warn("cluster: {}; retrying in 500 ms", st.error());
+        next_resync = now + 500ms;
+        continue;
+      }
+      if (working_.ring != before || working_.epoch != epoch) publish();
+      continue;
+    }
+    auto events = watch_->next(wait);
+    if (!events) {
+      spdlog::warn("cluster: the watch on {} broke: {}; reading the members again", prefix(),
+                   events.error());
+      watch_.reset();
+      continue;
+    }
+    if (events->empty()) continue;
+    for (const auto& e : *events) apply(e);
+    publish();
+  }
+}
+
+}  // namespace keyway::cluster
