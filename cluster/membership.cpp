@@ -87,8 +87,9 @@ std::vector<std::string> ring_of(const std::vector<member>& members) {
 
 /// Inserts or replaces `m`, keeping members sorted by id.
 void upsert(std::vector<member>& members, member m) {
-  const auto it = std::lower_bound(members.begin(), members.end(), m.info.id,
-                                   [](const member& a, const std::string& id) { return a.info.id < id; });
+  const auto it =
+      std::lower_bound(members.begin(), members.end(), m.info.id,
+                       [](const member& a, const std::string& id) { return a.info.id < id; });
   if (it != members.end() && it->info.id == m.info.id)
     *it = std::move(m);
   else
@@ -157,8 +158,7 @@ result<void, std::string> membership::set_state(node_state s) {
   next.state = s;
   auto put = calls_->put(key_, encode(next), lease_);
   if (!put)
-    return "cannot set node \"" + self_.id + "\" " + std::string(to_string(s)) + ": " +
-           put.error();
+    return "cannot set node \"" + self_.id + "\" " + std::string(to_string(s)) + ": " + put.error();
   self_ = std::move(next);
   self_revision_ = *put;
   return {};
@@ -215,8 +215,7 @@ void membership::apply(const watch_event& e) {
     info->id = id;
     upsert(working_.members, member{std::move(*info), e.item.lease, e.item.mod_revision});
   } else {
-    spdlog::warn("cluster: ignoring {} at revision {}: {}", key, e.item.mod_revision,
-                 info.error());
+    spdlog::warn("cluster: ignoring {} at revision {}: {}", key, e.item.mod_revision, info.error());
     std::erase_if(working_.members, [&](const member& m) { return m.info.id == id; });
   }
   working_.revision = std::max(working_.revision, e.item.mod_revision);
@@ -245,9 +244,10 @@ void membership::keepalive() {
     return;
   }
   if (ttl) {
-    spdlog::error("cluster: etcd says this node's lease {:x} is gone; node \"{}\" is out of the "
-                  "ring",
-                  lease_, self_.id);
+    spdlog::error(
+        "cluster: etcd says this node's lease {:x} is gone; node \"{}\" is out of the "
+        "ring",
+        lease_, self_.id);
     lease_held_.store(false, std::memory_order_release);
     return;
   }
@@ -260,8 +260,9 @@ void membership::keepalive() {
     lease_held_.store(false, std::memory_order_release);
     return;
   }
-  spdlog::warn("cluster: lease keepalive failed ({} ms since the last renewal, lease_ttl {} ms): {}",
-               since.count(), cfg_.lease_ttl.count(), ttl.error());
+  spdlog::warn(
+      "cluster: lease keepalive failed ({} ms since the last renewal, lease_ttl {} ms): {}",
+      since.count(), cfg_.lease_ttl.count(), ttl.error());
 }
 
 void membership::run() {

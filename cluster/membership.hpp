@@ -69,8 +69,8 @@ struct member {
 
 /// The cluster as one node sees it at one etcd revision.
 struct cluster_view {
-  std::int64_t revision = 0;  // the etcd revision this view reflects
-  std::int64_t epoch = 0;     // the revision of the last change to `ring`
+  std::int64_t revision = 0;      // the etcd revision this view reflects
+  std::int64_t epoch = 0;         // the revision of the last change to `ring`
   std::vector<member> members;    // every registered node, by id
   std::vector<std::string> ring;  // the active nodes' ids, sorted
 
