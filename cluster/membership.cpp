@@ -101,6 +101,10 @@ void upsert(std::vector<member>& members, member m) {
 membership::membership(membership_config cfg, observer on_change)
     : cfg_(std::move(cfg)), on_change_(std::move(on_change)), self_(cfg_.self) {
   key_ = prefix() + cfg_.self.id;
+  // spdlog builds its registry on first use, inside libspdlog; make that first
+  // use happen here, before any control thread logs, and not in two control
+  // threads at once.
+  (void)spdlog::default_logger_raw();
 }
 
 membership::~membership() {
@@ -247,7 +251,7 @@ void membership::keepalive() {
     spdlog::error(
         "cluster: etcd says this node's lease {:x} is gone; node \"{}\" is out of the "
         "ring",
-        lease_, self_.id);
+        lease_, cfg_.self.id);
     lease_held_.store(false, std::memory_order_release);
     return;
   }
@@ -256,7 +260,7 @@ void membership::keepalive() {
     spdlog::error(
         "cluster: no keepalive succeeded for {} ms (cluster.lease_ttl {} ms): this node's lease "
         "has expired, node \"{}\" is out of the ring; last error: {}",
-        since.count(), cfg_.lease_ttl.count(), self_.id, ttl.error());
+        since.count(), cfg_.lease_ttl.count(), cfg_.self.id, ttl.error());
     lease_held_.store(false, std::memory_order_release);
     return;
   }

@@ -129,7 +129,7 @@ class membership {
   result<void, std::string> resync();
   void publish();
 
-  membership_config cfg_;
+  const membership_config cfg_;  // any thread
   observer on_change_;
   std::string key_;
   std::unique_ptr<etcd_client> calls_;      // join/set_state/leave's thread
@@ -137,8 +137,8 @@ class membership {
   std::unique_ptr<etcd_watch> watch_;       // the control thread's
   std::int64_t lease_ = 0;
   std::int64_t self_revision_ = 0;  // mod_revision of our key as last written
-  node_info self_;
-  cluster_view working_;  // the control thread's copy
+  node_info self_;                  // as last written; join/set_state/leave's thread only
+  cluster_view working_;            // the control thread's copy
   mutable std::mutex view_mutex_;
   std::shared_ptr<const cluster_view> view_;
   std::atomic<bool> lease_held_{false};

@@ -11,8 +11,7 @@ std::uint32_t placement::member_of(std::string_view node_id) noexcept {
   return static_cast<std::uint32_t>(h ^ (h >> 32));
 }
 
-result<placement, std::string> placement::build(std::vector<std::string> ring,
-                                                std::int64_t epoch) {
+result<placement, std::string> placement::build(std::vector<std::string> ring, std::int64_t epoch) {
   if (ring.empty()) return std::string("the ring has no active node: no key has an owner");
   std::sort(ring.begin(), ring.end());
   if (std::adjacent_find(ring.begin(), ring.end()) != ring.end())
@@ -26,8 +25,9 @@ result<placement, std::string> placement::build(std::vector<std::string> ring,
   for (const auto& id : ring) {
     const std::uint32_t m = member_of(id);
     if (auto added = p.partitioner_->add(m); !added) {
-      const auto other = std::find_if(ring.begin(), ring.end(),
-                                      [&](const std::string& o) { return o != id && member_of(o) == m; });
+      const auto other = std::find_if(ring.begin(), ring.end(), [&](const std::string& o) {
+        return o != id && member_of(o) == m;
+      });
       return "nodes \"" + id + "\" and \"" + (other != ring.end() ? *other : std::string("?")) +
              "\" hash to the same member id " + std::to_string(m) +
              "; rename one of them (cluster.node_id)";
