@@ -257,7 +257,7 @@ void connection::on_hello(wire::Hello::Reader h) {
   }
   const server_options& o = svc_.options();
   proto::welcome_fields wf;
-  wf.server_id = std::string(svc_.server_id());
+  wf.server_id = svc_.server_id();
   wf.server_version = KEYWAY_VERSION;
   wf.protocol_version = protocol_version_;
   wf.worker_count = svc_.workers();

@@ -372,10 +372,9 @@ TEST_CASE("unknown sections and keys are errors") {
         "slow_consumer_grace, handshake_timeout, idle_timeout");
   CHECK(problem_of("[servr]\nworkers = 4\n") ==
         "keyway.toml: unknown section [servr]; did you mean [server]?");
-  CHECK(problem_of("[cluster]\nnodes = 3\n") ==
-        "keyway.toml: unknown section [cluster]; the sections are server, listen, admin, routing, "
-        "limits, log, "
-        "auth");
+  CHECK(problem_of("[tls]\ncert = 3\n") ==
+        "keyway.toml: unknown section [tls]; the sections are server, listen, admin, routing, "
+        "limits, log, auth, cluster");
   CHECK(problem_of("workers = 4\n") ==
         "keyway.toml: unknown key workers outside any section; did you mean to put it under "
         "[server]?");
