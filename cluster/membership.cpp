@@ -116,21 +116,20 @@ std::string membership::prefix() const {
   return "/keyway/" + cfg_.cluster + "/nodes/";
 }
 
-result<void, std::string> membership::join() {
-  calls_ = std::make_unique<etcd_client>(cfg_.etcd_endpoints, cfg_.etcd_timeout);
-  keepalive_ = std::make_unique<etcd_client>(cfg_.etcd_endpoints, cfg_.etcd_timeout);
+result<void, std::string> membership::register_self(etcd_client& etcd) {
   const auto ttl = std::chrono::ceil<std::chrono::seconds>(cfg_.lease_ttl);
-  auto lease = calls_->lease_grant(ttl);
-  if (!lease)
-    return "cannot join cluster \"" + cfg_.cluster + "\": no lease from etcd: " + lease.error();
-  lease_ = *lease;
-  self_.state = node_state::joining;
-  auto created = calls_->create_if_absent(key_, encode(self_), lease_);
+  auto lease = etcd.lease_grant(ttl);
+  if (!lease) return "no lease from etcd: " + lease.error();
+  node_info joining = cfg_.self;
+  joining.state = node_state::joining;
+  auto created = etcd.create_if_absent(key_, encode(joining), *lease);
   if (!created || !created->created) {
-    (void)calls_->lease_revoke(lease_);
-    if (!created)
-      return "cannot join cluster \"" + cfg_.cluster + "\": registering " + key_ +
-             " failed: " + created.error();
+    (void)etcd.lease_revoke(*lease);
+    if (!created) return "registering " + key_ + " failed: " + created.error();
+    if (created->existing && created->existing->lease != 0 &&
+        created->existing->lease == this->lease())
+      return "the previous incarnation's key " + key_ + " is still there (lease " +
+             std::to_string(this->lease()) + " has not expired in etcd yet)";
     std::string holder;
     if (created->existing) {
       if (auto other = decode_node(created->existing->value)) {
@@ -144,13 +143,27 @@ result<void, std::string> membership::join() {
            "); give this node another cluster.node_id, or, if that node is gone, wait for its "
            "lease to expire (at most its lease_ttl)";
   }
-  self_revision_ = created->revision;
+  {
+    std::lock_guard lock(self_mutex_);
+    lease_ = *lease;
+    self_ = std::move(joining);
+  }
   last_renewed_ = steady_clock::now();
+  incarnation_.fetch_add(1, std::memory_order_release);
   lease_held_.store(true, std::memory_order_release);
+  etcd_reachable_.store(true, std::memory_order_release);
+  return {};
+}
+
+result<void, std::string> membership::join() {
+  calls_ = std::make_unique<etcd_client>(cfg_.etcd_endpoints, cfg_.etcd_timeout);
+  keepalive_ = std::make_unique<etcd_client>(cfg_.etcd_endpoints, cfg_.etcd_timeout);
+  const std::string failed = "cannot join cluster \"" + cfg_.cluster + "\": ";
+  if (auto st = register_self(*calls_); !st) return failed + st.error();
   if (auto st = resync(); !st) {
     (void)calls_->lease_revoke(lease_);
     lease_held_.store(false, std::memory_order_release);
-    return "cannot join cluster \"" + cfg_.cluster + "\": " + st.error();
+    return failed + st.error();
   }
   publish();
   thread_ = std::thread([this] { run(); });
@@ -158,14 +171,20 @@ result<void, std::string> membership::join() {
 }
 
 result<void, std::string> membership::set_state(node_state s) {
+  // Held across the call: the control thread may register a new incarnation.
+  std::lock_guard lock(self_mutex_);
   node_info next = self_;
   next.state = s;
   auto put = calls_->put(key_, encode(next), lease_);
   if (!put)
     return "cannot set node \"" + self_.id + "\" " + std::string(to_string(s)) + ": " + put.error();
   self_ = std::move(next);
-  self_revision_ = *put;
   return {};
+}
+
+std::int64_t membership::lease() const {
+  std::lock_guard lock(self_mutex_);
+  return lease_;
 }
 
 result<void, std::string> membership::leave() {
@@ -173,7 +192,7 @@ result<void, std::string> membership::leave() {
   if (thread_.joinable()) thread_.join();
   lease_held_.store(false, std::memory_order_release);
   if (!calls_) return {};
-  auto r = calls_->lease_revoke(lease_);
+  auto r = calls_->lease_revoke(lease());
   if (!r) return "cannot leave cluster \"" + cfg_.cluster + "\": " + r.error();
   return {};
 }
@@ -184,7 +203,8 @@ std::shared_ptr<const cluster_view> membership::view() const {
 }
 
 result<void, std::string> membership::resync() {
-  auto range = (keepalive_ ? keepalive_ : calls_)->range_prefix(prefix());
+  auto range = keepalive_->range_prefix(prefix());
+  etcd_reachable_.store(range.has_value(), std::memory_order_release);
   if (!range) return "cannot read the members: " + range.error();
   cluster_view v;
   v.revision = range->revision;
@@ -242,7 +262,9 @@ void membership::publish() {
 void membership::keepalive() {
   if (!lease_held()) return;
   const auto now = steady_clock::now();
-  auto ttl = keepalive_->lease_keepalive(lease_);
+  const std::int64_t lease_id = lease();
+  auto ttl = keepalive_->lease_keepalive(lease_id);
+  etcd_reachable_.store(ttl.has_value(), std::memory_order_release);
   if (ttl && *ttl > 0) {
     last_renewed_ = now;
     return;
@@ -251,7 +273,7 @@ void membership::keepalive() {
     spdlog::error(
         "cluster: etcd says this node's lease {:x} is gone; node \"{}\" is out of the "
         "ring",
-        lease_, cfg_.self.id);
+        lease_id, cfg_.self.id);
     lease_held_.store(false, std::memory_order_release);
     return;
   }
@@ -274,12 +296,27 @@ void membership::run() {
   const auto period = cfg_.lease_ttl / 3;
   auto next_keepalive = steady_clock::now() + period;
   auto next_resync = steady_clock::now();
+  auto next_rejoin = steady_clock::now();
   while (!stop_.load(std::memory_order_acquire)) {
     auto now = steady_clock::now();
     if (now >= next_keepalive) {
       keepalive();
       now = steady_clock::now();
       next_keepalive = now + period;
+    }
+    if (!lease_held() && now >= next_rejoin) {
+      // Out of the ring (the lease expired or was revoked): come back as a new
+      // incarnation, joining; the server decides when it is active again.
+      if (auto st = register_self(*keepalive_); st) {
+        spdlog::warn("cluster: node \"{}\" rejoined as a new incarnation (lease {:x}), joining",
+                     cfg_.self.id, lease());
+        next_keepalive = steady_clock::now() + period;
+      } else {
+        spdlog::warn("cluster: node \"{}\" cannot rejoin yet: {}; retrying in 1 s", cfg_.self.id,
+                     st.error());
+        next_rejoin = now + 1s;
+      }
+      continue;
     }
     // Wake at least every 100 ms to notice stop_.
     const auto wait = std::clamp(

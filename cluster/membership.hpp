@@ -14,7 +14,8 @@
 // every epoch.
 //
 // Threads: join(), set_state() and leave() from one thread at a time (the
-// server's); view() and lease_held() from any thread. One control thread,
+// server's); view(), lease_held(), incarnation(), lease() and
+// etcd_reachable() from any thread. One control thread,
 // started by join(), renews the lease every lease_ttl / 3 and applies the
 // watch's events; the observer runs on it. Each thread has its own
 // etcd_client, so a slow keepalive never waits for a state change or the
@@ -114,13 +115,25 @@ class membership {
   std::shared_ptr<const cluster_view> view() const;
   /// False once the lease is known to be gone: etcd said so, or no keepalive
   /// succeeded for lease_ttl (steady clock). The node is then out of the
-  /// ring for every other node, and stays out: rejoining is not built.
+  /// ring for every other node. The control thread registers it again as a
+  /// new incarnation (a new lease, state joining) as soon as etcd lets it;
+  /// set_state() then makes it active again.
   bool lease_held() const noexcept { return lease_held_.load(std::memory_order_acquire); }
+  /// 1 after join(), one more per new registration after a lost lease.
+  std::uint64_t incarnation() const noexcept {
+    return incarnation_.load(std::memory_order_acquire);
+  }
+  /// The lease this incarnation's key is bound to.
+  std::int64_t lease() const;
+  /// Whether the last call to etcd (keepalive or read) got an answer.
+  bool etcd_reachable() const noexcept { return etcd_reachable_.load(std::memory_order_acquire); }
   /// This node's key: /keyway/<cluster>/nodes/<id>.
   const std::string& key() const noexcept { return key_; }
   std::string prefix() const;
 
  private:
+  /// Grants a lease and creates this node's key (joining) if absent.
+  result<void, std::string> register_self(etcd_client& etcd);
   void run();
   void keepalive();
   /// Applies one event to the working view; the epoch moves if the ring did.
@@ -135,13 +148,15 @@ class membership {
   std::unique_ptr<etcd_client> calls_;      // join/set_state/leave's thread
   std::unique_ptr<etcd_client> keepalive_;  // the control thread's
   std::unique_ptr<etcd_watch> watch_;       // the control thread's
+  mutable std::mutex self_mutex_;           // lease_ and self_: the control thread re-registers
   std::int64_t lease_ = 0;
-  std::int64_t self_revision_ = 0;  // mod_revision of our key as last written
-  node_info self_;                  // as last written; join/set_state/leave's thread only
-  cluster_view working_;            // the control thread's copy
+  node_info self_;        // as last written
+  cluster_view working_;  // the control thread's copy
   mutable std::mutex view_mutex_;
   std::shared_ptr<const cluster_view> view_;
   std::atomic<bool> lease_held_{false};
+  std::atomic<bool> etcd_reachable_{false};
+  std::atomic<std::uint64_t> incarnation_{0};
   std::atomic<bool> stop_{false};
   std::chrono::steady_clock::time_point last_renewed_{};
   std::thread thread_;

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "cluster/etcd.hpp"
 #include "tests/support/etcd_process.hpp"
 #include "tests/support/local_socket.hpp"
 
@@ -51,8 +52,7 @@ struct node {
     cfg.etcd_timeout = 1s;
     m = std::make_unique<membership>(std::move(cfg), [this](const cluster_view& v) {
       std::lock_guard lock(mu);
-      if (changes.empty() || changes.back().ring != v.ring)
-        changes.push_back({v.epoch, v.ring});
+      if (changes.empty() || changes.back().ring != v.ring) changes.push_back({v.epoch, v.ring});
       cv.notify_all();
     });
   }
@@ -120,7 +120,8 @@ TEST_CASE("membership: every node sees the same sequence of epochs and rings") {
   auto sa = a.seen(), sc = c.seen();
   INFO("a saw " << sa.size() << " rings, c " << sc.size());
   REQUIRE(sa.size() >= 3);
-  const auto from = std::find_if(sa.begin(), sa.end(), [](const auto& r) { return r.ring.size() == 3; });
+  const auto from =
+      std::find_if(sa.begin(), sa.end(), [](const auto& r) { return r.ring.size() == 3; });
   REQUIRE(from != sa.end());
   const auto from_c =
       std::find_if(sc.begin(), sc.end(), [](const auto& r) { return r.ring.size() == 3; });
@@ -211,4 +212,56 @@ TEST_CASE("membership: a node's lease outlives a short etcd outage; the watch re
   REQUIRE(b.m->set_state(node_state::draining).has_value());
   CHECK(a.wait_ring({"a"}));
   CHECK(a.m->view()->find("b") != nullptr);
+}
+
+TEST_CASE(
+    "membership: a node whose lease is revoked behind its back rejoins as a new incarnation") {
+  etcd_process etcd;
+  const std::vector<std::string> eps{etcd.endpoint()};
+  node a(eps, "a"), b(eps, "b", 3s);
+  join_active(a);
+  join_active(b);
+  REQUIRE(a.wait_ring({"a", "b"}));
+  const auto old_lease = b.m->lease();
+  CHECK(b.m->incarnation() == 1);
+  CHECK(b.m->etcd_reachable());
+
+  // As if b had stalled past its lease: etcd drops its key.
+  keyway::cluster::etcd_client admin(eps, 2s);
+  REQUIRE(admin.lease_revoke(old_lease).has_value());
+  REQUIRE(a.wait_ring({"a"}));
+  // b notices at its next keepalive (every lease_ttl / 3), and registers again, joining.
+  REQUIRE(a.wait_for([](const cluster_view& v) {
+    const auto* mb = v.find("b");
+    return mb != nullptr && mb->info.state == node_state::joining;
+  }));
+  // etcd took the new key a moment before b's register call returned.
+  for (int i = 0; i < 100 && b.m->incarnation() < 2; ++i) std::this_thread::sleep_for(20ms);
+  CHECK(b.m->incarnation() == 2);
+  CHECK(b.m->lease_held());
+  CHECK(b.m->lease() != old_lease);
+  CHECK(a.m->view()->find("b")->lease == b.m->lease());
+  // Active again under the new lease: back in the ring at a later epoch.
+  const auto epoch_without_b = a.m->view()->epoch;
+  REQUIRE(b.m->set_state(node_state::active).has_value());
+  REQUIRE(a.wait_ring({"a", "b"}));
+  CHECK(a.m->view()->epoch > epoch_without_b);
+}
+
+TEST_CASE("membership: etcd_reachable follows etcd going away and coming back") {
+  etcd_process etcd;
+  node a({etcd.endpoint()}, "a", 3s);
+  join_active(a);
+  CHECK(a.m->etcd_reachable());
+  etcd.stop();
+  const auto wait_until = [&](bool want) {
+    const auto deadline = clock_type::now() + 6s;
+    while (a.m->etcd_reachable() != want && clock_type::now() < deadline)
+      std::this_thread::sleep_for(50ms);
+    return a.m->etcd_reachable() == want;
+  };
+  CHECK(wait_until(false));
+  etcd.restart();
+  CHECK(wait_until(true));
+  CHECK(a.m->lease_held());
 }
