@@ -1,19 +1,24 @@
 // keyway-bench: the end-to-end load generator. Keyway (through the proto
-// codec directly), nats-server (NATS text protocol) and redis-server (RESP
-// PUBLISH/SUBSCRIBE) driven by the same generator code.
+// codec directly), nats-server and redis-server (through their official
+// clients, nats.c and hiredis, or the hand-written text-protocol adapters
+// nats-raw and redis-raw) driven by the same generator code.
 //
-//   keyway-bench suite [--quick] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg ARG]...
+//   keyway-bench suite [--quick] [--raw] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg
+//   ARG]...
 //       [--out DIR] [--command TEXT] [--revision TEXT]
 //       every scenario (or those --only names) against servers it starts itself
-//       (what `bench/run e2e` runs)
-//   keyway-bench pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M]
+//       (what `bench/run e2e` runs); --raw adds the nats-raw and redis-raw columns
+//   keyway-bench pubsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--pubs
+//   N] [--subs M]
 //       [--group] [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S]
 //       [--window N] [--write-bytes B] [--no-batch] one pub/sub scenario against a running server
 //       (--no-batch: Keyway publishers send one publish frame per message, not publishBatch)
-//   keyway-bench reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | --closed-loop]
+//   keyway-bench reqrep --system keyway|nats|nats-raw --port P [--host H] [--rate REQ_PER_S |
+//   --closed-loop]
 //       [--size BYTES] [--duration S]
 //       one request/reply scenario against a running server
-//   keyway-bench slowsub --system keyway|nats|redis --port P [--host H] [--rate R] [--factor F]
+//   keyway-bench slowsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--rate
+//   R] [--factor F]
 //       [--size BYTES] [--keys K] [--duration S]
 //       the slow_sub scenario against a running server: a subscriber reading at most R msgs/s
 //       (default 100,000), a publisher offering F × R (default 2) for S s (default 10)
@@ -35,17 +40,20 @@ namespace {
 int usage(const char* argv0) {
   std::fprintf(
       stderr,
-      "usage: %s suite [--quick] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg ARG]...\n"
+      "usage: %s suite [--quick] [--raw] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg "
+      "ARG]...\n"
       "                [--out DIR] [--command TEXT] [--revision TEXT]\n"
-      "       %s pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M] "
+      "       %s pubsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--pubs "
+      "N] [--subs M] "
       "[--group]\n"
       "                 [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S] "
       "[--window N]\n"
       "                 [--write-bytes B] [--no-batch]\n"
-      "       %s reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | "
+      "       %s reqrep --system keyway|nats|nats-raw --port P [--host H] [--rate REQ_PER_S | "
       "--closed-loop]\n"
       "                 [--size BYTES] [--duration S]\n"
-      "       %s slowsub --system keyway|nats|redis --port P [--host H] [--rate R] [--factor F]\n"
+      "       %s slowsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--rate "
+      "R] [--factor F]\n"
       "                 [--size BYTES] [--keys K] [--duration S]\n",
       argv0, argv0, argv0, argv0);
   return 2;
@@ -93,6 +101,8 @@ int main(int argc, char** argv) {
         const auto a = args[i];
         if (a == "--quick")
           o.quick = true;
+        else if (a == "--raw")
+          o.raw = true;
         else if (a == "--keywayd")
           o.keywayd = value(a);
         else if (a == "--keywayd-arg")
@@ -133,6 +143,10 @@ int main(int argc, char** argv) {
           ep.kind = e2e::system_kind::nats;
         else if (s == "redis")
           ep.kind = e2e::system_kind::redis;
+        else if (s == "nats-raw")
+          ep.kind = e2e::system_kind::nats_raw;
+        else if (s == "redis-raw")
+          ep.kind = e2e::system_kind::redis_raw;
         else
           return usage(argv[0]);
       } else if (a == "--host")

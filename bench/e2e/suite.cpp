@@ -201,7 +201,7 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
 
 void print_progress(const scenario& s, system_kind kind, const run_result& r) {
   std::fprintf(stderr,
-               "  %-24s %-7s sent %10llu  recv %10llu  pub %11.0f/s  sub %11.0f/s  p50 %8.1f us  "
+               "  %-24s %-9s sent %10llu  recv %10llu  pub %11.0f/s  sub %11.0f/s  p50 %8.1f us  "
                "p99 %9.1f us  stolen %5.0f ms  cross-CPU %4.0f/%4.0f ns%s%s\n",
                s.info.id.c_str(), std::string(to_string(kind)).c_str(),
                static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.received),
@@ -341,6 +341,8 @@ int run_suite(const suite_options& opt) {
   if (!opt.keyway_revision.empty()) info.keyway_version += " (" + opt.keyway_revision + ")";
   info.nats_version = first_output_line("nats-server --version");
   info.redis_version = first_output_line("redis-server --version");
+  info.notes.push_back("nats and redis are the official clients, " + official_client_versions() +
+                       (opt.raw ? "; nats-raw and redis-raw the hand-written adapters" : ""));
   std::fprintf(stderr, "e2e: %s; %s; %s\ne2e: %s\n", info.keyway_version.c_str(),
                info.nats_version.c_str(), info.redis_version.c_str(), info.machine.c_str());
 
@@ -378,6 +380,10 @@ int run_suite(const suite_options& opt) {
     const endpoint keyway_ep{system_kind::keyway, "127.0.0.1", kport};
     const endpoint nats_ep{system_kind::nats, "127.0.0.1", nport};
     const endpoint redis_ep{system_kind::redis, "127.0.0.1", rport};
+    const endpoint nats_raw_ep{system_kind::nats_raw, "127.0.0.1", nport};
+    const endpoint redis_raw_ep{system_kind::redis_raw, "127.0.0.1", rport};
+    std::vector<endpoint> eps{keyway_ep, nats_ep, redis_ep};
+    if (opt.raw) eps.insert(eps.end(), {nats_raw_ep, redis_raw_ep});
     std::fprintf(stderr,
                  "e2e: keywayd pid %d port %d, nats-server pid %d port %d, redis-server pid %d "
                  "port %d; load %.2f\n",
@@ -386,18 +392,17 @@ int run_suite(const suite_options& opt) {
     for (const auto& s : make_scenarios(d)) {
       if (!selected(opt, s.info.id)) continue;
       infos.push_back(s.info);
-      std::vector<run_result> runs[3];
-      const endpoint eps[3] = {keyway_ep, nats_ep, redis_ep};
+      std::vector<std::vector<run_result>> runs(eps.size());
       // Repetitions interleave the systems, so that a burst of background
-      // load lands on all three rather than on one.
+      // load lands on all of them rather than on one.
       for (int rep = 0; rep < (s.fixed_rate ? latency_reps : reps); ++rep) {
-        for (int k = 0; k < 3; ++k) {
-          if (eps[k].kind == system_kind::redis && !s.redis) continue;
+        for (std::size_t k = 0; k < eps.size(); ++k) {
+          if (is_redis(eps[k].kind) && !s.redis) continue;
           runs[k].push_back(measured([&] { return s.run(eps[k]); }));
           print_progress(s, eps[k].kind, runs[k].back());
         }
       }
-      for (int k = 0; k < 3; ++k) {
+      for (std::size_t k = 0; k < eps.size(); ++k) {
         if (runs[k].empty()) {
           result_row row;
           row.scenario = s.info.id;
@@ -419,8 +424,10 @@ int run_suite(const suite_options& opt) {
       infos.push_back(si);
       info.notes.push_back(std::string(slow_sub_id) +
                            " ran once per system (its own length, not the runs above), "
-                           "keywayd, then nats-server, then redis-server");
-      for (const endpoint& ep : {keyway_ep, nats_ep, redis_ep}) {
+                           "keywayd, then nats-server, then redis-server, through the "
+                           "hand-written adapters (nats-raw, redis-raw): the official clients "
+                           "read all the socket holds, so they cannot play the slow reader");
+      for (const endpoint& ep : {keyway_ep, nats_raw_ep, redis_raw_ep}) {
         const auto r = measured([&] { return run_slow_sub(ep, o); });
         print_slow_sub(si.id, ep.kind, r);
         rows.push_back(slow_sub_row(si.id, ep.kind, r));

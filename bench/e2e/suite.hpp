@@ -19,6 +19,7 @@ namespace keyway::bench::e2e {
 
 struct suite_options {
   bool quick = false;
+  bool raw = false;  // also the hand-written NATS and Redis adapters (nats-raw, redis-raw)
   std::string keywayd = "build/release/daemon/keywayd";
   std::string out_dir = "bench/out";
   std::string command = "bench/run e2e";  // recorded in the results
