@@ -103,6 +103,12 @@ bool conn::flush(clock::time_point deadline) noexcept {
   return !failed();
 }
 
+int take_socket(std::unique_ptr<conn> c) {
+  auto* s = dynamic_cast<socket_conn*>(c.get());
+  if (s == nullptr) throw bench_error("this client owns its socket; capacity mode needs a raw one");
+  return s->release_fd();
+}
+
 int tcp_connect(const std::string& host, int port, clock::time_point deadline) {
   sockaddr_in sa{};
   sa.sin_family = AF_INET;

@@ -30,6 +30,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace keyway::bench::e2e {
@@ -183,6 +184,8 @@ class socket_conn : public conn {
   /// One recv(); the bytes read.
   std::size_t read_some() noexcept override;
   void wait(nanoseconds timeout) noexcept override;
+  /// Gives the socket up (see take_socket()): the caller closes it.
+  int release_fd() noexcept { return std::exchange(fd_, -1); }
 
  protected:
   explicit socket_conn(int fd) : fd_(fd) {}
@@ -201,6 +204,12 @@ class socket_conn : public conn {
   std::uint64_t pings_sent_ = 0;
   std::uint64_t pongs_received_ = 0;
 };
+
+/// The socket of a greeted (and subscribed) socket conn, for a caller that
+/// speaks the protocol by hand from here on (capacity mode); the conn is
+/// destroyed without closing it. Throws bench_error for the official
+/// clients, which own their sockets.
+int take_socket(std::unique_ptr<conn> c);
 
 /// A blocking TCP connect to host:port with TCP_NODELAY, then non-blocking.
 /// Throws bench_error.

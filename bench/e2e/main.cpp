@@ -8,6 +8,15 @@
 //       [--out DIR] [--command TEXT] [--revision TEXT]
 //       every scenario (or those --only names) against servers it starts itself
 //       (what `bench/run e2e` runs); --raw adds the nats-raw and redis-raw columns
+//   keyway-bench capacity-suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT]
+//       [--revision TEXT]
+//       capacity mode and the generator side by side against servers it starts itself
+//       (what `bench/run capacity` runs; see capacity_suite.hpp)
+//   keyway-bench capacity --system keyway|nats|redis --port P [--host H] [--subs 0|1]
+//       [--size BYTES] [--keys K] [--per-frame F] [--batch N] [--window N] [--duration S]
+//       [--pid SERVER_PID]
+//       capacity mode against a running server: pre-built publishes in the system's own wire
+//       format, written again and again on one connection (see capacity.hpp)
 //   keyway-bench pubsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--pubs
 //   N] [--subs M]
 //       [--group] [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S]
@@ -22,6 +31,8 @@
 //       [--size BYTES] [--keys K] [--duration S]
 //       the slow_sub scenario against a running server: a subscriber reading at most R msgs/s
 //       (default 100,000), a publisher offering F × R (default 2) for S s (default 10)
+#include "bench/e2e/capacity.hpp"
+#include "bench/e2e/capacity_suite.hpp"
 #include "bench/e2e/generator.hpp"
 #include "bench/e2e/slow_sub.hpp"
 #include "bench/e2e/suite.hpp"
@@ -43,6 +54,12 @@ int usage(const char* argv0) {
       "usage: %s suite [--quick] [--raw] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg "
       "ARG]...\n"
       "                [--out DIR] [--command TEXT] [--revision TEXT]\n"
+      "       %s capacity-suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT] "
+      "[--revision TEXT]\n"
+      "       %s capacity --system keyway|nats|redis --port P [--host H] [--subs 0|1] [--size "
+      "BYTES]\n"
+      "                 [--keys K] [--per-frame F] [--batch N] [--window N] [--duration S] [--pid "
+      "SERVER_PID]\n"
       "       %s pubsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--pubs "
       "N] [--subs M] "
       "[--group]\n"
@@ -55,7 +72,7 @@ int usage(const char* argv0) {
       "       %s slowsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--rate "
       "R] [--factor F]\n"
       "                 [--size BYTES] [--keys K] [--duration S]\n",
-      argv0, argv0, argv0, argv0);
+      argv0, argv0, argv0, argv0, argv0, argv0);
   return 2;
 }
 
@@ -95,7 +112,7 @@ int main(int argc, char** argv) {
   };
 
   try {
-    if (cmd == "suite") {
+    if (cmd == "suite" || cmd == "capacity-suite") {
       e2e::suite_options o;
       for (; i < args.size(); ++i) {
         const auto a = args[i];
@@ -123,7 +140,7 @@ int main(int argc, char** argv) {
         else
           return usage(argv[0]);
       }
-      return e2e::run_suite(o);
+      return cmd == "suite" ? e2e::run_suite(o) : e2e::run_capacity_suite(o);
     }
 
     e2e::endpoint ep;
@@ -131,6 +148,7 @@ int main(int argc, char** argv) {
     e2e::pubsub_options ps;
     e2e::reqrep_options rr;
     e2e::slow_sub_options ss;
+    e2e::capacity_options cap;
     bool closed_loop = false;
     for (; i < args.size(); ++i) {
       const auto a = args[i];
@@ -153,6 +171,12 @@ int main(int argc, char** argv) {
         ep.host = value(a);
       else if (a == "--port")
         ep.port = std::stoi(value(a));
+      else if (a == "--per-frame")
+        cap.per_frame = std::stoul(value(a));
+      else if (a == "--batch")
+        cap.batch = std::stoul(value(a));
+      else if (a == "--pid")
+        cap.server_pid = std::stoi(value(a));
       else if (a == "--pubs")
         ps.publishers = std::stoi(value(a));
       else if (a == "--subs")
@@ -184,6 +208,16 @@ int main(int argc, char** argv) {
     }
     if (!have_system || ep.port <= 0 || ps.publishers < 1 || ps.subscribers < 0)
       return usage(argv[0]);
+    if (cmd == "capacity") {
+      cap.subscribers = std::min(ps.subscribers, 1);
+      cap.payload = ps.payload;
+      cap.keys = ps.keys;
+      cap.window = ps.window;
+      cap.duration = ps.duration;
+      const auto r = e2e::run_capacity(ep, cap);
+      std::printf("%s\n", e2e::describe(r).c_str());
+      return r.error.empty() ? 0 : 1;
+    }
     if (cmd == "pubsub") {
       const auto r = e2e::run_pubsub(ep, ps);
       print(r);

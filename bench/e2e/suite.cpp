@@ -21,18 +21,8 @@
 #include <thread>
 
 namespace keyway::bench::e2e {
-namespace {
 
 using namespace std::chrono_literals;
-
-struct scenario {
-  scenario_info info;
-  std::function<run_result(const endpoint&)> run;
-  bool redis = true;             // false: Redis has no such feature
-  std::string redis_missing;     // why, for the notes
-  bool headline_is_pub = false;  // msgs_per_sec = publisher side (publish only)
-  bool fixed_rate = false;       // the rate is set: the median is taken by p99
-};
 
 std::string machine_description() {
   utsname u{};
@@ -63,31 +53,6 @@ std::string machine_description() {
   return buf;
 }
 
-double load_average() {
-  double l = -1;
-  std::ifstream f("/proc/loadavg");
-  f >> l;
-  return l;
-}
-
-/// CPU time stolen from this VM by its hypervisor since boot, all CPUs
-/// together, in ms (/proc/stat's `steal` column); -1 where not available.
-double stolen_ms() {
-  std::ifstream f("/proc/stat");
-  std::string cpu;
-  unsigned long long v[8] = {};
-  if (!(f >> cpu) || cpu != "cpu") return -1;
-  for (auto& x : v)
-    if (!(f >> x)) return -1;
-  return static_cast<double>(v[7]) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
-/// The time one cache line takes to go from one CPU to another and back, in
-/// ns: two threads pinned to the first two CPUs of the affinity mask (where
-/// keywayd's two workers pin) take turns writing one atomic word, up to
-/// 20,000 times or 50 ms. -1 with fewer than two CPUs. On this VM it
-/// changes between about 100 and 480 ns as the hypervisor places the vCPUs,
-/// and every message keywayd hands from one worker to the other pays it.
 double cross_cpu_round_trip_ns() {
   const std::vector<int> cpus = core::allowed_cpus();
   if (cpus.size() < 2) return -1;
@@ -126,6 +91,34 @@ double cross_cpu_round_trip_ns() {
   echo.join();
   if (!pinned_ok) return -1;
   return ns;
+}
+
+double stolen_ms() {
+  std::ifstream f("/proc/stat");
+  std::string cpu;
+  unsigned long long v[8] = {};
+  if (!(f >> cpu) || cpu != "cpu") return -1;
+  for (auto& x : v)
+    if (!(f >> x)) return -1;
+  return static_cast<double>(v[7]) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+namespace {
+
+struct scenario {
+  scenario_info info;
+  std::function<run_result(const endpoint&)> run;
+  bool redis = true;             // false: Redis has no such feature
+  std::string redis_missing;     // why, for the notes
+  bool headline_is_pub = false;  // msgs_per_sec = publisher side (publish only)
+  bool fixed_rate = false;       // the rate is set: the median is taken by p99
+};
+
+double load_average() {
+  double l = -1;
+  std::ifstream f("/proc/loadavg");
+  f >> l;
+  return l;
 }
 
 /// One run, with the CPU time stolen while it ran (a latency tail of
@@ -351,32 +344,16 @@ int run_suite(const suite_options& opt) {
   std::vector<result_row> rows;
   std::vector<scenario_info> infos;
   int status = 0;
-  auto keywayd_argv = [&](int port, const char* workers) {
-    std::vector<std::string> argv{
-        opt.keywayd, "--listen", "tcp://127.0.0.1:" + std::to_string(port), "--admin", "off",
-        "--workers", workers};
-    argv.insert(argv.end(), opt.keywayd_args.begin(), opt.keywayd_args.end());
-    return argv;
-  };
   if (!opt.keywayd_args.empty()) {
     std::string extra;
     for (const auto& a : opt.keywayd_args) extra += " " + a;
     info.notes.push_back("keywayd ran with the extra arguments" + extra);
   }
   try {
-    const int kport = free_port();
-    auto keywayd =
-        server_process::start("keywayd", keywayd_argv(kport, "2"), kport, logs + "/keywayd-w2.log",
-                              "listening on tcp://127.0.0.1:" + std::to_string(kport));
-    const int nport = free_port();
-    auto nats = server_process::start(
-        "nats-server", {"nats-server", "-a", "127.0.0.1", "-p", std::to_string(nport)}, nport,
-        logs + "/nats-server.log");
-    const int rport = free_port();
-    auto redis = server_process::start("redis-server",
-                                       {"redis-server", "--bind", "127.0.0.1", "--port",
-                                        std::to_string(rport), "--save", "", "--appendonly", "no"},
-                                       rport, logs + "/redis-server.log");
+    auto keywayd = start_keywayd(opt.keywayd, 2, opt.keywayd_args, logs + "/keywayd-w2.log");
+    auto nats = start_nats_server(logs + "/nats-server.log");
+    auto redis = start_redis_server(logs + "/redis-server.log");
+    const int kport = keywayd.port(), nport = nats.port(), rport = redis.port();
     const endpoint keyway_ep{system_kind::keyway, "127.0.0.1", kport};
     const endpoint nats_ep{system_kind::nats, "127.0.0.1", nport};
     const endpoint redis_ep{system_kind::redis, "127.0.0.1", rport};
@@ -442,10 +419,8 @@ int run_suite(const suite_options& opt) {
       o.payload = 128;
       o.duration = d;
       o.subject = "bench.scaling";
-      const int port1 = free_port();
-      auto keywayd1 = server_process::start(
-          "keywayd-w1", keywayd_argv(port1, "1"), port1, logs + "/keywayd-w1.log",
-          "listening on tcp://127.0.0.1:" + std::to_string(port1));
+      auto keywayd1 = start_keywayd(opt.keywayd, 1, opt.keywayd_args, logs + "/keywayd-w1.log");
+      const int port1 = keywayd1.port();
       scenario pair[2];
       std::vector<run_result> runs[2];
       for (int w = 0; w < 2; ++w) {

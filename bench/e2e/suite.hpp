@@ -28,6 +28,20 @@ struct suite_options {
   std::vector<std::string> keywayd_args;  // extra arguments for every keywayd started
 };
 
+/// "Debian GNU/Linux 12, kernel ..., 2 × CPU, 24 GiB; ...": for the results.
+std::string machine_description();
+/// CPU time stolen from this VM by its hypervisor since boot, all CPUs
+/// together, in ms (/proc/stat's `steal` column); -1 where not available.
+double stolen_ms();
+
+/// The time one cache line takes to go from one CPU to another and back, in
+/// ns: two threads pinned to the first two CPUs of the affinity mask (where
+/// keywayd's two workers pin) take turns writing one atomic word, up to
+/// 20,000 times or 50 ms. -1 with fewer than two CPUs. On this VM it
+/// changes between about 100 and 480 ns as the hypervisor places the vCPUs,
+/// and every message keywayd hands from one worker to the other pays it.
+double cross_cpu_round_trip_ns();
+
 /// 0 when every measurement ran; 1 if a server could not start or a result
 /// file could not be written (partial results are still printed); 2 if
 /// `only` names an unknown scenario.
