@@ -10,7 +10,7 @@
 // writes it to `out_dir`/capacity.md.
 //
 // Threading: the caller's thread; the runs start their own threads.
-// Cost: 5 runs of 2 s per scenario and system, about 6 minutes (quick: one
+// Cost: 5 runs of 2 s per scenario and system, about 4 minutes (quick: one
 // run of 1 s each, under a minute).
 #pragma once
 

@@ -8,7 +8,7 @@
 // scenarios named.
 //
 // Threading: the caller's thread; the generator starts its own threads.
-// Cost: about 1.5 minutes with `quick`, 4.5 minutes without; slow_sub alone
+// Cost: about 1.5 minutes with `quick`, 4.5 minutes without (7 with `raw`); slow_sub alone
 // 15 s to 1.5 minutes, depending on how the servers handle it.
 #pragma once
 
