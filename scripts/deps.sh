@@ -3,10 +3,15 @@
 # Usage: scripts/deps.sh build|test|bench|fuzz
 set -euo pipefail
 
+# libcurl4-openssl-dev: keywayd's cluster membership speaks to etcd over HTTP.
+# libnats-dev and libhiredis-dev: the official NATS and Redis clients, keyway-bench's
+# peers. Every preset that builds the benchmarks (release and debug, which
+# scripts/run and scripts/test configure) needs them at configure time, so they
+# are here and thereby in the test and bench lists too.
 build_pkgs=(build-essential cmake ninja-build pkg-config
   libasio-dev libspdlog-dev libcli11-dev libtomlplusplus-dev prometheus-cpp-dev
   libcapnp-dev capnproto doctest-dev libsystemd-dev libxxhash-dev nlohmann-json3-dev
-  libcurl4-openssl-dev)
+  libcurl4-openssl-dev libnats-dev libhiredis-dev)
 # systemd: systemd-analyze, systemd-sysusers and systemd-tmpfiles for the unit
 # tests; dpkg-dev (dpkg-shlibdeps), file and lintian for the packaging test
 # (tests/packaging/check_packages.sh: cpack, dpkg-deb, lintian).

@@ -21,21 +21,27 @@ std::string_view to_string(system_kind s) noexcept {
       return "nats";
     case system_kind::redis:
       return "redis";
+    case system_kind::nats_raw:
+      return "nats-raw";
+    case system_kind::redis_raw:
+      return "redis-raw";
   }
   return "?";
 }
 
-conn::~conn() {
+conn::~conn() = default;
+
+socket_conn::~socket_conn() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void conn::sync(clock::time_point deadline) {
+void socket_conn::sync(clock::time_point deadline) {
   queue_ping();
   const std::uint64_t want = ++pings_sent_;
   wait_until([&] { return pongs_received_ >= want; }, deadline, "ping/pong round trip");
 }
 
-bool conn::write_some() noexcept {
+bool socket_conn::write_some() noexcept {
   while (!failed() && out_size() > 0) {
     const auto front = out_front();
     const ssize_t n = ::send(fd_, front.data(), front.size(), MSG_NOSIGNAL);
@@ -50,7 +56,7 @@ bool conn::write_some() noexcept {
   return !failed();
 }
 
-std::size_t conn::read_some() noexcept {
+std::size_t socket_conn::read_some() noexcept {
   if (failed()) return 0;
   for (;;) {
     auto space = in_space();
@@ -75,7 +81,7 @@ std::size_t conn::read_some() noexcept {
   }
 }
 
-void conn::wait(nanoseconds timeout) noexcept {
+void socket_conn::wait(nanoseconds timeout) noexcept {
   if (failed()) return;
   pollfd p{fd_, static_cast<short>(POLLIN | (out_size() > 0 ? POLLOUT : 0)), 0};
   timespec ts{};
@@ -95,6 +101,12 @@ bool conn::flush(clock::time_point deadline) noexcept {
     wait(std::chrono::milliseconds(20));
   }
   return !failed();
+}
+
+int take_socket(std::unique_ptr<conn> c) {
+  auto* s = dynamic_cast<socket_conn*>(c.get());
+  if (s == nullptr) throw bench_error("this client owns its socket; capacity mode needs a raw one");
+  return s->release_fd();
 }
 
 int tcp_connect(const std::string& host, int port, clock::time_point deadline) {
@@ -122,18 +134,23 @@ int tcp_connect(const std::string& host, int port, clock::time_point deadline) {
 }
 
 std::unique_ptr<conn> make_conn(system_kind kind, const std::string& host, int port,
-                                std::string_view name, clock::time_point deadline) {
-  const int fd = tcp_connect(host, port, deadline);
+                                std::string_view name, clock::time_point deadline, bool send_asap) {
   std::unique_ptr<conn> c;
   switch (kind) {
     case system_kind::keyway:
-      c = make_keyway_conn(fd);
+      c = make_keyway_conn(tcp_connect(host, port, deadline));
+      break;
+    case system_kind::nats_raw:
+      c = make_nats_conn(tcp_connect(host, port, deadline));
+      break;
+    case system_kind::redis_raw:
+      c = make_redis_conn(tcp_connect(host, port, deadline));
       break;
     case system_kind::nats:
-      c = make_nats_conn(fd);
+      c = make_natsc_conn(host, port, send_asap);
       break;
     case system_kind::redis:
-      c = make_redis_conn(fd);
+      c = make_hiredis_conn(host, port, deadline);
       break;
   }
   c->handshake(name, deadline);

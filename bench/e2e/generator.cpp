@@ -404,7 +404,7 @@ run_result run_reqrep(const endpoint& ep, const reqrep_options& opt) {
     res.error = "payload must be at least 16 bytes (send time + sequence)";
     return res;
   }
-  if (ep.kind == system_kind::redis) {
+  if (is_redis(ep.kind)) {
     res.error = "Redis has no request/reply";
     return res;
   }
@@ -412,9 +412,9 @@ run_result run_reqrep(const endpoint& ep, const reqrep_options& opt) {
   std::unique_ptr<conn> requester;
   try {
     const auto deadline = clock::now() + setup_timeout;
-    responder = make_conn(ep.kind, ep.host, ep.port, "bench-responder", deadline);
+    responder = make_conn(ep.kind, ep.host, ep.port, "bench-responder", deadline, true);
     responder->subscribe(opt.service, "", deadline);
-    requester = make_conn(ep.kind, ep.host, ep.port, "bench-requester", deadline);
+    requester = make_conn(ep.kind, ep.host, ep.port, "bench-requester", deadline, true);
     requester->subscribe(opt.inbox, "", deadline);
   } catch (const bench_error& e) {
     res.error = std::string("setup: ") + e.what();

@@ -15,9 +15,9 @@ namespace {
 
 namespace wire = proto::wire;
 
-class keyway_conn final : public conn {
+class keyway_conn final : public socket_conn {
  public:
-  explicit keyway_conn(int fd) : conn(fd), out_(256 * 1024) {}
+  explicit keyway_conn(int fd) : socket_conn(fd), out_(256 * 1024) {}
 
   void handshake(std::string_view name, clock::time_point deadline) override {
     check(enc_->hello(out_, {proto::protocol_version, name, {}}), "hello");

@@ -1,22 +1,38 @@
 // keyway-bench: the end-to-end load generator. Keyway (through the proto
-// codec directly), nats-server (NATS text protocol) and redis-server (RESP
-// PUBLISH/SUBSCRIBE) driven by the same generator code.
+// codec directly), nats-server and redis-server (through their official
+// clients, nats.c and hiredis, or the hand-written text-protocol adapters
+// nats-raw and redis-raw) driven by the same generator code.
 //
-//   keyway-bench suite [--quick] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg ARG]...
+//   keyway-bench suite [--quick] [--raw] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg
+//   ARG]...
 //       [--out DIR] [--command TEXT] [--revision TEXT]
 //       every scenario (or those --only names) against servers it starts itself
-//       (what `bench/run e2e` runs)
-//   keyway-bench pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M]
+//       (what `bench/run e2e` runs); --raw adds the nats-raw and redis-raw columns
+//   keyway-bench capacity-suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT]
+//       [--revision TEXT]
+//       capacity mode and the generator side by side against servers it starts itself
+//       (what `bench/run capacity` runs; see capacity_suite.hpp)
+//   keyway-bench capacity --system keyway|nats|redis --port P [--host H] [--subs 0|1]
+//       [--size BYTES] [--keys K] [--per-frame F] [--batch N] [--window N] [--duration S]
+//       [--pid SERVER_PID]
+//       capacity mode against a running server: pre-built publishes in the system's own wire
+//       format, written again and again on one connection (see capacity.hpp)
+//   keyway-bench pubsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--pubs
+//   N] [--subs M]
 //       [--group] [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S]
 //       [--window N] [--write-bytes B] [--no-batch] one pub/sub scenario against a running server
 //       (--no-batch: Keyway publishers send one publish frame per message, not publishBatch)
-//   keyway-bench reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | --closed-loop]
+//   keyway-bench reqrep --system keyway|nats|nats-raw --port P [--host H] [--rate REQ_PER_S |
+//   --closed-loop]
 //       [--size BYTES] [--duration S]
 //       one request/reply scenario against a running server
-//   keyway-bench slowsub --system keyway|nats|redis --port P [--host H] [--rate R] [--factor F]
+//   keyway-bench slowsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--rate
+//   R] [--factor F]
 //       [--size BYTES] [--keys K] [--duration S]
 //       the slow_sub scenario against a running server: a subscriber reading at most R msgs/s
 //       (default 100,000), a publisher offering F × R (default 2) for S s (default 10)
+#include "bench/e2e/capacity.hpp"
+#include "bench/e2e/capacity_suite.hpp"
 #include "bench/e2e/generator.hpp"
 #include "bench/e2e/slow_sub.hpp"
 #include "bench/e2e/suite.hpp"
@@ -35,19 +51,28 @@ namespace {
 int usage(const char* argv0) {
   std::fprintf(
       stderr,
-      "usage: %s suite [--quick] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg ARG]...\n"
+      "usage: %s suite [--quick] [--raw] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg "
+      "ARG]...\n"
       "                [--out DIR] [--command TEXT] [--revision TEXT]\n"
-      "       %s pubsub --system keyway|nats|redis --port P [--host H] [--pubs N] [--subs M] "
+      "       %s capacity-suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT] "
+      "[--revision TEXT]\n"
+      "       %s capacity --system keyway|nats|redis --port P [--host H] [--subs 0|1] [--size "
+      "BYTES]\n"
+      "                 [--keys K] [--per-frame F] [--batch N] [--window N] [--duration S] [--pid "
+      "SERVER_PID]\n"
+      "       %s pubsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--pubs "
+      "N] [--subs M] "
       "[--group]\n"
       "                 [--size BYTES] [--keys K] [--rate MSGS_PER_S] [--count N] [--duration S] "
       "[--window N]\n"
       "                 [--write-bytes B] [--no-batch]\n"
-      "       %s reqrep --system keyway|nats --port P [--host H] [--rate REQ_PER_S | "
+      "       %s reqrep --system keyway|nats|nats-raw --port P [--host H] [--rate REQ_PER_S | "
       "--closed-loop]\n"
       "                 [--size BYTES] [--duration S]\n"
-      "       %s slowsub --system keyway|nats|redis --port P [--host H] [--rate R] [--factor F]\n"
+      "       %s slowsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--rate "
+      "R] [--factor F]\n"
       "                 [--size BYTES] [--keys K] [--duration S]\n",
-      argv0, argv0, argv0, argv0);
+      argv0, argv0, argv0, argv0, argv0, argv0);
   return 2;
 }
 
@@ -87,12 +112,14 @@ int main(int argc, char** argv) {
   };
 
   try {
-    if (cmd == "suite") {
+    if (cmd == "suite" || cmd == "capacity-suite") {
       e2e::suite_options o;
       for (; i < args.size(); ++i) {
         const auto a = args[i];
         if (a == "--quick")
           o.quick = true;
+        else if (a == "--raw")
+          o.raw = true;
         else if (a == "--keywayd")
           o.keywayd = value(a);
         else if (a == "--keywayd-arg")
@@ -113,7 +140,7 @@ int main(int argc, char** argv) {
         else
           return usage(argv[0]);
       }
-      return e2e::run_suite(o);
+      return cmd == "suite" ? e2e::run_suite(o) : e2e::run_capacity_suite(o);
     }
 
     e2e::endpoint ep;
@@ -121,6 +148,7 @@ int main(int argc, char** argv) {
     e2e::pubsub_options ps;
     e2e::reqrep_options rr;
     e2e::slow_sub_options ss;
+    e2e::capacity_options cap;
     bool closed_loop = false;
     for (; i < args.size(); ++i) {
       const auto a = args[i];
@@ -133,12 +161,22 @@ int main(int argc, char** argv) {
           ep.kind = e2e::system_kind::nats;
         else if (s == "redis")
           ep.kind = e2e::system_kind::redis;
+        else if (s == "nats-raw")
+          ep.kind = e2e::system_kind::nats_raw;
+        else if (s == "redis-raw")
+          ep.kind = e2e::system_kind::redis_raw;
         else
           return usage(argv[0]);
       } else if (a == "--host")
         ep.host = value(a);
       else if (a == "--port")
         ep.port = std::stoi(value(a));
+      else if (a == "--per-frame")
+        cap.per_frame = std::stoul(value(a));
+      else if (a == "--batch")
+        cap.batch = std::stoul(value(a));
+      else if (a == "--pid")
+        cap.server_pid = std::stoi(value(a));
       else if (a == "--pubs")
         ps.publishers = std::stoi(value(a));
       else if (a == "--subs")
@@ -170,6 +208,16 @@ int main(int argc, char** argv) {
     }
     if (!have_system || ep.port <= 0 || ps.publishers < 1 || ps.subscribers < 0)
       return usage(argv[0]);
+    if (cmd == "capacity") {
+      cap.subscribers = std::min(ps.subscribers, 1);
+      cap.payload = ps.payload;
+      cap.keys = ps.keys;
+      cap.window = ps.window;
+      cap.duration = ps.duration;
+      const auto r = e2e::run_capacity(ep, cap);
+      std::printf("%s\n", e2e::describe(r).c_str());
+      return r.error.empty() ? 0 : 1;
+    }
     if (cmd == "pubsub") {
       const auto r = e2e::run_pubsub(ep, ps);
       print(r);

@@ -15,9 +15,9 @@ bool parse_size(std::string_view s, std::size_t& out) {
   return r.ec == std::errc{} && r.ptr == s.data() + s.size();
 }
 
-class nats_conn final : public conn {
+class nats_conn final : public socket_conn {
  public:
-  explicit nats_conn(int fd) : conn(fd) {}
+  explicit nats_conn(int fd) : socket_conn(fd) {}
 
   void handshake(std::string_view name, clock::time_point deadline) override {
     wait_until([&] { return got_info_; }, deadline, "nats INFO");

@@ -82,9 +82,9 @@ parse_state value_at(std::string_view buf, resp_value& v, std::size_t& used) {
   return parse_state::ok;
 }
 
-class redis_conn final : public conn {
+class redis_conn final : public socket_conn {
  public:
-  explicit redis_conn(int fd) : conn(fd) {}
+  explicit redis_conn(int fd) : socket_conn(fd) {}
 
   void handshake(std::string_view, clock::time_point deadline) override { sync(deadline); }
 

@@ -9,7 +9,11 @@
 namespace keyway::bench::e2e {
 namespace {
 
-const char* const systems[] = {"keyway", "nats", "redis"};
+// nats and redis are the official clients; nats-raw and redis-raw the
+// hand-written adapters, in the tables only when the run had them. The plot
+// shows the first three.
+const char* const systems[] = {"keyway", "nats", "redis", "nats-raw", "redis-raw"};
+const char* const plotted_systems[] = {"keyway", "nats", "redis"};
 
 const result_row* find(const std::vector<result_row>& rows, const std::string& scenario,
                        const std::string& system) {
@@ -107,28 +111,38 @@ std::string format_tables(const run_info& info, const std::vector<scenario_info>
      << info.redis_version << "\n\n";
 
   // A table is left out when no row has its figures (`--only` a few scenarios).
-  bool rate_table = false, latency_table = false;
+  bool rate_table = false, latency_table = false, raw = false;
   for (const auto& r : rows) {
     rate_table = rate_table || r.msgs_per_sec;
     latency_table = latency_table || r.p50_us;
+    raw = raw || ((r.system == "nats-raw" || r.system == "redis-raw") && r.msgs_per_sec);
   }
   if (rate_table) {
-    os << "### Throughput (msgs/s; Keyway/NATS and Keyway/Redis are ratios of msgs/s)\n\n";
-    os << "| scenario | counts | keyway | nats | redis | keyway/nats | keyway/redis |\n";
-    os << "| --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
+    os << "### Throughput (msgs/s; Keyway/NATS and Keyway/Redis are ratios of msgs/s; nats and "
+          "redis through their official clients"
+       << (raw ? ", nats-raw and redis-raw through the hand-written adapters" : "") << ")\n\n";
+    os << "| scenario | counts | keyway | nats | redis | keyway/nats | keyway/redis |"
+       << (raw ? " nats-raw | redis-raw | keyway/nats-raw | keyway/redis-raw |" : "") << "\n";
+    os << "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+       << (raw ? " ---: | ---: | ---: | ---: |" : "") << "\n";
   }
   for (const auto& s : scenarios) {
     const result_row* k = find(rows, s.id, "keyway");
     const result_row* n = find(rows, s.id, "nats");
     const result_row* r = find(rows, s.id, "redis");
-    if (k == nullptr && n == nullptr && r == nullptr) continue;
+    const result_row* nr = find(rows, s.id, "nats-raw");
+    const result_row* rr = find(rows, s.id, "redis-raw");
     bool any_rate = false;
-    for (const auto* x : {k, n, r})
+    for (const auto* x : {k, n, r, nr, rr})
       if (x != nullptr && x->msgs_per_sec) any_rate = true;
     if (!any_rate) continue;
     os << "| " << s.id << " — " << s.title << " | " << s.rate_side << " | " << rate_cell(k) << " | "
        << rate_cell(n) << " | " << rate_cell(r) << " | " << ratio_cell(k, n) << " | "
-       << ratio_cell(k, r) << " |\n";
+       << ratio_cell(k, r) << " |";
+    if (raw)
+      os << " " << rate_cell(nr) << " | " << rate_cell(rr) << " | " << ratio_cell(k, nr) << " | "
+         << ratio_cell(k, rr) << " |";
+    os << "\n";
   }
 
   if (latency_table) {
@@ -202,8 +216,11 @@ bool write_json(const std::string& path, const run_info& info,
                 const std::vector<result_row>& rows) {
   std::ofstream f(path);
   if (!f) return false;
-  const std::map<std::string, std::string> versions{
-      {"keyway", info.keyway_version}, {"nats", info.nats_version}, {"redis", info.redis_version}};
+  const std::map<std::string, std::string> versions{{"keyway", info.keyway_version},
+                                                    {"nats", info.nats_version},
+                                                    {"redis", info.redis_version},
+                                                    {"nats-raw", info.nats_version},
+                                                    {"redis-raw", info.redis_version}};
   f << "[\n";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
@@ -238,13 +255,13 @@ bool write_gnuplot(const std::string& dir, const run_info& info,
          "measured\n";
   for (const auto& s : scenarios) {
     bool any = false;
-    for (const char* sys : systems) {
+    for (const char* sys : plotted_systems) {
       const result_row* x = find(rows, s.id, sys);
       if (x != nullptr && (x->msgs_per_sec || x->p50_us)) any = true;
     }
     if (!any) continue;
     dat << '"' << s.id << '"';
-    for (const char* sys : systems) {
+    for (const char* sys : plotted_systems) {
       const result_row* x = find(rows, s.id, sys);
       if (x == nullptr) {
         dat << " ? ? ? ?";

@@ -200,4 +200,30 @@ double sched_cpu_seconds(pid_t pid) {
   return static_cast<double>(ns) / 1e9;
 }
 
+server_process start_keywayd(const std::string& keywayd_path, int workers,
+                             const std::vector<std::string>& extra, const std::string& log_path) {
+  const int port = free_port();
+  const std::string url = "tcp://127.0.0.1:" + std::to_string(port);
+  std::vector<std::string> argv{
+      keywayd_path, "--listen", url, "--admin", "off", "--workers", std::to_string(workers)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return server_process::start("keywayd-w" + std::to_string(workers), std::move(argv), port,
+                               log_path, "listening on " + url);
+}
+
+server_process start_nats_server(const std::string& log_path) {
+  const int port = free_port();
+  return server_process::start("nats-server",
+                               {"nats-server", "-a", "127.0.0.1", "-p", std::to_string(port)}, port,
+                               log_path);
+}
+
+server_process start_redis_server(const std::string& log_path) {
+  const int port = free_port();
+  return server_process::start("redis-server",
+                               {"redis-server", "--bind", "127.0.0.1", "--port",
+                                std::to_string(port), "--save", "", "--appendonly", "no"},
+                               port, log_path);
+}
+
 }  // namespace keyway::bench::e2e

@@ -48,6 +48,14 @@ class server_process {
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0).
 int free_port();
 
+/// The suite's servers, each on a free port of 127.0.0.1, logging to `log_path`:
+/// `keywayd_path --listen tcp://127.0.0.1:PORT --admin off --workers W` and
+/// `extra`; nats-server and redis-server with their defaults.
+server_process start_keywayd(const std::string& keywayd_path, int workers,
+                             const std::vector<std::string>& extra, const std::string& log_path);
+server_process start_nats_server(const std::string& log_path);
+server_process start_redis_server(const std::string& log_path);
+
 /// The first line a command prints (stdout and stderr), trimmed; "?" on failure.
 std::string first_output_line(const std::string& command);
 

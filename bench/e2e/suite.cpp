@@ -21,18 +21,8 @@
 #include <thread>
 
 namespace keyway::bench::e2e {
-namespace {
 
 using namespace std::chrono_literals;
-
-struct scenario {
-  scenario_info info;
-  std::function<run_result(const endpoint&)> run;
-  bool redis = true;             // false: Redis has no such feature
-  std::string redis_missing;     // why, for the notes
-  bool headline_is_pub = false;  // msgs_per_sec = publisher side (publish only)
-  bool fixed_rate = false;       // the rate is set: the median is taken by p99
-};
 
 std::string machine_description() {
   utsname u{};
@@ -63,31 +53,6 @@ std::string machine_description() {
   return buf;
 }
 
-double load_average() {
-  double l = -1;
-  std::ifstream f("/proc/loadavg");
-  f >> l;
-  return l;
-}
-
-/// CPU time stolen from this VM by its hypervisor since boot, all CPUs
-/// together, in ms (/proc/stat's `steal` column); -1 where not available.
-double stolen_ms() {
-  std::ifstream f("/proc/stat");
-  std::string cpu;
-  unsigned long long v[8] = {};
-  if (!(f >> cpu) || cpu != "cpu") return -1;
-  for (auto& x : v)
-    if (!(f >> x)) return -1;
-  return static_cast<double>(v[7]) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
-/// The time one cache line takes to go from one CPU to another and back, in
-/// ns: two threads pinned to the first two CPUs of the affinity mask (where
-/// keywayd's two workers pin) take turns writing one atomic word, up to
-/// 20,000 times or 50 ms. -1 with fewer than two CPUs. On this VM it
-/// changes between about 100 and 480 ns as the hypervisor places the vCPUs,
-/// and every message keywayd hands from one worker to the other pays it.
 double cross_cpu_round_trip_ns() {
   const std::vector<int> cpus = core::allowed_cpus();
   if (cpus.size() < 2) return -1;
@@ -126,6 +91,34 @@ double cross_cpu_round_trip_ns() {
   echo.join();
   if (!pinned_ok) return -1;
   return ns;
+}
+
+double stolen_ms() {
+  std::ifstream f("/proc/stat");
+  std::string cpu;
+  unsigned long long v[8] = {};
+  if (!(f >> cpu) || cpu != "cpu") return -1;
+  for (auto& x : v)
+    if (!(f >> x)) return -1;
+  return static_cast<double>(v[7]) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+namespace {
+
+struct scenario {
+  scenario_info info;
+  std::function<run_result(const endpoint&)> run;
+  bool redis = true;             // false: Redis has no such feature
+  std::string redis_missing;     // why, for the notes
+  bool headline_is_pub = false;  // msgs_per_sec = publisher side (publish only)
+  bool fixed_rate = false;       // the rate is set: the median is taken by p99
+};
+
+double load_average() {
+  double l = -1;
+  std::ifstream f("/proc/loadavg");
+  f >> l;
+  return l;
 }
 
 /// One run, with the CPU time stolen while it ran (a latency tail of
@@ -201,7 +194,7 @@ result_row median_row(const scenario& s, system_kind kind, const std::vector<run
 
 void print_progress(const scenario& s, system_kind kind, const run_result& r) {
   std::fprintf(stderr,
-               "  %-24s %-7s sent %10llu  recv %10llu  pub %11.0f/s  sub %11.0f/s  p50 %8.1f us  "
+               "  %-24s %-9s sent %10llu  recv %10llu  pub %11.0f/s  sub %11.0f/s  p50 %8.1f us  "
                "p99 %9.1f us  stolen %5.0f ms  cross-CPU %4.0f/%4.0f ns%s%s\n",
                s.info.id.c_str(), std::string(to_string(kind)).c_str(),
                static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.received),
@@ -341,6 +334,8 @@ int run_suite(const suite_options& opt) {
   if (!opt.keyway_revision.empty()) info.keyway_version += " (" + opt.keyway_revision + ")";
   info.nats_version = first_output_line("nats-server --version");
   info.redis_version = first_output_line("redis-server --version");
+  info.notes.push_back("nats and redis are the official clients, " + official_client_versions() +
+                       (opt.raw ? "; nats-raw and redis-raw the hand-written adapters" : ""));
   std::fprintf(stderr, "e2e: %s; %s; %s\ne2e: %s\n", info.keyway_version.c_str(),
                info.nats_version.c_str(), info.redis_version.c_str(), info.machine.c_str());
 
@@ -349,35 +344,23 @@ int run_suite(const suite_options& opt) {
   std::vector<result_row> rows;
   std::vector<scenario_info> infos;
   int status = 0;
-  auto keywayd_argv = [&](int port, const char* workers) {
-    std::vector<std::string> argv{
-        opt.keywayd, "--listen", "tcp://127.0.0.1:" + std::to_string(port), "--admin", "off",
-        "--workers", workers};
-    argv.insert(argv.end(), opt.keywayd_args.begin(), opt.keywayd_args.end());
-    return argv;
-  };
   if (!opt.keywayd_args.empty()) {
     std::string extra;
     for (const auto& a : opt.keywayd_args) extra += " " + a;
     info.notes.push_back("keywayd ran with the extra arguments" + extra);
   }
   try {
-    const int kport = free_port();
-    auto keywayd =
-        server_process::start("keywayd", keywayd_argv(kport, "2"), kport, logs + "/keywayd-w2.log",
-                              "listening on tcp://127.0.0.1:" + std::to_string(kport));
-    const int nport = free_port();
-    auto nats = server_process::start(
-        "nats-server", {"nats-server", "-a", "127.0.0.1", "-p", std::to_string(nport)}, nport,
-        logs + "/nats-server.log");
-    const int rport = free_port();
-    auto redis = server_process::start("redis-server",
-                                       {"redis-server", "--bind", "127.0.0.1", "--port",
-                                        std::to_string(rport), "--save", "", "--appendonly", "no"},
-                                       rport, logs + "/redis-server.log");
+    auto keywayd = start_keywayd(opt.keywayd, 2, opt.keywayd_args, logs + "/keywayd-w2.log");
+    auto nats = start_nats_server(logs + "/nats-server.log");
+    auto redis = start_redis_server(logs + "/redis-server.log");
+    const int kport = keywayd.port(), nport = nats.port(), rport = redis.port();
     const endpoint keyway_ep{system_kind::keyway, "127.0.0.1", kport};
     const endpoint nats_ep{system_kind::nats, "127.0.0.1", nport};
     const endpoint redis_ep{system_kind::redis, "127.0.0.1", rport};
+    const endpoint nats_raw_ep{system_kind::nats_raw, "127.0.0.1", nport};
+    const endpoint redis_raw_ep{system_kind::redis_raw, "127.0.0.1", rport};
+    std::vector<endpoint> eps{keyway_ep, nats_ep, redis_ep};
+    if (opt.raw) eps.insert(eps.end(), {nats_raw_ep, redis_raw_ep});
     std::fprintf(stderr,
                  "e2e: keywayd pid %d port %d, nats-server pid %d port %d, redis-server pid %d "
                  "port %d; load %.2f\n",
@@ -386,18 +369,17 @@ int run_suite(const suite_options& opt) {
     for (const auto& s : make_scenarios(d)) {
       if (!selected(opt, s.info.id)) continue;
       infos.push_back(s.info);
-      std::vector<run_result> runs[3];
-      const endpoint eps[3] = {keyway_ep, nats_ep, redis_ep};
+      std::vector<std::vector<run_result>> runs(eps.size());
       // Repetitions interleave the systems, so that a burst of background
-      // load lands on all three rather than on one.
+      // load lands on all of them rather than on one.
       for (int rep = 0; rep < (s.fixed_rate ? latency_reps : reps); ++rep) {
-        for (int k = 0; k < 3; ++k) {
-          if (eps[k].kind == system_kind::redis && !s.redis) continue;
+        for (std::size_t k = 0; k < eps.size(); ++k) {
+          if (is_redis(eps[k].kind) && !s.redis) continue;
           runs[k].push_back(measured([&] { return s.run(eps[k]); }));
           print_progress(s, eps[k].kind, runs[k].back());
         }
       }
-      for (int k = 0; k < 3; ++k) {
+      for (std::size_t k = 0; k < eps.size(); ++k) {
         if (runs[k].empty()) {
           result_row row;
           row.scenario = s.info.id;
@@ -419,8 +401,10 @@ int run_suite(const suite_options& opt) {
       infos.push_back(si);
       info.notes.push_back(std::string(slow_sub_id) +
                            " ran once per system (its own length, not the runs above), "
-                           "keywayd, then nats-server, then redis-server");
-      for (const endpoint& ep : {keyway_ep, nats_ep, redis_ep}) {
+                           "keywayd, then nats-server, then redis-server, through the "
+                           "hand-written adapters (nats-raw, redis-raw): the official clients "
+                           "read all the socket holds, so they cannot play the slow reader");
+      for (const endpoint& ep : {keyway_ep, nats_raw_ep, redis_raw_ep}) {
         const auto r = measured([&] { return run_slow_sub(ep, o); });
         print_slow_sub(si.id, ep.kind, r);
         rows.push_back(slow_sub_row(si.id, ep.kind, r));
@@ -435,10 +419,8 @@ int run_suite(const suite_options& opt) {
       o.payload = 128;
       o.duration = d;
       o.subject = "bench.scaling";
-      const int port1 = free_port();
-      auto keywayd1 = server_process::start(
-          "keywayd-w1", keywayd_argv(port1, "1"), port1, logs + "/keywayd-w1.log",
-          "listening on tcp://127.0.0.1:" + std::to_string(port1));
+      auto keywayd1 = start_keywayd(opt.keywayd, 1, opt.keywayd_args, logs + "/keywayd-w1.log");
+      const int port1 = keywayd1.port();
       scenario pair[2];
       std::vector<run_result> runs[2];
       for (int w = 0; w < 2; ++w) {
