@@ -77,6 +77,27 @@ const member* cluster_view::find(std::string_view id) const noexcept {
 
 namespace {
 
+std::string prefix_of(const membership_config& cfg) {
+  return "/keyway/" + cfg.cluster + "/nodes/";
+}
+
+/// Why a node cannot take its id: `holder` (the key's current value, if
+/// read) has it.
+std::string id_taken(const membership_config& cfg, const std::string& key, const kv* holder) {
+  std::string who;
+  if (holder != nullptr) {
+    if (auto other = decode_node(holder->value)) {
+      who = " (peer " + other->peer_url + ", state " + std::string(to_string(other->state));
+      for (const auto& u : other->client_urls) who += ", client " + u;
+      who += ")";
+    }
+  }
+  return "node id \"" + cfg.self.id + "\" is already registered in cluster \"" + cfg.cluster +
+         "\" by another node" + who + " (etcd key " + key +
+         "); give this node another cluster.node_id, or, if that node is gone, wait for its "
+         "lease to expire (at most its lease_ttl)";
+}
+
 std::vector<std::string> ring_of(const std::vector<member>& members) {
   std::vector<std::string> ring;
   for (const auto& m : members)
@@ -113,12 +134,24 @@ membership::~membership() {
 }
 
 std::string membership::prefix() const {
-  return "/keyway/" + cfg_.cluster + "/nodes/";
+  return prefix_of(cfg_);
+}
+
+result<void, std::string> check_join(const membership_config& cfg) {
+  const std::string failed = "cannot join cluster \"" + cfg.cluster + "\": ";
+  etcd_client etcd(cfg.etcd_endpoints, cfg.etcd_timeout);
+  const std::string key = prefix_of(cfg) + cfg.self.id;
+  auto range = etcd.range_prefix(key);
+  if (!range) return failed + "cannot read the members from etcd: " + range.error();
+  for (const kv& item : range->kvs)
+    if (item.key == key) return failed + id_taken(cfg, key, &item);
+  return {};
 }
 
 result<void, std::string> membership::register_self(etcd_client& etcd) {
   const auto ttl = std::chrono::ceil<std::chrono::seconds>(cfg_.lease_ttl);
   auto lease = etcd.lease_grant(ttl);
+  etcd_reachable_.store(lease.has_value(), std::memory_order_release);
   if (!lease) return "no lease from etcd: " + lease.error();
   node_info joining = cfg_.self;
   joining.state = node_state::joining;
@@ -130,18 +163,7 @@ result<void, std::string> membership::register_self(etcd_client& etcd) {
         created->existing->lease == this->lease())
       return "the previous incarnation's key " + key_ + " is still there (lease " +
              std::to_string(this->lease()) + " has not expired in etcd yet)";
-    std::string holder;
-    if (created->existing) {
-      if (auto other = decode_node(created->existing->value)) {
-        holder = " (peer " + other->peer_url + ", state " + std::string(to_string(other->state));
-        for (const auto& u : other->client_urls) holder += ", client " + u;
-        holder += ")";
-      }
-    }
-    return "node id \"" + cfg_.self.id + "\" is already registered in cluster \"" + cfg_.cluster +
-           "\" by another node" + holder + " (etcd key " + key_ +
-           "); give this node another cluster.node_id, or, if that node is gone, wait for its "
-           "lease to expire (at most its lease_ttl)";
+    return id_taken(cfg_, key_, created->existing ? &*created->existing : nullptr);
   }
   {
     std::lock_guard lock(self_mutex_);

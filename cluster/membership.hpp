@@ -87,6 +87,11 @@ struct membership_config {
   std::chrono::milliseconds etcd_timeout{2000};
 };
 
+/// What join() would refuse, checked without registering anything: etcd
+/// answers at one of the endpoints, and no node holds cfg.self.id. Errors
+/// read as join()'s do.
+result<void, std::string> check_join(const membership_config& cfg);
+
 class membership {
  public:
   /// Runs on the control thread after every change of the view, with the new view.

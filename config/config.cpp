@@ -706,21 +706,6 @@ void reader::read_auth(server_options& o) {
   }
 }
 
-// A cluster or node name: 1..64 bytes of letters, digits, '.', '_' and '-' (it is
-// part of etcd keys and of metric labels).
-std::string name_problem(std::string_view v) {
-  if (v.empty() || v.size() > 64)
-    return "has " + std::to_string(v.size()) + " bytes; allowed 1..64";
-  for (const char c : v) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
-    if (!ok)
-      return "holds " + toml_string(std::string(1, c)) +
-             "; allowed letters, digits, '.', '_' and '-'";
-  }
-  return {};
-}
-
 // Why `url` is not an etcd client URL (http://HOST:PORT, HOST a name or an IP
 // address, PORT 1..65535), or "".
 std::string etcd_url_problem(std::string_view url) {
@@ -766,7 +751,8 @@ void reader::read_cluster(server_options& o) {
     if (n == nullptr) return;
     auto v = string(name, *n);
     if (!v) return;
-    if (const std::string why = v->empty() && empty_ok ? std::string() : name_problem(*v);
+    if (const std::string why =
+            v->empty() && empty_ok ? std::string() : daemon::cluster_name_problem(*v);
         !why.empty())
       return fail(name + " = " + show(*n) + " " + why);
     into = *v;

@@ -1,6 +1,7 @@
 #include "config/options.hpp"
 
 #include <charconv>
+#include <cstdio>
 #include <stdexcept>
 
 namespace keyway::daemon {
@@ -9,6 +10,22 @@ std::string listen_address::to_string() const {
   if (type == kind::unix_path) return "unix://" + path;
   if (host.find(':') != std::string::npos) return "tcp://[" + host + "]:" + std::to_string(port);
   return "tcp://" + host + ":" + std::to_string(port);
+}
+
+std::string cluster_name_problem(std::string_view v) {
+  if (v.empty() || v.size() > 64)
+    return "has " + std::to_string(v.size()) + " bytes; allowed 1..64";
+  for (const char c : v) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (ok) continue;
+    const auto u = static_cast<unsigned char>(c);
+    char shown[8];
+    std::snprintf(shown, sizeof shown, u > 0x20 && u < 0x7f && c != '"' ? "\"%c\"" : "byte 0x%02x",
+                  u > 0x20 && u < 0x7f && c != '"' ? c : u);
+    return "holds " + std::string(shown) + "; allowed letters, digits, '.', '_' and '-'";
+  }
+  return {};
 }
 
 listen_address parse_listen_url(std::string_view url) {

@@ -35,6 +35,11 @@ struct listen_address {
 /// Throws std::invalid_argument with a message naming the URL and the rule.
 listen_address parse_listen_url(std::string_view url);
 
+/// Why `name` is not a valid cluster name or node id (1..64 bytes of letters,
+/// digits, '.', '_' and '-': it is part of etcd keys and metric labels), or ""
+/// if it is. The reason reads after the value: "has 0 bytes; allowed 1..64".
+std::string cluster_name_problem(std::string_view name);
+
 enum class slow_consumer_policy { disconnect, drop };
 
 enum class log_format { text, json };

@@ -17,6 +17,7 @@
 
 #include "config/config.hpp"
 #include "daemon/admin.hpp"
+#include "daemon/cluster_node.hpp"
 #include "daemon/server.hpp"
 
 namespace {
@@ -253,7 +254,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   // Cluster membership (etcd) is built, but forwarding between nodes is not: a node
-  // would serve only its own clients, which is not what [cluster] promises.
+  // would serve only its own clients, which is not what [cluster] promises. keywayd
+  // checks what it can (its membership settings, etcd, its node id), then says so.
   constexpr const char* cluster_not_built =
       "[cluster] is validated, but this build of keywayd cannot run as a cluster node yet: "
       "forwarding between nodes is not built, so a node would serve only its own clients; "
@@ -265,6 +267,17 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (opt.cluster) {
+    auto membership = keyway::daemon::membership_config_of(opt);
+    if (!membership) {
+      spdlog::critical("{}", membership.error());
+      return 2;
+    }
+    if (auto joinable = keyway::cluster::check_join(*membership); !joinable) {
+      spdlog::critical("{}", joinable.error());
+      return 1;
+    }
+    spdlog::info("cluster \"{}\": etcd answers and node id \"{}\" is free", membership->cluster,
+                 membership->self.id);
     spdlog::critical("{}", cluster_not_built);
     return 2;
   }
