@@ -6,18 +6,13 @@
 
 #include <algorithm>
 
+#include "core/overloaded.hpp"
 #include "daemon/connection.hpp"
 
 namespace keyway::daemon {
 
 namespace {
-template <class... Ts>
-struct overloaded : Ts... {
-  using Ts::operator()...;
-};
-// clang 14 lacks C++20's aggregate deduction for this.
-template <class... Ts>
-overloaded(Ts...) -> overloaded<Ts...>;
+using core::overloaded;
 
 constexpr std::size_t group_slots = 4096;
 

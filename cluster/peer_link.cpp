@@ -1,0 +1,407 @@
+#include "cluster/peer_link.hpp"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <asio/connect.hpp>
+#include <asio/post.hpp>
+#include <asio/write.hpp>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cluster/peer.capnp.h"
+#include "core/overloaded.hpp"
+
+namespace keyway::cluster {
+
+namespace {
+
+using core::overloaded;
+
+using clock_type = std::chrono::steady_clock;
+
+std::string text(capnp::Text::Reader t) {
+  return std::string(t.begin(), t.size());
+}
+
+std::string ms(std::chrono::milliseconds d) {
+  return std::to_string(d.count()) + " ms";
+}
+
+}  // namespace
+
+std::string encode_peer_frame(const peer_frame& f) {
+  capnp::MallocMessageBuilder msg;
+  auto root = msg.initRoot<wire::PeerFrame>();
+  std::visit(overloaded{
+                 [&](const peer_hello& h) {
+                   auto o = root.initHello();
+                   o.setCluster(h.cluster);
+                   o.setNodeId(h.node_id);
+                   o.setIncarnation(h.incarnation);
+                   o.setEpoch(h.epoch);
+                   o.setWorker(h.worker);
+                   o.setProtocolVersion(wire::PEER_PROTOCOL_VERSION);
+                 },
+                 [&](const peer_welcome& w) {
+                   auto o = root.initWelcome();
+                   o.setNodeId(w.node_id);
+                   o.setIncarnation(w.incarnation);
+                   o.setEpoch(w.epoch);
+                   o.setWorkers(w.workers);
+                 },
+                 [&](const peer_refused& r) { root.initRefused().setReason(r.reason); },
+                 [&](const peer_ping& p) { root.setPing(p.id); },
+                 [&](const peer_pong& p) { root.setPong(p.id); },
+             },
+             f);
+  const auto words = capnp::messageToFlatArray(msg);
+  const auto bytes = words.asBytes();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
+  constexpr std::size_t max_segments = 64;
+  if (buffer_.size() < 4) return std::optional<peer_frame>{};
+  std::uint32_t count_minus_one = 0;
+  std::memcpy(&count_minus_one, buffer_.data(), 4);
+  const std::size_t segments = std::size_t{count_minus_one} + 1;
+  if (segments > max_segments)
+    return "a peer frame announces " + std::to_string(segments) + " segments; at most " +
+           std::to_string(max_segments);
+  const std::size_t header = ((4 + 4 * segments) + 7) & ~std::size_t{7};
+  if (buffer_.size() < header) return std::optional<peer_frame>{};
+  std::size_t total = header;
+  for (std::size_t i = 0; i < segments; ++i) {
+    std::uint32_t words = 0;
+    std::memcpy(&words, buffer_.data() + 4 + 4 * i, 4);
+    total += std::size_t{words} * 8;
+  }
+  if (total > max_frame_)
+    return "a peer frame of " + std::to_string(total) + " bytes exceeds the limit of " +
+           std::to_string(max_frame_) + " bytes";
+  if (buffer_.size() < total) return std::optional<peer_frame>{};
+  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(total / 8);
+  std::memcpy(words.begin(), buffer_.data(), total);
+  buffer_.erase(0, total);
+  try {
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = total / 8 * 4 + 64;
+    capnp::FlatArrayMessageReader reader(words, options);
+    const auto root = reader.getRoot<wire::PeerFrame>();
+    switch (root.which()) {
+      case wire::PeerFrame::HELLO: {
+        const auto h = root.getHello();
+        return std::optional<peer_frame>(peer_hello{text(h.getCluster()), text(h.getNodeId()),
+                                                    h.getIncarnation(), h.getEpoch(), h.getWorker(),
+                                                    h.getProtocolVersion()});
+      }
+      case wire::PeerFrame::WELCOME: {
+        const auto w = root.getWelcome();
+        return std::optional<peer_frame>(
+            peer_welcome{text(w.getNodeId()), w.getIncarnation(), w.getEpoch(), w.getWorkers()});
+      }
+      case wire::PeerFrame::REFUSED:
+        return std::optional<peer_frame>(peer_refused{text(root.getRefused().getReason())});
+      case wire::PeerFrame::PING:
+        return std::optional<peer_frame>(peer_ping{root.getPing()});
+      case wire::PeerFrame::PONG:
+        return std::optional<peer_frame>(peer_pong{root.getPong()});
+    }
+    return "a peer frame of an unknown kind " + std::to_string(static_cast<unsigned>(root.which()));
+  } catch (const kj::Exception& e) {
+    return "a malformed peer frame: " + std::string(e.getDescription().cStr());
+  }
+}
+
+// ---- listener --------------------------------------------------------------------
+
+struct peer_listener::session : std::enable_shared_from_this<session> {
+  session(peer_listener& l, asio::ip::tcp::socket s)
+      : owner(&l), socket(std::move(s)), timer(l.io_), reader(l.opt_.max_frame) {}
+
+  void start() {
+    last_rx = clock_type::now();
+    timer.expires_after(owner->opt_.handshake_timeout);
+    timer.async_wait([self = shared_from_this()](std::error_code ec) {
+      if (!ec && !self->admitted) self->close();
+    });
+    read_more();
+  }
+
+  void read_more() {
+    socket.async_read_some(asio::buffer(buf),
+                           [self = shared_from_this()](std::error_code ec, std::size_t n) {
+                             if (self->closed) return;
+                             if (ec) return self->close();
+                             self->last_rx = clock_type::now();
+                             self->reader.append(self->buf.data(), n);
+                             while (!self->closed) {
+                               auto f = self->reader.next();
+                               if (!f) return self->refuse(f.error());
+                               if (!*f) break;
+                               self->on_frame(**f);
+                             }
+                             if (!self->closed) self->read_more();
+                           });
+  }
+
+  void on_frame(const peer_frame& f) {
+    if (const auto* h = std::get_if<peer_hello>(&f)) {
+      if (admitted) return refuse("a second hello on an open link");
+      auto welcome = owner->admit_(*h);
+      if (!welcome) return refuse(welcome.error());
+      admitted = true;
+      owner->up_.fetch_add(1, std::memory_order_relaxed);
+      send(encode_peer_frame(*welcome));
+      watch();
+      return;
+    }
+    if (!admitted) return refuse("the first frame on a peer link must be hello");
+    if (const auto* p = std::get_if<peer_ping>(&f)) send(encode_peer_frame(peer_pong{p->id}));
+  }
+
+  /// Three heartbeats without a frame: the dialler is gone.
+  void watch() {
+    timer.expires_after(owner->opt_.heartbeat);
+    timer.async_wait([self = shared_from_this()](std::error_code ec) {
+      if (ec || self->closed) return;
+      if (clock_type::now() - self->last_rx > 3 * self->owner->opt_.heartbeat) return self->close();
+      self->watch();
+    });
+  }
+
+  void refuse(const std::string& why) {
+    close_after_write = true;
+    send(encode_peer_frame(peer_refused{why}));
+  }
+
+  void send(std::string bytes) {
+    out.push_back(std::make_shared<std::string>(std::move(bytes)));
+    if (!writing) write_next();
+  }
+
+  void write_next() {
+    if (out.empty()) {
+      if (close_after_write) close();
+      return;
+    }
+    writing = true;
+    auto data = out.front();
+    out.pop_front();
+    asio::async_write(socket, asio::buffer(*data),
+                      [self = shared_from_this(), data](std::error_code ec, std::size_t) {
+                        self->writing = false;
+                        if (self->closed) return;
+                        if (ec) return self->close();
+                        self->write_next();
+                      });
+  }
+
+  void close() {
+    if (closed) return;
+    closed = true;
+    if (admitted) owner->up_.fetch_sub(1, std::memory_order_relaxed);
+    std::error_code ignored;
+    timer.cancel();
+    socket.close(ignored);
+  }
+
+  peer_listener* owner;
+  asio::ip::tcp::socket socket;
+  asio::steady_timer timer;
+  peer_frame_reader reader;
+  std::array<char, 4096> buf{};
+  std::deque<std::shared_ptr<std::string>> out;
+  bool writing = false;
+  bool admitted = false;
+  bool closed = false;
+  bool close_after_write = false;
+  clock_type::time_point last_rx{};
+};
+
+peer_listener::peer_listener(asio::io_context& io, const asio::ip::tcp::endpoint& at,
+                             admit_fn admit, peer_link_options opt)
+    : io_(io), acceptor_(io, at), admit_(std::move(admit)), opt_(opt) {
+  port_ = acceptor_.local_endpoint().port();
+  accept_next();
+}
+
+peer_listener::~peer_listener() {
+  close();
+}
+
+void peer_listener::accept_next() {
+  acceptor_.async_accept([this](std::error_code ec, asio::ip::tcp::socket s) {
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
+    if (!ec) {
+      std::error_code ignored;
+      s.set_option(asio::ip::tcp::no_delay(true), ignored);
+      auto sess = std::make_shared<session>(*this, std::move(s));
+      std::erase_if(sessions_, [](const auto& w) { return w.expired(); });
+      sessions_.push_back(sess);
+      sess->start();
+    }
+    accept_next();
+  });
+}
+
+void peer_listener::close() {
+  std::error_code ignored;
+  acceptor_.close(ignored);
+  for (auto& w : sessions_)
+    if (auto s = w.lock()) s->close();
+  sessions_.clear();
+}
+
+// ---- dialer ----------------------------------------------------------------------
+
+peer_dialer::peer_dialer(asio::io_context& io, asio::ip::tcp::endpoint peer, peer_hello hello,
+                         events ev, peer_link_options opt)
+    : io_(io),
+      peer_(std::move(peer)),
+      hello_(std::move(hello)),
+      ev_(std::move(ev)),
+      opt_(opt),
+      socket_(io),
+      timer_(io),
+      reader_(opt.max_frame),
+      backoff_(opt.backoff_min) {}
+
+std::shared_ptr<peer_dialer> peer_dialer::start(asio::io_context& io, asio::ip::tcp::endpoint peer,
+                                                peer_hello hello, events ev,
+                                                peer_link_options opt) {
+  auto d = std::make_shared<peer_dialer>(io, std::move(peer), std::move(hello), std::move(ev), opt);
+  asio::post(io, [d] { d->dial(); });
+  return d;
+}
+
+void peer_dialer::stop() {
+  state_.store(link_state::stopped, std::memory_order_relaxed);
+  ++attempt_;
+  std::error_code ignored;
+  timer_.cancel();
+  socket_.close(ignored);
+}
+
+void peer_dialer::dial() {
+  if (state() == link_state::stopped) return;
+  const std::uint64_t a = ++attempt_;
+  state_.store(link_state::connecting, std::memory_order_relaxed);
+  std::error_code ignored;
+  socket_.close(ignored);
+  socket_ = asio::ip::tcp::socket(io_);
+  reader_ = peer_frame_reader(opt_.max_frame);
+  out_.clear();
+  writing_ = false;
+  timer_.expires_after(opt_.handshake_timeout);
+  timer_.async_wait([self = shared_from_this(), a](std::error_code ec) {
+    if (ec || a != self->attempt_ || self->state() == link_state::up) return;
+    self->fail(
+        a, (self->state() == link_state::connecting ? "no connection to " : "no welcome from ") +
+               self->peer_.address().to_string() + ":" + std::to_string(self->peer_.port()) +
+               " within " + ms(self->opt_.handshake_timeout));
+  });
+  socket_.async_connect(peer_, [self = shared_from_this(), a](std::error_code ec) {
+    if (a != self->attempt_) return;
+    if (ec)
+      return self->fail(a, "cannot connect to " + self->peer_.address().to_string() + ":" +
+                               std::to_string(self->peer_.port()) + ": " + ec.message());
+    std::error_code ignored;
+    self->socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
+    self->state_.store(link_state::handshaking, std::memory_order_relaxed);
+    self->last_rx_ = clock_type::now();
+    self->send(encode_peer_frame(self->hello_));
+    self->read_more(a);
+  });
+}
+
+void peer_dialer::read_more(std::uint64_t a) {
+  socket_.async_read_some(
+      asio::buffer(read_buf_), [self = shared_from_this(), a](std::error_code ec, std::size_t n) {
+        if (a != self->attempt_) return;
+        if (ec)
+          return self->fail(a, ec == asio::error::eof ? std::string("the peer closed the link")
+                                                      : "reading from the peer: " + ec.message());
+        self->last_rx_ = clock_type::now();
+        self->reader_.append(self->read_buf_.data(), n);
+        while (a == self->attempt_) {
+          auto f = self->reader_.next();
+          if (!f) return self->fail(a, f.error());
+          if (!*f) break;
+          self->on_frame(a, **f);
+        }
+        if (a == self->attempt_) self->read_more(a);
+      });
+}
+
+void peer_dialer::on_frame(std::uint64_t a, peer_frame& f) {
+  if (auto* w = std::get_if<peer_welcome>(&f)) {
+    if (state() != link_state::handshaking) return fail(a, "a welcome on a link already up");
+    state_.store(link_state::up, std::memory_order_relaxed);
+    backoff_ = opt_.backoff_min;
+    heartbeat(a);
+    if (ev_.up) ev_.up(*w);
+    return;
+  }
+  if (auto* r = std::get_if<peer_refused>(&f)) return fail(a, "refused by the peer: " + r->reason);
+  if (auto* p = std::get_if<peer_ping>(&f)) return send(encode_peer_frame(peer_pong{p->id}));
+  if (std::holds_alternative<peer_hello>(f)) return fail(a, "the peer sent hello to its dialler");
+  // A pong: last_rx_ is all it is for.
+}
+
+void peer_dialer::heartbeat(std::uint64_t a) {
+  timer_.expires_after(opt_.heartbeat);
+  timer_.async_wait([self = shared_from_this(), a](std::error_code ec) {
+    if (ec || a != self->attempt_) return;
+    const auto quiet =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - self->last_rx_);
+    if (quiet > 3 * self->opt_.heartbeat)
+      return self->fail(a, "no frame from the peer for " + ms(quiet) + " (heartbeat " +
+                               ms(self->opt_.heartbeat) + ")");
+    self->send(encode_peer_frame(peer_ping{self->next_ping_++}));
+    self->heartbeat(a);
+  });
+}
+
+void peer_dialer::send(std::string bytes) {
+  out_.push_back(std::move(bytes));
+  if (!writing_) write_next();
+}
+
+void peer_dialer::write_next() {
+  if (out_.empty()) return;
+  writing_ = true;
+  auto data = std::make_shared<std::string>(std::move(out_.front()));
+  out_.pop_front();
+  asio::async_write(
+      socket_, asio::buffer(*data),
+      [self = shared_from_this(), a = attempt_, data](std::error_code ec, std::size_t) {
+        if (a != self->attempt_) return;
+        self->writing_ = false;
+        if (ec) return self->fail(a, "writing to the peer: " + ec.message());
+        self->write_next();
+      });
+}
+
+void peer_dialer::fail(std::uint64_t a, const std::string& why) {
+  if (a != attempt_ || state() == link_state::stopped) return;
+  ++attempt_;  // every handler of this attempt is now stale
+  std::error_code ignored;
+  socket_.close(ignored);
+  state_.store(link_state::waiting, std::memory_order_relaxed);
+  if (ev_.down) ev_.down(why);
+  if (state() == link_state::stopped) return;  // down() stopped it
+  // Jittered exponential backoff: a uniform pick in [backoff/2, backoff].
+  std::uniform_int_distribution<std::int64_t> pick(backoff_.count() / 2, backoff_.count());
+  const auto wait = std::chrono::milliseconds(pick(jitter_));
+  backoff_ = std::min(backoff_ * 2, opt_.backoff_max);
+  timer_.expires_after(wait);
+  timer_.async_wait([self = shared_from_this(), b = attempt_](std::error_code ec) {
+    if (ec || b != self->attempt_) return;
+    self->dial();
+  });
+}
+
+}  // namespace keyway::cluster

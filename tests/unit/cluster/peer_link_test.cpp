@@ -1,0 +1,218 @@
+// cluster::peer_link: the peer frame codec, and the handshake, refusal,
+// heartbeat and redial of links between nodes, over loopback in this process
+// (one io_context driven by the test thread).
+#include "cluster/peer_link.hpp"
+
+#include <doctest/doctest.h>
+
+#include <asio/write.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+using keyway::cluster::encode_peer_frame;
+using keyway::cluster::peer_dialer;
+using keyway::cluster::peer_frame;
+using keyway::cluster::peer_frame_reader;
+using keyway::cluster::peer_hello;
+using keyway::cluster::peer_link_options;
+using keyway::cluster::peer_listener;
+using keyway::cluster::peer_welcome;
+using link_state = peer_dialer::link_state;
+using tcp = asio::ip::tcp;
+
+/// Runs `io` until `done()` holds; false after `limit`.
+bool run_until(asio::io_context& io, const std::function<bool()>& done,
+               std::chrono::milliseconds limit = 5s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    io.restart();
+    io.run_for(10ms);
+  }
+  return true;
+}
+
+peer_link_options fast() {
+  peer_link_options o;
+  o.handshake_timeout = 300ms;
+  o.heartbeat = 50ms;
+  o.backoff_min = 20ms;
+  o.backoff_max = 100ms;
+  return o;
+}
+
+peer_hello hello_from(const std::string& cluster, const std::string& node) {
+  peer_hello h;
+  h.cluster = cluster;
+  h.node_id = node;
+  h.incarnation = 42;
+  h.epoch = 7;
+  h.worker = 1;
+  return h;
+}
+
+/// Admits hellos of cluster "c".
+keyway::result<peer_welcome, std::string> admit_c(const peer_hello& h) {
+  if (h.cluster != "c") return "cluster \"" + h.cluster + "\" is not this node's cluster \"c\"";
+  return peer_welcome{"n2", 43, h.epoch, 2};
+}
+
+struct recorder {
+  std::vector<peer_welcome> ups;
+  std::vector<std::string> downs;
+  peer_dialer::events events() {
+    return {[this](const peer_welcome& w) { ups.push_back(w); },
+            [this](const std::string& why) { downs.push_back(why); }};
+  }
+};
+
+tcp::endpoint loopback(std::uint16_t port) {
+  return {asio::ip::make_address("127.0.0.1"), port};
+}
+
+}  // namespace
+
+TEST_CASE("peer frames round-trip, and a reader refuses oversized or malformed ones") {
+  std::vector<peer_frame> frames{hello_from("c", "n1"), peer_welcome{"n2", 43, 7, 2},
+                                 keyway::cluster::peer_refused{"why"},
+                                 keyway::cluster::peer_ping{5}, keyway::cluster::peer_pong{5}};
+  std::string stream;
+  for (const auto& f : frames) stream += encode_peer_frame(f);
+  peer_frame_reader r(1 << 20);
+  // Byte by byte: frames come out whole, in order.
+  std::vector<peer_frame> got;
+  for (char c : stream) {
+    r.append(&c, 1);
+    auto f = r.next();
+    REQUIRE(f.has_value());
+    if (*f) got.push_back(**f);
+  }
+  REQUIRE(got.size() == frames.size());
+  const auto& h = std::get<peer_hello>(got[0]);
+  CHECK(h.cluster == "c");
+  CHECK(h.node_id == "n1");
+  CHECK(h.incarnation == 42);
+  CHECK(h.epoch == 7);
+  CHECK(h.worker == 1);
+  CHECK(h.protocol_version == 1);
+  CHECK(std::get<peer_welcome>(got[1]).workers == 2);
+  CHECK(std::get<keyway::cluster::peer_refused>(got[2]).reason == "why");
+  CHECK(std::get<keyway::cluster::peer_pong>(got[4]).id == 5);
+
+  peer_frame_reader small(64);
+  const std::string big = encode_peer_frame(keyway::cluster::peer_refused{std::string(200, 'x')});
+  small.append(big.data(), big.size());
+  auto too_big = small.next();
+  REQUIRE_FALSE(too_big.has_value());
+  CHECK(too_big.error().find("exceeds the limit of 64 bytes") != std::string::npos);
+
+  peer_frame_reader garbage(1 << 20);
+  const std::string junk(16, '\xff');
+  garbage.append(junk.data(), junk.size());
+  auto bad = garbage.next();
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(bad.error().find("segments") != std::string::npos);
+}
+
+TEST_CASE("peer link: hello, welcome, then heartbeats keep it up") {
+  // A heartbeat long enough that a test thread descheduled on a loaded
+  // machine does not miss three of them.
+  peer_link_options opt = fast();
+  opt.heartbeat = 200ms;
+  asio::io_context io;
+  peer_listener l(io, loopback(0), admit_c, opt);
+  recorder rec;
+  auto d = peer_dialer::start(io, loopback(l.port()), hello_from("c", "n1"), rec.events(), opt);
+  REQUIRE(run_until(io, [&] { return d->state() == link_state::up; }));
+  REQUIRE(rec.ups.size() == 1);
+  CHECK(rec.ups[0].node_id == "n2");
+  CHECK(rec.ups[0].incarnation == 43);
+  CHECK(rec.ups[0].epoch == 7);
+  CHECK(l.links_up() == 1);
+  // Five heartbeats later the link is still the same one.
+  run_until(
+      io, [] { return false; }, 1s);
+  CHECK(d->state() == link_state::up);
+  CHECK(rec.downs.empty());
+  CHECK(l.links_up() == 1);
+  d->stop();
+  CHECK(d->state() == link_state::stopped);
+  // The listener notices the dialler is gone (three heartbeats of silence).
+  CHECK(run_until(io, [&] { return l.links_up() == 0; }));
+}
+
+TEST_CASE("peer link: a hello of another cluster is refused with the reason, and redialled") {
+  asio::io_context io;
+  peer_listener l(io, loopback(0), admit_c, fast());
+  recorder rec;
+  auto d =
+      peer_dialer::start(io, loopback(l.port()), hello_from("other", "n1"), rec.events(), fast());
+  REQUIRE(run_until(io, [&] { return rec.downs.size() >= 2; }));
+  CHECK(rec.downs[0] == "refused by the peer: cluster \"other\" is not this node's cluster \"c\"");
+  CHECK(rec.ups.empty());
+  CHECK(l.links_up() == 0);
+  d->stop();
+}
+
+TEST_CASE("peer link: when the listener goes away the dialler redials until it is back") {
+  asio::io_context io;
+  auto l = std::make_unique<peer_listener>(io, loopback(0), admit_c, fast());
+  const std::uint16_t port = l->port();
+  recorder rec;
+  auto d = peer_dialer::start(io, loopback(port), hello_from("c", "n1"), rec.events(), fast());
+  REQUIRE(run_until(io, [&] { return d->state() == link_state::up; }));
+  l->close();
+  l.reset();
+  REQUIRE(run_until(io, [&] { return !rec.downs.empty(); }));
+  CHECK(rec.downs[0] == "the peer closed the link");
+  // Nobody listens: connects are refused, and it keeps trying.
+  REQUIRE(run_until(io, [&] { return rec.downs.size() >= 3; }));
+  CHECK(rec.downs[2].find("cannot connect to 127.0.0.1:" + std::to_string(port)) !=
+        std::string::npos);
+  l = std::make_unique<peer_listener>(io, loopback(port), admit_c, fast());
+  REQUIRE(run_until(io, [&] { return d->state() == link_state::up; }));
+  CHECK(rec.ups.size() == 2);
+  d->stop();
+}
+
+TEST_CASE("peer link: a peer that never welcomes, or goes silent after, is declared dead") {
+  asio::io_context io;
+  tcp::acceptor silent(io, loopback(0));
+  std::vector<std::shared_ptr<tcp::socket>> held;
+  bool welcome_first = false;
+  std::function<void()> accept = [&] {
+    silent.async_accept([&](std::error_code ec, tcp::socket s) {
+      if (ec) return;
+      auto sock = std::make_shared<tcp::socket>(std::move(s));
+      held.push_back(sock);
+      if (welcome_first) {
+        auto bytes = std::make_shared<std::string>(encode_peer_frame(peer_welcome{"n2", 1, 1, 1}));
+        asio::async_write(*sock, asio::buffer(*bytes), [bytes](std::error_code, std::size_t) {});
+      }
+      accept();
+    });
+  };
+  accept();
+  recorder rec;
+  auto d = peer_dialer::start(io, loopback(silent.local_endpoint().port()), hello_from("c", "n1"),
+                              rec.events(), fast());
+  REQUIRE(run_until(io, [&] { return !rec.downs.empty(); }));
+  CHECK(rec.downs[0].find("no welcome from 127.0.0.1:") != std::string::npos);
+  CHECK(rec.downs[0].find("within 300 ms") != std::string::npos);
+
+  // Now the peer welcomes and then says nothing: three heartbeats, and it is dead.
+  welcome_first = true;
+  REQUIRE(run_until(io, [&] { return !rec.ups.empty(); }));
+  const std::size_t before = rec.downs.size();
+  REQUIRE(run_until(io, [&] { return rec.downs.size() > before; }));
+  CHECK(rec.downs.back().find("no frame from the peer for") != std::string::npos);
+  CHECK(rec.downs.back().find("(heartbeat 50 ms)") != std::string::npos);
+  d->stop();
+}
