@@ -125,7 +125,8 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
     last_rx = clock_type::now();
     timer.expires_after(owner->opt_.handshake_timeout);
     timer.async_wait([self = shared_from_this()](std::error_code ec) {
-      if (!ec && !self->admitted) self->close();
+      if (ec || self->admitted || self->closed) return;
+      self->refuse("no hello within " + ms(self->owner->opt_.handshake_timeout));
     });
     read_more();
   }
@@ -137,13 +138,14 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
                              if (ec) return self->close();
                              self->last_rx = clock_type::now();
                              self->reader.append(self->buf.data(), n);
-                             while (!self->closed) {
+                             // Nothing more is read once a refusal is on its way.
+                             while (!self->closed && !self->close_after_write) {
                                auto f = self->reader.next();
                                if (!f) return self->refuse(f.error());
                                if (!*f) break;
                                self->on_frame(**f);
                              }
-                             if (!self->closed) self->read_more();
+                             if (!self->closed && !self->close_after_write) self->read_more();
                            });
   }
 
@@ -173,6 +175,7 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
   }
 
   void refuse(const std::string& why) {
+    if (close_after_write) return;  // one refusal per link
     close_after_write = true;
     send(encode_peer_frame(peer_refused{why}));
   }

@@ -7,9 +7,11 @@
 
 #include <asio/write.hpp>
 
+#include <array>
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -159,6 +161,36 @@ TEST_CASE("peer link: a hello of another cluster is refused with the reason, and
   CHECK(rec.ups.empty());
   CHECK(l.links_up() == 0);
   d->stop();
+}
+
+TEST_CASE("peer link: a dialler that sends no hello is refused, naming the timeout") {
+  asio::io_context io;
+  peer_listener l(io, loopback(0), admit_c, fast());
+  tcp::socket mute(io);
+  mute.connect(loopback(l.port()));
+  std::string got;
+  std::array<char, 512> buf{};
+  std::function<void()> read = [&] {
+    mute.async_read_some(asio::buffer(buf), [&](std::error_code ec, std::size_t n) {
+      if (ec) return;
+      got.append(buf.data(), n);
+      read();
+    });
+  };
+  read();
+  peer_frame_reader r(1 << 20);
+  std::optional<peer_frame> frame;
+  REQUIRE(run_until(io, [&] {
+    if (got.empty()) return false;
+    r.append(got.data(), got.size());
+    got.clear();
+    auto f = r.next();
+    if (f && *f) frame = **f;
+    return frame.has_value();
+  }));
+  REQUIRE(std::holds_alternative<keyway::cluster::peer_refused>(*frame));
+  CHECK(std::get<keyway::cluster::peer_refused>(*frame).reason == "no hello within 300 ms");
+  CHECK(l.links_up() == 0);
 }
 
 TEST_CASE("peer link: when the listener goes away the dialler redials until it is back") {
