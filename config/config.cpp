@@ -130,8 +130,11 @@ bool is_host_name(std::string_view host) {
 
 // Why `url` is not a URL a client can connect to (server.advertise), or "" if
 // it is: tcp://HOST:PORT with HOST a name, an IP address or [IPv6] and PORT
-// 1..65535, or unix:///absolute/path.
-std::string client_url_problem(const std::string& url) {
+// 1..65535, or unix:///absolute/path. `port_zero`: what to say of port 0.
+std::string client_url_problem(
+    const std::string& url,
+    std::string_view port_zero =
+        "port 0 cannot be advertised (it binds any free port); give the port clients connect to") {
   listen_address a;
   try {
     a = daemon::parse_listen_url(url);
@@ -142,8 +145,7 @@ std::string client_url_problem(const std::string& url) {
     return why;
   }
   if (a.type == listen_address::kind::unix_path) return {};
-  if (a.port == 0)
-    return "port 0 cannot be advertised (it binds any free port); give the port clients connect to";
+  if (a.port == 0) return std::string(port_zero);
   const bool bracketed = url.compare(6, 1, "[") == 0;
   if (bracketed) {
     unsigned char buf[16];
@@ -706,39 +708,15 @@ void reader::read_auth(server_options& o) {
   }
 }
 
-// Why `url` is not an etcd client URL (http://HOST:PORT, HOST a name or an IP
-// address, PORT 1..65535), or "".
-std::string etcd_url_problem(std::string_view url) {
+// Why `url` is not an etcd client URL (http://HOST:PORT, HOST a name, an IP
+// address or [IPv6], PORT 1..65535), or "": a client URL's host and port rules.
+std::string etcd_url_problem(const std::string& url) {
   constexpr std::string_view scheme = "http://";
   if (!url.starts_with(scheme))
     return url.starts_with("https://") ? "TLS to etcd is not supported; use http://HOST:PORT"
                                        : "has no http:// scheme";
-  std::string_view rest = url.substr(scheme.size());
-  if (rest.ends_with("/")) rest.remove_suffix(1);
-  std::string_view host, port;
-  if (rest.starts_with("[")) {
-    const auto close = rest.find(']');
-    if (close == std::string_view::npos) return "has an unclosed [";
-    host = rest.substr(1, close - 1);
-    rest.remove_prefix(close + 1);
-    if (!rest.starts_with(":")) return "has no :PORT";
-    port = rest.substr(1);
-    unsigned char buf[16];
-    if (::inet_pton(AF_INET6, std::string(host).c_str(), buf) != 1)
-      return "host [" + std::string(host) + "] is not an IPv6 address";
-  } else {
-    const auto colon = rest.rfind(':');
-    if (colon == std::string_view::npos) return "has no :PORT";
-    host = rest.substr(0, colon);
-    port = rest.substr(colon + 1);
-    if (!is_ip_literal(std::string(host)) && !is_host_name(host))
-      return "host " + toml_string(host) + " is neither an IP address nor a host name";
-  }
-  unsigned p = 0;
-  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
-  if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || p == 0 || p > 65535)
-    return "port " + toml_string(port) + " is not a number from 1 to 65535";
-  return {};
+  return client_url_problem("tcp://" + url.substr(scheme.size()),
+                            "port 0 is not a port to connect to; give the port etcd listens on");
 }
 
 void reader::read_cluster(server_options& o) {
