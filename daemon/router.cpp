@@ -14,18 +14,14 @@ namespace keyway::daemon {
 namespace {
 using core::overloaded;
 
-constexpr std::size_t group_slots = 4096;
-
 index_limits index_limits_of(const server_options& o) {
   index_limits l;
-  l.group_slots = group_slots;
+  l.group_slots = worker_services::group_slots;
   l.max_group_members = o.max_queue_group_members;
   l.max_pattern_shapes = o.max_pattern_shapes;
   return l;
 }
-}  // namespace
 
-namespace {
 std::unique_ptr<core::partitioner> worker_partitioner(const server_context& ctx) {
   auto p = core::make_partitioner(ctx.options.partitioner, ctx.options.partition);
   if (!p) throw std::runtime_error("cannot build the worker partitioner: " + p.error().message());
@@ -37,24 +33,6 @@ std::unique_ptr<core::partitioner> worker_partitioner(const server_context& ctx)
   return std::move(*p);
 }
 }  // namespace
-
-worker_services::worker_services(core::worker& w, std::string_view server_id, std::uint32_t workers,
-                                 const std::atomic<bool>& draining, core::block_pool& pool,
-                                 probe& stats, const server_options& live,
-                                 std::shared_ptr<const std::vector<std::string>> tokens,
-                                 std::unique_ptr<core::partitioner> owners)
-    : w_(w),
-      server_id_(server_id),
-      workers_(workers),
-      draining_(draining),
-      pool_(pool),
-      probe_(stats),
-      live_(live),
-      tokens_(std::move(tokens)),
-      encoder_(std::make_unique<proto::encoder>(live.limits)),
-      owners_(std::move(owners)) {}
-
-worker_services::~worker_services() = default;
 
 router::router(core::worker& w, server_context& ctx)
     : worker_services(w, ctx.server_id, static_cast<std::uint32_t>(ctx.workers), ctx.draining,
@@ -324,12 +302,6 @@ void router::on_sub_change(const sub_change_op& op) {
 
 void router::on_sub_applied(const sub_applied_op& op) {
   if (connection* c = find_conn(op.conn)) c->sub_applied(op);
-}
-
-std::uint64_t worker_services::subscription_cost(std::string_view pattern,
-                                                 std::string_view group) const {
-  // Every worker holds a replica of the index entry.
-  return subject_index::cost_bytes(pattern, group, group_slots) * workers_;
 }
 
 result<std::uint32_t, std::string> router::admit_subscription(std::string_view pattern,

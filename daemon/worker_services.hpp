@@ -46,6 +46,9 @@ class connection;
 
 class worker_services {
  public:
+  /// Member slots of a queue group in the subscription index.
+  static constexpr std::size_t group_slots = 4096;
+
   worker_services(const worker_services&) = delete;
   worker_services& operator=(const worker_services&) = delete;
 
