@@ -31,7 +31,7 @@ result<cluster::membership_config, std::string> membership_config_of(const serve
     m.self.client_urls.push_back(first.to_string());
   }
   m.self.peer_url = c.peer_listen.to_string();
-  m.self.workers = o.workers;
+  m.self.workers = o.workers;  // 0 (one per CPU) until the server has resolved it
   m.etcd_endpoints = c.etcd_endpoints;
   m.lease_ttl = c.lease_ttl;
   return m;
