@@ -7,8 +7,14 @@
 # A link is opened by the dialling node: it sends `hello`; the other node
 # answers `welcome`, or `refused` and closes. Then either side may send
 # `ping`, answered by `pong` with the same id; a link that brings nothing for
-# three heartbeats is dead. The frames that carry messages (forwarded
-# publishes, deliveries, interest) are not defined yet.
+# three heartbeats is dead.
+#
+# Data flows one way on a link: from the dialling worker to the listening
+# node (which answers only welcome, refused and pong). Each node dials every
+# other node once per worker, so a worker sends everything it has for a peer
+# (forwarded publishes, deliveries it ordered, its subscribers' interest,
+# replies) on its own FIFO link. Frames are written back to back, as many per
+# write as are queued.
 #
 # Evolution rules: as in proto/keyway.capnp (frozen ordinals, add at the end).
 
@@ -26,7 +32,75 @@ struct PeerFrame {
     refused @2 :PeerRefused;  # listener -> dialler, then the listener closes
     ping    @3 :UInt64;       # either way
     pong    @4 :UInt64;       # either way, answers ping with its id
+    forward @5 :Forward;      # a publish, to the node that owns its key
+    deliver @6 :Deliver;      # an ordered message, to a node with interest
+    interest @7 :Interest;    # subscriptions added or removed on the dialler
+    interestApplied @8 :InterestApplied;  # every worker applied an interest change
+    reply   @9 :Reply;        # the owner's answer to a forwarded publish
   }
+}
+
+struct Header {
+  name  @0 :Text;
+  value @1 :Data;
+}
+
+struct Message {
+  subject @0 :Text;
+  key     @1 :Data;
+  payload @2 :Data;
+  replyTo @3 :Text;
+  headers @4 :List(Header);
+}
+
+struct Forward {
+  message @0 :Message;
+  conn    @1 :UInt64;  # the publishing connection, on the dialler
+  ackId   @2 :UInt64;  # 0: no ack wanted
+}
+
+struct Target {
+  conn @0 :UInt64;  # a subscriber's connection, on the receiving node
+  sid  @1 :UInt32;
+}
+
+struct Deliver {
+  message @0 :Message;
+  seq     @1 :UInt64;  # rises strictly per ownerCore
+  ownerCore @2 :UInt32;  # cluster-unique: the owner node's tag and core
+  epoch   @3 :Int64;   # the owner's ring epoch
+  targets @4 :List(Target);
+}
+
+struct InterestChange {
+  add       @0 :Bool;
+  pattern   @1 :Text;    # add only
+  group     @2 :Text;    # add only
+  uid       @3 :UInt32;  # the subscription's id on the dialler's node
+  conn      @4 :UInt64;
+  sid       @5 :UInt32;
+  requestId @6 :UInt64;  # non-zero: answer with interestApplied
+}
+
+struct Interest {
+  changes      @0 :List(InterestChange);
+  snapshotDone @1 :Bool;  # the dialling worker's full snapshot ends here
+}
+
+struct InterestApplied {
+  conn      @0 :UInt64;
+  requestId @1 :UInt64;
+  sid       @2 :UInt32;
+  uid       @3 :UInt32;
+  refused   @4 :Text;  # non-empty: a limit on this node refused the subscription
+}
+
+struct Reply {
+  conn      @0 :UInt64;
+  ackId     @1 :UInt64;
+  delivered @2 :UInt32;  # local deliveries made; 0 with replyTo set: noResponders
+  subject   @3 :Text;
+  replyTo   @4 :Text;
 }
 
 struct PeerHello {

@@ -29,7 +29,79 @@ std::string ms(std::chrono::milliseconds d) {
   return std::to_string(d.count()) + " ms";
 }
 
+std::string data(capnp::Data::Reader d) {
+  return std::string(reinterpret_cast<const char*>(d.begin()), d.size());
+}
+
+capnp::Data::Reader bytes_of(std::span<const std::byte> b) {
+  return {reinterpret_cast<const capnp::byte*>(b.data()), b.size()};
+}
+
+void set_message(wire::Message::Builder o, const peer_message_view& m) {
+  o.setSubject(capnp::Text::Reader(m.subject.data(), m.subject.size()));
+  o.setKey(bytes_of(m.key));
+  o.setPayload(bytes_of(m.payload));
+  o.setReplyTo(capnp::Text::Reader(m.reply_to.data(), m.reply_to.size()));
+  if (m.headers.empty()) return;
+  auto hs = o.initHeaders(static_cast<unsigned>(m.headers.size()));
+  for (unsigned i = 0; i < m.headers.size(); ++i) {
+    hs[i].setName(capnp::Text::Reader(m.headers[i].first.data(), m.headers[i].first.size()));
+    hs[i].setValue(bytes_of(m.headers[i].second));
+  }
+}
+
+peer_message_view view_of(const peer_message& m) {
+  peer_message_view v{m.subject,
+                      std::as_bytes(std::span(m.key)),
+                      std::as_bytes(std::span(m.payload)),
+                      m.reply_to,
+                      {}};
+  for (const auto& [name, value] : m.headers)
+    v.headers.emplace_back(name, std::as_bytes(std::span(value)));
+  return v;
+}
+
+peer_message read_message(wire::Message::Reader r) {
+  peer_message m{
+      text(r.getSubject()), data(r.getKey()), data(r.getPayload()), text(r.getReplyTo()), {}};
+  for (const auto h : r.getHeaders()) m.headers.emplace_back(text(h.getName()), data(h.getValue()));
+  return m;
+}
+
+void append_flat(std::string& out, capnp::MessageBuilder& msg) {
+  const auto words = capnp::messageToFlatArray(msg);
+  const auto bytes = words.asBytes();
+  out.append(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
 }  // namespace
+
+void encode_forward(std::string& out, const peer_message_view& m, std::uint64_t conn,
+                    std::uint64_t ack_id) {
+  capnp::MallocMessageBuilder msg;
+  auto o = msg.initRoot<wire::PeerFrame>().initForward();
+  set_message(o.initMessage(), m);
+  o.setConn(conn);
+  o.setAckId(ack_id);
+  append_flat(out, msg);
+}
+
+void encode_deliver(std::string& out, const peer_message_view& m, std::uint64_t seq,
+                    std::uint32_t owner_core, std::int64_t epoch,
+                    std::span<const peer_target> targets) {
+  capnp::MallocMessageBuilder msg;
+  auto o = msg.initRoot<wire::PeerFrame>().initDeliver();
+  set_message(o.initMessage(), m);
+  o.setSeq(seq);
+  o.setOwnerCore(owner_core);
+  o.setEpoch(epoch);
+  auto ts = o.initTargets(static_cast<unsigned>(targets.size()));
+  for (unsigned i = 0; i < targets.size(); ++i) {
+    ts[i].setConn(targets[i].conn);
+    ts[i].setSid(targets[i].sid);
+  }
+  append_flat(out, msg);
+}
 
 std::string encode_peer_frame(const peer_frame& f) {
   capnp::MallocMessageBuilder msg;
@@ -54,11 +126,60 @@ std::string encode_peer_frame(const peer_frame& f) {
                  [&](const peer_refused& r) { root.initRefused().setReason(r.reason); },
                  [&](const peer_ping& p) { root.setPing(p.id); },
                  [&](const peer_pong& p) { root.setPong(p.id); },
+                 [&](const peer_forward& fw) {
+                   auto o = root.initForward();
+                   set_message(o.initMessage(), view_of(fw.msg));
+                   o.setConn(fw.conn);
+                   o.setAckId(fw.ack_id);
+                 },
+                 [&](const peer_deliver& d) {
+                   auto o = root.initDeliver();
+                   set_message(o.initMessage(), view_of(d.msg));
+                   o.setSeq(d.seq);
+                   o.setOwnerCore(d.owner_core);
+                   o.setEpoch(d.epoch);
+                   auto ts = o.initTargets(static_cast<unsigned>(d.targets.size()));
+                   for (unsigned i = 0; i < d.targets.size(); ++i) {
+                     ts[i].setConn(d.targets[i].conn);
+                     ts[i].setSid(d.targets[i].sid);
+                   }
+                 },
+                 [&](const peer_interest& in) {
+                   auto o = root.initInterest();
+                   o.setSnapshotDone(in.snapshot_done);
+                   auto cs = o.initChanges(static_cast<unsigned>(in.changes.size()));
+                   for (unsigned i = 0; i < in.changes.size(); ++i) {
+                     const auto& c = in.changes[i];
+                     cs[i].setAdd(c.add);
+                     cs[i].setPattern(c.pattern);
+                     cs[i].setGroup(c.group);
+                     cs[i].setUid(c.uid);
+                     cs[i].setConn(c.conn);
+                     cs[i].setSid(c.sid);
+                     cs[i].setRequestId(c.request_id);
+                   }
+                 },
+                 [&](const peer_interest_applied& a) {
+                   auto o = root.initInterestApplied();
+                   o.setConn(a.conn);
+                   o.setRequestId(a.request_id);
+                   o.setSid(a.sid);
+                   o.setUid(a.uid);
+                   o.setRefused(a.refused);
+                 },
+                 [&](const peer_reply& r) {
+                   auto o = root.initReply();
+                   o.setConn(r.conn);
+                   o.setAckId(r.ack_id);
+                   o.setDelivered(r.delivered);
+                   o.setSubject(r.subject);
+                   o.setReplyTo(r.reply_to);
+                 },
              },
              f);
-  const auto words = capnp::messageToFlatArray(msg);
-  const auto bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  std::string out;
+  append_flat(out, msg);
+  return out;
 }
 
 result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
@@ -108,6 +229,39 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
         return std::optional<peer_frame>(peer_ping{root.getPing()});
       case wire::PeerFrame::PONG:
         return std::optional<peer_frame>(peer_pong{root.getPong()});
+      case wire::PeerFrame::FORWARD: {
+        const auto f = root.getForward();
+        return std::optional<peer_frame>(
+            peer_forward{read_message(f.getMessage()), f.getConn(), f.getAckId()});
+      }
+      case wire::PeerFrame::DELIVER: {
+        const auto d = root.getDeliver();
+        peer_deliver out{
+            read_message(d.getMessage()), d.getSeq(), d.getOwnerCore(), d.getEpoch(), {}};
+        out.targets.reserve(d.getTargets().size());
+        for (const auto t : d.getTargets()) out.targets.push_back({t.getConn(), t.getSid()});
+        return std::optional<peer_frame>(std::move(out));
+      }
+      case wire::PeerFrame::INTEREST: {
+        const auto in = root.getInterest();
+        peer_interest out;
+        out.snapshot_done = in.getSnapshotDone();
+        out.changes.reserve(in.getChanges().size());
+        for (const auto c : in.getChanges())
+          out.changes.push_back({c.getAdd(), text(c.getPattern()), text(c.getGroup()), c.getUid(),
+                                 c.getConn(), c.getSid(), c.getRequestId()});
+        return std::optional<peer_frame>(std::move(out));
+      }
+      case wire::PeerFrame::INTEREST_APPLIED: {
+        const auto a = root.getInterestApplied();
+        return std::optional<peer_frame>(peer_interest_applied{
+            a.getConn(), a.getRequestId(), a.getSid(), a.getUid(), text(a.getRefused())});
+      }
+      case wire::PeerFrame::REPLY: {
+        const auto r = root.getReply();
+        return std::optional<peer_frame>(peer_reply{r.getConn(), r.getAckId(), r.getDelivered(),
+                                                    text(r.getSubject()), text(r.getReplyTo())});
+      }
     }
     return "a peer frame of an unknown kind " + std::to_string(static_cast<unsigned>(root.which()));
   } catch (const kj::Exception& e) {
@@ -149,19 +303,25 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
                            });
   }
 
-  void on_frame(const peer_frame& f) {
+  void on_frame(peer_frame& f) {
     if (const auto* h = std::get_if<peer_hello>(&f)) {
       if (admitted) return refuse("a second hello on an open link");
       auto welcome = owner->admit_(*h);
       if (!welcome) return refuse(welcome.error());
       admitted = true;
+      hello = *h;
       owner->up_.fetch_add(1, std::memory_order_relaxed);
       send(encode_peer_frame(*welcome));
       watch();
       return;
     }
     if (!admitted) return refuse("the first frame on a peer link must be hello");
-    if (const auto* p = std::get_if<peer_ping>(&f)) send(encode_peer_frame(peer_pong{p->id}));
+    if (const auto* p = std::get_if<peer_ping>(&f))
+      return send(encode_peer_frame(peer_pong{p->id}));
+    if (std::holds_alternative<peer_pong>(f)) return;
+    if (std::holds_alternative<peer_welcome>(f) || std::holds_alternative<peer_refused>(f))
+      return refuse("a welcome or refusal sent to the listening side of a link");
+    if (owner->on_data_) owner->on_data_(hello, f);
   }
 
   /// Three heartbeats without a frame: the dialler is gone.
@@ -222,11 +382,16 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
   bool closed = false;
   bool close_after_write = false;
   clock_type::time_point last_rx{};
+  peer_hello hello;  // the admitted dialler's
 };
 
 peer_listener::peer_listener(asio::io_context& io, const asio::ip::tcp::endpoint& at,
-                             admit_fn admit, peer_link_options opt)
-    : io_(io), acceptor_(io, at), admit_(std::move(admit)), opt_(opt) {
+                             admit_fn admit, peer_link_options opt, data_fn on_data)
+    : io_(io),
+      acceptor_(io, at),
+      admit_(std::move(admit)),
+      opt_(opt),
+      on_data_(std::move(on_data)) {
   port_ = acceptor_.local_endpoint().port();
   accept_next();
 }
@@ -296,7 +461,8 @@ void peer_dialer::dial() {
   socket_.close(ignored);
   socket_ = asio::ip::tcp::socket(io_);
   reader_ = peer_frame_reader(opt_.max_frame);
-  out_.clear();
+  pending_.clear();
+  inflight_.clear();
   writing_ = false;
   timer_.expires_after(opt_.handshake_timeout);
   timer_.async_wait([self = shared_from_this(), a](std::error_code ec) {
@@ -343,6 +509,7 @@ void peer_dialer::on_frame(std::uint64_t a, peer_frame& f) {
   if (auto* w = std::get_if<peer_welcome>(&f)) {
     if (state() != link_state::handshaking) return fail(a, "a welcome on a link already up");
     state_.store(link_state::up, std::memory_order_relaxed);
+    welcome_ = *w;
     backoff_ = opt_.backoff_min;
     heartbeat(a);
     if (ev_.up) ev_.up(*w);
@@ -350,8 +517,8 @@ void peer_dialer::on_frame(std::uint64_t a, peer_frame& f) {
   }
   if (auto* r = std::get_if<peer_refused>(&f)) return fail(a, "refused by the peer: " + r->reason);
   if (auto* p = std::get_if<peer_ping>(&f)) return send(encode_peer_frame(peer_pong{p->id}));
-  if (std::holds_alternative<peer_hello>(f)) return fail(a, "the peer sent hello to its dialler");
-  // A pong: last_rx_ is all it is for.
+  if (std::holds_alternative<peer_pong>(f)) return;  // last_rx_ is all it is for
+  return fail(a, "the peer sent its dialler a frame only a dialler sends");
 }
 
 void peer_dialer::heartbeat(std::uint64_t a) {
@@ -368,24 +535,28 @@ void peer_dialer::heartbeat(std::uint64_t a) {
   });
 }
 
-void peer_dialer::send(std::string bytes) {
-  out_.push_back(std::move(bytes));
+void peer_dialer::send_frames(std::string_view bytes) {
+  if (!up()) return;
+  send(bytes);
+}
+
+void peer_dialer::send(std::string_view bytes) {
+  pending_.append(bytes);
   if (!writing_) write_next();
 }
 
 void peer_dialer::write_next() {
-  if (out_.empty()) return;
+  inflight_.clear();
+  if (pending_.empty()) return;
   writing_ = true;
-  auto data = std::make_shared<std::string>(std::move(out_.front()));
-  out_.pop_front();
-  asio::async_write(
-      socket_, asio::buffer(*data),
-      [self = shared_from_this(), a = attempt_, data](std::error_code ec, std::size_t) {
-        if (a != self->attempt_) return;
-        self->writing_ = false;
-        if (ec) return self->fail(a, "writing to the peer: " + ec.message());
-        self->write_next();
-      });
+  inflight_.swap(pending_);
+  asio::async_write(socket_, asio::buffer(inflight_),
+                    [self = shared_from_this(), a = attempt_](std::error_code ec, std::size_t) {
+                      if (a != self->attempt_) return;
+                      self->writing_ = false;
+                      if (ec) return self->fail(a, "writing to the peer: " + ec.message());
+                      self->write_next();
+                    });
 }
 
 void peer_dialer::fail(std::uint64_t a, const std::string& why) {
@@ -393,6 +564,9 @@ void peer_dialer::fail(std::uint64_t a, const std::string& why) {
   ++attempt_;  // every handler of this attempt is now stale
   std::error_code ignored;
   socket_.close(ignored);
+  pending_.clear();
+  inflight_.clear();
+  writing_ = false;
   state_.store(link_state::waiting, std::memory_order_relaxed);
   if (ev_.down) ev_.down(why);
   if (state() == link_state::stopped) return;  // down() stopped it

@@ -6,15 +6,16 @@
 // the link dead after three heartbeats without a frame, and the dialler
 // dials again with jittered exponential backoff (reset once a link comes up).
 //
-// Not built yet: the frames that carry messages over these links (forwarded
-// publishes, deliveries, interest); keywayd does not open peer links yet
-// (docs/cluster.md).
+// Data flows from the dialler to the listener only (peer.capnp): forwarded
+// publishes, deliveries, interest and replies, queued by send() and written
+// back to back, as many frames per write as are queued.
 //
 // Threads: a peer_listener or peer_dialer, and every callback it makes, run
 // on the io_context it was given (one thread). state(), links_up() and
 // port() may be read from any thread.
-// Cost: one small frame per heartbeat per link; frames are encoded into a
-// fresh buffer (control traffic only).
+// Cost: one small frame per heartbeat per link. A data frame is encoded into a
+// fresh Cap'n Proto message and appended to the link's output (one copy of
+// the payload), decoded into owning strings on the other side (one more).
 #pragma once
 
 #include <asio/io_context.hpp>
@@ -31,7 +32,10 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -64,10 +68,78 @@ struct peer_ping {
 struct peer_pong {
   std::uint64_t id = 0;
 };
-using peer_frame = std::variant<peer_hello, peer_welcome, peer_refused, peer_ping, peer_pong>;
+
+/// A message as it crosses a link (decoded: owning copies).
+struct peer_message {
+  std::string subject;
+  std::string key;
+  std::string payload;
+  std::string reply_to;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+/// The same, for encoding from bytes someone else owns.
+struct peer_message_view {
+  std::string_view subject;
+  std::span<const std::byte> key;
+  std::span<const std::byte> payload;
+  std::string_view reply_to;
+  std::vector<std::pair<std::string_view, std::span<const std::byte>>> headers;
+};
+struct peer_forward {
+  peer_message msg;
+  std::uint64_t conn = 0;
+  std::uint64_t ack_id = 0;
+};
+struct peer_target {
+  std::uint64_t conn = 0;
+  std::uint32_t sid = 0;
+};
+struct peer_deliver {
+  peer_message msg;
+  std::uint64_t seq = 0;
+  std::uint32_t owner_core = 0;
+  std::int64_t epoch = 0;
+  std::vector<peer_target> targets;
+};
+struct peer_interest_change {
+  bool add = true;
+  std::string pattern;
+  std::string group;
+  std::uint32_t uid = 0;
+  std::uint64_t conn = 0;
+  std::uint32_t sid = 0;
+  std::uint64_t request_id = 0;
+};
+struct peer_interest {
+  std::vector<peer_interest_change> changes;
+  bool snapshot_done = false;
+};
+struct peer_interest_applied {
+  std::uint64_t conn = 0;
+  std::uint64_t request_id = 0;
+  std::uint32_t sid = 0;
+  std::uint32_t uid = 0;
+  std::string refused;
+};
+struct peer_reply {
+  std::uint64_t conn = 0;
+  std::uint64_t ack_id = 0;
+  std::uint32_t delivered = 0;
+  std::string subject;
+  std::string reply_to;
+};
+using peer_frame =
+    std::variant<peer_hello, peer_welcome, peer_refused, peer_ping, peer_pong, peer_forward,
+                 peer_deliver, peer_interest, peer_interest_applied, peer_reply>;
 
 /// One PeerFrame per Cap'n Proto framed message.
 std::string encode_peer_frame(const peer_frame& f);
+/// Data frames from borrowed bytes, appended to `out`.
+void encode_forward(std::string& out, const peer_message_view& m, std::uint64_t conn,
+                    std::uint64_t ack_id);
+void encode_deliver(std::string& out, const peer_message_view& m, std::uint64_t seq,
+                    std::uint32_t owner_core, std::int64_t epoch,
+                    std::span<const peer_target> targets);
 
 /// Splits a byte stream into peer frames. A frame larger than `max_frame`
 /// bytes, or one that does not parse, is an error naming what was wrong.
@@ -97,10 +169,13 @@ class peer_listener {
  public:
   /// The welcome to send, or why the link is refused.
   using admit_fn = std::function<result<peer_welcome, std::string>(const peer_hello&)>;
+  /// A data frame on an admitted link, with the hello that opened it. Frames
+  /// of one link arrive in the order they were sent.
+  using data_fn = std::function<void(const peer_hello&, peer_frame&)>;
 
   /// Binds `at` (port 0: any free port) and accepts until close().
   peer_listener(asio::io_context& io, const asio::ip::tcp::endpoint& at, admit_fn admit,
-                peer_link_options opt = {});
+                peer_link_options opt = {}, data_fn on_data = {});
   ~peer_listener();
   peer_listener(const peer_listener&) = delete;
   peer_listener& operator=(const peer_listener&) = delete;
@@ -120,6 +195,7 @@ class peer_listener {
   asio::ip::tcp::acceptor acceptor_;
   admit_fn admit_;
   peer_link_options opt_;
+  data_fn on_data_;
   std::uint16_t port_ = 0;
   std::atomic<std::size_t> up_{0};
   std::vector<std::weak_ptr<session>> sessions_;
@@ -142,6 +218,15 @@ class peer_dialer : public std::enable_shared_from_this<peer_dialer> {
   /// On the io_context's thread: closes the link and dials no more.
   void stop();
   link_state state() const noexcept { return state_.load(std::memory_order_relaxed); }
+  bool up() const noexcept { return state() == link_state::up; }
+  /// On the io_context's thread, while up(): queues encoded frames
+  /// (encode_*) behind everything queued before. What is queued when the
+  /// link fails is dropped with it (down() says why).
+  void send_frames(std::string_view bytes);
+  /// Bytes queued and not yet written.
+  std::size_t queued_bytes() const noexcept { return pending_.size() + inflight_.size(); }
+  /// The peer's welcome, once up() (then until the link fails).
+  const peer_welcome& welcome() const noexcept { return welcome_; }
 
   peer_dialer(asio::io_context& io, asio::ip::tcp::endpoint peer, peer_hello hello, events ev,
               peer_link_options opt);
@@ -151,7 +236,7 @@ class peer_dialer : public std::enable_shared_from_this<peer_dialer> {
   void fail(std::uint64_t attempt, const std::string& why);
   void read_more(std::uint64_t attempt);
   void on_frame(std::uint64_t attempt, peer_frame& f);
-  void send(std::string bytes);
+  void send(std::string_view bytes);
   void write_next();
   void heartbeat(std::uint64_t attempt);
 
@@ -164,8 +249,10 @@ class peer_dialer : public std::enable_shared_from_this<peer_dialer> {
   asio::steady_timer timer_;  // connect/handshake deadline, then the heartbeat
   peer_frame_reader reader_;
   std::array<char, 4096> read_buf_{};
-  std::deque<std::string> out_;
+  std::string pending_;   // queued, written once inflight_ is
+  std::string inflight_;  // being written
   bool writing_ = false;
+  peer_welcome welcome_;
   std::uint64_t attempt_ = 0;  // handlers of an older attempt do nothing
   std::uint64_t next_ping_ = 1;
   std::chrono::steady_clock::time_point last_rx_{};

@@ -248,3 +248,75 @@ TEST_CASE("peer link: a peer that never welcomes, or goes silent after, is decla
   CHECK(rec.downs.back().find("(heartbeat 50 ms)") != std::string::npos);
   d->stop();
 }
+
+TEST_CASE("peer link: data frames round-trip and reach the listener in order, with the hello") {
+  using namespace keyway::cluster;
+  // The codec, every data frame once.
+  peer_message m{"orders.eu", "k1", std::string("pay\0load", 8), "inbox.1", {{"h", "v"}}};
+  const std::vector<peer_frame> frames{
+      peer_forward{m, 7, 9}, peer_deliver{m, 12, (5u << 8) | 1, 33, {{1, 2}, {3, 4}}},
+      peer_interest{{{true, "orders.>", "g", 5, 6, 7, 8}, {false, "", "", 5, 6, 7, 0}}, true},
+      peer_interest_applied{6, 8, 7, 5, "full"}, peer_reply{6, 3, 0, "orders.eu", "inbox.1"}};
+  std::string stream;
+  for (const auto& f : frames) stream += encode_peer_frame(f);
+  peer_frame_reader r(1 << 20);
+  r.append(stream.data(), stream.size());
+  std::vector<peer_frame> got;
+  while (true) {
+    auto f = r.next();
+    REQUIRE(f.has_value());
+    if (!*f) break;
+    got.push_back(std::move(**f));
+  }
+  REQUIRE(got.size() == frames.size());
+  const auto& fw = std::get<peer_forward>(got[0]);
+  CHECK(fw.msg.subject == "orders.eu");
+  CHECK(fw.msg.payload == std::string("pay\0load", 8));
+  CHECK(fw.msg.reply_to == "inbox.1");
+  REQUIRE(fw.msg.headers.size() == 1);
+  CHECK(fw.msg.headers[0].second == "v");
+  CHECK(fw.ack_id == 9);
+  const auto& d = std::get<peer_deliver>(got[1]);
+  CHECK(d.seq == 12);
+  CHECK(d.owner_core == ((5u << 8) | 1));
+  CHECK(d.epoch == 33);
+  REQUIRE(d.targets.size() == 2);
+  CHECK(d.targets[1].conn == 3);
+  CHECK(d.targets[1].sid == 4);
+  const auto& in = std::get<peer_interest>(got[2]);
+  CHECK(in.snapshot_done);
+  REQUIRE(in.changes.size() == 2);
+  CHECK(in.changes[0].pattern == "orders.>");
+  CHECK(in.changes[0].group == "g");
+  CHECK(in.changes[0].request_id == 8);
+  CHECK_FALSE(in.changes[1].add);
+  CHECK(std::get<peer_interest_applied>(got[3]).refused == "full");
+  CHECK(std::get<peer_reply>(got[4]).reply_to == "inbox.1");
+
+  // Over a link: frames queued while up arrive in order, tagged with the hello.
+  asio::io_context io;
+  std::vector<std::pair<std::string, std::uint64_t>> seen;  // (node, seq)
+  peer_listener l(io, loopback(0), admit_c, fast(), [&](const peer_hello& h, peer_frame& f) {
+    if (auto* dv = std::get_if<peer_deliver>(&f)) seen.emplace_back(h.node_id, dv->seq);
+  });
+  recorder rec;
+  auto dialer =
+      peer_dialer::start(io, loopback(l.port()), hello_from("c", "n1"), rec.events(), fast());
+  REQUIRE(run_until(io, [&] { return dialer->up(); }));
+  std::string batch;
+  const peer_message_view v{"s", {}, std::as_bytes(std::span(m.payload)), "", {}};
+  for (std::uint64_t i = 1; i <= 100; ++i) {
+    const peer_target t{1, 1};
+    encode_deliver(batch, v, i, 1, 1, std::span(&t, 1));
+    if (i % 10 == 0) {
+      dialer->send_frames(batch);
+      batch.clear();
+    }
+  }
+  REQUIRE(run_until(io, [&] { return seen.size() == 100; }));
+  for (std::uint64_t i = 0; i < 100; ++i) {
+    CHECK(seen[i].first == "n1");
+    CHECK(seen[i].second == i + 1);
+  }
+  dialer->stop();
+}
