@@ -387,8 +387,13 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
 
 peer_listener::peer_listener(asio::io_context& io, const asio::ip::tcp::endpoint& at,
                              admit_fn admit, peer_link_options opt, data_fn on_data)
+    : peer_listener(io, asio::ip::tcp::acceptor(io, at), std::move(admit), opt,
+                    std::move(on_data)) {}
+
+peer_listener::peer_listener(asio::io_context& io, asio::ip::tcp::acceptor bound, admit_fn admit,
+                             peer_link_options opt, data_fn on_data)
     : io_(io),
-      acceptor_(io, at),
+      acceptor_(std::move(bound)),
       admit_(std::move(admit)),
       opt_(opt),
       on_data_(std::move(on_data)) {

@@ -176,6 +176,9 @@ class peer_listener {
   /// Binds `at` (port 0: any free port) and accepts until close().
   peer_listener(asio::io_context& io, const asio::ip::tcp::endpoint& at, admit_fn admit,
                 peer_link_options opt = {}, data_fn on_data = {});
+  /// Accepts on `bound`, a listening acceptor of `io`.
+  peer_listener(asio::io_context& io, asio::ip::tcp::acceptor bound, admit_fn admit,
+                peer_link_options opt = {}, data_fn on_data = {});
   ~peer_listener();
   peer_listener(const peer_listener&) = delete;
   peer_listener& operator=(const peer_listener&) = delete;

@@ -39,12 +39,12 @@ result<placement, std::string> placement::build(std::vector<std::string> ring, s
   return p;
 }
 
-const std::string& placement::owner(std::string_view key) const noexcept {
+std::size_t placement::owner_position(std::string_view key) const noexcept {
   const std::uint32_t m = partitioner_->pick(key);
   // Few nodes: a linear scan of a small array beats a map.
   for (std::size_t i = 0; i < members_.size(); ++i)
-    if (members_[i] == m) return nodes_[i];
-  return nodes_.front();  // unreachable: pick() returns a member that was added
+    if (members_[i] == m) return i;
+  return 0;  // unreachable: pick() returns a member that was added
 }
 
 }  // namespace keyway::cluster

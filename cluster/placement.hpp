@@ -39,7 +39,11 @@ class placement {
   static result<placement, std::string> build(std::vector<std::string> ring, std::int64_t epoch);
 
   /// The id of the node that owns `key`.
-  const std::string& owner(std::string_view key) const noexcept;
+  const std::string& owner(std::string_view key) const noexcept {
+    return nodes_[owner_position(key)];
+  }
+  /// Its position in nodes().
+  std::size_t owner_position(std::string_view key) const noexcept;
   std::int64_t epoch() const noexcept { return epoch_; }
   /// The ring, sorted.
   const std::vector<std::string>& nodes() const noexcept { return nodes_; }

@@ -110,7 +110,12 @@ std::string readiness_report(const server& srv, bool& ready) {
            (bad ? " stalled: did not run the health probe within the last check interval\n"
                 : " making progress\n");
   }
-  ready = serving && listeners_ok && stalled.empty();
+  bool cluster_ok = true;
+  if (const cluster_node* c = srv.cluster()) {
+    out += c->readiness_report();
+    cluster_ok = c->ready();
+  }
+  ready = serving && listeners_ok && stalled.empty() && cluster_ok;
   out += ready ? "readyz check passed\n" : "readyz check failed\n";
   return out;
 }
@@ -152,7 +157,8 @@ std::string status_json(const server& srv, const std::string& admin_url) {
          ",\"uptime_seconds\":" + up + ",\"workers\":[" + workers +
          "],\"connections\":" + std::to_string(conns) +
          ",\"subscriptions\":" + std::to_string(subs) + ",\"listeners\":[" + listeners +
-         "],\"admin\":" + json_string(admin_url) + "}\n";
+         "],\"admin\":" + json_string(admin_url) +
+         (srv.cluster() ? ",\"cluster\":" + srv.cluster()->status_json() : std::string()) + "}\n";
 }
 
 struct admin_service::impl {

@@ -4,7 +4,294 @@
 
 #include <climits>
 
+#include <spdlog/spdlog.h>
+#include <asio/io_context.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
 namespace keyway::daemon {
+
+namespace {
+
+std::uint32_t tag_of(std::string_view id) {
+  const std::uint32_t t = cluster::placement::member_of(id) & 0xFFFFFFu;
+  return t == 0 ? 1 : t;
+}
+
+/// "tcp://HOST:PORT" (HOST an address, or a name resolved now).
+std::optional<asio::ip::tcp::endpoint> endpoint_of(std::string_view url) {
+  constexpr std::string_view scheme = "tcp://";
+  if (url.substr(0, scheme.size()) != scheme) return std::nullopt;
+  std::string_view rest = url.substr(scheme.size());
+  const auto colon = rest.rfind(':');
+  if (colon == std::string_view::npos) return std::nullopt;
+  std::string host(rest.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  const std::string port(rest.substr(colon + 1));
+  std::error_code ec;
+  asio::io_context io;
+  asio::ip::tcp::resolver resolver(io);
+  const auto found = resolver.resolve(host, port, ec);
+  if (ec || found.empty()) return std::nullopt;
+  return found.begin()->endpoint();
+}
+
+std::string json_str(std::string_view s) {
+  return nlohmann::json(std::string(s)).dump();
+}
+
+}  // namespace
+
+cluster_node::cluster_node(cluster::membership_config cfg, std::uint32_t workers,
+                           std::function<void()> changed)
+    : cfg_(std::move(cfg)),
+      workers_(workers),
+      tag_(tag_of(cfg_.self.id)),
+      changed_(std::move(changed)),
+      links_up_(workers) {
+  link_options_.heartbeat = std::max<std::chrono::milliseconds>(
+      std::chrono::milliseconds(100),
+      std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.lease_ttl / 6));
+  auto empty = std::make_shared<cluster_map>();
+  empty->client_urls = cfg_.self.client_urls;
+  map_ = std::move(empty);
+  indexes_[cfg_.self.id] = 0;
+}
+
+cluster_node::~cluster_node() {
+  stop_activator();
+}
+
+result<void, std::string> cluster_node::join() {
+  auto self = cfg_;
+  self.self.workers = workers_;
+  membership_ = std::make_unique<cluster::membership>(
+      self, [this](const cluster::cluster_view& v) { on_view(v); });
+  if (auto joined = membership_->join(); !joined) return joined.error();
+  // Ids whose tags collide would make two nodes' ownerCore values the same.
+  const auto view = membership_->view();
+  for (const auto& m : view->members)
+    if (m.info.id != cfg_.self.id && tag_of(m.info.id) == tag_) {
+      (void)membership_->leave();
+      return "node ids \"" + cfg_.self.id + "\" and \"" + m.info.id +
+             "\" hash to the same ownerCore tag " + std::to_string(tag_) +
+             "; rename this node (cluster.node_id)";
+    }
+  spdlog::info("cluster \"{}\": node \"{}\" joined (lease {}, {} members, epoch {})", cfg_.cluster,
+               cfg_.self.id, membership_->lease(), view->members.size(), view->epoch);
+  activator_ = std::thread([this] { activate_when_ready(); });
+  return {};
+}
+
+void cluster_node::stop_activator() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (activator_.joinable()) activator_.join();
+}
+
+void cluster_node::set_draining() {
+  stop_activator();
+  if (!membership_) return;
+  if (auto st = membership_->set_state(cluster::node_state::draining); !st) {
+    spdlog::warn("cluster: cannot mark this node draining in etcd: {}", st.error());
+    return;
+  }
+  spdlog::info("cluster: node \"{}\" is draining: it left the ring", cfg_.self.id);
+}
+
+void cluster_node::leave() {
+  stop_activator();
+  if (!membership_) return;
+  if (auto st = membership_->leave(); !st)
+    spdlog::warn("cluster: cannot leave cleanly (the lease expires within {} ms): {}",
+                 cfg_.lease_ttl.count(), st.error());
+  else
+    spdlog::info("cluster: node \"{}\" left the cluster", cfg_.self.id);
+  membership_.reset();
+}
+
+std::int64_t cluster_node::lease() const {
+  return membership_ ? membership_->lease() : 0;
+}
+
+std::shared_ptr<const cluster_map> cluster_node::map() const {
+  std::lock_guard lock(mutex_);
+  return map_;
+}
+
+std::uint32_t cluster_node::index_of(const std::string& id) {
+  auto [it, added] = indexes_.try_emplace(id, static_cast<std::uint32_t>(indexes_.size()));
+  return it->second;
+}
+
+void cluster_node::on_view(const cluster::cluster_view& v) {
+  auto m = std::make_shared<cluster_map>();
+  m->epoch = v.epoch;
+  m->client_urls = cfg_.self.client_urls;
+  std::vector<cluster_peer> peers;
+  cluster::node_state self_state = cluster::node_state::joining;
+  for (const auto& mem : v.members) {
+    if (mem.info.id == cfg_.self.id) {
+      self_state = mem.info.state;
+      continue;
+    }
+    cluster_peer p;
+    p.id = mem.info.id;
+    p.lease = mem.lease;
+    p.endpoint = endpoint_of(mem.info.peer_url);
+    if (!p.endpoint)
+      spdlog::warn("cluster: node \"{}\" announces peer URL \"{}\", which is not tcp://HOST:PORT",
+                   p.id, mem.info.peer_url);
+    p.workers = mem.info.workers;
+    p.state = mem.info.state;
+    p.client_urls = mem.info.client_urls;
+    for (const auto& u : p.client_urls) m->client_urls.push_back(u);
+    peers.push_back(std::move(p));
+  }
+  if (!v.ring.empty()) {
+    auto built = cluster::placement::build(v.ring, v.epoch);
+    if (built)
+      m->placement = std::move(*built);
+    else
+      spdlog::error("cluster: cannot place keys on ring of epoch {}: {}", v.epoch, built.error());
+  }
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& p : peers) p.index = index_of(p.id);
+    m->peers = std::move(peers);
+    if (m->placement)
+      for (const auto& id : m->placement->nodes()) m->ring_index.push_back(index_of(id));
+    m->generation = generation_.load(std::memory_order_relaxed) + 1;
+    map_ = m;
+    state_ = self_state;
+    generation_.store(m->generation, std::memory_order_release);
+  }
+  wake_.notify_all();
+  if (changed_) changed_();
+}
+
+void cluster_node::link_changed(std::uint32_t worker, std::uint32_t index, bool up) {
+  {
+    std::lock_guard lock(mutex_);
+    if (worker >= links_up_.size()) return;
+    if (up)
+      links_up_[worker].insert(index);
+    else
+      links_up_[worker].erase(index);
+  }
+  wake_.notify_all();
+}
+
+void cluster_node::snapshot_received(std::uint32_t index, std::int64_t lease,
+                                     std::uint32_t peer_worker) {
+  {
+    std::lock_guard lock(mutex_);
+    auto& rec = snapshots_[index];
+    if (rec.lease != lease) rec = {lease, {}};
+    rec.workers.insert(peer_worker);
+  }
+  wake_.notify_all();
+}
+
+bool cluster_node::ready_locked() const {
+  return state_ == cluster::node_state::active && peers_ready_locked();
+}
+
+bool cluster_node::peers_ready_locked() const {
+  if (!membership_ || !membership_->lease_held()) return false;
+  for (const auto& p : map_->peers) {
+    for (const auto& up : links_up_)
+      if (up.count(p.index) == 0) return false;
+    const auto it = snapshots_.find(p.index);
+    if (it == snapshots_.end() || it->second.lease != p.lease ||
+        it->second.workers.size() < p.workers)
+      return false;
+  }
+  return true;
+}
+
+bool cluster_node::ready() const {
+  std::lock_guard lock(mutex_);
+  return ready_locked();
+}
+
+std::string cluster_node::readiness_report() const {
+  std::lock_guard lock(mutex_);
+  std::string out;
+  const bool active = state_ == cluster::node_state::active;
+  out += std::string(active ? "[+]" : "[-]") + "cluster state " +
+         std::string(cluster::to_string(state_)) + "\n";
+  const bool lease = membership_ && membership_->lease_held();
+  out += std::string(lease ? "[+]" : "[-]") + "cluster lease " +
+         (lease ? "held" : "not held: not registered in etcd") + "\n";
+  for (const auto& p : map_->peers) {
+    std::size_t up = 0;
+    for (const auto& l : links_up_) up += l.count(p.index);
+    out += std::string(up == links_up_.size() ? "[+]" : "[-]") + "cluster links to " + p.id + ": " +
+           std::to_string(up) + " of " + std::to_string(links_up_.size()) + " up\n";
+    const auto it = snapshots_.find(p.index);
+    const std::size_t got =
+        it == snapshots_.end() || it->second.lease != p.lease ? 0 : it->second.workers.size();
+    out += std::string(got >= p.workers ? "[+]" : "[-]") + "cluster interest snapshots from " +
+           p.id + ": " + std::to_string(got) + " of " + std::to_string(p.workers) + "\n";
+  }
+  return out;
+}
+
+std::string cluster_node::status_json() const {
+  std::lock_guard lock(mutex_);
+  std::string nodes = "{\"id\":" + json_str(cfg_.self.id) +
+                      ",\"self\":true,\"state\":" + json_str(cluster::to_string(state_)) +
+                      ",\"peer_url\":" + json_str(cfg_.self.peer_url) +
+                      ",\"client_urls\":" + nlohmann::json(cfg_.self.client_urls).dump() + "}";
+  for (const auto& p : map_->peers) {
+    std::size_t up = 0;
+    for (const auto& l : links_up_) up += l.count(p.index);
+    nodes +=
+        ",{\"id\":" + json_str(p.id) +
+        ",\"self\":false,\"state\":" + json_str(cluster::to_string(p.state)) + ",\"peer_url\":" +
+        json_str(p.endpoint
+                     ? p.endpoint->address().to_string() + ":" + std::to_string(p.endpoint->port())
+                     : std::string()) +
+        ",\"client_urls\":" + nlohmann::json(p.client_urls).dump() +
+        ",\"links_up\":" + std::to_string(up) + "}";
+  }
+  std::string ring = "[";
+  if (map_->placement)
+    for (std::size_t i = 0; i < map_->placement->nodes().size(); ++i)
+      ring += (i ? "," : "") + json_str(map_->placement->nodes()[i]);
+  ring += "]";
+  return "{\"name\":" + json_str(cfg_.cluster) + ",\"node_id\":" + json_str(cfg_.self.id) +
+         ",\"state\":" + json_str(cluster::to_string(state_)) +
+         ",\"epoch\":" + std::to_string(map_->epoch) + ",\"ring\":" + ring +
+         ",\"ready\":" + (ready_locked() ? "true" : "false") + ",\"nodes\":[" + nodes + "]}";
+}
+
+void cluster_node::activate_when_ready() {
+  std::uint64_t activated = 0;  // the incarnation made active
+  std::unique_lock lock(mutex_);
+  while (!stop_) {
+    wake_.wait_for(lock, std::chrono::milliseconds(200));
+    if (stop_) return;
+    const std::uint64_t inc = membership_->incarnation();
+    if (inc == activated || !peers_ready_locked()) continue;
+    lock.unlock();
+    auto st = membership_->set_state(cluster::node_state::active);
+    lock.lock();
+    if (!st) {
+      spdlog::warn("cluster: cannot mark this node active in etcd (retrying): {}", st.error());
+      continue;
+    }
+    activated = inc;
+    spdlog::info("cluster \"{}\": node \"{}\" is active (every peer's interest received)",
+                 cfg_.cluster, cfg_.self.id);
+  }
+}
 
 result<cluster::membership_config, std::string> membership_config_of(const server_options& o) {
   const cluster_options& c = *o.cluster;

@@ -264,7 +264,7 @@ void connection::on_hello(wire::Hello::Reader h) {
   wf.server_limits = o.limits;
   wf.max_subscriptions = o.max_subscriptions;
   wf.max_pending_bytes = o.max_pending_bytes;
-  wf.connect_urls = o.advertise;
+  wf.connect_urls = svc_.connect_urls();
   (void)svc_.encoder().welcome(out(), wf);
   queued();
   // The server began shutting down during the handshake: tell it now.
@@ -476,10 +476,10 @@ void connection::on_subscribe(wire::Subscribe::Reader s) {
   subs_.emplace(sid, subscription{spec.ref.uid, cost});
   sub_bytes_ += cost;
   svc_.stats().subscriptions_added(1);
-  if (rid != 0) pending_acks_[rid] = {svc_.workers(), false};
   std::vector<sub_spec> changes;
   changes.push_back(std::move(spec));
-  svc_.broadcast(std::move(changes));
+  const std::uint32_t answers = svc_.broadcast(std::move(changes));
+  if (rid != 0) pending_acks_[rid] = {answers, false};
 }
 
 void connection::on_unsubscribe(wire::Unsubscribe::Reader u) {
@@ -491,11 +491,11 @@ void connection::on_unsubscribe(wire::Unsubscribe::Reader u) {
                rid, false);
     return;
   }
-  drop_subscription(u.getSid(), rid);
-  if (rid != 0) pending_acks_[rid] = {svc_.workers(), false};
+  const std::uint32_t answers = drop_subscription(u.getSid(), rid);
+  if (rid != 0) pending_acks_[rid] = {answers, false};
 }
 
-void connection::drop_subscription(std::uint32_t sid, std::uint64_t request_id) {
+std::uint32_t connection::drop_subscription(std::uint32_t sid, std::uint64_t request_id) {
   auto it = subs_.find(sid);
   sub_spec spec;
   spec.add = false;
@@ -507,9 +507,9 @@ void connection::drop_subscription(std::uint32_t sid, std::uint64_t request_id) 
   svc_.stats().subscriptions_removed(1);
   std::vector<sub_spec> changes;
   changes.push_back(std::move(spec));
-  svc_.broadcast(std::move(changes));
   // The uid is freed once every worker applied the removal (router::on_sub_change
   // on this worker is enough: later adds travel the same FIFO rings).
+  return svc_.broadcast(std::move(changes));
 }
 
 void connection::drop_all_subscriptions() {

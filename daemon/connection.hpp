@@ -146,7 +146,8 @@ class connection : public std::enable_shared_from_this<connection> {
   void note_slow_consumer();
   /// Removes subscription `sid` (present) everywhere; `request_id`: the
   /// unsubscribe being acknowledged, or 0.
-  void drop_subscription(std::uint32_t sid, std::uint64_t request_id);
+  /// Returns how many answers the removal will get (worker_services::broadcast).
+  std::uint32_t drop_subscription(std::uint32_t sid, std::uint64_t request_id);
   void drop_all_subscriptions();
 
   void read_more();

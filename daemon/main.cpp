@@ -253,33 +253,18 @@ int main(int argc, char** argv) {
     log_problems(e.what());
     return 2;
   }
-  // Cluster membership (etcd) is built, but forwarding between nodes is not: a node
-  // would serve only its own clients, which is not what [cluster] promises. keywayd
-  // checks what it can (its membership settings, etcd, its node id), then says so.
-  constexpr const char* cluster_not_built =
-      "[cluster] is validated, but this build of keywayd cannot run as a cluster node yet: "
-      "forwarding between nodes is not built, so a node would serve only its own clients; "
-      "remove [cluster] to run a single node (docs/cluster.md)";
   if (f.check_config) {
     std::printf("%s: configuration is valid\n",
                 f.config.empty() ? "built-in defaults" : f.config.c_str());
-    if (opt.cluster) std::printf("note: %s\n", cluster_not_built);
     return 0;
   }
   if (opt.cluster) {
-    auto membership = keyway::daemon::membership_config_of(opt);
-    if (!membership) {
+    // Settings that cannot be worked out are a configuration error (exit 2);
+    // etcd's answer comes when the server joins (exit 1).
+    if (auto membership = keyway::daemon::membership_config_of(opt); !membership) {
       spdlog::critical("{}", membership.error());
       return 2;
     }
-    if (auto joinable = keyway::cluster::check_join(*membership); !joinable) {
-      spdlog::critical("{}", joinable.error());
-      return 1;
-    }
-    spdlog::info("cluster \"{}\": etcd answers and node id \"{}\" is free", membership->cluster,
-                 membership->self.id);
-    spdlog::critical("{}", cluster_not_built);
-    return 2;
   }
   spdlog::set_level(spdlog::level::from_str(opt.log_level));
   set_log_format(opt.log_fmt);

@@ -22,7 +22,13 @@
 
 namespace keyway::daemon {
 
-enum class drop_reason : std::size_t { slow_consumer, connection_gone, encode_failed, count_ };
+enum class drop_reason : std::size_t {
+  slow_consumer,
+  connection_gone,
+  encode_failed,
+  peer_link_down,
+  count_
+};
 
 /// Frame received → delivery queued for the socket write, in nanoseconds.
 /// Log-linear buckets: upper bounds 1 µs · 2^(i/2), i = 0..buckets-1 (1 µs to
@@ -79,7 +85,14 @@ class alignas(core::cache_line) probe {
     delivered_.add();
     latency_.record(latency_ns);
   }
-  void dropped(drop_reason why) noexcept { drops_[static_cast<std::size_t>(why)].add(); }
+  void dropped(drop_reason why, std::uint64_t n = 1) noexcept {
+    drops_[static_cast<std::size_t>(why)].add(n);
+  }
+  /// A frame of `bytes` queued on a link to another node (cluster).
+  void peer_sent(std::size_t bytes) noexcept {
+    peer_frames_.add();
+    peer_bytes_.add(bytes);
+  }
   void ack_sent() noexcept { acks_sent_.add(); }
   void error_sent(proto::errc code) noexcept { errors_[static_cast<std::size_t>(code)].add(); }
   void auth_failed() noexcept { auth_failures_.add(); }
@@ -126,6 +139,8 @@ class alignas(core::cache_line) probe {
   core::counter bytes_out_;
   core::counter published_;
   core::counter routed_;
+  core::counter peer_frames_;
+  core::counter peer_bytes_;
   core::counter unmatched_;
   core::counter delivered_;
   core::counter acks_sent_;

@@ -37,7 +37,16 @@ struct publish_op {
   std::uint64_t conn = 0;    // ingress connection (for the ack)
   std::uint64_t ack_id = 0;  // 0: no ack wanted
   std::uint32_t from = 0;    // ingress worker
+  std::uint32_t origin = 0;  // ingress node (cluster_node's index; 0: this one)
 };
+
+/// The publisher of a delivery that came from another node: not throttled
+/// (the congested subscriber's node cannot pause a connection elsewhere).
+inline constexpr std::uint64_t remote_publisher = ~std::uint64_t{0};
+
+/// sub_ref::worker of a subscription held by another node: this base plus
+/// the node's index (cluster_node.hpp); conn and sid are the remote ones.
+inline constexpr std::uint32_t remote_worker_base = 1u << 16;
 
 /// Workers a daemon may run: a subscription id keeps its worker in 8 bits.
 inline constexpr std::size_t max_workers = 256;
@@ -121,6 +130,9 @@ struct sub_change_op {
 
 struct sub_applied_op {
   std::uint64_t conn = 0;
+  /// Non-zero: the subscription is node `node`'s (a remote one), and the
+  /// answer goes to worker 0, which tells that node once every worker applied it.
+  std::uint32_t node = 0;
   std::uint64_t request_id = 0;
   std::uint32_t sid = 0;
   std::uint32_t uid = 0;

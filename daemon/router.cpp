@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "core/overloaded.hpp"
+#include "daemon/cluster_node.hpp"
 #include "daemon/connection.hpp"
 
 namespace keyway::daemon {
@@ -44,6 +45,7 @@ router::router(core::worker& w, server_context& ctx)
       per_worker_(ctx.workers),
       accept_timer_(w.io()) {
   next_conn_ = std::uint64_t{w.id()} << 48;
+  core_stamp_ = ctx.cluster ? (ctx.cluster->tag() << 8) | w.id() : w.id();
 }
 
 router::~router() = default;
@@ -64,6 +66,10 @@ void router::init() {
   pool_.bind_to_this_thread();
   index_.bind_owner();
   ep_.attach(w_, w_.stats());
+  if (ctx_.cluster) {
+    refresh_cluster();
+    if (w_.id() == 0) start_peer_listener();
+  }
   if (w_.id() == 0) start_accepting();
 }
 
@@ -75,6 +81,7 @@ std::size_t router::poll() {
   if (!announced_ && (ctx_.lame_duck.load(std::memory_order_relaxed) || draining()))
     announce_draining();
   if (draining() && !drain_started_) start_drain();
+  if (ctx_.cluster && ctx_.cluster->generation() != map_generation_) refresh_cluster();
   // A publish or delivery from the other worker carries a message that CPU
   // wrote: start fetching it a few messages before dispatch reads it, so the
   // cross-CPU line transfer overlaps the dispatch of the messages before it
@@ -116,6 +123,7 @@ bool router::has_work() {
 void router::shutdown() {
   KEYWAY_ASSERT_OWNER(w_);
   close_acceptors();
+  stop_cluster();
   std::vector<std::shared_ptr<connection>> all;
   for (auto& [id, c] : conns_) all.push_back(c);
   for (auto& c : all) c->abort();
@@ -137,6 +145,11 @@ bool router::has_interest(std::string_view subject) {
 
 bool router::route(publish_op& op, std::uint32_t owner) {
   KEYWAY_ASSERT_OWNER(w_);
+  if (ctx_.cluster) {
+    const auto key = op.msg->routing_key();
+    const std::uint32_t node = map_->owner({reinterpret_cast<const char*>(key.data()), key.size()});
+    if (node != 0) return forward(op, node);
+  }
   if (owner == w_.id()) {
     if (ep_.backlogged()) return false;  // see core/mesh.hpp: backlog feeds back into credit
     on_publish(op);
@@ -196,10 +209,18 @@ void router::on_publish(publish_op& op) {
   matches_.clear();
   index_.match(msg.subject(), msg.routing_key(), matches_);
   std::uint32_t last = 0;  // the last worker with targets
+  bool remote = false;
   for (const sub_ref& r : matches_) {
+    if (r.worker >= remote_worker_base) {
+      per_node_[r.worker - remote_worker_base].push_back({r.conn, r.sid});
+      remote = true;
+      continue;
+    }
     per_worker_[r.worker].push_back({r.conn, r.sid});
     last = std::max(last, r.worker);
   }
+  // Other nodes first: the last local delivery may take the publish's reference.
+  if (remote) deliver_remote(msg, seq);
 
   const auto delivered = static_cast<std::uint32_t>(matches_.size());
   const bool wants_reply = op.ack_id != 0 || (delivered == 0 && !msg.reply_to().empty());
@@ -213,7 +234,7 @@ void router::on_publish(publish_op& op) {
     // stall in this function).
     deliver_op d{wid == last && !wants_reply ? std::move(op.msg) : op.msg,
                  seq,
-                 self,
+                 core_stamp_,
                  targets.front(),
                  {},
                  op.conn};
@@ -226,6 +247,7 @@ void router::on_publish(publish_op& op) {
   }
 
   if (!wants_reply) return;
+  if (op.origin != 0) return reply_remote(op, delivered);
   reply_op r{std::move(op.msg), op.conn, op.ack_id, delivered};
   if (op.from == self)
     on_reply(r);
@@ -268,39 +290,50 @@ void router::on_reply(reply_op& op) {
   c.send_ack(op.ack_id, op.delivered);
 }
 
-void router::broadcast(std::vector<sub_spec> changes) {
+std::uint32_t router::broadcast(std::vector<sub_spec> changes) {
   KEYWAY_ASSERT_OWNER(w_);
-  auto shared = std::make_shared<const std::vector<sub_spec>>(std::move(changes));
+  const std::uint32_t nodes = ctx_.cluster ? send_interest(changes) : 0;
+  broadcast_local(std::make_shared<const std::vector<sub_spec>>(std::move(changes)));
+  return workers_ + nodes;
+}
+
+void router::broadcast_local(std::shared_ptr<const std::vector<sub_spec>> changes) {
   for (std::uint32_t wid = 0; wid < ctx_.workers; ++wid)
-    ep_.send(wid, route_msg(sub_change_op{shared}));
+    ep_.send(wid, route_msg(sub_change_op{changes}));
 }
 
 void router::on_sub_change(const sub_change_op& op) {
   const std::uint32_t self = w_.id();
+  // To the subscriber's worker; for another node's subscription, to worker 0,
+  // which answers that node once every worker did.
+  auto answer = [&](const sub_spec& s, std::shared_ptr<const std::string> refused) {
+    const bool remote = s.ref.worker >= remote_worker_base;
+    submit(remote ? 0 : s.ref.worker,
+           route_msg(sub_applied_op{s.ref.conn, remote ? s.ref.worker - remote_worker_base : 0,
+                                    s.request_id, s.ref.sid, s.ref.uid, std::move(refused)}));
+  };
   for (const sub_spec& s : *op.changes) {
     if (s.add) {
       if (auto st = index_.add(s.pattern, s.group, s.ref); !st) {
         // The subscriber's worker checked against its own replica; a change
         // still in flight from another worker took the last room here.
         probe_.subscription_refused();
-        submit(s.ref.worker,
-               route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid,
-                                        std::make_shared<const std::string>(st.message())}));
+        answer(s, std::make_shared<const std::string>(st.message()));
         continue;
       }
     } else {
       index_.remove(s.ref.uid);
-      // Every later add of this uid from its owner travels behind this removal
-      // on the same FIFO rings, so the owner may reuse it now.
-      if (s.ref.worker == self) free_uid(s.ref.uid);
+      // Every later add of this uid from the worker that allocated it (the
+      // subscriber's, or worker 0 for another node's) travels behind this
+      // removal on the same FIFO rings, so that worker may reuse it now.
+      if ((s.ref.uid >> 24) == self) free_uid(s.ref.uid);
     }
-    if (s.request_id == 0) continue;
-    submit(s.ref.worker,
-           route_msg(sub_applied_op{s.ref.conn, s.request_id, s.ref.sid, s.ref.uid, nullptr}));
+    if (s.request_id != 0) answer(s, nullptr);
   }
 }
 
 void router::on_sub_applied(const sub_applied_op& op) {
+  if (op.node != 0) return remote_sub_applied(op);
   if (connection* c = find_conn(op.conn)) c->sub_applied(op);
 }
 
@@ -339,6 +372,7 @@ void router::release_subscriptions(std::uint64_t cost) noexcept {
 
 void router::throttle(std::uint64_t conn, bool on) {
   KEYWAY_ASSERT_OWNER(w_);
+  if (conn == remote_publisher) return;  // another node's: not paused from here
   if (on) probe_.throttle_sent();
   submit(worker_of_conn(conn), route_msg(throttle_op{conn, on}));
 }

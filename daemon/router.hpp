@@ -26,11 +26,14 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
+#include "cluster/peer_link.hpp"
 #include "config/options.hpp"
 #include "core/mesh.hpp"
 #include "core/partitioner.hpp"
@@ -45,6 +48,8 @@
 namespace keyway::daemon {
 
 class connection;
+class cluster_node;
+struct cluster_map;
 
 /// What every router shares: immutable after start, except the atomics.
 struct server_context {
@@ -70,6 +75,10 @@ struct server_context {
   std::atomic<std::uint32_t> announced{0};
   /// Set by the main thread when the drain begins (after the lame-duck grace).
   std::atomic<bool> draining{false};
+  /// In a cluster ([cluster]): the node's membership and map, and the peer
+  /// listener's socket (bound by the server, accepted on by worker 0).
+  cluster_node* cluster = nullptr;
+  std::unique_ptr<asio::ip::tcp::acceptor> peer_acceptor;
 };
 
 class router final : public core::worker_handler, public worker_services {
@@ -93,7 +102,7 @@ class router final : public core::worker_handler, public worker_services {
                                                         std::string_view group,
                                                         std::uint64_t cost) override;
   void release_subscriptions(std::uint64_t cost) noexcept override;
-  void broadcast(std::vector<sub_spec> changes) override;
+  std::uint32_t broadcast(std::vector<sub_spec> changes) override;
   void throttle(std::uint64_t conn, bool on) override;
   void flush_later(connection& c) override;
   void resume_later(connection& c) override;
@@ -134,6 +143,38 @@ class router final : public core::worker_handler, public worker_services {
   void adopt(int fd, bool unix_socket);
   void resume_paused();
   void start_drain();
+  /// Sends `changes` to every worker of this node.
+  void broadcast_local(std::shared_ptr<const std::vector<sub_spec>> changes);
+
+  // ---- cluster (router_cluster.cpp; all no-ops without [cluster]) ---------------
+  /// Takes a new cluster map when cluster_node published one: dials new
+  /// peers, stops dialling gone ones, forgets their subscriptions (worker 0).
+  void refresh_cluster();
+  void start_peer_listener();
+  /// Hands a publish whose key another node owns to that node; false (op
+  /// intact) while the link is down or over its queue limit.
+  bool forward(publish_op& op, std::uint32_t node);
+  /// One copy per node with matching subscribers (per_node_).
+  void deliver_remote(const shared_message& msg, std::uint64_t seq);
+  void reply_remote(const publish_op& op, std::uint32_t delivered);
+  /// Sends this worker's subscription changes to every peer with a link up;
+  /// returns how many.
+  std::uint32_t send_interest(const std::vector<sub_spec>& changes);
+  void link_up(std::uint32_t node);
+  void link_down(std::uint32_t node, const std::string& why);
+  result<cluster::peer_welcome, std::string> admit_peer(const cluster::peer_hello& h);
+  void on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f);
+  void on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
+                        cluster::peer_interest& in);
+  /// Worker 0: removes node `node`'s subscriptions (those of worker `worker`
+  /// of it only, unless all_workers).
+  void forget_remote(std::uint32_t node, std::uint32_t worker, bool all_workers);
+  void remote_sub_applied(const sub_applied_op& op);
+  /// The link to `node` if it is up.
+  cluster::peer_dialer* link_to(std::uint32_t node) noexcept;
+  /// Queues one encoded frame on `d`, counted.
+  void send_peer(cluster::peer_dialer& d, std::string_view frame);
+  void stop_cluster();
 
   server_context& ctx_;
   core::mesh<route_msg>::endpoint& ep_;
@@ -163,6 +204,36 @@ class router final : public core::worker_handler, public worker_services {
   asio::steady_timer accept_timer_;                  // the backoff's wait
   std::vector<std::function<void()>> accept_retry_;  // listeners waiting on it
   bool drain_started_ = false;
+
+  // Cluster state (router_cluster.cpp).
+  std::uint32_t core_stamp_ = 0;  // Message.ownerCore of what this worker orders
+  std::shared_ptr<const cluster_map> map_;
+  std::uint64_t map_generation_ = 0;
+  struct peer_out {
+    std::string id;
+    std::int64_t lease = 0;
+    std::shared_ptr<cluster::peer_dialer> dialer;
+  };
+  std::vector<peer_out> peers_;                              // by node index
+  std::unordered_map<std::uint32_t, sub_spec> own_subs_;     // this worker's connections', by uid
+  std::vector<std::vector<cluster::peer_target>> per_node_;  // scratch for on_publish
+  std::string frames_;                                       // scratch: encoded peer frames
+  // Worker 0: the listener, and the other nodes' subscriptions.
+  std::unique_ptr<cluster::peer_listener> listener_;
+  struct remote_sub {
+    std::uint32_t local_uid = 0;
+    std::uint64_t conn = 0;
+    std::uint32_t sid = 0;
+  };
+  std::unordered_map<std::uint64_t, remote_sub> remote_subs_;      // (node << 32 | their uid) →
+  std::unordered_map<std::uint32_t, std::int64_t> remote_leases_;  // node → incarnation held
+  struct remote_ack {
+    std::uint32_t left = 0;
+    std::uint32_t sid = 0;
+    std::uint32_t uid = 0;  // theirs
+    std::string refused;
+  };
+  std::map<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>, remote_ack> remote_acks_;
 };
 
 }  // namespace keyway::daemon

@@ -37,6 +37,7 @@ server::server(server_options opt) {
 
 server::~server() {
   if (pool_) pool_->stop();
+  if (cluster_) cluster_->leave();
   for (const auto& p : unix_paths_) ::unlink(p.c_str());
 }
 
@@ -75,6 +76,7 @@ void server::start() {
   if (!o.tokens_file.empty())
     ctx_.tokens = std::make_shared<const std::vector<std::string>>(load_tokens(o.tokens_file));
   bind_listeners();
+  if (o.cluster) join_cluster();
   routers_.assign(ctx_.workers, nullptr);
   auto started = pool_->start(
       [this](core::worker& w) {
@@ -86,10 +88,27 @@ void server::start() {
         spdlog::error("worker {}: {}", w.id(), what);
       });
   if (!started) throw std::runtime_error("a worker failed to start");
+  workers_started_.store(true, std::memory_order_release);
   applied_ = ctx_.options;
   progress_ = std::make_unique<core::progress_monitor>(*pool_);
   started_at_ = std::chrono::steady_clock::now();
   phase_.store(phase::serving, std::memory_order_release);
+}
+
+void server::join_cluster() {
+  auto cfg = membership_config_of(ctx_.options);
+  if (!cfg) throw std::runtime_error(cfg.error());
+  ctx_.peer_acceptor = std::make_unique<asio::ip::tcp::acceptor>(pool_->at(0).io());
+  open_tcp_acceptor(*ctx_.peer_acceptor, ctx_.options.cluster->peer_listen, "cluster.peer_listen");
+  cluster_ = std::make_unique<cluster_node>(*cfg, static_cast<std::uint32_t>(ctx_.workers), [this] {
+    if (!workers_started_.load(std::memory_order_acquire)) return;
+    for (std::size_t i = 0; i < ctx_.workers; ++i) pool_->at(i).wake();
+  });
+  if (auto joined = cluster_->join(); !joined) {
+    cluster_.reset();
+    throw std::runtime_error(joined.error());
+  }
+  ctx_.cluster = cluster_.get();
 }
 
 void server::resolve_connection_limit(server_options& o) const {
@@ -278,6 +297,9 @@ void server::lame_duck() {
 bool server::drain_and_stop() {
   using namespace std::chrono_literals;
   phase_.store(phase::draining, std::memory_order_release);
+  // A cluster node leaves the ring first: other nodes take its keys while
+  // its clients are told to go (docs/cluster.md: no hand-off barrier yet).
+  if (cluster_) cluster_->set_draining();
   lame_duck();
   ctx_.draining.store(true, std::memory_order_relaxed);
   for (std::size_t i = 0; i < ctx_.workers; ++i) pool_->at(i).wake();
@@ -300,6 +322,7 @@ bool server::drain_and_stop() {
     spdlog::warn("drain timeout after {} ms: closing with messages still queued",
                  ctx_.options.drain_timeout.count());
   pool_->stop();
+  if (cluster_) cluster_->leave();
   phase_.store(phase::stopped, std::memory_order_release);
   spdlog::info("stopped");
   return done;

@@ -15,6 +15,7 @@
 #include "config/options.hpp"
 #include "core/progress_monitor.hpp"
 #include "core/worker_pool.hpp"
+#include "daemon/cluster_node.hpp"
 #include "daemon/fd_limit.hpp"
 #include "daemon/router.hpp"
 
@@ -44,8 +45,14 @@ class server {
   enum class phase { starting, serving, draining, stopped };
   phase current_phase() const noexcept { return phase_.load(std::memory_order_acquire); }
   std::chrono::steady_clock::time_point started_at() const noexcept { return started_at_; }
-  /// Serving, every listener bound, and no worker stalled at the last check.
-  bool ready() const { return current_phase() == phase::serving && stalled_workers().empty(); }
+  /// Serving, every listener bound, no worker stalled at the last check,
+  /// and in a cluster the node ready (cluster_node::ready()).
+  bool ready() const {
+    return current_phase() == phase::serving && stalled_workers().empty() &&
+           (!cluster_ || cluster_->ready());
+  }
+  /// This node's cluster membership; null without [cluster].
+  const cluster_node* cluster() const noexcept { return cluster_.get(); }
   /// core::progress_monitor::check(); the admin thread calls it every second.
   void check_progress();
   /// Workers found stalled by the last check_progress().
@@ -63,6 +70,8 @@ class server {
   static constexpr std::size_t max_workers = daemon::max_workers;
 
   void bind_listeners();
+  /// [cluster]: binds cluster.peer_listen and joins the cluster in etcd.
+  void join_cluster();
   /// limits.max_connections = 0 becomes what the fd limit allows; logs how.
   void resolve_connection_limit(server_options& o) const;
   bool adopt_activated_sockets(asio::io_context& io0);
@@ -82,6 +91,8 @@ class server {
   std::chrono::steady_clock::time_point started_at_ = std::chrono::steady_clock::now();
   std::unique_ptr<core::progress_monitor> progress_;
   fd_limit fds_;  // after raising the soft limit at start
+  std::unique_ptr<cluster_node> cluster_;
+  std::atomic<bool> workers_started_{false};  // cluster_node may wake them
 };
 
 /// Opens, binds (SO_REUSEADDR) and listens; throws std::runtime_error naming

@@ -18,7 +18,8 @@ worker_services::worker_services(core::worker& w, std::string_view server_id, st
       live_(live),
       tokens_(std::move(tokens)),
       encoder_(std::make_unique<proto::encoder>(live.limits)),
-      owners_(std::move(owners)) {}
+      owners_(std::move(owners)),
+      connect_urls_(live.advertise) {}
 
 worker_services::~worker_services() = default;
 

@@ -61,6 +61,9 @@ class worker_services {
   /// Auth tokens; empty: no authentication.
   const std::vector<std::string>& tokens() const noexcept { return *tokens_; }
   std::string_view server_id() const noexcept { return server_id_; }
+  /// The client URLs a welcome lists: server.advertise, or in a cluster every
+  /// member's.
+  const std::vector<std::string>& connect_urls() const noexcept { return connect_urls_; }
   std::uint32_t workers() const noexcept { return workers_; }
   /// One encoder per worker, shared by its connections (it holds a scratch
   /// segment of limits.max_frame bytes).
@@ -111,9 +114,11 @@ class worker_services {
                                                                 std::uint64_t cost) = 0;
   /// Gives back what admit_subscription() charged, when subscriptions go.
   virtual void release_subscriptions(std::uint64_t cost) noexcept = 0;
-  /// Applies subscription changes on every worker (this one included); each
-  /// with a request id is answered by connection::sub_applied() per worker.
-  virtual void broadcast(std::vector<sub_spec> changes) = 0;
+  /// Applies subscription changes on every worker (this one included) and,
+  /// in a cluster, on every node with a link up; each with a request id is
+  /// answered by connection::sub_applied() once per worker and once per other
+  /// node. Returns how many answers each will get.
+  virtual std::uint32_t broadcast(std::vector<sub_spec> changes) = 0;
   /// Pauses (on) or resumes (off) reading from connection `conn`, which may
   /// live on any worker.
   virtual void throttle(std::uint64_t conn, bool on) = 0;
@@ -144,6 +149,7 @@ class worker_services {
   std::shared_ptr<const std::vector<std::string>> tokens_;
   std::unique_ptr<proto::encoder> encoder_;
   std::unique_ptr<core::partitioner> owners_;
+  std::vector<std::string> connect_urls_;
   bool announced_ = false;
 };
 

@@ -1,0 +1,413 @@
+// router's cluster half (docs/cluster.md, "Forwarding"): what a worker does
+// when keywayd runs as a node of a cluster. Without [cluster] none of it runs
+// (ctx_.cluster is null).
+//
+// Links: every worker dials every other member once (peers_, by node index)
+// and sends on its own link, in order, everything it has for that node:
+// publishes whose key the node owns (forward), copies of what this worker
+// ordered for the node's subscribers (deliver), its connections'
+// subscription changes (interest; a full snapshot whenever the link comes
+// up) and answers to the node's forwarded publishes (reply). Worker 0 runs
+// the peer listener and takes in what every other node sends, handing each
+// frame to the worker it is for through the mesh, as it does a socket.
+//
+// Order: a key's messages are all ordered by one worker of one node, which
+// sends each subscriber node's copies on its one FIFO link; the receiving
+// worker 0 hands them to the subscribers' workers on FIFO rings. So every
+// subscriber in the cluster sees one order per key.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/assert.hpp"
+#include "core/overloaded.hpp"
+#include "daemon/cluster_node.hpp"
+#include "daemon/connection.hpp"
+#include "daemon/router.hpp"
+
+namespace keyway::daemon {
+
+namespace {
+
+using core::overloaded;
+
+/// Frames queued on one link beyond which a forwarded publish waits (the
+/// publisher is paused, as for a full ring) and a delivery is dropped.
+constexpr std::size_t max_link_queue = 64u << 20;
+/// Subscription changes per interest frame in a snapshot.
+constexpr std::size_t snapshot_batch = 512;
+
+cluster::peer_message_view view_of(const shared_message& m) {
+  cluster::peer_message_view v{m.subject(), m.key(), m.payload(), m.reply_to(), {}};
+  m.for_each_header([&](const header_view& h) { v.headers.emplace_back(h.name, h.value); });
+  return v;
+}
+
+std::span<const std::byte> bytes_of(const std::string& s) {
+  return std::as_bytes(std::span(s.data(), s.size()));
+}
+
+cluster::peer_interest_change change_of(const sub_spec& s) {
+  return {s.add, s.pattern, s.group, s.ref.uid, s.ref.conn, s.ref.sid, s.request_id};
+}
+
+std::uint64_t now_ns() {
+  return static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch() /
+                                    std::chrono::nanoseconds(1));
+}
+
+}  // namespace
+
+cluster::peer_dialer* router::link_to(std::uint32_t node) noexcept {
+  if (node >= peers_.size() || !peers_[node].dialer || !peers_[node].dialer->up()) return nullptr;
+  return peers_[node].dialer.get();
+}
+
+void router::send_peer(cluster::peer_dialer& d, std::string_view frame) {
+  d.send_frames(frame);
+  probe_.peer_sent(frame.size());
+}
+
+void router::refresh_cluster() {
+  cluster_node& cn = *ctx_.cluster;
+  map_generation_ = cn.generation();
+  map_ = cn.map();
+  connect_urls_ = map_->client_urls;
+  std::uint32_t top = 0;
+  for (const auto& p : map_->peers) top = std::max(top, p.index);
+  if (peers_.size() <= top) peers_.resize(top + 1);
+  if (per_node_.size() <= top) per_node_.resize(top + 1);
+  // Dial new members and new incarnations; stop dialling the gone.
+  std::vector<bool> present(peers_.size(), false);
+  for (const auto& p : map_->peers) {
+    present[p.index] = true;
+    peer_out& out = peers_[p.index];
+    if (out.dialer && out.lease == p.lease) continue;
+    if (out.dialer) {
+      out.dialer->stop();
+      cn.link_changed(w_.id(), p.index, false);
+    }
+    out = {p.id, p.lease, nullptr};
+    if (!p.endpoint) continue;
+    cluster::peer_hello hello;
+    hello.cluster = cn.cluster_name();
+    hello.node_id = cn.self_id();
+    hello.incarnation = cn.lease();
+    hello.epoch = map_->epoch;
+    hello.worker = w_.id();
+    const std::uint32_t node = p.index;
+    out.dialer = cluster::peer_dialer::start(
+        w_.io(), *p.endpoint, std::move(hello),
+        {[this, node](const cluster::peer_welcome&) { link_up(node); },
+         [this, node](const std::string& why) { link_down(node, why); }},
+        cn.link_options());
+  }
+  for (std::uint32_t i = 1; i < peers_.size(); ++i) {
+    if (present[i] || !peers_[i].dialer) continue;
+    peers_[i].dialer->stop();
+    peers_[i].dialer.reset();
+    cn.link_changed(w_.id(), i, false);
+  }
+  if (w_.id() != 0) return;
+  // Worker 0: forget the subscriptions of nodes gone, or back as a new incarnation.
+  std::vector<std::uint32_t> gone;
+  for (const auto& [node, lease] : remote_leases_) {
+    const cluster_peer* p = map_->peer(node);
+    if (p == nullptr || p->lease != lease) gone.push_back(node);
+  }
+  for (const std::uint32_t node : gone) {
+    forget_remote(node, 0, true);
+    remote_leases_.erase(node);
+  }
+}
+
+void router::stop_cluster() {
+  for (auto& p : peers_)
+    if (p.dialer) {
+      p.dialer->stop();
+      p.dialer.reset();
+    }
+  if (listener_) listener_->close();
+}
+
+void router::start_peer_listener() {
+  listener_ = std::make_unique<cluster::peer_listener>(
+      w_.io(), std::move(*ctx_.peer_acceptor),
+      [this](const cluster::peer_hello& h) { return admit_peer(h); },
+      ctx_.cluster->link_options(),
+      [this](const cluster::peer_hello& h, cluster::peer_frame& f) { on_peer_frame(h, f); });
+}
+
+result<cluster::peer_welcome, std::string> router::admit_peer(const cluster::peer_hello& h) {
+  cluster_node& cn = *ctx_.cluster;
+  if (cn.generation() != map_generation_) refresh_cluster();
+  if (h.cluster != cn.cluster_name())
+    return "cluster \"" + h.cluster + "\" is not this node's cluster \"" + cn.cluster_name() + "\"";
+  if (h.protocol_version != 1)
+    return "peer protocol version " + std::to_string(h.protocol_version) +
+           " is not this node's (1)";
+  const cluster_peer* p = nullptr;
+  for (const auto& q : map_->peers)
+    if (q.id == h.node_id) p = &q;
+  if (p == nullptr)
+    return "node \"" + h.node_id + "\" is not a member of cluster \"" + cn.cluster_name() +
+           "\" as node \"" + cn.self_id() + "\" sees it in etcd (yet)";
+  if (p->lease != h.incarnation)
+    return "node \"" + h.node_id + "\" dialled as incarnation " + std::to_string(h.incarnation) +
+           ", but etcd shows incarnation " + std::to_string(p->lease);
+  if (h.worker >= p->workers)
+    return "node \"" + h.node_id + "\" dialled from worker " + std::to_string(h.worker) +
+           ", but registered " + std::to_string(p->workers) + " workers";
+  // A new link from that worker: what its earlier links announced is stale
+  // (the snapshot that follows says it all again).
+  const auto held = remote_leases_.find(p->index);
+  if (held != remote_leases_.end() && held->second != p->lease)
+    forget_remote(p->index, 0, true);
+  else
+    forget_remote(p->index, h.worker, false);
+  remote_leases_[p->index] = p->lease;
+  return cluster::peer_welcome{cn.self_id(), cn.lease(), map_->epoch, workers_};
+}
+
+void router::link_up(std::uint32_t node) {
+  ctx_.cluster->link_changed(w_.id(), node, true);
+  spdlog::info("cluster: worker {}: link to node \"{}\" is up", w_.id(), peers_[node].id);
+  // The snapshot: every subscription of this worker's connections, in
+  // batches, then the end marker.
+  cluster::peer_dialer& d = *peers_[node].dialer;
+  cluster::peer_interest batch;
+  std::size_t sent = 0;
+  for (const auto& [uid, spec] : own_subs_) {
+    batch.changes.push_back(change_of(spec));
+    batch.changes.back().request_id = 0;
+    if (batch.changes.size() == snapshot_batch) {
+      send_peer(d, cluster::encode_peer_frame(batch));
+      sent += batch.changes.size();
+      batch.changes.clear();
+    }
+  }
+  sent += batch.changes.size();
+  batch.snapshot_done = true;
+  send_peer(d, cluster::encode_peer_frame(batch));
+  spdlog::debug("cluster: worker {}: sent {} subscriptions to \"{}\"", w_.id(), sent,
+                peers_[node].id);
+}
+
+void router::link_down(std::uint32_t node, const std::string& why) {
+  ctx_.cluster->link_changed(w_.id(), node, false);
+  spdlog::info("cluster: worker {}: link to node \"{}\": {}", w_.id(), peers_[node].id, why);
+}
+
+bool router::forward(publish_op& op, std::uint32_t node) {
+  cluster::peer_dialer* d = link_to(node);
+  if (d == nullptr || d->queued_bytes() > max_link_queue) return false;
+  frames_.clear();
+  cluster::encode_forward(frames_, view_of(*op.msg), op.conn, op.ack_id);
+  send_peer(*d, frames_);
+  op.msg = message_ref();
+  return true;
+}
+
+void router::deliver_remote(const shared_message& msg, std::uint64_t seq) {
+  const auto view = view_of(msg);
+  for (std::uint32_t node = 1; node < per_node_.size(); ++node) {
+    auto& targets = per_node_[node];
+    if (targets.empty()) continue;
+    cluster::peer_dialer* d = link_to(node);
+    if (d == nullptr || d->queued_bytes() > max_link_queue) {
+      probe_.dropped(drop_reason::peer_link_down, targets.size());
+    } else {
+      frames_.clear();
+      cluster::encode_deliver(frames_, view, seq, core_stamp_, map_->epoch, targets);
+      send_peer(*d, frames_);
+    }
+    targets.clear();
+  }
+}
+
+void router::reply_remote(const publish_op& op, std::uint32_t delivered) {
+  cluster::peer_dialer* d = link_to(op.origin);
+  if (d == nullptr) return;  // the publisher's node is gone: nobody to answer
+  const shared_message& m = *op.msg;
+  send_peer(*d, cluster::encode_peer_frame(cluster::peer_reply{
+      op.conn, op.ack_id, delivered, std::string(m.subject()), std::string(m.reply_to())}));
+}
+
+std::uint32_t router::send_interest(const std::vector<sub_spec>& changes) {
+  for (const sub_spec& s : changes) {
+    if (s.add)
+      own_subs_[s.ref.uid] = s;
+    else
+      own_subs_.erase(s.ref.uid);
+  }
+  cluster::peer_interest in;
+  for (const sub_spec& s : changes) in.changes.push_back(change_of(s));
+  const std::string bytes = cluster::encode_peer_frame(in);
+  std::uint32_t nodes = 0;
+  for (std::uint32_t node = 1; node < peers_.size(); ++node) {
+    cluster::peer_dialer* d = link_to(node);
+    if (d == nullptr) continue;  // its snapshot will carry these changes when the link comes up
+    send_peer(*d, bytes);
+    ++nodes;
+  }
+  return nodes;
+}
+
+// ---- worker 0: what other nodes send -------------------------------------------
+
+void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f) {
+  KEYWAY_ASSERT(w_.id() == 0);
+  const cluster_peer* p = nullptr;
+  for (const auto& q : map_->peers)
+    if (q.id == h.node_id && q.lease == h.incarnation) p = &q;
+  if (p == nullptr) {
+    probe_.dropped(drop_reason::peer_link_down);  // a link of a node no longer in the cluster
+    return;
+  }
+  const std::uint32_t node = p->index;
+  auto make = [&](const cluster::peer_message& m) {
+    std::vector<header_view> headers;
+    headers.reserve(m.headers.size());
+    for (const auto& [name, value] : m.headers) headers.push_back({name, bytes_of(value)});
+    shared_message* msg = shared_message::make(pool_, m.subject, bytes_of(m.key),
+                                               bytes_of(m.payload), m.reply_to, headers);
+    msg->set_received_ns(now_ns());
+    return message_ref(msg);
+  };
+  std::visit(
+      overloaded{
+          [&](cluster::peer_forward& fw) {
+            publish_op op;
+            op.msg = make(fw.msg);
+            op.conn = fw.conn;
+            op.ack_id = fw.ack_id;
+            op.from = 0;
+            op.origin = node;
+            probe_.published(1);
+            const std::uint32_t owner = owner_of(*op.msg);
+            if (owner == 0)
+              on_publish(op);
+            else
+              ep_.send(owner, route_msg(std::move(op)));
+          },
+          [&](cluster::peer_deliver& d) {
+            message_ref msg = make(d.msg);
+            // One deliver_op per subscriber worker, as the owner would send.
+            for (auto& t : d.targets) {
+              const std::uint32_t wid = worker_of_conn(t.conn);
+              if (wid >= workers_) continue;
+              per_worker_[wid].push_back({t.conn, t.sid});
+            }
+            for (std::uint32_t wid = 0; wid < workers_; ++wid) {
+              auto& targets = per_worker_[wid];
+              if (targets.empty()) continue;
+              deliver_op op{msg, d.seq, d.owner_core, targets.front(), {}, remote_publisher};
+              if (targets.size() > 1) op.more = target_list(pool_, std::span(targets).subspan(1));
+              targets.clear();
+              submit(wid, route_msg(std::move(op)));
+            }
+          },
+          [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
+          [&](cluster::peer_interest_applied& a) {
+            const std::uint32_t wid = worker_of_conn(a.conn);
+            if (wid >= workers_) return;
+            submit(wid, route_msg(sub_applied_op{
+                            a.conn, 0, a.request_id, a.sid, a.uid,
+                            a.refused.empty() ? nullptr
+                                              : std::make_shared<const std::string>(a.refused)}));
+          },
+          [&](cluster::peer_reply& r) {
+            const std::uint32_t wid = worker_of_conn(r.conn);
+            if (wid >= workers_) return;
+            message_ref msg(shared_message::make(pool_, r.subject, {}, {}, r.reply_to, {}));
+            submit(wid, route_msg(reply_op{std::move(msg), r.conn, r.ack_id, r.delivered}));
+          },
+          [](auto&) {},  // handshake and heartbeat frames: peer_link's
+      },
+      f);
+}
+
+void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
+                              cluster::peer_interest& in) {
+  std::vector<sub_spec> changes;
+  changes.reserve(in.changes.size());
+  for (auto& c : in.changes) {
+    const std::uint64_t key = (std::uint64_t{node} << 32) | c.uid;
+    sub_spec s;
+    s.add = c.add;
+    s.request_id = c.request_id;
+    if (c.add) {
+      if (remote_subs_.count(key) != 0) continue;  // announced twice: keep the first
+      std::uint32_t uid = 0;
+      if (!free_uids_.empty()) {
+        uid = free_uids_.back();
+        free_uids_.pop_back();
+      } else if (next_uid_ < max_uids_per_worker) {
+        uid = next_uid_++;  // worker 0's: the top 8 bits are 0
+      } else {
+        spdlog::error("cluster: no subscription id left for node \"{}\"'s subscription {}",
+                      h.node_id, c.pattern);
+        continue;
+      }
+      remote_subs_[key] = {uid, c.conn, c.sid};
+      s.pattern = std::move(c.pattern);
+      s.group = std::move(c.group);
+      s.ref = sub_ref{uid, remote_worker_base + node, c.conn, c.sid};
+    } else {
+      const auto it = remote_subs_.find(key);
+      if (it == remote_subs_.end()) continue;
+      s.ref = sub_ref{it->second.local_uid, remote_worker_base + node, c.conn, c.sid};
+      remote_subs_.erase(it);
+    }
+    if (s.request_id != 0)
+      remote_acks_[{node, c.conn, c.request_id}] = {workers_, c.sid, c.uid, {}};
+    changes.push_back(std::move(s));
+  }
+  if (!changes.empty())
+    broadcast_local(std::make_shared<const std::vector<sub_spec>>(std::move(changes)));
+  if (in.snapshot_done) ctx_.cluster->snapshot_received(node, h.incarnation, h.worker);
+}
+
+void router::forget_remote(std::uint32_t node, std::uint32_t worker, bool all_workers) {
+  std::vector<sub_spec> changes;
+  for (auto it = remote_subs_.begin(); it != remote_subs_.end();) {
+    const auto their_uid = static_cast<std::uint32_t>(it->first);
+    if ((it->first >> 32) != node || (!all_workers && (their_uid >> 24) != worker)) {
+      ++it;
+      continue;
+    }
+    sub_spec s;
+    s.add = false;
+    s.ref = sub_ref{it->second.local_uid, remote_worker_base + node, it->second.conn,
+                    it->second.sid};
+    changes.push_back(std::move(s));
+    it = remote_subs_.erase(it);
+  }
+  if (!changes.empty())
+    broadcast_local(std::make_shared<const std::vector<sub_spec>>(std::move(changes)));
+}
+
+void router::remote_sub_applied(const sub_applied_op& op) {
+  KEYWAY_ASSERT(w_.id() == 0);
+  cluster::peer_interest_applied out{op.conn, op.request_id, op.sid, 0, {}};
+  if (op.request_id != 0) {
+    auto it = remote_acks_.find({op.node, op.conn, op.request_id});
+    if (it == remote_acks_.end()) return;
+    remote_ack& a = it->second;
+    if (op.refused && a.refused.empty()) a.refused = *op.refused;
+    if (--a.left != 0) return;
+    out.uid = a.uid;
+    out.refused = std::move(a.refused);
+    remote_acks_.erase(it);
+  } else {
+    if (!op.refused) return;
+    // A refusal without a request id: find the node's own uid for it.
+    for (const auto& [key, sub] : remote_subs_)
+      if ((key >> 32) == op.node && sub.local_uid == op.uid) out.uid = static_cast<std::uint32_t>(key);
+    out.refused = *op.refused;
+  }
+  if (cluster::peer_dialer* d = link_to(op.node)) send_peer(*d, cluster::encode_peer_frame(out));
+}
+
+}  // namespace keyway::daemon
