@@ -272,6 +272,20 @@ std::string cluster_node::status_json() const {
          ",\"ready\":" + (ready_locked() ? "true" : "false") + ",\"nodes\":[" + nodes + "]}";
 }
 
+cluster_node::stats cluster_node::read_stats() const {
+  std::lock_guard lock(mutex_);
+  stats st;
+  st.epoch = map_->epoch;
+  ++st.members[static_cast<std::size_t>(state_)];
+  for (const auto& p : map_->peers) {
+    ++st.members[static_cast<std::size_t>(p.state)];
+    std::size_t up = 0;
+    for (const auto& l : links_up_) up += l.count(p.index);
+    st.peers.push_back({p.id, up});
+  }
+  return st;
+}
+
 void cluster_node::activate_when_ready() {
   std::uint64_t activated = 0;  // the incarnation made active
   std::unique_lock lock(mutex_);

@@ -127,6 +127,17 @@ class cluster_node {
   std::string readiness_report() const;
   /// The "cluster" object of /status.
   std::string status_json() const;
+  /// What /metrics reports of the cluster.
+  struct stats {
+    std::int64_t epoch = 0;
+    std::uint32_t members[3] = {};  // by node_state (joining, active, draining), this node included
+    struct peer {
+      std::string id;
+      std::size_t links_up = 0;  // of workers() links from this node's workers
+    };
+    std::vector<peer> peers;
+  };
+  stats read_stats() const;
 
  private:
   void on_view(const cluster::cluster_view& v);

@@ -92,6 +92,31 @@ MetricFamily latency(const server& s) {
   return f;
 }
 
+/// [cluster] only: membership and links, as this node sees them.
+void cluster_metrics(const cluster_node& c, std::vector<MetricFamily>& out) {
+  constexpr auto G = MetricType::Gauge;
+  const auto st = c.read_stats();
+  auto epoch =
+      family("keyway_cluster_epoch", "The ring's epoch: the etcd revision of its last change", G);
+  add(epoch, static_cast<double>(st.epoch));
+  out.push_back(std::move(epoch));
+  auto members = family("keyway_cluster_members", "Nodes registered in etcd, by state", G);
+  for (std::size_t i = 0; i < 3; ++i)
+    add(members, st.members[i],
+        {{"state", std::string(cluster::to_string(static_cast<cluster::node_state>(i)))}});
+  out.push_back(std::move(members));
+  auto links = family("keyway_cluster_peer_links_up",
+                      "Links up from this node's workers to another node (one per worker)", G);
+  auto up = family("keyway_cluster_peer_up",
+                   "1 when every worker of this node has its link to the other node up", G);
+  for (const auto& p : st.peers) {
+    add(links, static_cast<double>(p.links_up), {{"peer", p.id}});
+    add(up, p.links_up == c.workers() ? 1 : 0, {{"peer", p.id}});
+  }
+  out.push_back(std::move(links));
+  out.push_back(std::move(up));
+}
+
 }  // namespace
 
 std::vector<MetricFamily> metrics_collector::Collect() const {
@@ -144,6 +169,7 @@ std::vector<MetricFamily> metrics_collector::Collect() const {
         {{"worker", std::to_string(i)}});
   out.push_back(std::move(stalled));
   out.push_back(latency(s));
+  if (const cluster_node* c = s.cluster()) cluster_metrics(*c, out);
 
   for (auto& f : process_metrics()) out.push_back(std::move(f));
   return out;

@@ -55,6 +55,7 @@ void router::apply(const server_options& next,
   KEYWAY_ASSERT_OWNER(w_);
   live_ = next;
   tokens_ = std::move(tokens);
+  if (!ctx_.cluster) connect_urls_ = live_.advertise;  // a cluster's come from its members
   index_.set_limits(index_limits_of(live_));
   // The encoder only grows: a message accepted under the old, larger
   // limits.max_frame may still be waiting for delivery, and must encode.

@@ -134,8 +134,7 @@ void router::stop_cluster() {
 void router::start_peer_listener() {
   listener_ = std::make_unique<cluster::peer_listener>(
       w_.io(), std::move(*ctx_.peer_acceptor),
-      [this](const cluster::peer_hello& h) { return admit_peer(h); },
-      ctx_.cluster->link_options(),
+      [this](const cluster::peer_hello& h) { return admit_peer(h); }, ctx_.cluster->link_options(),
       [this](const cluster::peer_hello& h, cluster::peer_frame& f) { on_peer_frame(h, f); });
 }
 
@@ -230,8 +229,9 @@ void router::reply_remote(const publish_op& op, std::uint32_t delivered) {
   cluster::peer_dialer* d = link_to(op.origin);
   if (d == nullptr) return;  // the publisher's node is gone: nobody to answer
   const shared_message& m = *op.msg;
-  send_peer(*d, cluster::encode_peer_frame(cluster::peer_reply{
-      op.conn, op.ack_id, delivered, std::string(m.subject()), std::string(m.reply_to())}));
+  send_peer(
+      *d, cluster::encode_peer_frame(cluster::peer_reply{
+              op.conn, op.ack_id, delivered, std::string(m.subject()), std::string(m.reply_to())}));
 }
 
 std::uint32_t router::send_interest(const std::vector<sub_spec>& changes) {
@@ -275,57 +275,58 @@ void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f)
     msg->set_received_ns(now_ns());
     return message_ref(msg);
   };
-  std::visit(
-      overloaded{
-          [&](cluster::peer_forward& fw) {
-            publish_op op;
-            op.msg = make(fw.msg);
-            op.conn = fw.conn;
-            op.ack_id = fw.ack_id;
-            op.from = 0;
-            op.origin = node;
-            probe_.published(1);
-            const std::uint32_t owner = owner_of(*op.msg);
-            if (owner == 0)
-              on_publish(op);
-            else
-              ep_.send(owner, route_msg(std::move(op)));
-          },
-          [&](cluster::peer_deliver& d) {
-            message_ref msg = make(d.msg);
-            // One deliver_op per subscriber worker, as the owner would send.
-            for (auto& t : d.targets) {
-              const std::uint32_t wid = worker_of_conn(t.conn);
-              if (wid >= workers_) continue;
-              per_worker_[wid].push_back({t.conn, t.sid});
-            }
-            for (std::uint32_t wid = 0; wid < workers_; ++wid) {
-              auto& targets = per_worker_[wid];
-              if (targets.empty()) continue;
-              deliver_op op{msg, d.seq, d.owner_core, targets.front(), {}, remote_publisher};
-              if (targets.size() > 1) op.more = target_list(pool_, std::span(targets).subspan(1));
-              targets.clear();
-              submit(wid, route_msg(std::move(op)));
-            }
-          },
-          [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
-          [&](cluster::peer_interest_applied& a) {
-            const std::uint32_t wid = worker_of_conn(a.conn);
-            if (wid >= workers_) return;
-            submit(wid, route_msg(sub_applied_op{
-                            a.conn, 0, a.request_id, a.sid, a.uid,
-                            a.refused.empty() ? nullptr
-                                              : std::make_shared<const std::string>(a.refused)}));
-          },
-          [&](cluster::peer_reply& r) {
-            const std::uint32_t wid = worker_of_conn(r.conn);
-            if (wid >= workers_) return;
-            message_ref msg(shared_message::make(pool_, r.subject, {}, {}, r.reply_to, {}));
-            submit(wid, route_msg(reply_op{std::move(msg), r.conn, r.ack_id, r.delivered}));
-          },
-          [](auto&) {},  // handshake and heartbeat frames: peer_link's
-      },
-      f);
+  std::visit(overloaded{
+                 [&](cluster::peer_forward& fw) {
+                   publish_op op;
+                   op.msg = make(fw.msg);
+                   op.conn = fw.conn;
+                   op.ack_id = fw.ack_id;
+                   op.from = 0;
+                   op.origin = node;
+                   probe_.published(1);
+                   const std::uint32_t owner = owner_of(*op.msg);
+                   if (owner == 0)
+                     on_publish(op);
+                   else
+                     ep_.send(owner, route_msg(std::move(op)));
+                 },
+                 [&](cluster::peer_deliver& d) {
+                   message_ref msg = make(d.msg);
+                   // One deliver_op per subscriber worker, as the owner would send.
+                   for (auto& t : d.targets) {
+                     const std::uint32_t wid = worker_of_conn(t.conn);
+                     if (wid >= workers_) continue;
+                     per_worker_[wid].push_back({t.conn, t.sid});
+                   }
+                   for (std::uint32_t wid = 0; wid < workers_; ++wid) {
+                     auto& targets = per_worker_[wid];
+                     if (targets.empty()) continue;
+                     deliver_op op{msg, d.seq, d.owner_core, targets.front(), {}, remote_publisher};
+                     if (targets.size() > 1)
+                       op.more = target_list(pool_, std::span(targets).subspan(1));
+                     targets.clear();
+                     submit(wid, route_msg(std::move(op)));
+                   }
+                 },
+                 [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
+                 [&](cluster::peer_interest_applied& a) {
+                   const std::uint32_t wid = worker_of_conn(a.conn);
+                   if (wid >= workers_) return;
+                   submit(wid,
+                          route_msg(sub_applied_op{
+                              a.conn, 0, a.request_id, a.sid, a.uid,
+                              a.refused.empty() ? nullptr
+                                                : std::make_shared<const std::string>(a.refused)}));
+                 },
+                 [&](cluster::peer_reply& r) {
+                   const std::uint32_t wid = worker_of_conn(r.conn);
+                   if (wid >= workers_) return;
+                   message_ref msg(shared_message::make(pool_, r.subject, {}, {}, r.reply_to, {}));
+                   submit(wid, route_msg(reply_op{std::move(msg), r.conn, r.ack_id, r.delivered}));
+                 },
+                 [](auto&) {},  // handshake and heartbeat frames: peer_link's
+             },
+             f);
 }
 
 void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
@@ -379,8 +380,8 @@ void router::forget_remote(std::uint32_t node, std::uint32_t worker, bool all_wo
     }
     sub_spec s;
     s.add = false;
-    s.ref = sub_ref{it->second.local_uid, remote_worker_base + node, it->second.conn,
-                    it->second.sid};
+    s.ref =
+        sub_ref{it->second.local_uid, remote_worker_base + node, it->second.conn, it->second.sid};
     changes.push_back(std::move(s));
     it = remote_subs_.erase(it);
   }
@@ -404,7 +405,8 @@ void router::remote_sub_applied(const sub_applied_op& op) {
     if (!op.refused) return;
     // A refusal without a request id: find the node's own uid for it.
     for (const auto& [key, sub] : remote_subs_)
-      if ((key >> 32) == op.node && sub.local_uid == op.uid) out.uid = static_cast<std::uint32_t>(key);
+      if ((key >> 32) == op.node && sub.local_uid == op.uid)
+        out.uid = static_cast<std::uint32_t>(key);
     out.refused = *op.refused;
   }
   if (cluster::peer_dialer* d = link_to(op.node)) send_peer(*d, cluster::encode_peer_frame(out));
