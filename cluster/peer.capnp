@@ -37,7 +37,25 @@ struct PeerFrame {
     interest @7 :Interest;    # subscriptions added or removed on the dialler
     interestApplied @8 :InterestApplied;  # every worker applied an interest change
     reply   @9 :Reply;        # the owner's answer to a forwarded publish
+    fence   @10 :Fence;       # a step of a ring change's hand-off
   }
+}
+
+# The hand-off when the ring changes to epoch `epoch` (docs/cluster.md,
+# "Membership changes"): every worker sends `ingress` on each link once it
+# routes by the new ring; every worker sends `ordered` once it ordered every
+# publish routed by the old ring; worker 0 sends `drained` once every worker
+# of its node took in every delivery ordered by the old ring.
+struct Fence {
+  stage  @0 :FenceStage;
+  epoch  @1 :Int64;
+  worker @2 :UInt32;  # the sending worker
+}
+
+enum FenceStage {
+  ingress @0;
+  ordered @1;
+  drained @2;
 }
 
 struct Header {

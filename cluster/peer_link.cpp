@@ -167,6 +167,12 @@ std::string encode_peer_frame(const peer_frame& f) {
                    o.setUid(a.uid);
                    o.setRefused(a.refused);
                  },
+                 [&](const peer_fence& fe) {
+                   auto o = root.initFence();
+                   o.setStage(static_cast<wire::FenceStage>(fe.stage));
+                   o.setEpoch(fe.epoch);
+                   o.setWorker(fe.worker);
+                 },
                  [&](const peer_reply& r) {
                    auto o = root.initReply();
                    o.setConn(r.conn);
@@ -256,6 +262,14 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
         const auto a = root.getInterestApplied();
         return std::optional<peer_frame>(peer_interest_applied{
             a.getConn(), a.getRequestId(), a.getSid(), a.getUid(), text(a.getRefused())});
+      }
+      case wire::PeerFrame::FENCE: {
+        const auto fe = root.getFence();
+        const auto stage = static_cast<unsigned>(fe.getStage());
+        if (stage > static_cast<unsigned>(fence_stage::drained))
+          return "a fence of an unknown stage " + std::to_string(stage);
+        return std::optional<peer_frame>(
+            peer_fence{static_cast<fence_stage>(stage), fe.getEpoch(), fe.getWorker()});
       }
       case wire::PeerFrame::REPLY: {
         const auto r = root.getReply();

@@ -128,9 +128,15 @@ struct peer_reply {
   std::string subject;
   std::string reply_to;
 };
+enum class fence_stage : std::uint8_t { ingress, ordered, drained };
+struct peer_fence {
+  fence_stage stage = fence_stage::ingress;
+  std::int64_t epoch = 0;
+  std::uint32_t worker = 0;
+};
 using peer_frame =
     std::variant<peer_hello, peer_welcome, peer_refused, peer_ping, peer_pong, peer_forward,
-                 peer_deliver, peer_interest, peer_interest_applied, peer_reply>;
+                 peer_deliver, peer_interest, peer_interest_applied, peer_reply, peer_fence>;
 
 /// One PeerFrame per Cap'n Proto framed message.
 std::string encode_peer_frame(const peer_frame& f);

@@ -124,6 +124,42 @@ std::shared_ptr<const cluster_map> cluster_node::map() const {
   return map_;
 }
 
+std::vector<std::shared_ptr<const cluster_map>> cluster_node::maps_since(std::uint64_t after) const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<const cluster_map>> out;
+  for (const auto& m : history_)
+    if (m->generation > after) out.push_back(m);
+  if (out.empty()) out.push_back(map_);
+  return out;
+}
+
+std::chrono::milliseconds cluster_node::handoff_timeout() const noexcept {
+  return std::max<std::chrono::milliseconds>(std::chrono::milliseconds(5000), 2 * cfg_.lease_ttl);
+}
+
+void cluster_node::handoff_finished(std::int64_t epoch, std::chrono::nanoseconds took,
+                                    bool timed_out) {
+  {
+    std::lock_guard lock(mutex_);
+    handed_off_ = std::max(handed_off_, epoch);
+    ++handoffs_;
+    if (timed_out) ++handoff_timeouts_;
+    last_handoff_seconds_ = std::chrono::duration<double>(took).count();
+  }
+  handed_off_cv_.notify_all();
+}
+
+bool cluster_node::wait_handed_off(std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(mutex_);
+  return handed_off_cv_.wait_for(lock, timeout, [&] {
+    const bool in_ring =
+        map_->placement && std::find(map_->placement->nodes().begin(),
+                                     map_->placement->nodes().end(),
+                                     cfg_.self.id) != map_->placement->nodes().end();
+    return !in_ring && handed_off_ >= map_->epoch;
+  });
+}
+
 std::uint32_t cluster_node::index_of(const std::string& id) {
   auto [it, added] = indexes_.try_emplace(id, static_cast<std::uint32_t>(indexes_.size()));
   return it->second;
@@ -168,10 +204,13 @@ void cluster_node::on_view(const cluster::cluster_view& v) {
       for (const auto& id : m->placement->nodes()) m->ring_index.push_back(index_of(id));
     m->generation = generation_.load(std::memory_order_relaxed) + 1;
     map_ = m;
+    history_.push_back(m);
+    if (history_.size() > max_history) history_.erase(history_.begin());
     state_ = self_state;
     generation_.store(m->generation, std::memory_order_release);
   }
   wake_.notify_all();
+  handed_off_cv_.notify_all();
   if (changed_) changed_();
 }
 
@@ -276,6 +315,9 @@ cluster_node::stats cluster_node::read_stats() const {
   std::lock_guard lock(mutex_);
   stats st;
   st.epoch = map_->epoch;
+  st.handoffs = handoffs_;
+  st.handoff_timeouts = handoff_timeouts_;
+  st.last_handoff_seconds = last_handoff_seconds_;
   ++st.members[static_cast<std::size_t>(state_)];
   for (const auto& p : map_->peers) {
     ++st.members[static_cast<std::size_t>(p.state)];

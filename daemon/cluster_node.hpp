@@ -113,6 +113,21 @@ class cluster_node {
 
   std::shared_ptr<const cluster_map> map() const;
   std::uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }
+  /// The maps published after generation `after`, oldest first (the last is
+  /// map()): a worker that missed some still sees every ring change. Keeps
+  /// the last max_history maps.
+  std::vector<std::shared_ptr<const cluster_map>> maps_since(std::uint64_t after) const;
+  static constexpr std::size_t max_history = 64;
+
+  // ---- hand-off (reported by worker 0; router_cluster.cpp runs it) ------------
+  /// How long a ring change's hand-off may hold the moved keys' publishes
+  /// before the node gives up waiting for it (a node died meanwhile).
+  std::chrono::milliseconds handoff_timeout() const noexcept;
+  /// The hand-off to ring epoch `epoch` finished (or timed out) after `took`.
+  void handoff_finished(std::int64_t epoch, std::chrono::nanoseconds took, bool timed_out);
+  /// After set_draining(): waits until this node is out of the ring and the
+  /// hand-off of its keys finished, or `timeout`. Returns false on timeout.
+  bool wait_handed_off(std::chrono::milliseconds timeout) const;
 
   // ---- readiness (reported by the workers) --------------------------------------
   /// Worker `worker`'s link to node `index` came up or went down.
@@ -136,6 +151,9 @@ class cluster_node {
       std::size_t links_up = 0;  // of workers() links from this node's workers
     };
     std::vector<peer> peers;
+    std::uint64_t handoffs = 0;
+    std::uint64_t handoff_timeouts = 0;
+    double last_handoff_seconds = 0;
   };
   stats read_stats() const;
 
@@ -157,7 +175,13 @@ class cluster_node {
 
   mutable std::mutex mutex_;
   std::shared_ptr<const cluster_map> map_;
+  std::vector<std::shared_ptr<const cluster_map>> history_;  // the last max_history maps
   std::atomic<std::uint64_t> generation_{0};
+  std::int64_t handed_off_ = 0;  // the newest epoch whose hand-off finished
+  std::uint64_t handoffs_ = 0;
+  std::uint64_t handoff_timeouts_ = 0;
+  double last_handoff_seconds_ = 0;
+  mutable std::condition_variable handed_off_cv_;
   std::map<std::string, std::uint32_t> indexes_;
   std::vector<std::set<std::uint32_t>> links_up_;  // per local worker: node indexes
   struct snapshot_record {

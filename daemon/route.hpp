@@ -5,7 +5,8 @@
 //               throttle (subscriber's worker → a publisher's worker: pause or
 //               resume reading that publisher while the subscriber is congested),
 //               barrier (ingress → an owner and back: a ping's pong waits until
-//               every earlier publish of its connection was routed).
+//               every earlier publish of its connection was routed), fence (a
+//               cluster ring change's hand-off steps).
 // Control plane: sub_change (subscriber's worker → every worker), sub_applied
 //               (every worker → subscriber's worker, for the subscribe ack),
 //               adopt (acceptor → worker: a new socket), conn_closed (worker →
@@ -149,6 +150,21 @@ struct throttle_op {
   bool on = false;
 };
 
+/// A step of a ring change's hand-off inside one node (router_cluster.cpp):
+/// ingress (every worker → every worker: I route by the new ring), ingress_remote
+/// (worker 0 → every worker: so does every other node's every worker),
+/// ordered (every worker → every worker: I ordered everything routed by the
+/// old ring), ordered_remote (worker 0 → every worker: so did every other
+/// node's), fenced (every worker → worker 0: I took in every delivery of the
+/// old ring), done (worker 0 → every worker: so did every node; route the
+/// moved keys again).
+struct fence_op {
+  enum class step : std::uint8_t { ingress, ingress_remote, ordered, ordered_remote, fenced, done };
+  step what = step::ingress;
+  std::int64_t epoch = 0;
+  std::uint32_t from = 0;
+};
+
 struct adopt_op {
   int fd = -1;
   bool unix_socket = false;
@@ -157,6 +173,6 @@ struct adopt_op {
 struct conn_closed_op {};
 
 using route_msg = std::variant<publish_op, deliver_op, reply_op, sub_change_op, sub_applied_op,
-                               adopt_op, conn_closed_op, throttle_op, barrier_op>;
+                               adopt_op, conn_closed_op, throttle_op, barrier_op, fence_op>;
 
 }  // namespace keyway::daemon

@@ -82,7 +82,10 @@ std::size_t router::poll() {
   if (!announced_ && (ctx_.lame_duck.load(std::memory_order_relaxed) || draining()))
     announce_draining();
   if (draining() && !drain_started_) start_drain();
-  if (ctx_.cluster && ctx_.cluster->generation() != map_generation_) refresh_cluster();
+  if (ctx_.cluster) {
+    if (ctx_.cluster->generation() != map_generation_) refresh_cluster();
+    if (!transitions_.empty() || !handoffs_.empty()) expire_handoffs();
+  }
   // A publish or delivery from the other worker carries a message that CPU
   // wrote: start fetching it a few messages before dispatch reads it, so the
   // cross-CPU line transfer overlaps the dispatch of the messages before it
@@ -149,6 +152,7 @@ bool router::route(publish_op& op, std::uint32_t owner) {
   if (ctx_.cluster) {
     const auto key = op.msg->routing_key();
     const std::uint32_t node = map_->owner({reinterpret_cast<const char*>(key.data()), key.size()});
+    if (!transitions_.empty() && held(key)) return false;
     if (node != 0) return forward(op, node);
   }
   if (owner == w_.id()) {
@@ -177,6 +181,7 @@ void router::dispatch(route_msg& m) {
                    if (connection* c = find_conn(op.conn)) c->throttle(op.on);
                  },
                  [this](barrier_op& op) { on_barrier(op); },
+                 [this](fence_op& op) { on_fence(op); },
              },
              m);
 }

@@ -172,6 +172,22 @@ class router final : public core::worker_handler, public worker_services {
   void remote_sub_applied(const sub_applied_op& op);
   /// The link to `node` if it is up.
   cluster::peer_dialer* link_to(std::uint32_t node) noexcept;
+  /// Hand-off (router_cluster.cpp, "Ring changes"): starts this worker's part
+  /// of the change from `before` to `after`.
+  void begin_handoff(const std::shared_ptr<const cluster_map>& before,
+                     const std::shared_ptr<const cluster_map>& after);
+  /// Whether a ring change in progress moved `key` (its publishes wait).
+  bool held(std::span<const std::byte> key) const noexcept;
+  void on_fence(const fence_op& op);
+  void on_peer_fence(const cluster::peer_fence& f);
+  /// Sends a fence frame on every link up.
+  void fence_peers(cluster::fence_stage stage, std::int64_t epoch);
+  void fence_workers(fence_op::step what, std::int64_t epoch);
+  void check_ordered(std::int64_t epoch);
+  void check_fenced(std::int64_t epoch);
+  void check_node_handoff(std::int64_t epoch);
+  /// Gives up on hand-offs older than cluster_node::handoff_timeout().
+  void expire_handoffs();
   /// Queues one encoded frame on `d`, counted.
   void send_peer(cluster::peer_dialer& d, std::string_view frame);
   void stop_cluster();
@@ -234,6 +250,29 @@ class router final : public core::worker_handler, public worker_services {
     std::string refused;
   };
   std::map<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>, remote_ack> remote_acks_;
+  // Ring changes in progress, by their new epoch: this worker's part.
+  struct transition {
+    bool seen = false;  // this worker routes by `after`
+    std::shared_ptr<const cluster_map> before, after;
+    std::chrono::steady_clock::time_point since = std::chrono::steady_clock::now();
+    std::uint32_t ingress = 0;  // local workers routing by the new ring
+    bool ingress_remote = false;
+    bool ordered = false;  // this worker's `ordered` sent
+    std::uint32_t cores_ordered = 0;
+    bool ordered_remote = false;
+    bool fenced = false;
+  };
+  std::map<std::int64_t, transition> transitions_;
+  // Worker 0: the node's part, by new epoch.
+  struct node_handoff {
+    std::chrono::steady_clock::time_point since = std::chrono::steady_clock::now();
+    std::uint32_t ingress = 0;  // fences from other nodes' workers, per stage
+    std::uint32_t ordered = 0;
+    std::uint32_t fenced = 0;  // local workers
+    std::uint32_t drained = 0;  // nodes, this one included
+    bool ingress_sent = false, ordered_sent = false, drained_sent = false;
+  };
+  std::map<std::int64_t, node_handoff> handoffs_;
 };
 
 }  // namespace keyway::daemon

@@ -71,8 +71,13 @@ void router::send_peer(cluster::peer_dialer& d, std::string_view frame) {
 
 void router::refresh_cluster() {
   cluster_node& cn = *ctx_.cluster;
-  map_generation_ = cn.generation();
-  map_ = cn.map();
+  // Every map published since the last look, in order: a ring change in any
+  // of them starts a hand-off.
+  for (const auto& m : cn.maps_since(map_generation_)) {
+    if (map_ && m->epoch != map_->epoch) begin_handoff(map_, m);
+    map_ = m;
+    map_generation_ = m->generation;
+  }
   connect_urls_ = map_->client_urls;
   std::uint32_t top = 0;
   for (const auto& p : map_->peers) top = std::max(top, p.index);
@@ -309,6 +314,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f)
                    }
                  },
                  [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
+          [&](cluster::peer_fence& fe) { on_peer_fence(fe); },
                  [&](cluster::peer_interest_applied& a) {
                    const std::uint32_t wid = worker_of_conn(a.conn);
                    if (wid >= workers_) return;
@@ -410,6 +416,163 @@ void router::remote_sub_applied(const sub_applied_op& op) {
     out.refused = *op.refused;
   }
   if (cluster::peer_dialer* d = link_to(op.node)) send_peer(*d, cluster::encode_peer_frame(out));
+}
+
+// ---- ring changes: the hand-off ------------------------------------------------
+//
+// When the ring changes from epoch E0 to E1, the keys whose owner node differs
+// between the two rings move. No publish of a moved key is routed by E1 until
+// every delivery ordered by E0 was taken in by every subscriber's worker in
+// the cluster; publishes of other keys go on. In steps, each on FIFO paths
+// behind the traffic it fences:
+//  1. ingress: each worker, once it routes by E1, holds the moved keys and
+//     tells every worker (mesh) and every other node (each link) so. Worker 0
+//     tells its workers when every other node's every worker did.
+//  2. ordered: a worker that heard ingress from all (so it received every
+//     publish routed by E0) has ordered them all; it tells every worker and
+//     every other node, behind the deliveries it sent. Worker 0 again relays
+//     the other nodes' as one.
+//  3. fenced: a worker that heard ordered from all has taken in every E0
+//     delivery; it tells worker 0.
+//  4. drained: worker 0, once all its workers are fenced, tells every other
+//     node. When every node (this one too) is drained, worker 0 tells its
+//     workers `done`: they route the moved keys again, to their E1 owners.
+// A node that dies meanwhile would hold the moved keys forever: a worker
+// gives up after cluster_node::handoff_timeout() (logged and counted).
+
+void router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
+                           const std::shared_ptr<const cluster_map>& after) {
+  const std::int64_t epoch = after->epoch;
+  transition& t = transitions_[epoch];
+  t.seen = true;
+  t.before = before;
+  t.after = after;
+  t.since = std::chrono::steady_clock::now();
+  fence_peers(cluster::fence_stage::ingress, epoch);
+  fence_workers(fence_op::step::ingress, epoch);
+  if (w_.id() == 0) check_node_handoff(epoch);
+}
+
+bool router::held(std::span<const std::byte> key) const noexcept {
+  const std::string_view k(reinterpret_cast<const char*>(key.data()), key.size());
+  for (const auto& [epoch, t] : transitions_)
+    if (t.seen && t.before->owner(k) != t.after->owner(k)) return true;
+  return false;
+}
+
+void router::fence_peers(cluster::fence_stage stage, std::int64_t epoch) {
+  const std::string frame = cluster::encode_peer_frame(cluster::peer_fence{stage, epoch, w_.id()});
+  for (std::uint32_t node = 1; node < peers_.size(); ++node)
+    if (cluster::peer_dialer* d = link_to(node)) send_peer(*d, frame);
+}
+
+void router::fence_workers(fence_op::step what, std::int64_t epoch) {
+  for (std::uint32_t wid = 0; wid < workers_; ++wid)
+    submit(wid, route_msg(fence_op{what, epoch, w_.id()}));
+}
+
+void router::on_fence(const fence_op& op) {
+  using step = fence_op::step;
+  if (op.what == step::fenced) {
+    ++handoffs_[op.epoch].fenced;
+    return check_node_handoff(op.epoch);
+  }
+  if (op.what == step::done) {
+    transitions_.erase(op.epoch);
+    return;  // paused publishers retry on the next turn (resume_paused)
+  }
+  transition& t = transitions_[op.epoch];
+  switch (op.what) {
+    case step::ingress: ++t.ingress; break;
+    case step::ingress_remote: t.ingress_remote = true; break;
+    case step::ordered: ++t.cores_ordered; break;
+    case step::ordered_remote: t.ordered_remote = true; break;
+    default: break;
+  }
+  check_ordered(op.epoch);
+  check_fenced(op.epoch);
+}
+
+void router::check_ordered(std::int64_t epoch) {
+  const auto it = transitions_.find(epoch);
+  if (it == transitions_.end()) return;
+  transition& t = it->second;
+  if (t.ordered || t.ingress < workers_ || !t.ingress_remote) return;
+  // Every publish routed by the old ring reached this worker, and was ordered.
+  t.ordered = true;
+  fence_peers(cluster::fence_stage::ordered, epoch);
+  fence_workers(fence_op::step::ordered, epoch);
+}
+
+void router::check_fenced(std::int64_t epoch) {
+  const auto it = transitions_.find(epoch);
+  if (it == transitions_.end()) return;
+  transition& t = it->second;
+  if (t.fenced || t.cores_ordered < workers_ || !t.ordered_remote) return;
+  t.fenced = true;
+  submit(0, route_msg(fence_op{fence_op::step::fenced, epoch, w_.id()}));
+}
+
+void router::on_peer_fence(const cluster::peer_fence& f) {
+  node_handoff& h = handoffs_[f.epoch];
+  switch (f.stage) {
+    case cluster::fence_stage::ingress: ++h.ingress; break;
+    case cluster::fence_stage::ordered: ++h.ordered; break;
+    case cluster::fence_stage::drained: ++h.drained; break;
+  }
+  check_node_handoff(f.epoch);
+}
+
+void router::check_node_handoff(std::int64_t epoch) {
+  KEYWAY_ASSERT(w_.id() == 0);
+  const auto t = transitions_.find(epoch);
+  if (t == transitions_.end() || !t->second.seen) return;  // counted until this worker sees it
+  const cluster_map& after = *t->second.after;
+  std::uint32_t links = 0;  // every other node's workers
+  for (const auto& p : after.peers) links += p.workers;
+  node_handoff& h = handoffs_[epoch];
+  if (!h.ingress_sent && h.ingress >= links) {
+    h.ingress_sent = true;
+    fence_workers(fence_op::step::ingress_remote, epoch);
+  }
+  if (!h.ordered_sent && h.ordered >= links) {
+    h.ordered_sent = true;
+    fence_workers(fence_op::step::ordered_remote, epoch);
+  }
+  if (!h.drained_sent && h.fenced >= workers_) {
+    h.drained_sent = true;
+    ++h.drained;
+    fence_peers(cluster::fence_stage::drained, epoch);
+  }
+  if (!h.drained_sent || h.drained < after.peers.size() + 1) return;
+  const auto took = std::chrono::steady_clock::now() - h.since;
+  handoffs_.erase(epoch);
+  spdlog::info("cluster: hand-off to ring epoch {} done in {:.1f} ms", epoch,
+               std::chrono::duration<double, std::milli>(took).count());
+  ctx_.cluster->handoff_finished(epoch, took, false);
+  fence_workers(fence_op::step::done, epoch);
+}
+
+void router::expire_handoffs() {
+  const auto now = std::chrono::steady_clock::now();
+  const auto limit = ctx_.cluster->handoff_timeout();
+  for (auto it = transitions_.begin(); it != transitions_.end();) {
+    if (now - it->second.since < limit) {
+      ++it;
+      continue;
+    }
+    if (w_.id() == 0) {
+      spdlog::warn(
+          "cluster: hand-off to ring epoch {} did not finish within {} ms (a node stopped "
+          "answering); routing the moved keys by the new ring anyway: their order across the "
+          "change is not guaranteed",
+          it->first, limit.count());
+      ctx_.cluster->handoff_finished(it->first, now - it->second.since, true);
+    }
+    it = transitions_.erase(it);
+  }
+  for (auto it = handoffs_.begin(); it != handoffs_.end();)
+    it = now - it->second.since >= limit ? handoffs_.erase(it) : std::next(it);
 }
 
 }  // namespace keyway::daemon

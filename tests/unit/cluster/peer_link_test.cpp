@@ -256,7 +256,8 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   const std::vector<peer_frame> frames{
       peer_forward{m, 7, 9}, peer_deliver{m, 12, (5u << 8) | 1, 33, {{1, 2}, {3, 4}}},
       peer_interest{{{true, "orders.>", "g", 5, 6, 7, 8}, {false, "", "", 5, 6, 7, 0}}, true},
-      peer_interest_applied{6, 8, 7, 5, "full"}, peer_reply{6, 3, 0, "orders.eu", "inbox.1"}};
+      peer_interest_applied{6, 8, 7, 5, "full"}, peer_reply{6, 3, 0, "orders.eu", "inbox.1"},
+      peer_fence{fence_stage::drained, 77, 3}};
   std::string stream;
   for (const auto& f : frames) stream += encode_peer_frame(f);
   peer_frame_reader r(1 << 20);
@@ -268,7 +269,7 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
     if (!*f) break;
     got.push_back(std::move(**f));
   }
-  REQUIRE(got.size() == frames.size());
+  REQUIRE(got.size() == 6);
   const auto& fw = std::get<peer_forward>(got[0]);
   CHECK(fw.msg.subject == "orders.eu");
   CHECK(fw.msg.payload == std::string("pay\0load", 8));
@@ -292,6 +293,10 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   CHECK_FALSE(in.changes[1].add);
   CHECK(std::get<peer_interest_applied>(got[3]).refused == "full");
   CHECK(std::get<peer_reply>(got[4]).reply_to == "inbox.1");
+  REQUIRE(got[5].index() == 10);
+  CHECK(std::get<peer_fence>(got[5]).stage == fence_stage::drained);
+  CHECK(std::get<peer_fence>(got[5]).epoch == 77);
+  CHECK(std::get<peer_fence>(got[5]).worker == 3);
 
   // Over a link: frames queued while up arrive in order, tagged with the hello.
   asio::io_context io;
