@@ -1,5 +1,6 @@
 // A 3-node cluster in its steady state (tests/support/keyway_cluster.hpp: a
-// real etcd and three keywayd processes with --workers 1): publishes on any
+// real etcd and three keywayd processes with --workers 1): every node's
+// /status lists the three active at one epoch; publishes on any
 // node reach the subscribers on every node once each, in one order per key;
 // queue groups span the cluster and stay key-affine; request/reply crosses
 // nodes; delivery stamps (ownerCore, seq) are per owner node. docs/cluster.md.
@@ -109,6 +110,43 @@ std::pair<int, int> parse_payload(const std::string& s) {
 }
 
 }  // namespace
+
+TEST_CASE("cluster steady: /status on every node lists every node active with its client and peer URLs, at one epoch") {
+  keyway_cluster cluster;
+  std::set<std::int64_t> epochs;
+  for (std::size_t n = 0; n < cluster.size(); ++n) {
+    const auto st = cluster.status(n);
+    INFO("GET /status of " << cluster.id(n) << ": " << st.dump());
+    REQUIRE(st.contains("cluster"));
+    const auto& c = st["cluster"];
+    CHECK(c.value("name", std::string()) == cluster.name());
+    CHECK(c.value("node_id", std::string()) == cluster.id(n));
+    CHECK(c.value("state", std::string()) == "active");
+    REQUIRE(c.contains("epoch"));
+    REQUIRE(c["epoch"].is_number_integer());
+    CHECK(c["epoch"].get<std::int64_t>() > 0);
+    epochs.insert(c["epoch"].get<std::int64_t>());
+    REQUIRE(c.contains("nodes"));
+    REQUIRE(c["nodes"].is_array());
+    CHECK(c["nodes"].size() == cluster.size());
+    for (std::size_t m = 0; m < cluster.size(); ++m) {
+      const auto it = std::find_if(c["nodes"].begin(), c["nodes"].end(), [&](const auto& e) {
+        return e.is_object() && e.value("id", std::string()) == cluster.id(m);
+      });
+      REQUIRE_MESSAGE(it != c["nodes"].end(), "node " << cluster.id(m) << " is not listed");
+      INFO("entry of " << cluster.id(m) << ": " << it->dump());
+      CHECK(it->value("state", std::string()) == "active");
+      CHECK(it->value("peer_url", std::string()) == cluster.at(m).config.peer_url());
+      REQUIRE(it->contains("client_urls"));
+      REQUIRE((*it)["client_urls"].is_array());
+      const auto urls = (*it)["client_urls"].get<std::vector<std::string>>();
+      CHECK_MESSAGE(std::find(urls.begin(), urls.end(), cluster.tcp_url(m)) != urls.end(),
+                    "client_urls lacks the advertised " << cluster.tcp_url(m));
+      CHECK(it->contains("links_up"));
+    }
+  }
+  CHECK_MESSAGE(epochs.size() == 1, "the nodes report " << epochs.size() << " different epochs");
+}
 
 TEST_CASE("cluster steady: every subscriber on every node gets every message once, in one order per key") {
   keyway_cluster cluster;  // n1, n2, n3
@@ -405,7 +443,7 @@ TEST_CASE("cluster steady: ownerCore is one per owner node and seq rises per own
 
   // The owner node of each key, as cluster::placement places it for the ring
   // {n1, n2, n3}.
-  auto placed = keyway::cluster::placement::build({"n1", "n2", "n3"}, 1);
+  auto placed = keyway::cluster::placement::build({cluster.id(0), cluster.id(1), cluster.id(2)}, 1);
   REQUIRE_MESSAGE(placed.has_value(), (placed ? std::string() : placed.error()));
 
   std::map<std::string, std::uint32_t> reference;  // key → ownerCore at the first subscriber
