@@ -118,8 +118,13 @@ class keyway_cluster {
   };
 
   explicit keyway_cluster(cluster_options options = {}) : options_(std::move(options)) {
-    for (std::size_t i = 0; i < options_.nodes; ++i) launch_node();
-    wait_ready();
+    try {
+      for (std::size_t i = 0; i < options_.nodes; ++i) launch_node();
+      wait_ready();
+    } catch (...) {
+      shut_down();  // the destructor does not run: stop the nodes together
+      throw;
+    }
   }
 
   keyway_cluster(const keyway_cluster&) = delete;
