@@ -42,6 +42,13 @@ namespace kc = keyway::client;
 
 constexpr auto delivery_timeout = 30s;  // for all of a test's deliveries to arrive
 
+/// The time left until `deadline` (zero once it passed).
+std::chrono::milliseconds left(std::chrono::steady_clock::time_point deadline) {
+  const auto d = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  return std::max(d, std::chrono::milliseconds(0));
+}
+
 /// A client connection and what its subscription received, with where it is.
 struct subscriber {
   std::string where;  // "n2 over unix://..."
@@ -191,10 +198,11 @@ TEST_CASE("cluster steady: every subscriber on every node gets every message onc
   REQUIRE_MESSAGE(failed.empty(), failed);
 
   const std::size_t sentinels = publishers * 3;
+  const auto deadline = std::chrono::steady_clock::now() + delivery_timeout;
   for (auto& s : subs) {
     const bool all = s->got.wait_until(
         [&](const std::vector<kc::message>& ms) { return sentinel_count(ms) >= sentinels; },
-        delivery_timeout);
+        left(deadline));
     CHECK_MESSAGE(all, s->where << " got " << sentinel_count(s->got.messages()) << " of "
                                 << sentinels << " sentinels and " << s->got.size()
                                 << " deliveries in all; the cluster:\n"
@@ -432,10 +440,11 @@ TEST_CASE("cluster steady: ownerCore is one per owner node and seq rises per own
   REQUIRE_MESSAGE(failed.empty(), failed);
 
   const std::size_t sentinels = publishers * keys;
+  const auto deadline = std::chrono::steady_clock::now() + delivery_timeout;
   for (auto& s : subs) {
     const bool all = s->got.wait_until(
         [&](const std::vector<kc::message>& ms) { return sentinel_count(ms) >= sentinels; },
-        delivery_timeout);
+        left(deadline));
     REQUIRE_MESSAGE(all, s->where << " got " << sentinel_count(s->got.messages()) << " of "
                                   << sentinels << " sentinels; the cluster:\n"
                                   << cluster.diagnosis(10));
