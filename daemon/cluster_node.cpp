@@ -124,7 +124,8 @@ std::shared_ptr<const cluster_map> cluster_node::map() const {
   return map_;
 }
 
-std::vector<std::shared_ptr<const cluster_map>> cluster_node::maps_since(std::uint64_t after) const {
+std::vector<std::shared_ptr<const cluster_map>> cluster_node::maps_since(
+    std::uint64_t after) const {
   std::lock_guard lock(mutex_);
   std::vector<std::shared_ptr<const cluster_map>> out;
   for (const auto& m : history_)
@@ -152,10 +153,9 @@ void cluster_node::handoff_finished(std::int64_t epoch, std::chrono::nanoseconds
 bool cluster_node::wait_handed_off(std::chrono::milliseconds timeout) const {
   std::unique_lock lock(mutex_);
   return handed_off_cv_.wait_for(lock, timeout, [&] {
-    const bool in_ring =
-        map_->placement && std::find(map_->placement->nodes().begin(),
-                                     map_->placement->nodes().end(),
-                                     cfg_.self.id) != map_->placement->nodes().end();
+    const bool in_ring = map_->placement &&
+                         std::find(map_->placement->nodes().begin(), map_->placement->nodes().end(),
+                                   cfg_.self.id) != map_->placement->nodes().end();
     return !in_ring && handed_off_ >= map_->epoch;
   });
 }
@@ -179,7 +179,8 @@ void cluster_node::on_view(const cluster::cluster_view& v) {
     cluster_peer p;
     p.id = mem.info.id;
     p.lease = mem.lease;
-    p.endpoint = endpoint_of(mem.info.peer_url);
+    p.peer_url = mem.info.peer_url;
+    p.endpoint = endpoint_of(p.peer_url);
     if (!p.endpoint)
       spdlog::warn("cluster: node \"{}\" announces peer URL \"{}\", which is not tcp://HOST:PORT",
                    p.id, mem.info.peer_url);
@@ -291,14 +292,11 @@ std::string cluster_node::status_json() const {
   for (const auto& p : map_->peers) {
     std::size_t up = 0;
     for (const auto& l : links_up_) up += l.count(p.index);
-    nodes +=
-        ",{\"id\":" + json_str(p.id) +
-        ",\"self\":false,\"state\":" + json_str(cluster::to_string(p.state)) + ",\"peer_url\":" +
-        json_str(p.endpoint
-                     ? p.endpoint->address().to_string() + ":" + std::to_string(p.endpoint->port())
-                     : std::string()) +
-        ",\"client_urls\":" + nlohmann::json(p.client_urls).dump() +
-        ",\"links_up\":" + std::to_string(up) + "}";
+    nodes += ",{\"id\":" + json_str(p.id) +
+             ",\"self\":false,\"state\":" + json_str(cluster::to_string(p.state)) +
+             ",\"peer_url\":" + json_str(p.peer_url) +
+             ",\"client_urls\":" + nlohmann::json(p.client_urls).dump() +
+             ",\"links_up\":" + std::to_string(up) + "}";
   }
   std::string ring = "[";
   if (map_->placement)

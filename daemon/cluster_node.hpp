@@ -55,7 +55,8 @@ struct cluster_peer {
   std::string id;
   std::uint32_t index = 0;                          // node index (see above)
   std::int64_t lease = 0;                           // its incarnation
-  std::optional<asio::ip::tcp::endpoint> endpoint;  // its peer URL; none: unusable
+  std::string peer_url;                             // as it announces it
+  std::optional<asio::ip::tcp::endpoint> endpoint;  // peer_url resolved; none: unusable
   std::uint32_t workers = 0;
   cluster::node_state state = cluster::node_state::joining;
   std::vector<std::string> client_urls;

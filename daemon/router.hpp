@@ -268,7 +268,7 @@ class router final : public core::worker_handler, public worker_services {
     std::chrono::steady_clock::time_point since = std::chrono::steady_clock::now();
     std::uint32_t ingress = 0;  // fences from other nodes' workers, per stage
     std::uint32_t ordered = 0;
-    std::uint32_t fenced = 0;  // local workers
+    std::uint32_t fenced = 0;   // local workers
     std::uint32_t drained = 0;  // nodes, this one included
     bool ingress_sent = false, ordered_sent = false, drained_sent = false;
   };

@@ -314,7 +314,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f)
                    }
                  },
                  [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
-          [&](cluster::peer_fence& fe) { on_peer_fence(fe); },
+                 [&](cluster::peer_fence& fe) { on_peer_fence(fe); },
                  [&](cluster::peer_interest_applied& a) {
                    const std::uint32_t wid = worker_of_conn(a.conn);
                    if (wid >= workers_) return;
@@ -483,11 +483,20 @@ void router::on_fence(const fence_op& op) {
   }
   transition& t = transitions_[op.epoch];
   switch (op.what) {
-    case step::ingress: ++t.ingress; break;
-    case step::ingress_remote: t.ingress_remote = true; break;
-    case step::ordered: ++t.cores_ordered; break;
-    case step::ordered_remote: t.ordered_remote = true; break;
-    default: break;
+    case step::ingress:
+      ++t.ingress;
+      break;
+    case step::ingress_remote:
+      t.ingress_remote = true;
+      break;
+    case step::ordered:
+      ++t.cores_ordered;
+      break;
+    case step::ordered_remote:
+      t.ordered_remote = true;
+      break;
+    default:
+      break;
   }
   check_ordered(op.epoch);
   check_fenced(op.epoch);
@@ -516,9 +525,15 @@ void router::check_fenced(std::int64_t epoch) {
 void router::on_peer_fence(const cluster::peer_fence& f) {
   node_handoff& h = handoffs_[f.epoch];
   switch (f.stage) {
-    case cluster::fence_stage::ingress: ++h.ingress; break;
-    case cluster::fence_stage::ordered: ++h.ordered; break;
-    case cluster::fence_stage::drained: ++h.drained; break;
+    case cluster::fence_stage::ingress:
+      ++h.ingress;
+      break;
+    case cluster::fence_stage::ordered:
+      ++h.ordered;
+      break;
+    case cluster::fence_stage::drained:
+      ++h.drained;
+      break;
   }
   check_node_handoff(f.epoch);
 }

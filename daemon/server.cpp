@@ -297,9 +297,15 @@ void server::lame_duck() {
 bool server::drain_and_stop() {
   using namespace std::chrono_literals;
   phase_.store(phase::draining, std::memory_order_release);
-  // A cluster node leaves the ring first: other nodes take its keys while
-  // its clients are told to go (docs/cluster.md: no hand-off barrier yet).
-  if (cluster_) cluster_->set_draining();
+  // A cluster node leaves the ring first and waits until its keys were handed
+  // off (every message it ordered was taken in by the subscribers' workers);
+  // then its clients are told to go.
+  if (cluster_) {
+    cluster_->set_draining();
+    if (!cluster_->wait_handed_off(cluster_->handoff_timeout()))
+      spdlog::warn("draining: the hand-off of this node's keys did not finish within {} ms",
+                   cluster_->handoff_timeout().count());
+  }
   lame_duck();
   ctx_.draining.store(true, std::memory_order_relaxed);
   for (std::size_t i = 0; i < ctx_.workers; ++i) pool_->at(i).wake();

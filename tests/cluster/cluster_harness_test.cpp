@@ -43,7 +43,8 @@ TEST_CASE("cluster harness: keywayd --check-config accepts the config written fo
   CHECK(k.out().find("configuration is valid") != std::string::npos);
 }
 
-TEST_CASE("cluster harness: a node that cannot start makes the fixture throw with its config and log") {
+TEST_CASE(
+    "cluster harness: a node that cannot start makes the fixture throw with its config and log") {
   // etcd is up, but the node is pointed at an endpoint nobody listens on.
   const std::string nowhere = "http://127.0.0.1:" + std::to_string(closed_loopback_port());
   cluster_options o;

@@ -37,7 +37,9 @@ std::set<std::string> registered(keyway::cluster::etcd_client& etcd, const std::
 
 }  // namespace
 
-TEST_CASE("cluster stop: a node stopped with SIGTERM exits 0, its etcd key is gone at once, and the other two list only each other") {
+TEST_CASE(
+    "cluster stop: a node stopped with SIGTERM exits 0, its etcd key is gone at once, and the "
+    "other two list only each other") {
   keyway_cluster cluster;
   keyway::cluster::etcd_client etcd({cluster.etcd().endpoint()}, 5s);
   std::set<std::string> states;

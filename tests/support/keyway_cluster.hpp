@@ -49,12 +49,12 @@ namespace keyway::test {
 
 /// One node's configuration, and the TOML keywayd reads.
 struct cluster_node_config {
-  std::string id;                    // cluster.node_id
-  std::string cluster_name = "t";    // cluster.name
-  std::uint16_t tcp_port = 0;        // listen.tcp = ["127.0.0.1:tcp_port"]; also advertise
-  std::string unix_path;             // listen.unix = [unix_path]
-  std::uint16_t admin_port = 0;      // admin.listen = "127.0.0.1:admin_port"
-  std::uint16_t peer_port = 0;       // cluster.peer_listen = "tcp://127.0.0.1:peer_port"
+  std::string id;                  // cluster.node_id
+  std::string cluster_name = "t";  // cluster.name
+  std::uint16_t tcp_port = 0;      // listen.tcp = ["127.0.0.1:tcp_port"]; also advertise
+  std::string unix_path;           // listen.unix = [unix_path]
+  std::uint16_t admin_port = 0;    // admin.listen = "127.0.0.1:admin_port"
+  std::uint16_t peer_port = 0;     // cluster.peer_listen = "tcp://127.0.0.1:peer_port"
   std::vector<std::string> etcd_endpoints;
   std::string lease_ttl = "2s";
 
@@ -210,9 +210,9 @@ class keyway_cluster {
     std::string out;
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
       node& n = nodes_[i];
-      out += "--- node " + n.id() + " (" + n.tcp_url() + ", " + n.unix_url() + ", admin 127.0.0.1:" +
-             std::to_string(n.admin_port()) + ", peer " + n.config.peer_url() + ", config " +
-             n.config_path + "): ";
+      out += "--- node " + n.id() + " (" + n.tcp_url() + ", " + n.unix_url() +
+             ", admin 127.0.0.1:" + std::to_string(n.admin_port()) + ", peer " +
+             n.config.peer_url() + ", config " + n.config_path + "): ";
       if (!n.process) {
         out += "not started\n";
         continue;
@@ -240,9 +240,9 @@ class keyway_cluster {
     n.config.id = "n" + std::to_string(index + 1);
     n.config.cluster_name = options_.name;
     n.config.unix_path = (dir_.path() / ("kw-" + n.config.id + ".sock")).string();
-    n.config.etcd_endpoints =
-        options_.etcd_endpoints.empty() ? std::vector<std::string>{etcd_.endpoint()}
-                                        : options_.etcd_endpoints;
+    n.config.etcd_endpoints = options_.etcd_endpoints.empty()
+                                  ? std::vector<std::string>{etcd_.endpoint()}
+                                  : options_.etcd_endpoints;
     n.config.lease_ttl = options_.lease_ttl;
     n.config_path = (dir_.path() / ("node-" + n.config.id + ".toml")).string();
     for (int attempt = 1;; ++attempt) {
@@ -261,13 +261,14 @@ class keyway_cluster {
         if (why.find("ddress already in use") != std::string::npos && attempt < 3) continue;
         std::string hint;
         if (why.find("cannot run as a cluster node yet") != std::string::npos)
-          hint = "\n(this keywayd refuses to run as a cluster node: it is built without "
-                 "forwarding between nodes, so the cluster tests cannot pass with it)";
+          hint =
+              "\n(this keywayd refuses to run as a cluster node: it is built without "
+              "forwarding between nodes, so the cluster tests cannot pass with it)";
         const std::string others = diagnosis();
-        throw std::runtime_error("keyway_cluster: node " + n.config.id + " (config " +
-                                 n.config_path + ") did not start" + hint + "\nits config:\n" +
-                                 n.config.toml() + why +
-                                 (others.empty() ? "" : "\nthe nodes started before it:\n" + others));
+        throw std::runtime_error(
+            "keyway_cluster: node " + n.config.id + " (config " + n.config_path +
+            ") did not start" + hint + "\nits config:\n" + n.config.toml() + why +
+            (others.empty() ? "" : "\nthe nodes started before it:\n" + others));
       }
     }
     nodes_.push_back(std::move(n));
@@ -315,8 +316,8 @@ class keyway_cluster {
                "] active; expected [" + join(expected) + "] all active\n";
       return {};
     } catch (const std::exception& e) {
-      return who + "admin 127.0.0.1:" + std::to_string(n.admin_port()) + " does not answer: " +
-             e.what() + "\n";
+      return who + "admin 127.0.0.1:" + std::to_string(n.admin_port()) +
+             " does not answer: " + e.what() + "\n";
     }
   }
 
@@ -332,8 +333,8 @@ class keyway_cluster {
   }
 
   static std::string not_built_hint(const node& n) {
-    return n.process && n.process->log().find("cannot run as a cluster node yet") !=
-                            std::string::npos
+    return n.process &&
+                   n.process->log().find("cannot run as a cluster node yet") != std::string::npos
                ? " (this keywayd refuses to run as a cluster node: it is built without "
                  "forwarding between nodes)"
                : "";
@@ -377,8 +378,8 @@ class keyway_cluster {
   }
 
   cluster_options options_;
-  temp_dir dir_;        // configs and Unix sockets
-  etcd_process etcd_;   // outlives the nodes (destroyed after nodes_)
+  temp_dir dir_;       // configs and Unix sockets
+  etcd_process etcd_;  // outlives the nodes (destroyed after nodes_)
   std::set<std::uint16_t> used_ports_;
   std::vector<node> nodes_;
 };

@@ -254,9 +254,11 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   // The codec, every data frame once.
   peer_message m{"orders.eu", "k1", std::string("pay\0load", 8), "inbox.1", {{"h", "v"}}};
   const std::vector<peer_frame> frames{
-      peer_forward{m, 7, 9}, peer_deliver{m, 12, (5u << 8) | 1, 33, {{1, 2}, {3, 4}}},
+      peer_forward{m, 7, 9},
+      peer_deliver{m, 12, (5u << 8) | 1, 33, {{1, 2}, {3, 4}}},
       peer_interest{{{true, "orders.>", "g", 5, 6, 7, 8}, {false, "", "", 5, 6, 7, 0}}, true},
-      peer_interest_applied{6, 8, 7, 5, "full"}, peer_reply{6, 3, 0, "orders.eu", "inbox.1"},
+      peer_interest_applied{6, 8, 7, 5, "full"},
+      peer_reply{6, 3, 0, "orders.eu", "inbox.1"},
       peer_fence{fence_stage::drained, 77, 3}};
   std::string stream;
   for (const auto& f : frames) stream += encode_peer_frame(f);
