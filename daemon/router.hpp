@@ -179,7 +179,7 @@ class router final : public core::worker_handler, public worker_services {
   /// Whether a ring change in progress moved `key` (its publishes wait).
   bool held(std::span<const std::byte> key) const noexcept;
   void on_fence(const fence_op& op);
-  void on_peer_fence(const cluster::peer_fence& f);
+  void on_peer_fence(std::uint32_t node, const cluster::peer_fence& f);
   /// Sends a fence frame on every link up.
   void fence_peers(cluster::fence_stage stage, std::int64_t epoch);
   void fence_workers(fence_op::step what, std::int64_t epoch);
@@ -254,6 +254,8 @@ class router final : public core::worker_handler, public worker_services {
   struct transition {
     bool seen = false;  // this worker routes by `after`
     std::shared_ptr<const cluster_map> before, after;
+    /// The other nodes taking part: those in either ring (node index → workers).
+    std::map<std::uint32_t, std::uint32_t> others;
     std::chrono::steady_clock::time_point since = std::chrono::steady_clock::now();
     std::uint32_t ingress = 0;  // local workers routing by the new ring
     bool ingress_remote = false;
@@ -266,10 +268,10 @@ class router final : public core::worker_handler, public worker_services {
   // Worker 0: the node's part, by new epoch.
   struct node_handoff {
     std::chrono::steady_clock::time_point since = std::chrono::steady_clock::now();
-    std::uint32_t ingress = 0;  // fences from other nodes' workers, per stage
-    std::uint32_t ordered = 0;
-    std::uint32_t fenced = 0;   // local workers
-    std::uint32_t drained = 0;  // nodes, this one included
+    // Fences from other nodes, per stage, by node index (counted before this
+    // worker saw the change; only the nodes taking part count).
+    std::map<std::uint32_t, std::uint32_t> ingress, ordered, drained;
+    std::uint32_t fenced = 0;  // local workers
     bool ingress_sent = false, ordered_sent = false, drained_sent = false;
   };
   std::map<std::int64_t, node_handoff> handoffs_;

@@ -314,7 +314,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f)
                    }
                  },
                  [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
-                 [&](cluster::peer_fence& fe) { on_peer_fence(fe); },
+                 [&](cluster::peer_fence& fe) { on_peer_fence(node, fe); },
                  [&](cluster::peer_interest_applied& a) {
                    const std::uint32_t wid = worker_of_conn(a.conn);
                    if (wid >= workers_) return;
@@ -437,13 +437,31 @@ void router::remote_sub_applied(const sub_applied_op& op) {
 //  4. drained: worker 0, once all its workers are fenced, tells every other
 //     node. When every node (this one too) is drained, worker 0 tells its
 //     workers `done`: they route the moved keys again, to their E1 owners.
-// A node that dies meanwhile would hold the moved keys forever: a worker
-// gives up after cluster_node::handoff_timeout() (logged and counted).
+// The nodes taking part are those in either ring: every node computes the
+// same set. A node in neither (joining, or draining since an earlier change)
+// routes by the new ring at once and sends no fence; its clients (it is not
+// ready) get no order across the change. A node that dies meanwhile would
+// hold the moved keys forever: a worker gives up after
+// cluster_node::handoff_timeout() (logged and counted).
 
 void router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
                            const std::shared_ptr<const cluster_map>& after) {
   const std::int64_t epoch = after->epoch;
+  std::map<std::uint32_t, std::uint32_t> others;
+  bool self_in = false;
+  for (const cluster_map* m : {before.get(), after.get()})
+    for (const std::uint32_t node : m->ring_index) {
+      if (node == 0) {
+        self_in = true;
+        continue;
+      }
+      const cluster_peer* p = after->peer(node);
+      if (p == nullptr) p = before->peer(node);
+      if (p != nullptr) others[node] = p->workers;
+    }
+  if (!self_in) return;
   transition& t = transitions_[epoch];
+  t.others = std::move(others);
   t.seen = true;
   t.before = before;
   t.after = after;
@@ -462,7 +480,7 @@ bool router::held(std::span<const std::byte> key) const noexcept {
 
 void router::fence_peers(cluster::fence_stage stage, std::int64_t epoch) {
   const std::string frame = cluster::encode_peer_frame(cluster::peer_fence{stage, epoch, w_.id()});
-  for (std::uint32_t node = 1; node < peers_.size(); ++node)
+  for (const auto& [node, workers] : transitions_[epoch].others)
     if (cluster::peer_dialer* d = link_to(node)) send_peer(*d, frame);
 }
 
@@ -522,17 +540,17 @@ void router::check_fenced(std::int64_t epoch) {
   submit(0, route_msg(fence_op{fence_op::step::fenced, epoch, w_.id()}));
 }
 
-void router::on_peer_fence(const cluster::peer_fence& f) {
+void router::on_peer_fence(std::uint32_t node, const cluster::peer_fence& f) {
   node_handoff& h = handoffs_[f.epoch];
   switch (f.stage) {
     case cluster::fence_stage::ingress:
-      ++h.ingress;
+      ++h.ingress[node];
       break;
     case cluster::fence_stage::ordered:
-      ++h.ordered;
+      ++h.ordered[node];
       break;
     case cluster::fence_stage::drained:
-      ++h.drained;
+      ++h.drained[node];
       break;
   }
   check_node_handoff(f.epoch);
@@ -542,24 +560,30 @@ void router::check_node_handoff(std::int64_t epoch) {
   KEYWAY_ASSERT(w_.id() == 0);
   const auto t = transitions_.find(epoch);
   if (t == transitions_.end() || !t->second.seen) return;  // counted until this worker sees it
-  const cluster_map& after = *t->second.after;
-  std::uint32_t links = 0;  // every other node's workers
-  for (const auto& p : after.peers) links += p.workers;
+  const auto& others = t->second.others;
   node_handoff& h = handoffs_[epoch];
-  if (!h.ingress_sent && h.ingress >= links) {
+  // From every worker (stages ingress, ordered) or from the node (drained) of
+  // every other node taking part.
+  auto all_in = [&](const std::map<std::uint32_t, std::uint32_t>& got, bool per_worker) {
+    for (const auto& [node, workers] : others) {
+      const auto it = got.find(node);
+      if (it == got.end() || it->second < (per_worker ? workers : 1u)) return false;
+    }
+    return true;
+  };
+  if (!h.ingress_sent && all_in(h.ingress, true)) {
     h.ingress_sent = true;
     fence_workers(fence_op::step::ingress_remote, epoch);
   }
-  if (!h.ordered_sent && h.ordered >= links) {
+  if (!h.ordered_sent && all_in(h.ordered, true)) {
     h.ordered_sent = true;
     fence_workers(fence_op::step::ordered_remote, epoch);
   }
   if (!h.drained_sent && h.fenced >= workers_) {
     h.drained_sent = true;
-    ++h.drained;
     fence_peers(cluster::fence_stage::drained, epoch);
   }
-  if (!h.drained_sent || h.drained < after.peers.size() + 1) return;
+  if (!h.drained_sent || !all_in(h.drained, false)) return;
   const auto took = std::chrono::steady_clock::now() - h.since;
   handoffs_.erase(epoch);
   spdlog::info("cluster: hand-off to ring epoch {} done in {:.1f} ms", epoch,

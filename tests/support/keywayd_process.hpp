@@ -160,7 +160,10 @@ class keywayd_process {
   /// code (or 128 + signal), or nullopt if it did not exit within `limit`.
   std::optional<int> stop(int sig = SIGTERM,
                           std::chrono::milliseconds limit = std::chrono::seconds(20)) {
-    if (exited()) return exit_code();  // already reaped: its pid may belong to another process now
+    if (exited()) {  // already reaped: its pid may belong to another process now
+      wait_log_eof(std::chrono::milliseconds(500));  // its last lines, as wait_exit() does
+      return exit_code();
+    }
     ::kill(pid_, sig);
     if (!wait_exit(limit)) return std::nullopt;
     return exit_code();
