@@ -29,6 +29,14 @@ std::string ms(std::chrono::milliseconds d) {
   return std::to_string(d.count()) + " ms";
 }
 
+/// A heartbeat timer armed at `armed` that fires much later than one
+/// heartbeat means this process was not running (a loaded machine, a stop):
+/// what the peer sent meanwhile may be unread in the socket, so silence is
+/// not judged on this tick.
+bool fired_late(clock_type::time_point armed, std::chrono::milliseconds heartbeat) {
+  return clock_type::now() - armed > 2 * heartbeat;
+}
+
 std::string data(capnp::Data::Reader d) {
   return std::string(reinterpret_cast<const char*>(d.begin()), d.size());
 }
@@ -341,9 +349,11 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
   /// Three heartbeats without a frame: the dialler is gone.
   void watch() {
     timer.expires_after(owner->opt_.heartbeat);
-    timer.async_wait([self = shared_from_this()](std::error_code ec) {
+    timer.async_wait([self = shared_from_this(), armed = clock_type::now()](std::error_code ec) {
       if (ec || self->closed) return;
-      if (clock_type::now() - self->last_rx > 3 * self->owner->opt_.heartbeat) return self->close();
+      const auto hb = self->owner->opt_.heartbeat;
+      if (!fired_late(armed, hb) && clock_type::now() - self->last_rx > 3 * hb)
+        return self->close();
       self->watch();
     });
   }
@@ -542,11 +552,11 @@ void peer_dialer::on_frame(std::uint64_t a, peer_frame& f) {
 
 void peer_dialer::heartbeat(std::uint64_t a) {
   timer_.expires_after(opt_.heartbeat);
-  timer_.async_wait([self = shared_from_this(), a](std::error_code ec) {
+  timer_.async_wait([self = shared_from_this(), a, armed = clock_type::now()](std::error_code ec) {
     if (ec || a != self->attempt_) return;
     const auto quiet =
         std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - self->last_rx_);
-    if (quiet > 3 * self->opt_.heartbeat)
+    if (!fired_late(armed, self->opt_.heartbeat) && quiet > 3 * self->opt_.heartbeat)
       return self->fail(a, "no frame from the peer for " + ms(quiet) + " (heartbeat " +
                                ms(self->opt_.heartbeat) + ")");
     self->send(encode_peer_frame(peer_ping{self->next_ping_++}));

@@ -3,7 +3,9 @@
 // (worker, peer node), sends `hello` (cluster, node id, incarnation, epoch,
 // worker); the listening node admits it with `welcome` or answers `refused`
 // and closes. Then the dialler pings every heartbeat; either side declares
-// the link dead after three heartbeats without a frame, and the dialler
+// the link dead after three heartbeats without a frame (judged only on a
+// timer that fired on time: a process that was not running may have the
+// peer's frames unread in its socket), and the dialler
 // dials again with jittered exponential backoff (reset once a link comes up).
 //
 // Data flows from the dialler to the listener only (peer.capnp): forwarded

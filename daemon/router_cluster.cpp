@@ -485,8 +485,10 @@ void router::fence_peers(cluster::fence_stage stage, std::int64_t epoch) {
 }
 
 void router::fence_workers(fence_op::step what, std::int64_t epoch) {
+  // Through the mesh also to this worker, never inline: a step handled inline
+  // could finish the hand-off (and erase its records) under the caller.
   for (std::uint32_t wid = 0; wid < workers_; ++wid)
-    submit(wid, route_msg(fence_op{what, epoch, w_.id()}));
+    ep_.send(wid, route_msg(fence_op{what, epoch, w_.id()}));
 }
 
 void router::on_fence(const fence_op& op) {
@@ -537,7 +539,7 @@ void router::check_fenced(std::int64_t epoch) {
   transition& t = it->second;
   if (t.fenced || t.cores_ordered < workers_ || !t.ordered_remote) return;
   t.fenced = true;
-  submit(0, route_msg(fence_op{fence_op::step::fenced, epoch, w_.id()}));
+  ep_.send(0, route_msg(fence_op{fence_op::step::fenced, epoch, w_.id()}));
 }
 
 void router::on_peer_fence(std::uint32_t node, const cluster::peer_fence& f) {

@@ -38,6 +38,12 @@ server::server(server_options opt) {
 server::~server() {
   if (pool_) pool_->stop();
   if (cluster_) cluster_->leave();
+  // The sockets live on worker 0's io_context, which goes with pool_ (declared
+  // after ctx_, so destroyed first): close them while it is there, also when
+  // start() failed before the workers ran.
+  ctx_.tcp_acceptors.clear();
+  ctx_.unix_acceptors.clear();
+  ctx_.peer_acceptor.reset();
   for (const auto& p : unix_paths_) ::unlink(p.c_str());
 }
 

@@ -75,7 +75,7 @@ struct Welcome {
   serverId        @0 :Text;     # unique per daemon process
   serverVersion   @1 :Text;     # e.g. "0.1.0"
   protocolVersion @2 :UInt32;   # the version both sides speak from now on
-  workerCount     @3 :UInt32;   # number of owner cores (range of Message.ownerCore)
+  workerCount     @3 :UInt32;   # number of owner cores (range of Message.ownerCore on one node)
   limits          @4 :Limits;
   connectUrls     @5 :List(Text);
   # Other client URLs of this deployment to reconnect to ("tcp://HOST:PORT",
@@ -122,7 +122,7 @@ struct Message {
   payload   @3 :Data;
   headers   @4 :List(Header);
   replyTo   @5 :Text;           # empty = none
-  ownerCore @6 :UInt32;         # the core that ordered this key
+  ownerCore @6 :UInt32;         # the core that ordered this key (in a cluster: node tag * 256 + core)
   seq       @7 :UInt64;         # rises strictly per ownerCore
 }
 

@@ -161,7 +161,8 @@ struct server_info {
   std::string server_id;
   std::string server_version;
   std::uint32_t protocol_version = 0;
-  std::uint32_t worker_count = 0;  // message.owner_core is in [0, worker_count)
+  std::uint32_t worker_count = 0;  // message.owner_core is in [0, worker_count) on a single node
+                                   // (in a cluster: node tag * 256 + core, docs/cluster.md)
   server_limits limits;
   std::uint32_t max_subscriptions = 0;  // 0 = not announced
   std::uint64_t max_pending_bytes = 0;  // 0 = not announced
