@@ -164,6 +164,9 @@ class router final : public core::worker_handler, public worker_services {
   void link_down(std::uint32_t node, const std::string& why);
   result<cluster::peer_welcome, std::string> admit_peer(const cluster::peer_hello& h);
   void on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f);
+  /// A message from another node has subjects this node would accept from a client.
+  bool valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message& m);
+  void bad_peer_frame(const cluster::peer_hello& h, const std::string& why);
   void on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
                         cluster::peer_interest& in);
   /// Worker 0: removes node `node`'s subscriptions (those of worker `worker`
@@ -236,6 +239,7 @@ class router final : public core::worker_handler, public worker_services {
   std::string frames_;                                       // scratch: encoded peer frames
   // Worker 0: the listener, and the other nodes' subscriptions.
   std::unique_ptr<cluster::peer_listener> listener_;
+  std::uint64_t bad_peer_frames_ = 0;
   struct remote_sub {
     std::uint32_t local_uid = 0;
     std::uint64_t conn = 0;

@@ -25,6 +25,7 @@
 #include "daemon/cluster_node.hpp"
 #include "daemon/connection.hpp"
 #include "daemon/router.hpp"
+#include "proto/subject.hpp"
 
 namespace keyway::daemon {
 
@@ -261,6 +262,27 @@ std::uint32_t router::send_interest(const std::vector<sub_spec>& changes) {
 
 // ---- worker 0: what other nodes send -------------------------------------------
 
+void router::bad_peer_frame(const cluster::peer_hello& h, const std::string& why) {
+  // Another node's bug, or not a node at all: dropped, and logged sparingly.
+  const std::uint64_t n = ++bad_peer_frames_;
+  if ((n & (n - 1)) == 0)
+    spdlog::warn("cluster: dropped a frame from node \"{}\" (worker {}): {} ({} dropped so far)",
+                 h.node_id, h.worker, why, n);
+}
+
+bool router::valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message& m) {
+  if (!proto::is_valid_publish_subject(m.subject, live_.limits)) {
+    bad_peer_frame(h, proto::validate_publish_subject(m.subject, live_.limits).message());
+    return false;
+  }
+  if (!m.reply_to.empty() && !proto::is_valid_publish_subject(m.reply_to, live_.limits)) {
+    bad_peer_frame(h,
+                   proto::validate_publish_subject(m.reply_to, live_.limits, "replyTo").message());
+    return false;
+  }
+  return true;
+}
+
 void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f) {
   KEYWAY_ASSERT(w_.id() == 0);
   const cluster_peer* p = nullptr;
@@ -282,6 +304,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f)
   };
   std::visit(overloaded{
                  [&](cluster::peer_forward& fw) {
+                   if (!valid_from_peer(h, fw.msg)) return;
                    publish_op op;
                    op.msg = make(fw.msg);
                    op.conn = fw.conn;
@@ -296,6 +319,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f)
                      ep_.send(owner, route_msg(std::move(op)));
                  },
                  [&](cluster::peer_deliver& d) {
+                   if (!valid_from_peer(h, d.msg)) return;
                    message_ref msg = make(d.msg);
                    // One deliver_op per subscriber worker, as the owner would send.
                    for (auto& t : d.targets) {
@@ -346,6 +370,14 @@ void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
     s.request_id = c.request_id;
     if (c.add) {
       if (remote_subs_.count(key) != 0) continue;  // announced twice: keep the first
+      if (auto st = proto::validate_pattern(c.pattern, live_.limits); !st) {
+        bad_peer_frame(h, st.message());
+        continue;
+      }
+      if (auto st = proto::validate_queue_group(c.group, live_.limits); !st) {
+        bad_peer_frame(h, st.message());
+        continue;
+      }
       std::uint32_t uid = 0;
       if (!free_uids_.empty()) {
         uid = free_uids_.back();

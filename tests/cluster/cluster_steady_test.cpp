@@ -119,7 +119,7 @@ std::pair<int, int> parse_payload(const std::string& s) {
 
 TEST_CASE(
     "cluster steady: /status on every node lists every node active with its client and peer URLs, "
-    "at one epoch") {
+    "at one epoch, and the welcome lists them") {
   keyway_cluster cluster;
   std::set<std::int64_t> epochs;
   for (std::size_t n = 0; n < cluster.size(); ++n) {
@@ -155,6 +155,14 @@ TEST_CASE(
     }
   }
   CHECK_MESSAGE(epochs.size() == 1, "the nodes report " << epochs.size() << " different epochs");
+  // A client of any node is told every node's client URL, to reconnect elsewhere.
+  for (std::size_t n = 0; n < cluster.size(); ++n) {
+    auto c = must_connect(cluster.unix_url(n), "urls");
+    const auto urls = c->info().connect_urls;
+    for (std::size_t m = 0; m < cluster.size(); ++m)
+      CHECK_MESSAGE(std::find(urls.begin(), urls.end(), cluster.tcp_url(m)) != urls.end(),
+                    "the welcome of " << cluster.id(n) << " lacks " << cluster.tcp_url(m));
+  }
 }
 
 TEST_CASE(
