@@ -106,13 +106,19 @@ void cluster_node::set_draining() {
 
 void cluster_node::leave() {
   stop_activator();
-  if (!membership_) return;
-  if (auto st = membership_->leave(); !st)
+  std::unique_ptr<cluster::membership> m;
+  {
+    // ready() reads membership_ under the lock (the admin thread); destroy it
+    // outside, as its control thread's observer takes the lock too.
+    std::lock_guard lock(mutex_);
+    m = std::move(membership_);
+  }
+  if (!m) return;
+  if (auto st = m->leave(); !st)
     spdlog::warn("cluster: cannot leave cleanly (the lease expires within {} ms): {}",
                  cfg_.lease_ttl.count(), st.error());
   else
     spdlog::info("cluster: node \"{}\" left the cluster", cfg_.self.id);
-  membership_.reset();
 }
 
 std::int64_t cluster_node::lease() const {
