@@ -1,0 +1,333 @@
+#include "bench/e2e/cluster_suite.hpp"
+
+#include "bench/e2e/servers.hpp"
+#include "core/worker.hpp"
+#include "tests/support/etcd_process.hpp"
+#include "tests/support/http_get.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <thread>
+
+namespace keyway::bench::e2e {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr int nodes = 3;
+constexpr auto cluster_ready_timeout = 30s;
+
+/// One cluster's client ports, node 1 first.
+using node_ports = std::array<int, nodes>;
+
+/// This process's CPU time (user + system, every thread, ended ones too), s.
+double client_cpu_seconds() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return s(ru.ru_utime) + s(ru.ru_stime);
+}
+
+/// "n1" for node 0. (Not "n" + to_string(): g++ 12 -Wrestrict false positive.)
+std::string node_name(int i) {
+  std::string id("n");
+  id += std::to_string(i + 1);
+  return id;
+}
+
+/// Where a scenario's clients connect: `across` the nodes, or all on node 1.
+enum class placement { across, node1 };
+
+/// Polls `port`'s `target` on 127.0.0.1 every 50 ms until `good(body)` holds
+/// for a 200 answer; false after the cluster's start-up time.
+template <class Good>
+bool await_http(int port, const std::string& target, Good&& good, clock::time_point deadline) {
+  while (clock::now() < deadline) {
+    try {
+      const auto r = keyway::test::http_get(static_cast<std::uint16_t>(port), target, 2000ms);
+      if (r.status == 200 && good(r.body)) return true;
+    } catch (const std::runtime_error&) {  // not listening yet
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
+struct keyway_cluster {
+  std::vector<server_process> procs;
+  node_ports ports{};
+  std::array<int, nodes> admin{};
+};
+
+keyway_cluster start_keyway_cluster(const suite_options& opt, const std::string& etcd,
+                                    const std::string& logs) {
+  const std::vector<int> cpus = core::allowed_cpus();
+  keyway_cluster c;
+  std::array<std::string, nodes> configs;
+  std::array<int, nodes> peer{};
+  for (int i = 0; i < nodes; ++i) {
+    c.ports[i] = free_port();
+    c.admin[i] = free_port();
+    peer[i] = free_port();
+    const std::string id = node_name(i);
+    configs[i] = logs + "/cluster-" + id + ".toml";
+    std::ofstream f(configs[i]);
+    f << "[server]\nworkers = 1\n";
+    if (!cpus.empty()) f << "cpus = [" << cpus[static_cast<std::size_t>(i) % cpus.size()] << "]\n";
+    f << "[listen]\ntcp = [\"127.0.0.1:" << c.ports[i] << "\"]\n"
+      << "[admin]\nlisten = \"127.0.0.1:" << c.admin[i] << "\"\n"
+      << "[cluster]\nname = \"bench\"\nnode_id = \"" << id << "\"\n"
+      << "peer_listen = \"tcp://127.0.0.1:" << peer[i] << "\"\n"
+      << "advertise = \"tcp://127.0.0.1:" << c.ports[i] << "\"\n"
+      << "etcd_endpoints = [\"" << etcd << "\"]\nlease_ttl = \"2s\"\n";
+    if (!f) throw bench_error("cannot write " + configs[i]);
+  }
+  for (int i = 0; i < nodes; ++i) {
+    std::vector<std::string> argv{opt.keywayd, "--config", configs[i]};
+    argv.insert(argv.end(), opt.keywayd_args.begin(), opt.keywayd_args.end());
+    const std::string id = node_name(i);
+    c.procs.push_back(server_process::start("keywayd-" + id, std::move(argv), c.ports[i],
+                                            logs + "/cluster-keywayd-" + id + ".log"));
+  }
+  const auto deadline = clock::now() + cluster_ready_timeout;
+  for (int i = 0; i < nodes; ++i)
+    if (!await_http(
+            c.admin[i], "/readyz", [](const std::string&) { return true; }, deadline))
+      throw bench_error("keywayd node n" + std::to_string(i + 1) + " not ready (/readyz on " +
+                        std::to_string(c.admin[i]) + ") within 30 s; see " + c.procs[i].log_path());
+  return c;
+}
+
+struct nats_cluster {
+  std::vector<server_process> procs;
+  node_ports ports{};
+};
+
+nats_cluster start_nats_cluster(const std::string& logs) {
+  nats_cluster c;
+  std::array<int, nodes> route{}, monitor{};
+  for (int i = 0; i < nodes; ++i) {
+    c.ports[i] = free_port();
+    route[i] = free_port();
+    monitor[i] = free_port();
+  }
+  for (int i = 0; i < nodes; ++i) {
+    std::string routes;
+    for (int j = 0; j < nodes; ++j) {
+      if (j == i) continue;
+      routes += routes.empty() ? "nats://127.0.0.1:" : ",nats://127.0.0.1:";
+      routes += std::to_string(route[j]);
+    }
+    const std::string id = node_name(i);
+    c.procs.push_back(server_process::start(
+        "nats-server-" + id,
+        {"nats-server", "-a", "127.0.0.1", "-p", std::to_string(c.ports[i]), "-m",
+         std::to_string(monitor[i]), "-n", id, "--cluster_name", "bench", "--cluster",
+         "nats://127.0.0.1:" + std::to_string(route[i]), "--routes", routes},
+        c.ports[i], logs + "/cluster-nats-server-" + id + ".log"));
+  }
+  const auto deadline = clock::now() + cluster_ready_timeout;
+  const std::string want = "\"num_routes\": " + std::to_string(nodes - 1);
+  for (int i = 0; i < nodes; ++i)
+    if (!await_http(
+            monitor[i], "/routez",
+            [&](const std::string& body) { return body.find(want) != std::string::npos; },
+            deadline))
+      throw bench_error("nats-server n" + std::to_string(i + 1) + " has not " + want +
+                        " routes (/routez) within 30 s; see " + c.procs[i].log_path());
+  return c;
+}
+
+/// The cluster suite's scenarios; `ports_of` gives the client ports of the
+/// cluster of an endpoint's system.
+std::vector<scenario> make_cluster_scenarios(
+    nanoseconds d, std::function<const node_ports&(system_kind)> ports_of) {
+  std::vector<scenario> v;
+  for (const placement where : {placement::across, placement::node1}) {
+    const bool across = where == placement::across;
+    const std::string prefix = across ? "across-" : "node1-";
+    const std::string on = across ? " (publisher on node 1, " : " (every client on node 1";
+    auto pubsub = [&](std::string id, std::string title, int subs, std::size_t size) {
+      pubsub_options o;
+      o.subscribers = subs;
+      o.payload = size;
+      o.duration = d;
+      o.subject = "bench." + prefix + id;
+      o.probe = true;
+      scenario s;
+      s.info = {prefix + id,
+                title + on +
+                    (!across     ? ")"
+                     : subs == 1 ? "subscriber on node 2)"
+                                 : "a subscriber on each node)"),
+                "deliveries received/s"};
+      s.run = [o, across, ports_of](const endpoint& ep) {
+        pubsub_options mine = o;
+        const node_ports& p = ports_of(ep.kind);
+        if (!across)
+          mine.sub_ports = {p[0]};
+        else if (o.subscribers == 1)
+          mine.sub_ports = {p[1]};
+        else
+          mine.sub_ports.assign(p.begin(), p.end());
+        return run_pubsub({ep.kind, ep.host, p[0]}, mine);
+      };
+      return s;
+    };
+    v.push_back(pubsub("1to1-16B", "1 → 1, 16 B", 1, 16));
+    v.push_back(pubsub("1to1-128B", "1 → 1, 128 B", 1, 128));
+    v.push_back(pubsub("1to3-128B", "1 → 3 fan-out, 128 B", nodes, 128));
+
+    auto reqrep = [&](std::string id, std::string title, reqrep_mode mode) {
+      reqrep_options o = reqrep_scenario_options(prefix + id, mode, d);
+      o.probe = true;
+      scenario s;
+      s.info = {prefix + id,
+                title + (across ? " (requester on node 1, responder on node 2)" : on + ")"),
+                "replies received/s"};
+      s.run = [o, across, ports_of](const endpoint& ep) {
+        reqrep_options mine = o;
+        const node_ports& p = ports_of(ep.kind);
+        mine.responder_port = across ? p[1] : p[0];
+        return run_reqrep({ep.kind, ep.host, p[0]}, mine);
+      };
+      s.fixed_rate = mode == reqrep_mode::fixed_rate;
+      return s;
+    };
+    v.push_back(reqrep("reqrep-10k-128B", "request/reply at a fixed 10,000/s, 128 B",
+                       reqrep_mode::fixed_rate));
+    v.push_back(
+        reqrep("reqrep-max-128B", "request/reply, one in flight", reqrep_mode::closed_loop));
+  }
+  return v;
+}
+
+/// A node's /status, saved beside the logs (what the cluster reported).
+void save_status(int admin_port, const std::string& path) {
+  try {
+    std::ofstream(path)
+        << keyway::test::http_get(static_cast<std::uint16_t>(admin_port), "/status").body;
+  } catch (const std::runtime_error& e) {
+    std::ofstream(path) << "unreadable: " << e.what() << "\n";
+  }
+}
+
+}  // namespace
+
+int run_cluster_suite(const suite_options& opt) {
+  node_ports keyway_ports{}, nats_ports{};
+  const auto all = make_cluster_scenarios(nanoseconds(1s), [&](system_kind k) -> const node_ports& {
+    return k == system_kind::keyway ? keyway_ports : nats_ports;
+  });
+  for (const auto& id : opt.only) {
+    if (std::any_of(all.begin(), all.end(), [&](const scenario& s) { return s.info.id == id; }))
+      continue;
+    std::string list;
+    for (const auto& s : all) list += (list.empty() ? "" : ", ") + s.info.id;
+    std::fprintf(stderr, "cluster: --only %s: no such scenario; the scenarios are %s\n", id.c_str(),
+                 list.c_str());
+    return 2;
+  }
+  suite_run run = begin_suite(opt, "cluster", "etcd " + first_output_line("etcd --version"));
+  const std::string logs = opt.out_dir + "/logs";
+  run.info.notes.push_back(
+      "3 keywayd nodes (--config " + logs +
+      "/cluster-nI.toml: [cluster] with a real etcd, one worker each, pinned to the CPUs in "
+      "turn) and 3 nats-servers joined by routes, all on 127.0.0.1; nats through the official "
+      "client (" +
+      official_client_versions() +
+      "); Keyway through the codec. Every run waits for a probe to cross the "
+      "cluster before its clock starts");
+  std::vector<result_row> rows;
+  std::vector<scenario_info> infos;
+  int status = 0;
+  try {
+    keyway::test::etcd_process etcd;
+    auto keyway = start_keyway_cluster(opt, etcd.endpoint(), logs);
+    auto nats = start_nats_cluster(logs);
+    keyway_ports = keyway.ports;
+    nats_ports = nats.ports;
+    for (int i = 0; i < nodes; ++i)
+      save_status(keyway.admin[i], logs + "/cluster-n" + std::to_string(i + 1) + "-status.json");
+    std::fprintf(stderr,
+                 "cluster: etcd pid %d port %d; keywayd ports %d %d %d; nats-server ports %d %d "
+                 "%d; load %.2f\n",
+                 etcd.pid(), etcd.port(), keyway_ports[0], keyway_ports[1], keyway_ports[2],
+                 nats_ports[0], nats_ports[1], nats_ports[2], load_average());
+    const std::vector<endpoint> eps{{system_kind::keyway, "127.0.0.1", keyway_ports[0]},
+                                    {system_kind::nats, "127.0.0.1", nats_ports[0]}};
+
+    for (const auto& s :
+         make_cluster_scenarios(run.run_length, [&](system_kind k) -> const node_ports& {
+           return k == system_kind::keyway ? keyway_ports : nats_ports;
+         })) {
+      if (!opt.only.empty() &&
+          std::find(opt.only.begin(), opt.only.end(), s.info.id) == opt.only.end())
+        continue;
+      infos.push_back(s.info);
+      // The servers' and the client's CPU time over each run (setup and
+      // probes included), summed over the runs, as a share of one CPU.
+      std::map<system_kind, std::array<double, nodes + 2>> cpu;  // nodes, client, wall
+      scenario timed = s;
+      timed.run = [&](const endpoint& ep) {
+        auto& procs = ep.kind == system_kind::keyway ? keyway.procs : nats.procs;
+        std::array<double, nodes + 2> before{};
+        for (int i = 0; i < nodes; ++i) before[i] = sched_cpu_seconds(procs[i].pid());
+        before[nodes] = client_cpu_seconds();
+        const auto t0 = clock::now();
+        run_result r = s.run(ep);
+        auto& sum = cpu[ep.kind];
+        for (int i = 0; i < nodes; ++i) sum[i] += sched_cpu_seconds(procs[i].pid()) - before[i];
+        sum[nodes] += client_cpu_seconds() - before[nodes];
+        sum[nodes + 1] += std::chrono::duration<double>(clock::now() - t0).count();
+        return r;
+      };
+      run_interleaved(timed, eps, run, rows);
+      for (const auto& [kind, sum] : cpu) {
+        std::string line = s.info.id + " / " + std::string(to_string(kind)) +
+                           ": CPU over the runs as a share of one CPU (sched), servers";
+        char buf[48];
+        for (int i = 0; i < nodes; ++i) {
+          std::snprintf(buf, sizeof buf, " %s %.2f", node_name(i).c_str(), sum[i] / sum[nodes + 1]);
+          line += buf;
+        }
+        std::snprintf(buf, sizeof buf, "; client (keyway-bench) %.2f", sum[nodes] / sum[nodes + 1]);
+        run.info.notes.push_back(line + buf);
+        std::fprintf(stderr, "  %s\n", run.info.notes.back().c_str());
+      }
+    }
+
+    for (int i = 0; i < nodes; ++i) {
+      const std::string id = node_name(i);
+      if (!keyway.procs[i].running())
+        run.info.notes.push_back("keywayd node " + id + " exited during the run; see " +
+                                 keyway.procs[i].log_path());
+      if (!nats.procs[i].running())
+        run.info.notes.push_back("nats-server " + id + " exited during the run; see " +
+                                 nats.procs[i].log_path());
+    }
+    for (auto& p : keyway.procs) p.stop();
+    for (auto& p : nats.procs) p.stop();
+    for (int i = 0; i < nodes; ++i) {
+      std::string first;
+      const std::string log = keyway.procs[i].log_path();
+      if (const auto n = count_log_problems(log, first); n > 0)
+        run.info.notes.push_back("keywayd node n" + std::to_string(i + 1) + " logged " +
+                                 std::to_string(n) + " warning/error lines (" + log +
+                                 "), first: " + first);
+    }
+  } catch (const std::runtime_error& e) {  // bench_error, and etcd_process's
+    std::fprintf(stderr, "cluster: %s\n", e.what());
+    status = 1;
+  }
+
+  if (!end_suite(run, opt, "cluster", infos, rows)) status = 1;
+  return status;
+}
+
+}  // namespace keyway::bench::e2e
