@@ -35,10 +35,10 @@ double client_cpu_seconds() {
 
 /// CPU time over a scenario's runs of one system, summed over the runs.
 struct cpu_tally {
-  std::array<double, nodes> server{};  // per node, s (sched)
-  double client = 0;                   // keyway-bench, s
-  double wall = 0;                     // the runs' length, setup and probes included, s
-  double received = 0;                 // deliveries (replies)
+  std::vector<double> server;  // per server process (node), s (sched)
+  double client = 0;           // keyway-bench, s
+  double wall = 0;             // the runs' length, setup and probes included, s
+  double received = 0;         // deliveries (replies)
 };
 
 /// "n1" for node 0. (Not "n" + to_string(): g++ 12 -Wrestrict false positive.)
@@ -48,23 +48,38 @@ std::string node_name(int i) {
   return id;
 }
 
-/// "servers' CPU per delivery 1.10 µs; as a share of one CPU: n1 0.66, n2
-/// 0.28, n3 0.26; client 0.18".
+/// "servers' CPU per delivery 1.10 µs; CPU as a share of one CPU (...): n1
+/// 0.66, n2 0.28, n3 0.26; client (keyway-bench) 0.18".
 std::string describe(const cpu_tally& t) {
-  static_assert(nodes == 3, "the text names three nodes");
   double servers = 0;
   for (double c : t.server) servers += c;
-  char buf[200];
+  char buf[120];
   std::snprintf(buf, sizeof buf,
                 "servers' CPU per delivery %.2f µs; CPU as a share of one CPU (sched, setup "
-                "included): n1 %.2f, n2 %.2f, n3 %.2f; client (keyway-bench) %.2f",
-                t.received > 0 ? servers / t.received * 1e6 : -1.0, t.server[0] / t.wall,
-                t.server[1] / t.wall, t.server[2] / t.wall, t.client / t.wall);
-  return buf;
+                "included):",
+                t.received > 0 ? servers / t.received * 1e6 : -1.0);
+  std::string text = buf;
+  for (std::size_t i = 0; i < t.server.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "%s %s %.2f", i > 0 ? "," : "",
+                  t.server.size() > 1 ? node_name(static_cast<int>(i)).c_str() : "server",
+                  t.server[i] / t.wall);
+    text += buf;
+  }
+  std::snprintf(buf, sizeof buf, "; client (keyway-bench) %.2f", t.client / t.wall);
+  return text + buf;
 }
 
-/// Where a scenario's clients connect: `across` the nodes, or all on node 1.
-enum class placement { across, node1 };
+/// Where a scenario's clients connect: `across` the cluster's nodes, all on
+/// its node 1, or to a `single` server that is no cluster's node.
+enum class placement { across, node1, single };
+
+/// One system's servers as a scenario sees them: client ports, node 1 first
+/// (a single server: its port three times), and the processes.
+struct deployment {
+  node_ports ports{};
+  std::vector<server_process*> procs;
+};
+using deployment_of = std::function<const deployment&(system_kind, placement)>;
 
 /// Polls `port`'s `target` on 127.0.0.1 every 50 ms until `good(body)` holds
 /// for a 200 answer; false after the cluster's start-up time.
@@ -166,15 +181,23 @@ nats_cluster start_nats_cluster(const std::string& logs) {
   return c;
 }
 
-/// The cluster suite's scenarios; `ports_of` gives the client ports of the
-/// cluster of an endpoint's system.
-std::vector<scenario> make_cluster_scenarios(
-    nanoseconds d, std::function<const node_ports&(system_kind)> ports_of) {
-  std::vector<scenario> v;
-  for (const placement where : {placement::across, placement::node1}) {
+/// The cluster suite's scenarios; `servers` gives the servers an endpoint's
+/// system has for a placement.
+struct cluster_scenario {
+  scenario s;
+  placement where;
+};
+
+std::vector<cluster_scenario> make_cluster_scenarios(nanoseconds d, deployment_of servers) {
+  std::vector<cluster_scenario> v;
+  for (const placement where : {placement::across, placement::node1, placement::single}) {
     const bool across = where == placement::across;
-    const std::string prefix = across ? "across-" : "node1-";
-    const std::string on = across ? " (publisher on node 1, " : " (every client on node 1";
+    const std::string prefix = across                      ? "across-"
+                               : where == placement::node1 ? "node1-"
+                                                           : "single-";
+    const std::string on = across                      ? " (publisher on node 1, "
+                           : where == placement::node1 ? " (every client on node 1"
+                                                       : " (a single server, no cluster";
     auto pubsub = [&](std::string id, std::string title, int subs, std::size_t size) {
       pubsub_options o;
       o.subscribers = subs;
@@ -189,9 +212,9 @@ std::vector<scenario> make_cluster_scenarios(
                      : subs == 1 ? "subscriber on node 2)"
                                  : "a subscriber on each node)"),
                 "deliveries received/s"};
-      s.run = [o, across, ports_of](const endpoint& ep) {
+      s.run = [o, across, where, servers](const endpoint& ep) {
         pubsub_options mine = o;
-        const node_ports& p = ports_of(ep.kind);
+        const node_ports& p = servers(ep.kind, where).ports;
         if (!across)
           mine.sub_ports = {p[0]};
         else if (o.subscribers == 1)
@@ -202,9 +225,9 @@ std::vector<scenario> make_cluster_scenarios(
       };
       return s;
     };
-    v.push_back(pubsub("1to1-16B", "1 → 1, 16 B", 1, 16));
-    v.push_back(pubsub("1to1-128B", "1 → 1, 128 B", 1, 128));
-    v.push_back(pubsub("1to3-128B", "1 → 3 fan-out, 128 B", nodes, 128));
+    v.push_back({pubsub("1to1-16B", "1 → 1, 16 B", 1, 16), where});
+    v.push_back({pubsub("1to1-128B", "1 → 1, 128 B", 1, 128), where});
+    v.push_back({pubsub("1to3-128B", "1 → 3 fan-out, 128 B", nodes, 128), where});
 
     auto reqrep = [&](std::string id, std::string title, reqrep_mode mode) {
       reqrep_options o = reqrep_scenario_options(prefix + id, mode, d);
@@ -213,19 +236,21 @@ std::vector<scenario> make_cluster_scenarios(
       s.info = {prefix + id,
                 title + (across ? " (requester on node 1, responder on node 2)" : on + ")"),
                 "replies received/s"};
-      s.run = [o, across, ports_of](const endpoint& ep) {
+      s.run = [o, across, where, servers](const endpoint& ep) {
         reqrep_options mine = o;
-        const node_ports& p = ports_of(ep.kind);
+        const node_ports& p = servers(ep.kind, where).ports;
         mine.responder_port = across ? p[1] : p[0];
         return run_reqrep({ep.kind, ep.host, p[0]}, mine);
       };
       s.fixed_rate = mode == reqrep_mode::fixed_rate;
       return s;
     };
-    v.push_back(reqrep("reqrep-10k-128B", "request/reply at a fixed 10,000/s, 128 B",
-                       reqrep_mode::fixed_rate));
+    v.push_back({reqrep("reqrep-10k-128B", "request/reply at a fixed 10,000/s, 128 B",
+                        reqrep_mode::fixed_rate),
+                 where});
     v.push_back(
-        reqrep("reqrep-max-128B", "request/reply, one in flight", reqrep_mode::closed_loop));
+        {reqrep("reqrep-max-128B", "request/reply, one in flight", reqrep_mode::closed_loop),
+         where});
   }
   return v;
 }
@@ -243,15 +268,19 @@ void save_status(int admin_port, const std::string& path) {
 }  // namespace
 
 int run_cluster_suite(const suite_options& opt) {
-  node_ports keyway_ports{}, nats_ports{};
-  const auto all = make_cluster_scenarios(nanoseconds(1s), [&](system_kind k) -> const node_ports& {
-    return k == system_kind::keyway ? keyway_ports : nats_ports;
-  });
+  deployment keyway_cluster, nats_cluster, keyway_single, nats_single;
+  const deployment_of servers = [&](system_kind k, placement w) -> const deployment& {
+    const bool kw = k == system_kind::keyway;
+    if (w == placement::single) return kw ? keyway_single : nats_single;
+    return kw ? keyway_cluster : nats_cluster;
+  };
+  const auto all = make_cluster_scenarios(nanoseconds(1s), servers);
   for (const auto& id : opt.only) {
-    if (std::any_of(all.begin(), all.end(), [&](const scenario& s) { return s.info.id == id; }))
+    if (std::any_of(all.begin(), all.end(),
+                    [&](const cluster_scenario& c) { return c.s.info.id == id; }))
       continue;
     std::string list;
-    for (const auto& s : all) list += (list.empty() ? "" : ", ") + s.info.id;
+    for (const auto& c : all) list += (list.empty() ? "" : ", ") + c.s.info.id;
     std::fprintf(stderr, "cluster: --only %s: no such scenario; the scenarios are %s\n", id.c_str(),
                  list.c_str());
     return 2;
@@ -261,34 +290,39 @@ int run_cluster_suite(const suite_options& opt) {
   run.info.notes.push_back(
       "3 keywayd nodes (--config " + logs +
       "/cluster-nI.toml: [cluster] with a real etcd, one worker each, pinned to the CPUs in "
-      "turn) and 3 nats-servers joined by routes, all on 127.0.0.1; nats through the official "
-      "client (" +
+      "turn) and 3 nats-servers joined by routes, all on 127.0.0.1; the single- rows: one "
+      "keywayd --workers 1 and one nats-server, no cluster. nats through the official client (" +
       official_client_versions() +
-      "); Keyway through the codec. Every run waits for a probe to cross the "
-      "cluster before its clock starts");
+      "); Keyway through the codec. Every run waits for a probe to cross the cluster before "
+      "its clock starts");
   std::vector<result_row> rows;
   std::vector<scenario_info> infos;
   int status = 0;
   try {
     keyway::test::etcd_process etcd;
-    auto keyway = start_keyway_cluster(opt, etcd.endpoint(), logs);
-    auto nats = start_nats_cluster(logs);
-    keyway_ports = keyway.ports;
-    nats_ports = nats.ports;
+    auto kc = start_keyway_cluster(opt, etcd.endpoint(), logs);
+    auto nc = start_nats_cluster(logs);
+    auto ks = start_keywayd(opt.keywayd, 1, opt.keywayd_args, logs + "/cluster-single-keywayd.log");
+    auto ns = start_nats_server(logs + "/cluster-single-nats-server.log");
+    keyway_cluster.ports = kc.ports;
+    nats_cluster.ports = nc.ports;
+    for (int i = 0; i < nodes; ++i) {
+      keyway_cluster.procs.push_back(&kc.procs[i]);
+      nats_cluster.procs.push_back(&nc.procs[i]);
+    }
+    keyway_single = {{ks.port(), ks.port(), ks.port()}, {&ks}};
+    nats_single = {{ns.port(), ns.port(), ns.port()}, {&ns}};
     for (int i = 0; i < nodes; ++i)
-      save_status(keyway.admin[i], logs + "/cluster-n" + std::to_string(i + 1) + "-status.json");
+      save_status(kc.admin[i], logs + "/cluster-" + node_name(i) + "-status.json");
     std::fprintf(stderr,
                  "cluster: etcd pid %d port %d; keywayd ports %d %d %d; nats-server ports %d %d "
-                 "%d; load %.2f\n",
-                 etcd.pid(), etcd.port(), keyway_ports[0], keyway_ports[1], keyway_ports[2],
-                 nats_ports[0], nats_ports[1], nats_ports[2], load_average());
-    const std::vector<endpoint> eps{{system_kind::keyway, "127.0.0.1", keyway_ports[0]},
-                                    {system_kind::nats, "127.0.0.1", nats_ports[0]}};
+                 "%d; single keywayd %d, nats-server %d; load %.2f\n",
+                 etcd.pid(), etcd.port(), kc.ports[0], kc.ports[1], kc.ports[2], nc.ports[0],
+                 nc.ports[1], nc.ports[2], ks.port(), ns.port(), load_average());
+    const std::vector<endpoint> eps{{system_kind::keyway, "127.0.0.1", kc.ports[0]},
+                                    {system_kind::nats, "127.0.0.1", nc.ports[0]}};
 
-    for (const auto& s :
-         make_cluster_scenarios(run.run_length, [&](system_kind k) -> const node_ports& {
-           return k == system_kind::keyway ? keyway_ports : nats_ports;
-         })) {
+    for (const auto& [s, where] : make_cluster_scenarios(run.run_length, servers)) {
       if (!opt.only.empty() &&
           std::find(opt.only.begin(), opt.only.end(), s.info.id) == opt.only.end())
         continue;
@@ -297,16 +331,17 @@ int run_cluster_suite(const suite_options& opt) {
       // probes included), summed over the runs.
       std::map<system_kind, cpu_tally> cpu;
       scenario timed = s;
-      timed.run = [&](const endpoint& ep) {
-        auto& procs = ep.kind == system_kind::keyway ? keyway.procs : nats.procs;
-        std::array<double, nodes> before{};
-        for (int i = 0; i < nodes; ++i) before[i] = sched_cpu_seconds(procs[i].pid());
+      timed.run = [&, w = where](const endpoint& ep) {
+        const auto& procs = servers(ep.kind, w).procs;
+        std::vector<double> before;
+        for (auto* p : procs) before.push_back(sched_cpu_seconds(p->pid()));
         const double client_before = client_cpu_seconds();
         const auto t0 = clock::now();
         run_result r = s.run(ep);
         cpu_tally& t = cpu[ep.kind];
-        for (int i = 0; i < nodes; ++i)
-          t.server[i] += sched_cpu_seconds(procs[i].pid()) - before[i];
+        t.server.resize(procs.size());
+        for (std::size_t i = 0; i < procs.size(); ++i)
+          t.server[i] += sched_cpu_seconds(procs[i]->pid()) - before[i];
         t.client += client_cpu_seconds() - client_before;
         t.wall += std::chrono::duration<double>(clock::now() - t0).count();
         t.received += static_cast<double>(r.received);
@@ -320,24 +355,19 @@ int run_cluster_suite(const suite_options& opt) {
       }
     }
 
-    for (int i = 0; i < nodes; ++i) {
-      const std::string id = node_name(i);
-      if (!keyway.procs[i].running())
-        run.info.notes.push_back("keywayd node " + id + " exited during the run; see " +
-                                 keyway.procs[i].log_path());
-      if (!nats.procs[i].running())
-        run.info.notes.push_back("nats-server " + id + " exited during the run; see " +
-                                 nats.procs[i].log_path());
-    }
-    for (auto& p : keyway.procs) p.stop();
-    for (auto& p : nats.procs) p.stop();
-    for (int i = 0; i < nodes; ++i) {
+    for (auto* d : {&keyway_cluster, &nats_cluster, &keyway_single, &nats_single})
+      for (auto* p : d->procs)
+        if (!p->running())
+          run.info.notes.push_back(p->name() + " exited during the run; see " + p->log_path());
+    for (auto* d : {&keyway_cluster, &nats_cluster, &keyway_single, &nats_single})
+      for (auto* p : d->procs) p->stop();
+    std::vector<server_process*> keywayds = keyway_cluster.procs;
+    keywayds.insert(keywayds.end(), keyway_single.procs.begin(), keyway_single.procs.end());
+    for (auto* p : keywayds) {
       std::string first;
-      const std::string log = keyway.procs[i].log_path();
-      if (const auto n = count_log_problems(log, first); n > 0)
-        run.info.notes.push_back("keywayd node n" + std::to_string(i + 1) + " logged " +
-                                 std::to_string(n) + " warning/error lines (" + log +
-                                 "), first: " + first);
+      if (const auto n = count_log_problems(p->log_path(), first); n > 0)
+        run.info.notes.push_back(p->name() + " logged " + std::to_string(n) +
+                                 " warning/error lines (" + p->log_path() + "), first: " + first);
     }
   } catch (const std::runtime_error& e) {  // bench_error, and etcd_process's
     std::fprintf(stderr, "cluster: %s\n", e.what());

@@ -8,17 +8,21 @@
 //    would share it); ready once every node's /readyz says 200;
 //  - three `nats-server --cluster ... --routes ...` joined by routes on
 //    loopback; ready once every server's /routez counts two routes.
-// Every scenario runs twice: `across` puts the publisher (requester) on node
-// 1 and the subscribers (responder) on other nodes (1→1: node 2; fan-out:
-// one subscriber on each node; request/reply: responder on node 2); `node1`
-// puts every client on node 1, for comparison. Keyway and NATS runs
-// interleave. Before each run's clock starts, probes wait until interest
-// has crossed the cluster (pubsub_options::probe). Prints the tables and
-// writes cluster.md and cluster.json into `out_dir`; the configs and logs go
-// to `out_dir`/logs/.
+// and, for comparison, one `keywayd --workers 1` and one nats-server that
+// are no cluster's nodes.
+// Every scenario runs three times over: `across` puts the publisher
+// (requester) on node 1 and the subscribers (responder) on other nodes (1→1:
+// node 2; fan-out: one subscriber on each node; request/reply: responder on
+// node 2); `node1` puts every client on node 1; `single` every client on the
+// single server. Keyway and NATS runs interleave. Before each run's clock
+// starts, probes wait until interest has crossed the cluster
+// (pubsub_options::probe). Each scenario's notes give the servers' CPU per
+// delivery and each server's CPU share. Prints the tables and writes
+// cluster.md and cluster.json into `out_dir`; the configs and logs go to
+// `out_dir`/logs/.
 //
 // Threading: the caller's thread; the generator starts its own threads.
-// Cost: about 4 minutes (1.5 with `quick`).
+// Cost: about 5 minutes (2 with `quick`).
 #pragma once
 
 #include "bench/e2e/suite.hpp"
