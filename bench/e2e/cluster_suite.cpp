@@ -357,8 +357,12 @@ int run_cluster_suite(const suite_options& opt) {
 
     for (auto* d : {&keyway_cluster, &nats_cluster, &keyway_single, &nats_single})
       for (auto* p : d->procs)
-        if (!p->running())
+        if (!p->running()) {
+          // Its rows after that are connection errors, not figures.
           run.info.notes.push_back(p->name() + " exited during the run; see " + p->log_path());
+          std::fprintf(stderr, "cluster: %s\n", run.info.notes.back().c_str());
+          status = 1;
+        }
     for (auto* d : {&keyway_cluster, &nats_cluster, &keyway_single, &nats_single})
       for (auto* p : d->procs) p->stop();
     std::vector<server_process*> keywayds = keyway_cluster.procs;

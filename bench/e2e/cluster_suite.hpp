@@ -29,8 +29,9 @@
 
 namespace keyway::bench::e2e {
 
-/// 0 when every measurement ran; 1 if a server could not start or a result
-/// file could not be written; 2 if `only` names an unknown scenario.
+/// 0 when every measurement ran; 1 if a server could not start or exited
+/// during the run, or a result file could not be written; 2 if `only` names
+/// an unknown scenario.
 int run_cluster_suite(const suite_options& opt);
 
 }  // namespace keyway::bench::e2e
