@@ -39,6 +39,7 @@ struct cpu_tally {
   double client = 0;           // keyway-bench, s
   double wall = 0;             // the runs' length, setup and probes included, s
   double received = 0;         // deliveries (replies)
+  bool unreadable = false;     // a server's CPU time could not be read (it exited)
 };
 
 /// "n1" for node 0. (Not "n" + to_string(): g++ 12 -Wrestrict false positive.)
@@ -51,6 +52,7 @@ std::string node_name(int i) {
 /// "servers' CPU per delivery 1.10 µs; CPU as a share of one CPU (...): n1
 /// 0.66, n2 0.28, n3 0.26; client (keyway-bench) 0.18".
 std::string describe(const cpu_tally& t) {
+  if (t.unreadable) return "servers' CPU not known: a server exited";
   double servers = 0;
   for (double c : t.server) servers += c;
   char buf[120];
@@ -340,8 +342,11 @@ int run_cluster_suite(const suite_options& opt) {
         run_result r = s.run(ep);
         cpu_tally& t = cpu[ep.kind];
         t.server.resize(procs.size());
-        for (std::size_t i = 0; i < procs.size(); ++i)
-          t.server[i] += sched_cpu_seconds(procs[i]->pid()) - before[i];
+        for (std::size_t i = 0; i < procs.size(); ++i) {
+          const double after = sched_cpu_seconds(procs[i]->pid());
+          if (after < 0 || before[i] < 0) t.unreadable = true;  // the server exited
+          t.server[i] += after - before[i];
+        }
         t.client += client_cpu_seconds() - client_before;
         t.wall += std::chrono::duration<double>(clock::now() - t0).count();
         t.received += static_cast<double>(r.received);
