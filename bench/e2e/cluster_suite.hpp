@@ -22,7 +22,7 @@
 // `out_dir`/logs/.
 //
 // Threading: the caller's thread; the generator starts its own threads.
-// Cost: about 5 minutes (2 with `quick`).
+// Cost: about 3.5 minutes (35 s with `quick`).
 #pragma once
 
 #include "bench/e2e/suite.hpp"
