@@ -17,7 +17,9 @@ build_pkgs=(build-essential cmake ninja-build pkg-config
 # (tests/packaging/check_packages.sh: cpack, dpkg-deb, lintian).
 test_pkgs=(clang-format libconcurrentqueue-dev libreaderwriterqueue-dev prometheus systemd dpkg-dev file lintian
   etcd-server)
-bench_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev nats-server redis-server gnuplot-nox)
+# etcd-server: the etcd that `bench/run cluster`'s keywayd nodes join.
+bench_pkgs=(libconcurrentqueue-dev libreaderwriterqueue-dev nats-server redis-server gnuplot-nox
+  etcd-server)
 # The fuzz preset (scripts/fuzz): clang 14, and libclang-rt-14-dev for libFuzzer and
 # the sanitizer runtimes (libclang_rt.fuzzer-x86_64.a, only recommended by clang-14);
 # llvm-14 for llvm-symbolizer (stack traces with lines).

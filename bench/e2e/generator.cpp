@@ -31,6 +31,18 @@ std::uint64_t sent_at(std::span<const std::byte> payload) {
   return ts;
 }
 
+/// The tag of a probe (pubsub_options::probe): publisher id 0xFFFF, which no
+/// publisher has. Sinks count probes apart and skip them otherwise.
+constexpr std::uint64_t probe_tag = std::uint64_t{0xFFFF} << 48;
+constexpr auto probe_timeout = 10s;
+constexpr auto probe_interval = 20ms;
+
+bool is_probe(std::span<const std::byte> payload) {
+  std::uint64_t tag = 0;
+  if (payload.size() >= 16) std::memcpy(&tag, payload.data() + 8, 8);
+  return payload.size() >= 16 && tag == probe_tag;
+}
+
 struct alignas(64) padded_counter {
   std::atomic<std::uint64_t> v{0};
 };
@@ -50,6 +62,10 @@ class recording_sink final : public delivery_sink {
         last_(static_cast<std::size_t>(std::max(publishers, 0) * std::max(keys, 0)), 0) {}
   void on_delivery(std::span<const std::byte> payload, std::string_view,
                    std::uint64_t now) override {
+    if (is_probe(payload)) {
+      ++probes;
+      return;
+    }
     if (payload.size() != size_) ++bad;
     const std::uint64_t ts = sent_at(payload);
     latency.record(now > ts ? now - ts : 0);
@@ -74,6 +90,7 @@ class recording_sink final : public delivery_sink {
   std::uint64_t bad = 0;
   std::uint64_t out_of_order = 0;
   std::uint64_t last_rx = 0;
+  std::uint64_t probes = 0;
 
  private:
   std::size_t size_;
@@ -298,6 +315,38 @@ void subscriber_loop(conn& c, const pubsub_options& opt, pubsub_state& st, recor
   }
 }
 
+/// Sends a probe through `pub` every 20 ms and reads `readers` on this thread
+/// until `arrived()` holds; throws bench_error after 10 s. `what` names the
+/// interest being waited for.
+template <class Arrived>
+void await_probe(conn& pub, std::string_view subject, std::size_t payload_size,
+                 std::string_view reply_to, const std::vector<conn*>& readers, Arrived&& arrived,
+                 const std::string& what) {
+  std::vector<std::byte> payload(payload_size, std::byte{'p'});
+  const std::string key = "k0";
+  const auto deadline = clock::now() + probe_timeout;
+  auto next_send = clock::now();
+  while (!arrived()) {
+    const auto now = clock::now();
+    if (now >= deadline) throw bench_error("no probe reached " + what + " within 10 s");
+    if (pub.failed()) throw bench_error("probe: " + pub.failure());
+    if (now >= next_send) {
+      stamp(payload, to_ns(now), probe_tag);
+      pub.queue_publish(subject, {reinterpret_cast<const std::byte*>(key.data()), key.size()},
+                        payload, reply_to);
+      pub.end_publishes();
+      next_send = now + probe_interval;
+    }
+    pub.write_some();
+    pub.read_some();
+    for (conn* c : readers) {
+      c->read_some();
+      c->write_some();
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+}
+
 std::string join_errors(const std::vector<std::string>& errors) {
   std::string s;
   for (const auto& e : errors) {
@@ -327,8 +376,10 @@ run_result run_pubsub(const endpoint& ep, const pubsub_options& opt) {
   try {
     const auto deadline = clock::now() + setup_timeout;
     for (int i = 0; i < opt.subscribers; ++i) {
-      subs.push_back(
-          make_conn(ep.kind, ep.host, ep.port, "bench-sub-" + std::to_string(i), deadline));
+      const int port = opt.sub_ports.empty()
+                           ? ep.port
+                           : opt.sub_ports[static_cast<std::size_t>(i) % opt.sub_ports.size()];
+      subs.push_back(make_conn(ep.kind, ep.host, port, "bench-sub-" + std::to_string(i), deadline));
       subs.back()->subscribe(opt.subject, opt.queue_group ? "bench_group" : "", deadline);
     }
     for (int i = 0; i < opt.publishers; ++i) {
@@ -345,6 +396,27 @@ run_result run_pubsub(const endpoint& ep, const pubsub_options& opt) {
   for (int i = 0; i < opt.subscribers; ++i)
     sinks.push_back(std::make_unique<recording_sink>(opt.payload, &st.recv[i], opt.publishers,
                                                      std::max(opt.keys, 1)));
+  if (opt.probe && opt.subscribers > 0 && opt.publishers > 0) {
+    std::vector<conn*> readers;
+    for (int i = 0; i < opt.subscribers; ++i) {
+      subs[i]->set_sink(sinks[i].get());
+      readers.push_back(subs[i].get());
+    }
+    try {
+      await_probe(
+          *pubs[0], opt.subject, opt.payload, {}, readers,
+          [&] {
+            // A queue group: one member has it; otherwise every subscriber.
+            std::size_t have = 0;
+            for (const auto& s : sinks) have += s->probes > 0 ? 1 : 0;
+            return opt.queue_group ? have > 0 : have == sinks.size();
+          },
+          "every subscriber");
+    } catch (const bench_error& e) {
+      res.error = std::string("setup: ") + e.what();
+      return res;
+    }
+  }
   std::vector<pub_outcome> pub_out(static_cast<std::size_t>(opt.publishers));
   std::vector<sub_outcome> sub_out(static_cast<std::size_t>(opt.subscribers));
   st.pubs_running = opt.publishers;
@@ -412,7 +484,8 @@ run_result run_reqrep(const endpoint& ep, const reqrep_options& opt) {
   std::unique_ptr<conn> requester;
   try {
     const auto deadline = clock::now() + setup_timeout;
-    responder = make_conn(ep.kind, ep.host, ep.port, "bench-responder", deadline, true);
+    responder = make_conn(ep.kind, ep.host, opt.responder_port > 0 ? opt.responder_port : ep.port,
+                          "bench-responder", deadline, true);
     responder->subscribe(opt.service, "", deadline);
     requester = make_conn(ep.kind, ep.host, ep.port, "bench-requester", deadline, true);
     requester->subscribe(opt.inbox, "", deadline);
@@ -425,6 +498,18 @@ run_result run_reqrep(const endpoint& ep, const reqrep_options& opt) {
   echo_sink echo(*responder);
   recording_sink replies(opt.payload, nullptr);
   requester->set_sink(&replies);
+  if (opt.probe) {
+    responder->set_sink(&echo);
+    try {
+      await_probe(
+          *requester, opt.service, opt.payload, opt.inbox, {responder.get()},
+          [&] { return replies.probes > 0; }, "the responder and back");
+    } catch (const bench_error& e) {
+      res.error = std::string("setup: ") + e.what();
+      return res;
+    }
+    echo.answered = 0;
+  }
   const auto t0 = clock::now() + 50ms;
   const auto end = t0 + opt.duration;
   const auto hard_end = end + hard_extra;

@@ -28,6 +28,10 @@
 // Threading: the caller's thread sets up, starts and joins worker threads;
 // results are merged after the join. Every wait is bounded (setup 10 s,
 // drain `drain_quiet` without progress, hard cap `duration` + 15 s).
+//
+// A cluster (the cluster suite): the options place subscribers and the
+// responder on other nodes than the publishers and the requester, and
+// `probe` waits until interest has crossed the cluster before timing.
 #pragma once
 
 #include "bench/e2e/conn.hpp"
@@ -37,6 +41,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace keyway::bench::e2e {
 
@@ -62,6 +67,15 @@ struct pubsub_options {
   std::uint64_t window_bytes = 4 << 20;  // clamped to [64, 8192] messages
   nanoseconds drain_quiet = std::chrono::milliseconds(500);
   std::string subject = "bench.data";
+  // A cluster: subscriber i connects to sub_ports[i % size] (publishers to
+  // the endpoint's port); empty: every connection to the endpoint's port.
+  std::vector<int> sub_ports;
+  // Before the clock starts, publisher 0 sends probes (tagged so that the
+  // counts skip them) until every subscriber has one, for at most 10 s: a
+  // subscription made on one node of a NATS cluster reaches the others
+  // later than its acknowledgement, and nothing published before that is
+  // delivered.
+  bool probe = false;
 };
 
 enum class reqrep_mode { fixed_rate, closed_loop };
@@ -73,6 +87,8 @@ struct reqrep_options {
   nanoseconds duration = std::chrono::seconds(3);
   std::string service = "bench.svc";
   std::string inbox = "_INBOX.bench.1";
+  int responder_port = 0;  // a cluster: the responder's node; 0: the endpoint's port
+  bool probe = false;      // as pubsub_options::probe: a request answered before the clock
 };
 
 struct run_result {

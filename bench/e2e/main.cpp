@@ -12,6 +12,11 @@
 //       [--revision TEXT]
 //       capacity mode and the generator side by side against servers it starts itself
 //       (what `bench/run capacity` runs; see capacity_suite.hpp)
+//   keyway-bench cluster-suite [--quick] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg
+//   ARG]...
+//       [--out DIR] [--command TEXT] [--revision TEXT]
+//       a 3-node Keyway cluster (with a real etcd) beside a 3-node NATS cluster, clients across
+//       the nodes and on one node (what `bench/run cluster` runs; see cluster_suite.hpp)
 //   keyway-bench capacity --system keyway|nats|redis --port P [--host H] [--subs 0|1]
 //       [--size BYTES] [--keys K] [--per-frame F] [--batch N] [--window N] [--duration S]
 //       [--pid SERVER_PID]
@@ -33,6 +38,7 @@
 //       (default 100,000), a publisher offering F × R (default 2) for S s (default 10)
 #include "bench/e2e/capacity.hpp"
 #include "bench/e2e/capacity_suite.hpp"
+#include "bench/e2e/cluster_suite.hpp"
 #include "bench/e2e/generator.hpp"
 #include "bench/e2e/slow_sub.hpp"
 #include "bench/e2e/suite.hpp"
@@ -56,6 +62,9 @@ int usage(const char* argv0) {
       "                [--out DIR] [--command TEXT] [--revision TEXT]\n"
       "       %s capacity-suite [--quick] [--keywayd PATH] [--out DIR] [--command TEXT] "
       "[--revision TEXT]\n"
+      "       %s cluster-suite [--quick] [--only ID[,ID...]] [--keywayd PATH] [--keywayd-arg "
+      "ARG]...\n"
+      "                [--out DIR] [--command TEXT] [--revision TEXT]\n"
       "       %s capacity --system keyway|nats|redis --port P [--host H] [--subs 0|1] [--size "
       "BYTES]\n"
       "                 [--keys K] [--per-frame F] [--batch N] [--window N] [--duration S] [--pid "
@@ -72,7 +81,7 @@ int usage(const char* argv0) {
       "       %s slowsub --system keyway|nats|redis|nats-raw|redis-raw --port P [--host H] [--rate "
       "R] [--factor F]\n"
       "                 [--size BYTES] [--keys K] [--duration S]\n",
-      argv0, argv0, argv0, argv0, argv0, argv0);
+      argv0, argv0, argv0, argv0, argv0, argv0, argv0);
   return 2;
 }
 
@@ -112,8 +121,9 @@ int main(int argc, char** argv) {
   };
 
   try {
-    if (cmd == "suite" || cmd == "capacity-suite") {
+    if (cmd == "suite" || cmd == "capacity-suite" || cmd == "cluster-suite") {
       e2e::suite_options o;
+      if (cmd == "cluster-suite") o.command = "bench/run cluster";
       for (; i < args.size(); ++i) {
         const auto a = args[i];
         if (a == "--quick")
@@ -140,6 +150,7 @@ int main(int argc, char** argv) {
         else
           return usage(argv[0]);
       }
+      if (cmd == "cluster-suite") return e2e::run_cluster_suite(o);
       return cmd == "suite" ? e2e::run_suite(o) : e2e::run_capacity_suite(o);
     }
 

@@ -103,17 +103,6 @@ double stolen_ms() {
   return static_cast<double>(v[7]) * 1000.0 / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
-namespace {
-
-struct scenario {
-  scenario_info info;
-  std::function<run_result(const endpoint&)> run;
-  bool redis = true;             // false: Redis has no such feature
-  std::string redis_missing;     // why, for the notes
-  bool headline_is_pub = false;  // msgs_per_sec = publisher side (publish only)
-  bool fixed_rate = false;       // the rate is set: the median is taken by p99
-};
-
 double load_average() {
   double l = -1;
   std::ifstream f("/proc/loadavg");
@@ -121,20 +110,7 @@ double load_average() {
   return l;
 }
 
-/// One run, with the CPU time stolen while it ran (a latency tail of
-/// milliseconds on this VM comes with stolen time) and the cross-CPU round
-/// trip just before and just after it (the vCPUs' placement can change
-/// within seconds).
-template <class Run>
-auto measured(Run&& run) {
-  const double cross_cpu_before = cross_cpu_round_trip_ns();
-  const double before = stolen_ms();
-  auto r = run();
-  const double after = stolen_ms();
-  if (before >= 0 && after >= 0) r.stolen_ms = after - before;
-  r.cross_cpu_ns = {cross_cpu_before, cross_cpu_round_trip_ns()};
-  return r;
-}
+namespace {
 
 result_row to_row(const scenario& s, system_kind kind, const run_result& r) {
   result_row row;
@@ -156,8 +132,8 @@ result_row to_row(const scenario& s, system_kind kind, const run_result& r) {
   return row;
 }
 
-/// The median of `runs` (by msgs/s; by p99 for fixed-rate scenarios, whose
-/// rate is set), with every run's figure and stolen CPU time in the note.
+}  // namespace
+
 result_row median_row(const scenario& s, system_kind kind, const std::vector<run_result>& runs) {
   auto key = [&](const run_result& r) {
     if (s.fixed_rate) return static_cast<double>(r.latency.percentile(99));
@@ -203,6 +179,18 @@ void print_progress(const scenario& s, system_kind kind, const run_result& r) {
                r.cross_cpu_ns[1], r.error.empty() ? "" : "  ! ", r.error.c_str());
 }
 
+reqrep_options reqrep_scenario_options(const std::string& id, reqrep_mode mode, nanoseconds d) {
+  reqrep_options o;
+  o.mode = mode;
+  o.rate = 10'000;
+  o.payload = 128;
+  o.duration = d;
+  o.service = "bench." + id;
+  return o;
+}
+
+namespace {
+
 std::vector<scenario> make_scenarios(nanoseconds d) {
   std::vector<scenario> v;
   auto pubsub = [&](std::string id, std::string title, int pubs, int subs, bool group,
@@ -243,12 +231,7 @@ std::vector<scenario> make_scenarios(nanoseconds d) {
                      4, true, 128));
 
   auto reqrep = [&](std::string id, std::string title, reqrep_mode mode) {
-    reqrep_options o;
-    o.mode = mode;
-    o.rate = 10'000;
-    o.payload = 128;
-    o.duration = d;
-    o.service = "bench." + id;
+    const reqrep_options o = reqrep_scenario_options(id, mode, d);
     scenario s;
     s.info = {std::move(id), std::move(title), "replies received/s"};
     s.run = [o](const endpoint& ep) { return run_reqrep(ep, o); };
@@ -283,11 +266,12 @@ std::vector<std::string> known_ids() {
   return ids;
 }
 
+}  // namespace
+
 void ensure_dir(const std::string& path) {
   ::mkdir(path.c_str(), 0755);
 }
 
-/// Lines of a log that look like warnings or errors (spdlog "[warning]"/"[error]").
 std::size_t count_log_problems(const std::string& path, std::string& first) {
   std::ifstream f(path);
   std::size_t n = 0;
@@ -300,7 +284,94 @@ std::size_t count_log_problems(const std::string& path, std::string& first) {
   return n;
 }
 
-}  // namespace
+suite_run begin_suite(const suite_options& opt, const std::string& name,
+                      std::string third_version) {
+  suite_run run;
+  run.start = clock::now();
+  run.run_length = opt.quick ? nanoseconds(1s) : nanoseconds(2s);
+  run.reps = opt.quick ? 1 : 3;
+  // A fixed-rate run's median is taken by p99, which 1 % of a run's samples
+  // set: one burst of stolen CPU time of 20 ms moves a 2 s run's p99, so these
+  // scenarios get more runs than the throughput ones.
+  run.latency_reps = opt.quick ? 1 : 5;
+  ensure_dir(opt.out_dir);
+  ensure_dir(opt.out_dir + "/logs");
+
+  run_info& info = run.info;
+  info.command = opt.command;
+  info.mode = opt.quick ? "quick" : "full";
+  info.seconds_per_run = std::chrono::duration<double>(run.run_length).count();
+  info.repetitions = run.reps;
+  info.latency_repetitions = run.latency_reps;
+  info.machine = machine_description();
+  info.keyway_version = first_output_line(opt.keywayd + " --version");
+  if (!opt.keyway_revision.empty()) info.keyway_version += " (" + opt.keyway_revision + ")";
+  info.nats_version = first_output_line("nats-server --version");
+  info.redis_version = std::move(third_version);
+  std::fprintf(stderr, "%s: %s; %s; %s\n%s: %s\n", name.c_str(), info.keyway_version.c_str(),
+               info.nats_version.c_str(), info.redis_version.c_str(), name.c_str(),
+               info.machine.c_str());
+  if (!opt.keywayd_args.empty()) {
+    std::string extra;
+    for (const auto& a : opt.keywayd_args) extra += " " + a;
+    info.notes.push_back("keywayd ran with the extra arguments" + extra);
+  }
+  run.load_at_start = load_average();
+  run.stolen_at_start = stolen_ms();
+  return run;
+}
+
+void run_interleaved(const scenario& s, const std::vector<endpoint>& eps, const suite_run& run,
+                     std::vector<result_row>& rows) {
+  std::vector<std::vector<run_result>> runs(eps.size());
+  // Repetitions interleave the systems, so that a burst of background
+  // load lands on all of them rather than on one.
+  for (int rep = 0; rep < (s.fixed_rate ? run.latency_reps : run.reps); ++rep) {
+    for (std::size_t k = 0; k < eps.size(); ++k) {
+      if (is_redis(eps[k].kind) && !s.redis) continue;
+      runs[k].push_back(measured([&] { return s.run(eps[k]); }));
+      print_progress(s, eps[k].kind, runs[k].back());
+    }
+  }
+  for (std::size_t k = 0; k < eps.size(); ++k) {
+    if (runs[k].empty()) {
+      result_row row;
+      row.scenario = s.info.id;
+      row.system = std::string(to_string(eps[k].kind));
+      row.note = s.redis_missing;
+      rows.push_back(row);
+      continue;
+    }
+    rows.push_back(median_row(s, eps[k].kind, runs[k]));
+  }
+}
+
+bool end_suite(suite_run& run, const suite_options& opt, const std::string& name,
+               const std::vector<scenario_info>& infos, const std::vector<result_row>& rows) {
+  run_info& info = run.info;
+  info.total_seconds = std::chrono::duration<double>(clock::now() - run.start).count();
+  const double stolen_at_end = stolen_ms();
+  char stolen[48] = "not available";
+  if (run.stolen_at_start >= 0 && stolen_at_end >= 0)
+    std::snprintf(stolen, sizeof stolen, "%.1f s", (stolen_at_end - run.stolen_at_start) / 1e3);
+  char load[400];
+  std::snprintf(
+      load, sizeof load,
+      "load average (1 min) %.2f at the start, %.2f at the end; CPU time stolen by the "
+      "hypervisor over the suite: %s (/proc/stat steal; each median's note lists it per run, "
+      "and the time a cache line takes from one CPU to another and back, measured before "
+      "and after each run)",
+      run.load_at_start, load_average(), stolen);
+  info.notes.insert(info.notes.begin(), load);
+  const std::string tables = format_tables(info, infos, rows);
+  std::fputs(tables.c_str(), stdout);
+  std::ofstream(opt.out_dir + "/" + name + ".md") << tables;
+  if (!write_json(opt.out_dir + "/" + name + ".json", info, rows)) {
+    std::fprintf(stderr, "cannot write %s/%s.json\n", opt.out_dir.c_str(), name.c_str());
+    return false;
+  }
+  return true;
+}
 
 int run_suite(const suite_options& opt) {
   const auto known = known_ids();
@@ -312,43 +383,16 @@ int run_suite(const suite_options& opt) {
                  list.c_str());
     return 2;
   }
-  const auto suite_start = clock::now();
-  const nanoseconds d = opt.quick ? nanoseconds(1s) : nanoseconds(2s);
-  const int reps = opt.quick ? 1 : 3;
-  // A fixed-rate run's median is taken by p99, which 1 % of a run's samples
-  // set: one burst of stolen CPU time of 20 ms moves a 2 s run's p99, so these
-  // scenarios get more runs than the throughput ones.
-  const int latency_reps = opt.quick ? 1 : 5;
-  ensure_dir(opt.out_dir);
+  suite_run run = begin_suite(opt, "e2e", first_output_line("redis-server --version"));
+  run_info& info = run.info;
+  const nanoseconds d = run.run_length;
+  const int reps = run.reps;
   const std::string logs = opt.out_dir + "/logs";
-  ensure_dir(logs);
-
-  run_info info;
-  info.command = opt.command;
-  info.mode = opt.quick ? "quick" : "full";
-  info.seconds_per_run = std::chrono::duration<double>(d).count();
-  info.repetitions = reps;
-  info.latency_repetitions = latency_reps;
-  info.machine = machine_description();
-  info.keyway_version = first_output_line(opt.keywayd + " --version");
-  if (!opt.keyway_revision.empty()) info.keyway_version += " (" + opt.keyway_revision + ")";
-  info.nats_version = first_output_line("nats-server --version");
-  info.redis_version = first_output_line("redis-server --version");
   info.notes.push_back("nats and redis are the official clients, " + official_client_versions() +
                        (opt.raw ? "; nats-raw and redis-raw the hand-written adapters" : ""));
-  std::fprintf(stderr, "e2e: %s; %s; %s\ne2e: %s\n", info.keyway_version.c_str(),
-               info.nats_version.c_str(), info.redis_version.c_str(), info.machine.c_str());
-
-  const double load_at_start = load_average();
-  const double stolen_at_start = stolen_ms();
   std::vector<result_row> rows;
   std::vector<scenario_info> infos;
   int status = 0;
-  if (!opt.keywayd_args.empty()) {
-    std::string extra;
-    for (const auto& a : opt.keywayd_args) extra += " " + a;
-    info.notes.push_back("keywayd ran with the extra arguments" + extra);
-  }
   try {
     auto keywayd = start_keywayd(opt.keywayd, 2, opt.keywayd_args, logs + "/keywayd-w2.log");
     auto nats = start_nats_server(logs + "/nats-server.log");
@@ -369,27 +413,7 @@ int run_suite(const suite_options& opt) {
     for (const auto& s : make_scenarios(d)) {
       if (!selected(opt, s.info.id)) continue;
       infos.push_back(s.info);
-      std::vector<std::vector<run_result>> runs(eps.size());
-      // Repetitions interleave the systems, so that a burst of background
-      // load lands on all of them rather than on one.
-      for (int rep = 0; rep < (s.fixed_rate ? latency_reps : reps); ++rep) {
-        for (std::size_t k = 0; k < eps.size(); ++k) {
-          if (is_redis(eps[k].kind) && !s.redis) continue;
-          runs[k].push_back(measured([&] { return s.run(eps[k]); }));
-          print_progress(s, eps[k].kind, runs[k].back());
-        }
-      }
-      for (std::size_t k = 0; k < eps.size(); ++k) {
-        if (runs[k].empty()) {
-          result_row row;
-          row.scenario = s.info.id;
-          row.system = std::string(to_string(eps[k].kind));
-          row.note = s.redis_missing;
-          rows.push_back(row);
-          continue;
-        }
-        rows.push_back(median_row(s, eps[k].kind, runs[k]));
-      }
+      run_interleaved(s, eps, run, rows);
     }
 
     // The slow subscriber: once per system (each run is 10 s and more, and
@@ -497,27 +521,7 @@ int run_suite(const suite_options& opt) {
     status = 1;
   }
 
-  info.total_seconds = std::chrono::duration<double>(clock::now() - suite_start).count();
-  const double stolen_at_end = stolen_ms();
-  char stolen[48] = "not available";
-  if (stolen_at_start >= 0 && stolen_at_end >= 0)
-    std::snprintf(stolen, sizeof stolen, "%.1f s", (stolen_at_end - stolen_at_start) / 1e3);
-  char load[400];
-  std::snprintf(
-      load, sizeof load,
-      "load average (1 min) %.2f at the start, %.2f at the end; CPU time stolen by the "
-      "hypervisor over the suite: %s (/proc/stat steal; each median's note lists it per run, "
-      "and the time a cache line takes from one CPU to another and back, measured before "
-      "and after each run)",
-      load_at_start, load_average(), stolen);
-  info.notes.insert(info.notes.begin(), load);
-  const std::string tables = format_tables(info, infos, rows);
-  std::fputs(tables.c_str(), stdout);
-  std::ofstream(opt.out_dir + "/e2e.md") << tables;
-  if (!write_json(opt.out_dir + "/e2e.json", info, rows)) {
-    std::fprintf(stderr, "cannot write %s/e2e.json\n", opt.out_dir.c_str());
-    status = 1;
-  }
+  if (!end_suite(run, opt, "e2e", infos, rows)) status = 1;
   if (!write_gnuplot(opt.out_dir, info, infos, rows)) {
     std::fprintf(stderr, "cannot write %s/e2e.gp\n", opt.out_dir.c_str());
     status = 1;
