@@ -45,12 +45,14 @@ TEST_CASE(
   must_subscribe(*sub_a, "move.>", got_a);
   must_subscribe(*sub_b, "move.>", got_b);
 
+  // The publishers' URLs, read before start_node() grows the cluster's table.
+  const std::vector<std::string> pub_urls{cluster.tcp_url(0), cluster.tcp_url(1)};
   std::atomic<bool> stop{false};
   std::vector<publisher_result> results(2);
   std::vector<std::thread> threads;
   for (int p = 0; p < 2; ++p)
     threads.emplace_back([&, p] {
-      auto c = kc::connect(cluster.tcp_url(static_cast<std::size_t>(p)), [] {
+      auto c = kc::connect(pub_urls[static_cast<std::size_t>(p)], [] {
         kc::connect_options o;
         o.client_name = "pub";
         o.reconnect.enabled = false;
