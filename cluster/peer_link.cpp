@@ -76,17 +76,43 @@ peer_message read_message(wire::Message::Reader r) {
   return m;
 }
 
+/// Appends `msg` in standard stream framing straight from its segments (no
+/// intermediate flat array).
 void append_flat(std::string& out, capnp::MessageBuilder& msg) {
-  const auto words = capnp::messageToFlatArray(msg);
-  const auto bytes = words.asBytes();
-  out.append(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  const auto segments = msg.getSegmentsForOutput();
+  const std::size_t table_words = (segments.size() + 2) / 2;  // count + sizes, padded to a word
+  std::size_t total = table_words * 8;
+  for (const auto& s : segments) total += s.size() * 8;
+  const std::size_t at = out.size();
+  out.resize(at + total);
+  char* p = out.data() + at;
+  std::memset(p, 0, table_words * 8);
+  const auto count_minus_one = static_cast<std::uint32_t>(segments.size() - 1);
+  std::memcpy(p, &count_minus_one, 4);
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    const auto words = static_cast<std::uint32_t>(segments[i].size());
+    std::memcpy(p + 4 + 4 * i, &words, 4);
+  }
+  p += table_words * 8;
+  for (const auto& s : segments) {
+    std::memcpy(p, s.begin(), s.size() * 8);
+    p += s.size() * 8;
+  }
+}
+
+/// A first segment sized for `m` (the default is 1024 words, zeroed per
+/// message: most of a small frame's cost).
+unsigned words_for(const peer_message_view& m) {
+  std::size_t bytes = m.subject.size() + m.key.size() + m.payload.size() + m.reply_to.size();
+  for (const auto& [name, value] : m.headers) bytes += name.size() + value.size() + 32;
+  return static_cast<unsigned>(bytes / 8 + 48);
 }
 
 }  // namespace
 
 void encode_forward(std::string& out, const peer_message_view& m, std::uint64_t conn,
                     std::uint64_t ack_id) {
-  capnp::MallocMessageBuilder msg;
+  capnp::MallocMessageBuilder msg(words_for(m));
   auto o = msg.initRoot<wire::PeerFrame>().initForward();
   set_message(o.initMessage(), m);
   o.setConn(conn);
@@ -97,7 +123,7 @@ void encode_forward(std::string& out, const peer_message_view& m, std::uint64_t 
 void encode_deliver(std::string& out, const peer_message_view& m, std::uint64_t seq,
                     std::uint32_t owner_core, std::int64_t epoch,
                     std::span<const peer_target> targets) {
-  capnp::MallocMessageBuilder msg;
+  capnp::MallocMessageBuilder msg(words_for(m) + static_cast<unsigned>(targets.size()) * 2);
   auto o = msg.initRoot<wire::PeerFrame>().initDeliver();
   set_message(o.initMessage(), m);
   o.setSeq(seq);
@@ -198,28 +224,29 @@ std::string encode_peer_frame(const peer_frame& f) {
 
 result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
   constexpr std::size_t max_segments = 64;
-  if (buffer_.size() < 4) return std::optional<peer_frame>{};
+  const char* const at = buffer_.data() + consumed_;
+  const std::size_t avail = buffer_.size() - consumed_;
+  if (avail < 4) return std::optional<peer_frame>{};
   std::uint32_t count_minus_one = 0;
-  std::memcpy(&count_minus_one, buffer_.data(), 4);
+  std::memcpy(&count_minus_one, at, 4);
   const std::size_t segments = std::size_t{count_minus_one} + 1;
   if (segments > max_segments)
     return "a peer frame announces " + std::to_string(segments) + " segments; at most " +
            std::to_string(max_segments);
   const std::size_t header = ((4 + 4 * segments) + 7) & ~std::size_t{7};
-  if (buffer_.size() < header) return std::optional<peer_frame>{};
+  if (avail < header) return std::optional<peer_frame>{};
   std::size_t total = header;
   for (std::size_t i = 0; i < segments; ++i) {
     std::uint32_t words = 0;
-    std::memcpy(&words, buffer_.data() + 4 + 4 * i, 4);
+    std::memcpy(&words, at + 4 + 4 * i, 4);
     total += std::size_t{words} * 8;
   }
   if (total > max_frame_)
     return "a peer frame of " + std::to_string(total) + " bytes exceeds the limit of " +
            std::to_string(max_frame_) + " bytes";
-  if (buffer_.size() < total) return std::optional<peer_frame>{};
-  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(total / 8);
-  std::memcpy(words.begin(), buffer_.data(), total);
-  buffer_.erase(0, total);
+  if (avail < total) return std::optional<peer_frame>{};
+  consumed_ += total;
+  const kj::ArrayPtr<const capnp::word> words(reinterpret_cast<const capnp::word*>(at), total / 8);
   try {
     capnp::ReaderOptions options;
     options.traversalLimitInWords = total / 8 * 4 + 64;
@@ -399,7 +426,7 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
   asio::ip::tcp::socket socket;
   asio::steady_timer timer;
   peer_frame_reader reader;
-  std::array<char, 4096> buf{};
+  std::array<char, 65536> buf{};  // data frames arrive here, many per read
   std::deque<std::shared_ptr<std::string>> out;
   bool writing = false;
   bool admitted = false;

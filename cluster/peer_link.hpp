@@ -154,13 +154,23 @@ void encode_deliver(std::string& out, const peer_message_view& m, std::uint64_t 
 class peer_frame_reader {
  public:
   explicit peer_frame_reader(std::size_t max_frame) : max_frame_(max_frame) {}
-  void append(const char* data, std::size_t n) { buffer_.append(data, n); }
+  void append(const char* data, std::size_t n) {
+    // What next() consumed goes once per append, not once per frame.
+    if (consumed_ != 0) {
+      buffer_.erase(0, consumed_);
+      consumed_ = 0;
+    }
+    buffer_.append(data, n);
+  }
   /// The next complete frame, nothing yet, or why the stream is unusable.
+  /// Frames are read in place (a frame is whole words, so every frame
+  /// starts word-aligned in the buffer).
   result<std::optional<peer_frame>, std::string> next();
 
  private:
   std::size_t max_frame_;
   std::string buffer_;
+  std::size_t consumed_ = 0;  // bytes of buffer_ already returned as frames
 };
 
 struct peer_link_options {

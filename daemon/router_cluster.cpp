@@ -53,11 +53,6 @@ cluster::peer_interest_change change_of(const sub_spec& s) {
   return {s.add, s.pattern, s.group, s.ref.uid, s.ref.conn, s.ref.sid, s.request_id};
 }
 
-std::uint64_t now_ns() {
-  return static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch() /
-                                    std::chrono::nanoseconds(1));
-}
-
 }  // namespace
 
 cluster::peer_dialer* router::link_to(std::uint32_t node) noexcept {
@@ -299,7 +294,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f)
     for (const auto& [name, value] : m.headers) headers.push_back({name, bytes_of(value)});
     shared_message* msg = shared_message::make(pool_, m.subject, bytes_of(m.key),
                                                bytes_of(m.payload), m.reply_to, headers);
-    msg->set_received_ns(now_ns());
+    msg->set_received_ns(turn_ns(1));  // one clock read per loop turn
     return message_ref(msg);
   };
   std::visit(overloaded{
