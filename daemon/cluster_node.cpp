@@ -327,7 +327,7 @@ cluster_node::stats cluster_node::read_stats() const {
     ++st.members[static_cast<std::size_t>(p.state)];
     std::size_t up = 0;
     for (const auto& l : links_up_) up += l.count(p.index);
-    st.peers.push_back({p.id, up});
+    st.peers.push_back({p.id, p.index, up});
   }
   return st;
 }

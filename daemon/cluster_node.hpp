@@ -149,6 +149,7 @@ class cluster_node {
     std::uint32_t members[3] = {};  // by node_state (joining, active, draining), this node included
     struct peer {
       std::string id;
+      std::uint32_t index = 0;   // node index (probe::peer())
       std::size_t links_up = 0;  // of workers() links from this node's workers
     };
     std::vector<peer> peers;

@@ -93,7 +93,7 @@ MetricFamily latency(const server& s) {
 }
 
 /// [cluster] only: membership and links, as this node sees them.
-void cluster_metrics(const cluster_node& c, std::vector<MetricFamily>& out) {
+void cluster_metrics(const server& s, const cluster_node& c, std::vector<MetricFamily>& out) {
   constexpr auto G = MetricType::Gauge;
   const auto st = c.read_stats();
   auto epoch =
@@ -105,6 +105,31 @@ void cluster_metrics(const cluster_node& c, std::vector<MetricFamily>& out) {
     add(members, st.members[i],
         {{"state", std::string(cluster::to_string(static_cast<cluster::node_state>(i)))}});
   out.push_back(std::move(members));
+  const server_context& ctx = s.context();
+  auto per_peer = [&](const char* name, const char* help, MetricType type, auto read) {
+    auto f = family(name, help, type);
+    for (const auto& p : st.peers) {
+      std::uint64_t sum = 0;
+      for (std::size_t w = 0; w < ctx.workers; ++w) sum += read(ctx.stats[w]->peer(p.index));
+      add(f, static_cast<double>(sum), {{"peer", p.id}});
+    }
+    out.push_back(std::move(f));
+  };
+  using t = probe::peer_traffic;
+  per_peer("keyway_cluster_peer_sent_frames_total",
+           "Frames queued on the links to another node (forwarded publishes, deliveries, "
+           "interest, replies, hand-off steps)",
+           MetricType::Counter, [](const t& x) { return x.frames.get(); });
+  per_peer("keyway_cluster_peer_sent_bytes_total",
+           "Bytes of the frames queued on the links to another node", MetricType::Counter,
+           [](const t& x) { return x.bytes.get(); });
+  per_peer("keyway_cluster_peer_sent_messages_total",
+           "Forwarded publishes and delivered copies sent to another node", MetricType::Counter,
+           [](const t& x) { return x.messages.get(); });
+  per_peer("keyway_cluster_peer_queued_bytes",
+           "Bytes queued on the links to another node and not yet written (the forwarding "
+           "backlog), at the end of each worker's last turn",
+           G, [](const t& x) { return x.queued.get(); });
   auto links = family("keyway_cluster_peer_links_up",
                       "Links up from this node's workers to another node (one per worker)", G);
   auto up = family("keyway_cluster_peer_up",
@@ -115,6 +140,21 @@ void cluster_metrics(const cluster_node& c, std::vector<MetricFamily>& out) {
   }
   out.push_back(std::move(links));
   out.push_back(std::move(up));
+  auto handoffs =
+      family("keyway_cluster_handoffs_total",
+             "Hand-offs of moved keys on ring changes, finished or given up", MetricType::Counter);
+  add(handoffs, static_cast<double>(st.handoffs));
+  out.push_back(std::move(handoffs));
+  auto timeouts = family("keyway_cluster_handoff_timeouts_total",
+                         "Hand-offs given up after the timeout (a node stopped answering): the "
+                         "moved keys' order across that change is not guaranteed",
+                         MetricType::Counter);
+  add(timeouts, static_cast<double>(st.handoff_timeouts));
+  out.push_back(std::move(timeouts));
+  auto last = family("keyway_cluster_last_handoff_seconds",
+                     "How long the last hand-off held the moved keys", G);
+  add(last, st.last_handoff_seconds);
+  out.push_back(std::move(last));
 }
 
 }  // namespace
@@ -169,7 +209,7 @@ std::vector<MetricFamily> metrics_collector::Collect() const {
         {{"worker", std::to_string(i)}});
   out.push_back(std::move(stalled));
   out.push_back(latency(s));
-  if (const cluster_node* c = s.cluster()) cluster_metrics(*c, out);
+  if (const cluster_node* c = s.cluster()) cluster_metrics(s, *c, out);
 
   for (auto& f : process_metrics()) out.push_back(std::move(f));
   return out;

@@ -57,7 +57,7 @@ std::span<const probe_metric> probe::metrics() noexcept {
   constexpr bool summed = false, per_worker = true;
   using p = const probe&;
   // Read functions ignore the label index unless the family has a label.
-  static const std::array<probe_metric, 22> table{{
+  static const std::array<probe_metric, 20> table{{
       {"keyway_messages_received_total",
        "Publishes accepted from clients, by ingress worker",
        counter,
@@ -114,21 +114,6 @@ std::span<const probe_metric> probe::metrics() noexcept {
        {},
        {},
        [](p s, std::size_t) { return s.acks_sent_.get(); }},
-      {"keyway_cluster_peer_frames_sent_total",
-       "Frames queued on links to other cluster nodes (forwarded publishes, deliveries, interest, "
-       "replies)",
-       counter,
-       per_worker,
-       {},
-       {},
-       [](p s, std::size_t) { return s.peer_frames_.get(); }},
-      {"keyway_cluster_peer_bytes_sent_total",
-       "Bytes of the frames queued on links to other cluster nodes",
-       counter,
-       per_worker,
-       {},
-       {},
-       [](p s, std::size_t) { return s.peer_bytes_.get(); }},
       {"keyway_dropped_messages_total", "Deliveries dropped, by reason", counter, summed, "reason",
        drop_reasons, [](p s, std::size_t k) { return s.drops_[k].get(); }},
       // Code 0 (none) is never sent: the family starts at 1.

@@ -88,10 +88,27 @@ class alignas(core::cache_line) probe {
   void dropped(drop_reason why, std::uint64_t n = 1) noexcept {
     drops_[static_cast<std::size_t>(why)].add(n);
   }
-  /// A frame of `bytes` queued on a link to another node (cluster).
-  void peer_sent(std::size_t bytes) noexcept {
-    peer_frames_.add();
-    peer_bytes_.add(bytes);
+  /// Links to other cluster nodes, by node index (cluster_node.hpp); nodes
+  /// beyond peer_slots share the last slot.
+  static constexpr std::size_t peer_slots = 64;
+  struct peer_traffic {
+    core::counter frames;    // queued on the link
+    core::counter bytes;     // of those frames
+    core::counter messages;  // forwarded publishes and delivered copies among them
+    core::counter queued;    // gauge: bytes queued and not yet written, at the end of a turn
+  };
+  /// A frame of `bytes` carrying `messages` messages queued on the link to node `node`.
+  void peer_sent(std::uint32_t node, std::size_t bytes, std::uint32_t messages) noexcept {
+    peer_traffic& t = peers_[std::min<std::size_t>(node, peer_slots - 1)];
+    t.frames.add();
+    t.bytes.add(bytes);
+    if (messages != 0) t.messages.add(messages);
+  }
+  void peer_queued(std::uint32_t node, std::size_t bytes) noexcept {
+    peers_[std::min<std::size_t>(node, peer_slots - 1)].queued.set(bytes);
+  }
+  const peer_traffic& peer(std::uint32_t node) const noexcept {
+    return peers_[std::min<std::size_t>(node, peer_slots - 1)];
   }
   void ack_sent() noexcept { acks_sent_.add(); }
   void error_sent(proto::errc code) noexcept { errors_[static_cast<std::size_t>(code)].add(); }
@@ -139,8 +156,7 @@ class alignas(core::cache_line) probe {
   core::counter bytes_out_;
   core::counter published_;
   core::counter routed_;
-  core::counter peer_frames_;
-  core::counter peer_bytes_;
+  std::array<peer_traffic, peer_slots> peers_;
   core::counter unmatched_;
   core::counter delivered_;
   core::counter acks_sent_;

@@ -109,6 +109,7 @@ void router::flush() {
   dirty_.clear();
   graveyard_.clear();
   ep_.flush();
+  if (ctx_.cluster) note_link_queues();
   turn_ns_ = 0;
   if (draining()) {
     // The drain waits for this to reach 0 on every worker. O(connections),

@@ -191,8 +191,12 @@ class router final : public core::worker_handler, public worker_services {
   void check_node_handoff(std::int64_t epoch);
   /// Gives up on hand-offs older than cluster_node::handoff_timeout().
   void expire_handoffs();
-  /// Queues one encoded frame on `d`, counted.
-  void send_peer(cluster::peer_dialer& d, std::string_view frame);
+  /// Queues one encoded frame on `d`, the link to `node`, counted with the
+  /// messages (publishes, deliveries) it carries.
+  void send_peer(std::uint32_t node, cluster::peer_dialer& d, std::string_view frame,
+                 std::uint32_t messages = 0);
+  /// Each link's queued bytes, for its gauge (end of a turn).
+  void note_link_queues();
   void stop_cluster();
 
   server_context& ctx_;

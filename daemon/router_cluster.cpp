@@ -60,9 +60,15 @@ cluster::peer_dialer* router::link_to(std::uint32_t node) noexcept {
   return peers_[node].dialer.get();
 }
 
-void router::send_peer(cluster::peer_dialer& d, std::string_view frame) {
+void router::send_peer(std::uint32_t node, cluster::peer_dialer& d, std::string_view frame,
+                       std::uint32_t messages) {
   d.send_frames(frame);
-  probe_.peer_sent(frame.size());
+  probe_.peer_sent(node, frame.size(), messages);
+}
+
+void router::note_link_queues() {
+  for (std::uint32_t node = 1; node < peers_.size(); ++node)
+    if (peers_[node].dialer) probe_.peer_queued(node, peers_[node].dialer->queued_bytes());
 }
 
 void router::refresh_cluster() {
@@ -182,14 +188,14 @@ void router::link_up(std::uint32_t node) {
     batch.changes.push_back(change_of(spec));
     batch.changes.back().request_id = 0;
     if (batch.changes.size() == snapshot_batch) {
-      send_peer(d, cluster::encode_peer_frame(batch));
+      send_peer(node, d, cluster::encode_peer_frame(batch));
       sent += batch.changes.size();
       batch.changes.clear();
     }
   }
   sent += batch.changes.size();
   batch.snapshot_done = true;
-  send_peer(d, cluster::encode_peer_frame(batch));
+  send_peer(node, d, cluster::encode_peer_frame(batch));
   spdlog::debug("cluster: worker {}: sent {} subscriptions to \"{}\"", w_.id(), sent,
                 peers_[node].id);
 }
@@ -204,7 +210,7 @@ bool router::forward(publish_op& op, std::uint32_t node) {
   if (d == nullptr || d->queued_bytes() > max_link_queue) return false;
   frames_.clear();
   cluster::encode_forward(frames_, view_of(*op.msg), op.conn, op.ack_id);
-  send_peer(*d, frames_);
+  send_peer(node, *d, frames_, 1);
   op.msg = message_ref();
   return true;
 }
@@ -220,7 +226,7 @@ void router::deliver_remote(const shared_message& msg, std::uint64_t seq) {
     } else {
       frames_.clear();
       cluster::encode_deliver(frames_, view, seq, core_stamp_, map_->epoch, targets);
-      send_peer(*d, frames_);
+      send_peer(node, *d, frames_, 1);
     }
     targets.clear();
   }
@@ -231,8 +237,9 @@ void router::reply_remote(const publish_op& op, std::uint32_t delivered) {
   if (d == nullptr) return;  // the publisher's node is gone: nobody to answer
   const shared_message& m = *op.msg;
   send_peer(
-      *d, cluster::encode_peer_frame(cluster::peer_reply{
-              op.conn, op.ack_id, delivered, std::string(m.subject()), std::string(m.reply_to())}));
+      op.origin, *d,
+      cluster::encode_peer_frame(cluster::peer_reply{
+          op.conn, op.ack_id, delivered, std::string(m.subject()), std::string(m.reply_to())}));
 }
 
 std::uint32_t router::send_interest(const std::vector<sub_spec>& changes) {
@@ -249,7 +256,7 @@ std::uint32_t router::send_interest(const std::vector<sub_spec>& changes) {
   for (std::uint32_t node = 1; node < peers_.size(); ++node) {
     cluster::peer_dialer* d = link_to(node);
     if (d == nullptr) continue;  // its snapshot will carry these changes when the link comes up
-    send_peer(*d, bytes);
+    send_peer(node, *d, bytes);
     ++nodes;
   }
   return nodes;
@@ -442,7 +449,8 @@ void router::remote_sub_applied(const sub_applied_op& op) {
         out.uid = static_cast<std::uint32_t>(key);
     out.refused = *op.refused;
   }
-  if (cluster::peer_dialer* d = link_to(op.node)) send_peer(*d, cluster::encode_peer_frame(out));
+  if (cluster::peer_dialer* d = link_to(op.node))
+    send_peer(op.node, *d, cluster::encode_peer_frame(out));
 }
 
 // ---- ring changes: the hand-off ------------------------------------------------
@@ -508,7 +516,7 @@ bool router::held(std::span<const std::byte> key) const noexcept {
 void router::fence_peers(cluster::fence_stage stage, std::int64_t epoch) {
   const std::string frame = cluster::encode_peer_frame(cluster::peer_fence{stage, epoch, w_.id()});
   for (const auto& [node, workers] : transitions_[epoch].others)
-    if (cluster::peer_dialer* d = link_to(node)) send_peer(*d, frame);
+    if (cluster::peer_dialer* d = link_to(node)) send_peer(node, *d, frame);
 }
 
 void router::fence_workers(fence_op::step what, std::int64_t epoch) {

@@ -28,6 +28,7 @@
 
 #include "cluster/placement.hpp"
 #include "tests/cluster/cluster_clients.hpp"
+#include "tests/support/http_get.hpp"
 #include "tests/support/keyway_cluster.hpp"
 
 namespace {
@@ -104,6 +105,15 @@ std::string publish(kc::connection& c, const std::string& subject, const std::st
 }
 
 /// "P:I" → (P, I); "end:P" → (P, -1); anything else → (-1, -1).
+/// The value of the sample `series` (name and labels, exactly as rendered)
+/// in a Prometheus text page; -1 if absent.
+double metric_value(const std::string& page, const std::string& series) {
+  const std::string at = "\n" + series + " ";
+  const auto p = page.find(at);
+  if (p == std::string::npos) return -1;
+  return std::stod(page.substr(p + at.size(), page.find('\n', p + at.size()) - p - at.size()));
+}
+
 std::pair<int, int> parse_payload(const std::string& s) {
   try {
     if (s.rfind("end:", 0) == 0) return {std::stoi(s.substr(4)), -1};
@@ -308,6 +318,25 @@ TEST_CASE(
     CHECK(seen[si].size() == seen[0].size());
   }
   CHECK(seen[0].size() == 5);  // k0..k4
+
+  // The traffic shows per peer: every node sent messages to every other one
+  // (each orders some keys that have subscribers everywhere), its links are
+  // up, and the cluster has three active members.
+  for (std::size_t n = 0; n < cluster.size(); ++n) {
+    const std::string metrics =
+        keyway::test::http_get(cluster.admin_port(n), "/metrics", std::chrono::seconds(2)).body;
+    INFO(
+        cluster.id(n) << "'s /metrics (cluster part): "
+                      << metrics.substr(std::min(metrics.find("keyway_cluster_"), metrics.size())));
+    CHECK(metric_value(metrics, "keyway_cluster_members{state=\"active\"}") == 3);
+    for (std::size_t m = 0; m < cluster.size(); ++m) {
+      if (m == n) continue;
+      const std::string peer = "{peer=\"" + cluster.id(m) + "\"}";
+      CHECK(metric_value(metrics, "keyway_cluster_peer_up" + peer) == 1);
+      CHECK(metric_value(metrics, "keyway_cluster_peer_sent_messages_total" + peer) > 0);
+      CHECK(metric_value(metrics, "keyway_cluster_peer_sent_bytes_total" + peer) > 0);
+    }
+  }
 }
 
 TEST_CASE(
