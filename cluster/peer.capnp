@@ -38,7 +38,18 @@ struct PeerFrame {
     interestApplied @8 :InterestApplied;  # every worker applied an interest change
     reply   @9 :Reply;        # the owner's answer to a forwarded publish
     fence   @10 :Fence;       # a step of a ring change's hand-off
+    barrier @11 :Barrier;     # a client's ping: were its forwarded publishes routed?
   }
+}
+
+# A ping's barrier across nodes: sent on the link that carried the
+# connection's forwarded publishes, behind them; the receiving node answers
+# (answer = true, on its own link back) once every worker routed everything
+# that came before it.
+struct Barrier {
+  conn   @0 :UInt64;  # the pinging connection, on the node that asks
+  round  @1 :UInt64;  # its barrier round
+  answer @2 :Bool;
 }
 
 # The hand-off when the ring changes to epoch `epoch` (docs/cluster.md,

@@ -207,6 +207,12 @@ std::string encode_peer_frame(const peer_frame& f) {
                    o.setEpoch(fe.epoch);
                    o.setWorker(fe.worker);
                  },
+                 [&](const peer_barrier& b) {
+                   auto o = root.initBarrier();
+                   o.setConn(b.conn);
+                   o.setRound(b.round);
+                   o.setAnswer(b.answer);
+                 },
                  [&](const peer_reply& r) {
                    auto o = root.initReply();
                    o.setConn(r.conn);
@@ -305,6 +311,10 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
           return "a fence of an unknown stage " + std::to_string(stage);
         return std::optional<peer_frame>(
             peer_fence{static_cast<fence_stage>(stage), fe.getEpoch(), fe.getWorker()});
+      }
+      case wire::PeerFrame::BARRIER: {
+        const auto b = root.getBarrier();
+        return std::optional<peer_frame>(peer_barrier{b.getConn(), b.getRound(), b.getAnswer()});
       }
       case wire::PeerFrame::REPLY: {
         const auto r = root.getReply();

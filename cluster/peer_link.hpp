@@ -136,9 +136,14 @@ struct peer_fence {
   std::int64_t epoch = 0;
   std::uint32_t worker = 0;
 };
-using peer_frame =
-    std::variant<peer_hello, peer_welcome, peer_refused, peer_ping, peer_pong, peer_forward,
-                 peer_deliver, peer_interest, peer_interest_applied, peer_reply, peer_fence>;
+struct peer_barrier {
+  std::uint64_t conn = 0;
+  std::uint64_t round = 0;
+  bool answer = false;
+};
+using peer_frame = std::variant<peer_hello, peer_welcome, peer_refused, peer_ping, peer_pong,
+                                peer_forward, peer_deliver, peer_interest, peer_interest_applied,
+                                peer_reply, peer_fence, peer_barrier>;
 
 /// One PeerFrame per Cap'n Proto framed message.
 std::string encode_peer_frame(const peer_frame& f);

@@ -302,8 +302,8 @@ bool connection::route_publish(const proto::publish_view& p) {
   op.ack_id = p.ack_id;
   op.from = svc_.worker().id();
   const std::uint32_t owner = svc_.owner_of(*op.msg);
-  if (svc_.route(op, owner)) {
-    if (owner != op.from) published_to_.set(owner);
+  if (const auto node = svc_.route(op, owner)) {
+    routed_to(*node, owner);
     return true;
   }
   blocked_owner_ = owner;
@@ -329,14 +329,24 @@ bool connection::resume() {
     blocked_.reset();
     return true;
   }
-  if (!svc_.route(*blocked_, blocked_owner_)) return false;
-  if (blocked_owner_ != svc_.worker().id()) published_to_.set(blocked_owner_);
+  const auto node = svc_.route(*blocked_, blocked_owner_);
+  if (!node) return false;
+  routed_to(*node, blocked_owner_);
   blocked_.reset();
   last_active_ = std::chrono::steady_clock::now();
   // The rest of a paused batch first, then the frames after it; either may
   // pause again, through route_publish's resume_later().
   if (publish_entries()) continue_reading();
   return true;
+}
+
+void connection::routed_to(std::uint32_t node, std::uint32_t owner) {
+  if (node != 0) {
+    if (std::find(forwarded_to_.begin(), forwarded_to_.end(), node) == forwarded_to_.end())
+      forwarded_to_.push_back(node);
+  } else if (owner != svc_.worker().id()) {
+    published_to_.set(owner);
+  }
 }
 
 void connection::continue_reading() {
@@ -359,7 +369,7 @@ void connection::throttle(bool on) {
 }
 
 void connection::on_ping(std::uint64_t id) {
-  if (pings_.empty() && published_to_.none()) {
+  if (pings_.empty() && published_to_.none() && forwarded_to_.empty()) {
     // Every publish before it was routed inline, or was covered by a ping
     // already answered: the usual case, as cheap as it ever was.
     (void)svc_.encoder().pong(out(), id);
@@ -376,6 +386,12 @@ void connection::on_ping(std::uint64_t id) {
       ++barriers;
     }
     published_to_.reset();
+  }
+  if (!forwarded_to_.empty()) {
+    const std::uint64_t round = first_round_ + pings_.size();
+    for (const std::uint32_t node : forwarded_to_)
+      if (svc_.barrier_node(node, id_, round)) ++barriers;
+    forwarded_to_.clear();
   }
   // Behind earlier pings even without barriers of its own: pongs go in order.
   pings_.push_back({id, barriers});

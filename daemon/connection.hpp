@@ -132,6 +132,8 @@ class connection : public std::enable_shared_from_this<connection> {
   }
   /// Reading may go on again: handles what is buffered, then reads.
   void continue_reading();
+  /// Notes where route() sent a publish, for the next ping's barriers.
+  void routed_to(std::uint32_t node, std::uint32_t owner);
   /// After bytes left the outbound queue: resume own-output pushback,
   /// release the publishers this connection throttled, end a slow-consumer
   /// grace period.
@@ -229,6 +231,8 @@ class connection : public std::enable_shared_from_this<connection> {
   // Owners other than this worker that were sent a publish since the last
   // barrier round: the next ping sends each a barrier.
   std::bitset<max_workers> published_to_;
+  // Cluster: the other nodes forwarded a publish since the last barrier round.
+  std::vector<std::uint32_t> forwarded_to_;
   // Pings not answered yet, in order; the one at the front is barrier round
   // first_round_, the next first_round_ + 1, ... A ping that needed no
   // barrier of its own waits (barriers_left 0) for the pings before it.

@@ -62,6 +62,12 @@ struct barrier_op {
   std::uint64_t conn = 0;   // the pinging connection (its worker in the top 16 bits)
   std::uint64_t round = 0;  // the connection's barrier round, for its pending pings
   bool answer = false;      // false: ingress → owner; true: owner → ingress
+  /// Non-zero: the pinging connection is node `node`'s (a peer barrier frame
+  /// worker 0 passed on); the answer goes to worker 0, which answers that
+  /// node once every worker did.
+  std::uint32_t node = 0;
+  /// Set on an answer that came back from node `answered_by` (cluster).
+  std::uint32_t answered_by = 0;
 };
 
 struct delivery_target {

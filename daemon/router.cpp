@@ -148,25 +148,28 @@ bool router::has_interest(std::string_view subject) {
   return index_.any_match(subject);
 }
 
-bool router::route(publish_op& op, std::uint32_t owner) {
+std::optional<std::uint32_t> router::route(publish_op& op, std::uint32_t owner) {
   KEYWAY_ASSERT_OWNER(w_);
   if (ctx_.cluster) {
     const auto key = op.msg->routing_key();
     const std::uint32_t node = map_->owner({reinterpret_cast<const char*>(key.data()), key.size()});
-    if (!transitions_.empty() && held(key)) return false;
-    if (node != 0) return forward(op, node);
+    if (!transitions_.empty() && held(key)) return std::nullopt;
+    if (node != 0) {
+      if (!forward(op, node)) return std::nullopt;
+      return node;
+    }
   }
   if (owner == w_.id()) {
-    if (ep_.backlogged()) return false;  // see core/mesh.hpp: backlog feeds back into credit
+    if (ep_.backlogged()) return std::nullopt;  // see core/mesh.hpp: backlog feeds back into credit
     on_publish(op);
-    return true;
+    return 0;
   }
   // try_send leaves a refused message untouched: hand the publish back to the
   // caller, who keeps it until credit returns.
   route_msg m(std::move(op));
-  if (ep_.try_send(owner, std::move(m))) return true;
+  if (ep_.try_send(owner, std::move(m))) return 0;
   op = std::move(std::get<publish_op>(m));
-  return false;
+  return std::nullopt;
 }
 
 void router::dispatch(route_msg& m) {
@@ -202,8 +205,16 @@ void router::on_barrier(const barrier_op& op) {
     // Everything the connection sent here before the barrier was routed (one
     // FIFO ring), and what that produced for its worker is staged there
     // (deliveries, acks): the answer goes behind it on our FIFO ring back.
-    ep_.send(worker_of_conn(op.conn), route_msg(barrier_op{op.conn, op.round, true}));
+    // Another node's barrier: to worker 0, which answers that node.
+    ep_.send(op.node != 0 ? 0 : worker_of_conn(op.conn),
+             route_msg(barrier_op{op.conn, op.round, true, op.node}));
     return;
+  }
+  if (op.node != 0) return remote_barrier_answered(op);
+  if (op.answered_by != 0) {
+    auto& pending = node_barriers_[op.answered_by];
+    const auto it = std::find(pending.begin(), pending.end(), std::make_pair(op.conn, op.round));
+    if (it != pending.end()) pending.erase(it);
   }
   // A connection closed meanwhile is gone from conns_: the answer is dropped.
   if (connection* c = find_conn(op.conn)) c->barrier_done(op.round);

@@ -96,8 +96,9 @@ class router final : public core::worker_handler, public worker_services {
 
   // worker_services (worker_services.hpp: what connections ask of this worker)
   bool has_interest(std::string_view subject) override;
-  bool route(publish_op& op, std::uint32_t owner) override;
+  std::optional<std::uint32_t> route(publish_op& op, std::uint32_t owner) override;
   void barrier(std::uint32_t owner, std::uint64_t conn, std::uint64_t round) override;
+  bool barrier_node(std::uint32_t node, std::uint64_t conn, std::uint64_t round) override;
   result<std::uint32_t, std::string> admit_subscription(std::string_view pattern,
                                                         std::string_view group,
                                                         std::uint64_t cost) override;
@@ -173,6 +174,9 @@ class router final : public core::worker_handler, public worker_services {
   /// of it only, unless all_workers).
   void forget_remote(std::uint32_t node, std::uint32_t worker, bool all_workers);
   void remote_sub_applied(const sub_applied_op& op);
+  /// Worker 0: a barrier frame from node `node`, and its workers' answers.
+  void on_peer_barrier(std::uint32_t node, const cluster::peer_barrier& b);
+  void remote_barrier_answered(const barrier_op& op);
   /// The link to `node` if it is up.
   cluster::peer_dialer* link_to(std::uint32_t node) noexcept;
   /// Hand-off (router_cluster.cpp, "Ring changes"): starts this worker's part
@@ -283,6 +287,11 @@ class router final : public core::worker_handler, public worker_services {
     bool ingress_sent = false, ordered_sent = false, drained_sent = false;
   };
   std::map<std::int64_t, node_handoff> handoffs_;
+  // Barriers sent to other nodes and not answered yet, by node: answered
+  // here if the link goes down.
+  std::map<std::uint32_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> node_barriers_;
+  // Worker 0: other nodes' barriers, (node, conn, round) → workers yet to answer.
+  std::map<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>, std::uint32_t> remote_barriers_;
 };
 
 }  // namespace keyway::daemon

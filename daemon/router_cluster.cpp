@@ -126,6 +126,7 @@ void router::refresh_cluster() {
   for (const std::uint32_t node : gone) {
     forget_remote(node, 0, true);
     remote_leases_.erase(node);
+    std::erase_if(remote_barriers_, [&](const auto& b) { return std::get<0>(b.first) == node; });
   }
 }
 
@@ -202,6 +203,14 @@ void router::link_up(std::uint32_t node) {
 
 void router::link_down(std::uint32_t node, const std::string& why) {
   ctx_.cluster->link_changed(w_.id(), node, false);
+  // Barriers that went out on the link get no answer now: what they fenced
+  // went down with it. Their pings are answered rather than left hanging.
+  if (const auto it = node_barriers_.find(node); it != node_barriers_.end()) {
+    auto pending = std::move(it->second);
+    node_barriers_.erase(it);
+    for (const auto& [conn, round] : pending)
+      if (connection* c = find_conn(conn)) c->barrier_done(round);
+  }
   spdlog::info("cluster: worker {}: link to node \"{}\": {}", w_.id(), peers_[node].id, why);
 }
 
@@ -262,7 +271,41 @@ std::uint32_t router::send_interest(const std::vector<sub_spec>& changes) {
   return nodes;
 }
 
+bool router::barrier_node(std::uint32_t node, std::uint64_t conn, std::uint64_t round) {
+  KEYWAY_ASSERT_OWNER(w_);
+  cluster::peer_dialer* d = link_to(node);
+  if (d == nullptr) return false;
+  // On the link that carried the connection's forwarded publishes, behind them.
+  send_peer(node, *d, cluster::encode_peer_frame(cluster::peer_barrier{conn, round, false}));
+  node_barriers_[node].emplace_back(conn, round);
+  return true;
+}
+
 // ---- worker 0: what other nodes send -------------------------------------------
+
+void router::on_peer_barrier(std::uint32_t node, const cluster::peer_barrier& b) {
+  if (b.answer) {
+    const std::uint32_t wid = worker_of_conn(b.conn);
+    if (wid < workers_) submit(wid, route_msg(barrier_op{b.conn, b.round, true, 0, node}));
+    return;
+  }
+  // Everything that link carried before the barrier was handed to its owner
+  // workers on FIFO rings: a barrier to each, behind it, and the answer once
+  // all of them answered.
+  remote_barriers_[{node, b.conn, b.round}] = workers_;
+  for (std::uint32_t wid = 0; wid < workers_; ++wid)
+    ep_.send(wid, route_msg(barrier_op{b.conn, b.round, false, node}));
+}
+
+void router::remote_barrier_answered(const barrier_op& op) {
+  KEYWAY_ASSERT(w_.id() == 0);
+  const auto it = remote_barriers_.find({op.node, op.conn, op.round});
+  if (it == remote_barriers_.end() || --it->second != 0) return;
+  remote_barriers_.erase(it);
+  if (cluster::peer_dialer* d = link_to(op.node))
+    send_peer(op.node, *d,
+              cluster::encode_peer_frame(cluster::peer_barrier{op.conn, op.round, true}));
+}
 
 void router::bad_peer_frame(const cluster::peer_hello& h, const std::string& why) {
   // Another node's bug, or not a node at all: dropped, and logged sparingly.
@@ -341,6 +384,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f)
                  },
                  [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
                  [&](cluster::peer_fence& fe) { on_peer_fence(node, fe); },
+                 [&](cluster::peer_barrier& b) { on_peer_barrier(node, b); },
                  [&](cluster::peer_interest_applied& a) {
                    const std::uint32_t wid = worker_of_conn(a.conn);
                    if (wid >= workers_) return;

@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -96,13 +97,18 @@ class worker_services {
   /// Whether any subscription matches `subject`, by this worker's replica of
   /// the index (which holds every acknowledged subscription).
   virtual bool has_interest(std::string_view subject) = 0;
-  /// Hands an accepted publish to `owner` (owner_of(*op.msg)). Returns false
-  /// if the owner has no credit: the op is left intact, and the connection
-  /// must wait (resume_later()) until credit returns.
-  virtual bool route(publish_op& op, std::uint32_t owner) = 0;
+  /// Hands an accepted publish to `owner` (owner_of(*op.msg)), or in a
+  /// cluster to the node that owns its key. Returns the node it went to (0:
+  /// this one), or nothing if the owner has no credit (or the link to its
+  /// node is down or full): the op is left intact, and the connection must
+  /// wait (resume_later()) until credit returns.
+  virtual std::optional<std::uint32_t> route(publish_op& op, std::uint32_t owner) = 0;
   /// Sends a barrier (route.hpp) of connection `conn`'s round `round` to
   /// worker `owner` (not this one). Never refused.
   virtual void barrier(std::uint32_t owner, std::uint64_t conn, std::uint64_t round) = 0;
+  /// The same for the publishes forwarded to node `node` (cluster): false if
+  /// the link is down (what it carried is lost with it; nothing to wait for).
+  virtual bool barrier_node(std::uint32_t node, std::uint64_t conn, std::uint64_t round) = 0;
 
   /// Checks a new subscription against this worker's replica of the index
   /// (queue-group members, pattern shapes) and its share of

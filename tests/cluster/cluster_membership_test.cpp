@@ -16,6 +16,7 @@
 
 #include "tests/cluster/cluster_clients.hpp"
 #include "tests/support/keyway_cluster.hpp"
+#include "tests/support/numbered.hpp"
 
 namespace {
 
@@ -65,7 +66,7 @@ TEST_CASE(
       }
       auto& r = results[p];
       for (int i = 0; i < max_per_publisher && !stop.load(); ++i) {
-        const std::string key = "k" + std::to_string(i % keys);
+        const std::string key = keyway::test::numbered("k", i % keys);
         kc::publish_options o;
         o.key = key;
         const auto t0 = std::chrono::steady_clock::now();
@@ -83,7 +84,7 @@ TEST_CASE(
       // One end marker per key: a subscriber holding them all has everything.
       for (int k = 0; k < keys; ++k) {
         kc::publish_options o;
-        const std::string key = "k" + std::to_string(k);
+        const std::string key = keyway::test::numbered("k", k);
         o.key = key;
         if (auto a = (*c)->publish_ack("move.p" + std::to_string(p), "end:" + std::to_string(p), o);
             !a && r.error.empty())

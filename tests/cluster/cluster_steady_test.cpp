@@ -30,6 +30,7 @@
 #include "tests/cluster/cluster_clients.hpp"
 #include "tests/support/http_get.hpp"
 #include "tests/support/keyway_cluster.hpp"
+#include "tests/support/numbered.hpp"
 
 namespace {
 
@@ -189,13 +190,13 @@ TEST_CASE(
       case 0:
         return std::string("k0");
       case 1:
-        return "k" + std::to_string(p + 1);
+        return keyway::test::numbered("k", p + 1);
       default:
         return std::string("k4");
     }
   };
   const auto keys_of = [](std::size_t p) {
-    return std::vector<std::string>{"k0", "k" + std::to_string(p + 1), "k4"};
+    return std::vector<std::string>{"k0", keyway::test::numbered("k", p + 1), "k4"};
   };
 
   // Subscribers on every node, over TCP and over the Unix socket, each
@@ -557,4 +558,36 @@ TEST_CASE(
     if (reference.empty()) reference = core_of_key;
     CHECK(core_of_key == reference);  // every node names the owners alike
   }
+}
+
+TEST_CASE("cluster steady: a flush covers the publishes forwarded to other nodes") {
+  // flush() means "routed": once it returns, every earlier publish was
+  // ordered by its owner, wherever that is. So a subscription made after the
+  // flush sees none of them, only what is published after it.
+  keyway_cluster cluster;
+  // An early subscriber on n3: with interest somewhere, the publishes are
+  // forwarded to their owners rather than dropped where they are read.
+  collector early_got;
+  auto early = must_connect(cluster.tcp_url(2), "early-sub");
+  must_subscribe(*early, "flush.t", early_got);
+  auto pub = must_connect(cluster.tcp_url(0), "flusher");
+  constexpr int before = 200000;  // enough to leave a backlog on the links when the pong is early
+  for (int i = 0; i < before; ++i)
+    must_publish(*pub, "flush.t", keyway::test::numbered("k", i % 64), "before");
+  auto f = pub->flush();
+  REQUIRE_MESSAGE(f.has_value(), "flush: " << (f ? std::string() : f.error().to_string()));
+
+  collector got;
+  auto sub = must_connect(cluster.tcp_url(1), "late-sub");
+  must_subscribe(*sub, "flush.t", got);
+  for (int k = 0; k < 64; ++k)
+    must_publish(*pub, "flush.t", keyway::test::numbered("k", k), "after");
+  REQUIRE(got.wait_until([](const auto& ms) { return ms.size() >= 64; }, 10s));
+  std::this_thread::sleep_for(200ms);  // anything late would show up now
+  const auto ms = got.messages();
+  const auto stale = std::count_if(ms.begin(), ms.end(),
+                                   [](const kc::message& m) { return m.payload == "before"; });
+  CHECK_MESSAGE(stale == 0, stale << " messages published before the flush were delivered to a "
+                                     "subscription made after it");
+  CHECK(ms.size() == 64);
 }

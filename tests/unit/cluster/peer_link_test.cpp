@@ -259,7 +259,8 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
       peer_interest{{{true, "orders.>", "g", 5, 6, 7, 8}, {false, "", "", 5, 6, 7, 0}}, true},
       peer_interest_applied{6, 8, 7, 5, "full"},
       peer_reply{6, 3, 0, "orders.eu", "inbox.1"},
-      peer_fence{fence_stage::drained, 77, 3}};
+      peer_fence{fence_stage::drained, 77, 3},
+      peer_barrier{9, 4, true}};
   std::string stream;
   for (const auto& f : frames) stream += encode_peer_frame(f);
   peer_frame_reader r(1 << 20);
@@ -271,7 +272,10 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
     if (!*f) break;
     got.push_back(std::move(**f));
   }
-  REQUIRE(got.size() == 6);
+  REQUIRE(got.size() == 7);
+  CHECK(std::get<peer_barrier>(got[6]).conn == 9);
+  CHECK(std::get<peer_barrier>(got[6]).round == 4);
+  CHECK(std::get<peer_barrier>(got[6]).answer);
   const auto& fw = std::get<peer_forward>(got[0]);
   CHECK(fw.msg.subject == "orders.eu");
   CHECK(fw.msg.payload == std::string("pay\0load", 8));
