@@ -7,7 +7,8 @@
 // publishes whose key the node owns (forward), copies of what this worker
 // ordered for the node's subscribers (deliver), its connections'
 // subscription changes (interest; a full snapshot whenever the link comes
-// up) and answers to the node's forwarded publishes (reply). Worker 0 runs
+// up), answers to the node's forwarded publishes (reply), hand-off steps
+// (fence, "Ring changes" below) and ping barriers (barrier). Worker 0 runs
 // the peer listener and takes in what every other node sends, handing each
 // frame to the worker it is for through the mesh, as it does a socket.
 //
@@ -85,12 +86,16 @@ void router::refresh_cluster() {
   for (const auto& p : map_->peers) top = std::max(top, p.index);
   if (peers_.size() <= top) peers_.resize(top + 1);
   if (per_node_.size() <= top) per_node_.resize(top + 1);
-  // Dial new members and new incarnations; stop dialling the gone.
+  // Dial new members and new incarnations (theirs, or this node's after it
+  // registered again: hellos carry it); stop dialling the gone.
+  const std::int64_t own_lease = cn.lease();
+  const bool redial_all = own_lease != dialed_as_;
+  dialed_as_ = own_lease;
   std::vector<bool> present(peers_.size(), false);
   for (const auto& p : map_->peers) {
     present[p.index] = true;
     peer_out& out = peers_[p.index];
-    if (out.dialer && out.lease == p.lease) continue;
+    if (out.dialer && out.lease == p.lease && !redial_all) continue;
     if (out.dialer) {
       out.dialer->stop();
       cn.link_changed(w_.id(), p.index, false);
@@ -100,7 +105,7 @@ void router::refresh_cluster() {
     cluster::peer_hello hello;
     hello.cluster = cn.cluster_name();
     hello.node_id = cn.self_id();
-    hello.incarnation = cn.lease();
+    hello.incarnation = own_lease;
     hello.epoch = map_->epoch;
     hello.worker = w_.id();
     const std::uint32_t node = p.index;
