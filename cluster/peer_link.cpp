@@ -138,6 +138,15 @@ void encode_deliver(std::string& out, const peer_message_view& m, std::uint64_t 
 }
 
 std::string encode_peer_frame(const peer_frame& f) {
+  std::string out;
+  if (const auto* fw = std::get_if<peer_forward>(&f)) {
+    encode_forward(out, view_of(fw->msg), fw->conn, fw->ack_id);
+    return out;
+  }
+  if (const auto* d = std::get_if<peer_deliver>(&f)) {
+    encode_deliver(out, view_of(d->msg), d->seq, d->owner_core, d->epoch, d->targets);
+    return out;
+  }
   capnp::MallocMessageBuilder msg;
   auto root = msg.initRoot<wire::PeerFrame>();
   std::visit(overloaded{
@@ -160,24 +169,9 @@ std::string encode_peer_frame(const peer_frame& f) {
                  [&](const peer_refused& r) { root.initRefused().setReason(r.reason); },
                  [&](const peer_ping& p) { root.setPing(p.id); },
                  [&](const peer_pong& p) { root.setPong(p.id); },
-                 [&](const peer_forward& fw) {
-                   auto o = root.initForward();
-                   set_message(o.initMessage(), view_of(fw.msg));
-                   o.setConn(fw.conn);
-                   o.setAckId(fw.ack_id);
-                 },
-                 [&](const peer_deliver& d) {
-                   auto o = root.initDeliver();
-                   set_message(o.initMessage(), view_of(d.msg));
-                   o.setSeq(d.seq);
-                   o.setOwnerCore(d.owner_core);
-                   o.setEpoch(d.epoch);
-                   auto ts = o.initTargets(static_cast<unsigned>(d.targets.size()));
-                   for (unsigned i = 0; i < d.targets.size(); ++i) {
-                     ts[i].setConn(d.targets[i].conn);
-                     ts[i].setSid(d.targets[i].sid);
-                   }
-                 },
+                 // Data frames: encode_forward / encode_deliver, below.
+                 [](const peer_forward&) {},
+                 [](const peer_deliver&) {},
                  [&](const peer_interest& in) {
                    auto o = root.initInterest();
                    o.setSnapshotDone(in.snapshot_done);
@@ -223,7 +217,6 @@ std::string encode_peer_frame(const peer_frame& f) {
                  },
              },
              f);
-  std::string out;
   append_flat(out, msg);
   return out;
 }

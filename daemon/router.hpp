@@ -241,8 +241,8 @@ class router final : public core::worker_handler, public worker_services {
     std::int64_t lease = 0;
     std::shared_ptr<cluster::peer_dialer> dialer;
   };
-  std::vector<peer_out> peers_;                              // by node index
-  std::int64_t dialed_as_ = 0;  // this node's lease, as the hellos of peers_ carry it
+  std::vector<peer_out> peers_;  // by node index
+  std::int64_t dialed_as_ = 0;   // this node's lease, as the hellos of peers_ carry it
   std::unordered_map<std::uint32_t, sub_spec> own_subs_;     // this worker's connections', by uid
   std::vector<std::vector<cluster::peer_target>> per_node_;  // scratch for on_publish
   std::string frames_;                                       // scratch: encoded peer frames

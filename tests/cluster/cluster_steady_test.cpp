@@ -105,7 +105,33 @@ std::string publish(kc::connection& c, const std::string& subject, const std::st
   return r ? std::string() : "publish " + payload + " on " + key + ": " + r.error().to_string();
 }
 
-/// "P:I" → (P, I); "end:P" → (P, -1); anything else → (-1, -1).
+/// One publisher on each of nodes 0..publishers-1, all at once: `rounds`
+/// times every key (key_prefix + k, k < keys) with payload "P:I", then an
+/// end marker "end:P" per key, then a flush. The first error, or "".
+std::string publish_rounds(const keyway_cluster& cluster, std::size_t publishers,
+                           const std::string& subject, int rounds, int keys,
+                           const std::string& key_prefix) {
+  std::vector<std::unique_ptr<kc::connection>> pubs;
+  for (std::size_t p = 0; p < publishers; ++p)
+    pubs.push_back(must_connect(cluster.tcp_url(p), "pub-" + cluster.id(p)));
+  return run_publishers(publishers, [&](std::size_t p) -> std::string {
+    kc::connection& c = *pubs[p];
+    for (int r = 0; r < rounds; ++r)
+      for (int k = 0; k < keys; ++k)
+        if (auto e = publish(c, subject, keyway::test::numbered(key_prefix, k),
+                             std::to_string(p) + ":" + std::to_string(r * keys + k));
+            !e.empty())
+          return e;
+    for (int k = 0; k < keys; ++k)
+      if (auto e = publish(c, subject, keyway::test::numbered(key_prefix, k),
+                           "end:" + std::to_string(p));
+          !e.empty())
+        return e;
+    auto f = c.flush();
+    return f ? std::string() : "flush: " + f.error().to_string();
+  });
+}
+
 /// The value of the sample `series` (name and labels, exactly as rendered)
 /// in a Prometheus text page; -1 if absent.
 double metric_value(const std::string& page, const std::string& series) {
@@ -115,6 +141,7 @@ double metric_value(const std::string& page, const std::string& series) {
   return std::stod(page.substr(p + at.size(), page.find('\n', p + at.size()) - p - at.size()));
 }
 
+/// "P:I" → (P, I); "end:P" → (P, -1); anything else → (-1, -1).
 std::pair<int, int> parse_payload(const std::string& s) {
   try {
     if (s.rfind("end:", 0) == 0) return {std::stoi(s.substr(4)), -1};
@@ -346,29 +373,14 @@ TEST_CASE(
   keyway_cluster cluster;
   constexpr std::size_t publishers = 3;
   constexpr int keys = 64, rounds = 2;
-  const auto key = [](int k) { return "key-" + std::to_string(k); };
+  const auto key = [](int k) { return keyway::test::numbered("key-", k); };
 
   // One member per node (n2's over the Unix socket), one group.
   std::vector<std::unique_ptr<subscriber>> members;
   for (std::size_t n = 0; n < cluster.size(); ++n)
     members.push_back(open_subscriber(cluster, n, n == 1, "qg.>", "workers"));
 
-  std::vector<std::unique_ptr<kc::connection>> pubs;
-  for (std::size_t p = 0; p < publishers; ++p)
-    pubs.push_back(must_connect(cluster.tcp_url(p), "pub-" + cluster.id(p)));
-  const std::string failed = run_publishers(publishers, [&](std::size_t p) -> std::string {
-    kc::connection& c = *pubs[p];
-    for (int r = 0; r < rounds; ++r)
-      for (int k = 0; k < keys; ++k)
-        if (auto e = publish(c, "qg.work", key(k),
-                             std::to_string(p) + ":" + std::to_string(r * keys + k));
-            !e.empty())
-          return e;
-    for (int k = 0; k < keys; ++k)
-      if (auto e = publish(c, "qg.work", key(k), "end:" + std::to_string(p)); !e.empty()) return e;
-    auto f = c.flush();
-    return f ? std::string() : "flush: " + f.error().to_string();
-  });
+  const std::string failed = publish_rounds(cluster, publishers, "qg.work", rounds, keys, "key-");
   REQUIRE_MESSAGE(failed.empty(), failed);
 
   // Each sentinel goes to one member: wait until the members have them all.
@@ -478,27 +490,11 @@ TEST_CASE(
   keyway_cluster cluster;
   constexpr std::size_t publishers = 3;
   constexpr int keys = 64, rounds = 3;
-  const auto key = [](int k) { return "own-" + std::to_string(k); };
 
   std::vector<std::unique_ptr<subscriber>> subs;
   for (std::size_t n = 0; n < cluster.size(); ++n)
     subs.push_back(open_subscriber(cluster, n, n == 1, "own.>"));
-  std::vector<std::unique_ptr<kc::connection>> pubs;
-  for (std::size_t p = 0; p < publishers; ++p)
-    pubs.push_back(must_connect(cluster.tcp_url(p), "pub-" + cluster.id(p)));
-  const std::string failed = run_publishers(publishers, [&](std::size_t p) -> std::string {
-    kc::connection& c = *pubs[p];
-    for (int r = 0; r < rounds; ++r)
-      for (int k = 0; k < keys; ++k)
-        if (auto e =
-                publish(c, "own.x", key(k), std::to_string(p) + ":" + std::to_string(r * keys + k));
-            !e.empty())
-          return e;
-    for (int k = 0; k < keys; ++k)
-      if (auto e = publish(c, "own.x", key(k), "end:" + std::to_string(p)); !e.empty()) return e;
-    auto f = c.flush();
-    return f ? std::string() : "flush: " + f.error().to_string();
-  });
+  const std::string failed = publish_rounds(cluster, publishers, "own.x", rounds, keys, "own-");
   REQUIRE_MESSAGE(failed.empty(), failed);
 
   const std::size_t sentinels = publishers * keys;
