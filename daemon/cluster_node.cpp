@@ -292,14 +292,16 @@ std::string cluster_node::readiness_report() const {
 std::string cluster_node::status_json() const {
   std::lock_guard lock(mutex_);
   std::string nodes = "{\"id\":" + json_str(cfg_.self.id) +
-                      ",\"self\":true,\"state\":" + json_str(cluster::to_string(state_)) +
+                      ",\"self\":true,\"owner_core_tag\":" + std::to_string(tag_) +
+                      ",\"state\":" + json_str(cluster::to_string(state_)) +
                       ",\"peer_url\":" + json_str(cfg_.self.peer_url) +
                       ",\"client_urls\":" + nlohmann::json(cfg_.self.client_urls).dump() + "}";
   for (const auto& p : map_->peers) {
     std::size_t up = 0;
     for (const auto& l : links_up_) up += l.count(p.index);
     nodes += ",{\"id\":" + json_str(p.id) +
-             ",\"self\":false,\"state\":" + json_str(cluster::to_string(p.state)) +
+             ",\"self\":false,\"owner_core_tag\":" + std::to_string(tag_of(p.id)) +
+             ",\"state\":" + json_str(cluster::to_string(p.state)) +
              ",\"peer_url\":" + json_str(p.peer_url) +
              ",\"client_urls\":" + nlohmann::json(p.client_urls).dump() +
              ",\"links_up\":" + std::to_string(up) + "}";

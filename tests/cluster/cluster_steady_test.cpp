@@ -554,6 +554,18 @@ TEST_CASE(
     if (reference.empty()) reference = core_of_key;
     CHECK(core_of_key == reference);  // every node names the owners alike
   }
+  // /status tells which node an ownerCore is: ownerCore / 256 is the owner
+  // node's owner_core_tag (one worker each: ownerCore % 256 is 0).
+  std::map<std::string, std::uint32_t> tag_of_node;
+  const auto status = cluster.status(0);
+  for (const auto& node : status["cluster"]["nodes"])
+    tag_of_node[node.value("id", std::string())] = node.value("owner_core_tag", 0u);
+  REQUIRE(tag_of_node.size() == 3);
+  for (const auto& [k, c] : reference) {
+    INFO("key " << k << " ownerCore " << c << " placed on " << placed->owner(k));
+    CHECK(c / 256 == tag_of_node[placed->owner(k)]);
+    CHECK(c % 256 == 0);
+  }
 }
 
 TEST_CASE("cluster steady: a flush covers the publishes forwarded to other nodes") {
