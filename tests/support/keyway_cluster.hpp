@@ -192,8 +192,7 @@ class keyway_cluster {
         if (const auto code = exit_code_now(n))
           throw std::runtime_error("keyway_cluster: node " + n.id() + " exited with status " +
                                    std::to_string(*code) +
-                                   " while waiting for the cluster to be ready" +
-                                   not_built_hint(n) + "\n" + diagnosis());
+                                   " while waiting for the cluster to be ready\n" + diagnosis());
         missing += readiness_problem(n, expected);
       }
       if (missing.empty()) return;
@@ -259,15 +258,10 @@ class keyway_cluster {
       } catch (const std::exception& e) {
         const std::string why = e.what();
         if (why.find("ddress already in use") != std::string::npos && attempt < 3) continue;
-        std::string hint;
-        if (why.find("cannot run as a cluster node yet") != std::string::npos)
-          hint =
-              "\n(this keywayd refuses to run as a cluster node: it is built without "
-              "forwarding between nodes, so the cluster tests cannot pass with it)";
         const std::string others = diagnosis();
         throw std::runtime_error(
             "keyway_cluster: node " + n.config.id + " (config " + n.config_path +
-            ") did not start" + hint + "\nits config:\n" + n.config.toml() + why +
+            ") did not start\nits config:\n" + n.config.toml() + why +
             (others.empty() ? "" : "\nthe nodes started before it:\n" + others));
       }
     }
@@ -330,14 +324,6 @@ class keyway_cluster {
     } catch (const std::exception& e) {
       return std::string("no answer: ") + e.what();
     }
-  }
-
-  static std::string not_built_hint(const node& n) {
-    return n.process &&
-                   n.process->log().find("cannot run as a cluster node yet") != std::string::npos
-               ? " (this keywayd refuses to run as a cluster node: it is built without "
-                 "forwarding between nodes)"
-               : "";
   }
 
   static std::string last_lines(const std::string& text, std::size_t count) {
