@@ -230,7 +230,11 @@ void router::on_publish(publish_op& op) {
   bool remote = false;
   for (const sub_ref& r : matches_) {
     if (r.worker >= remote_worker_base) {
-      per_node_[r.worker - remote_worker_base].push_back({r.conn, r.sid});
+      // Worker 0 may have added this node's subscriptions by a newer cluster
+      // map than this worker has seen yet.
+      const std::uint32_t node = r.worker - remote_worker_base;
+      if (node >= per_node_.size()) per_node_.resize(node + 1);
+      per_node_[node].push_back({r.conn, r.sid});
       remote = true;
       continue;
     }
