@@ -19,21 +19,20 @@ std::uint32_t tag_of(std::string_view id) {
   return t == 0 ? 1 : t;
 }
 
-/// "tcp://HOST:PORT" (HOST an address, or a name resolved now).
+/// A peer URL (tcp://HOST:PORT, parse_listen_url's rules; HOST an address,
+/// or a name resolved now), or nothing.
 std::optional<asio::ip::tcp::endpoint> endpoint_of(std::string_view url) {
-  constexpr std::string_view scheme = "tcp://";
-  if (url.substr(0, scheme.size()) != scheme) return std::nullopt;
-  std::string_view rest = url.substr(scheme.size());
-  const auto colon = rest.rfind(':');
-  if (colon == std::string_view::npos) return std::nullopt;
-  std::string host(rest.substr(0, colon));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  const std::string port(rest.substr(colon + 1));
+  listen_address a;
+  try {
+    a = parse_listen_url(url);
+  } catch (const std::invalid_argument&) {
+    return std::nullopt;
+  }
+  if (a.type != listen_address::kind::tcp) return std::nullopt;
   std::error_code ec;
   asio::io_context io;
   asio::ip::tcp::resolver resolver(io);
-  const auto found = resolver.resolve(host, port, ec);
+  const auto found = resolver.resolve(a.host, std::to_string(a.port), ec);
   if (ec || found.empty()) return std::nullopt;
   return found.begin()->endpoint();
 }
