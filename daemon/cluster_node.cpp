@@ -247,16 +247,21 @@ bool cluster_node::ready_locked() const {
   return state_ == cluster::node_state::active && peers_ready_locked();
 }
 
+std::size_t cluster_node::links_up_to(std::uint32_t index) const {
+  std::size_t up = 0;
+  for (const auto& l : links_up_) up += l.count(index);
+  return up;
+}
+
+std::size_t cluster_node::snapshots_from(const cluster_peer& p) const {
+  const auto it = snapshots_.find(p.index);
+  return it == snapshots_.end() || it->second.lease != p.lease ? 0 : it->second.workers.size();
+}
+
 bool cluster_node::peers_ready_locked() const {
   if (!membership_ || !membership_->lease_held()) return false;
-  for (const auto& p : map_->peers) {
-    for (const auto& up : links_up_)
-      if (up.count(p.index) == 0) return false;
-    const auto it = snapshots_.find(p.index);
-    if (it == snapshots_.end() || it->second.lease != p.lease ||
-        it->second.workers.size() < p.workers)
-      return false;
-  }
+  for (const auto& p : map_->peers)
+    if (links_up_to(p.index) < links_up_.size() || snapshots_from(p) < p.workers) return false;
   return true;
 }
 
@@ -275,13 +280,10 @@ std::string cluster_node::readiness_report() const {
   out += std::string(lease ? "[+]" : "[-]") + "cluster lease " +
          (lease ? "held" : "not held: not registered in etcd") + "\n";
   for (const auto& p : map_->peers) {
-    std::size_t up = 0;
-    for (const auto& l : links_up_) up += l.count(p.index);
+    const std::size_t up = links_up_to(p.index);
     out += std::string(up == links_up_.size() ? "[+]" : "[-]") + "cluster links to " + p.id + ": " +
            std::to_string(up) + " of " + std::to_string(links_up_.size()) + " up\n";
-    const auto it = snapshots_.find(p.index);
-    const std::size_t got =
-        it == snapshots_.end() || it->second.lease != p.lease ? 0 : it->second.workers.size();
+    const std::size_t got = snapshots_from(p);
     out += std::string(got >= p.workers ? "[+]" : "[-]") + "cluster interest snapshots from " +
            p.id + ": " + std::to_string(got) + " of " + std::to_string(p.workers) + "\n";
   }
@@ -296,8 +298,7 @@ std::string cluster_node::status_json() const {
                       ",\"peer_url\":" + json_str(cfg_.self.peer_url) +
                       ",\"client_urls\":" + nlohmann::json(cfg_.self.client_urls).dump() + "}";
   for (const auto& p : map_->peers) {
-    std::size_t up = 0;
-    for (const auto& l : links_up_) up += l.count(p.index);
+    const std::size_t up = links_up_to(p.index);
     nodes += ",{\"id\":" + json_str(p.id) +
              ",\"self\":false,\"owner_core_tag\":" + std::to_string(tag_of(p.id)) +
              ",\"state\":" + json_str(cluster::to_string(p.state)) +
@@ -326,8 +327,7 @@ cluster_node::stats cluster_node::read_stats() const {
   ++st.members[static_cast<std::size_t>(state_)];
   for (const auto& p : map_->peers) {
     ++st.members[static_cast<std::size_t>(p.state)];
-    std::size_t up = 0;
-    for (const auto& l : links_up_) up += l.count(p.index);
+    const std::size_t up = links_up_to(p.index);
     st.peers.push_back({p.id, p.index, up});
   }
   return st;

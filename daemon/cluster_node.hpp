@@ -165,6 +165,10 @@ class cluster_node {
   bool ready_locked() const;
   /// The links and snapshots of ready(), without the state: what activation waits for.
   bool peers_ready_locked() const;
+  /// Under mutex_: local workers with their link to node `index` up, and
+  /// the workers of `p` (this incarnation) whose snapshot arrived.
+  std::size_t links_up_to(std::uint32_t index) const;
+  std::size_t snapshots_from(const cluster_peer& p) const;
   void activate_when_ready();
   void stop_activator();
 
