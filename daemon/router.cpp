@@ -372,19 +372,12 @@ result<std::uint32_t, std::string> router::admit_subscription(std::string_view p
            "limits.max_total_subscription_bytes (" +
            proto::format_size(live_.max_total_subscription_bytes) + ") is " +
            proto::format_size(share) + "; try later or raise the limit";
-  std::uint32_t uid = 0;
-  if (!free_uids_.empty()) {
-    uid = free_uids_.back();
-    free_uids_.pop_back();
-  } else if (next_uid_ < max_uids_per_worker) {
-    // Worker id in the top 8 bits keeps uids unique daemon-wide.
-    uid = (w_.id() << 24) | next_uid_++;
-  } else {
+  const auto uid = allocate_uid();
+  if (!uid)
     return "this worker holds " + std::to_string(max_uids_per_worker) +
            " live subscriptions, the most its subscription ids can number; try later";
-  }
   sub_bytes_ += cost;
-  return uid;
+  return *uid;
 }
 
 void router::release_subscriptions(std::uint64_t cost) noexcept {
@@ -404,6 +397,17 @@ void router::submit(std::uint32_t to, route_msg&& m) {
     dispatch(m);
   else
     ep_.send(to, std::move(m));
+}
+
+std::optional<std::uint32_t> router::allocate_uid() {
+  if (!free_uids_.empty()) {
+    const std::uint32_t uid = free_uids_.back();
+    free_uids_.pop_back();
+    return uid;
+  }
+  if (next_uid_ == max_uids_per_worker) return std::nullopt;
+  // Worker id in the top 8 bits keeps uids unique daemon-wide.
+  return (w_.id() << 24) | next_uid_++;
 }
 
 void router::free_uid(std::uint32_t uid) {

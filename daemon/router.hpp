@@ -120,6 +120,8 @@ class router final : public core::worker_handler, public worker_services {
   static std::uint32_t worker_of_conn(std::uint64_t conn) noexcept {
     return static_cast<std::uint32_t>(conn >> 48);
   }
+  /// A daemon-wide subscription uid from this worker's range, or nothing if all are live.
+  std::optional<std::uint32_t> allocate_uid();
   void free_uid(std::uint32_t uid);
   void dispatch(route_msg& m);
   void on_publish(publish_op& op);

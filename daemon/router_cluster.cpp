@@ -429,21 +429,16 @@ void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
         bad_peer_frame(h, st.message());
         continue;
       }
-      std::uint32_t uid = 0;
-      if (!free_uids_.empty()) {
-        uid = free_uids_.back();
-        free_uids_.pop_back();
-      } else if (next_uid_ < max_uids_per_worker) {
-        uid = next_uid_++;  // worker 0's: the top 8 bits are 0
-      } else {
+      const auto uid = allocate_uid();  // worker 0's, freed by it (on_sub_change)
+      if (!uid) {
         spdlog::error("cluster: no subscription id left for node \"{}\"'s subscription {}",
                       h.node_id, c.pattern);
         continue;
       }
-      remote_subs_[key] = {uid, c.conn, c.sid};
+      remote_subs_[key] = {*uid, c.conn, c.sid};
       s.pattern = std::move(c.pattern);
       s.group = std::move(c.group);
-      s.ref = sub_ref{uid, remote_worker_base + node, c.conn, c.sid};
+      s.ref = sub_ref{*uid, remote_worker_base + node, c.conn, c.sid};
     } else {
       const auto it = remote_subs_.find(key);
       if (it == remote_subs_.end()) continue;
