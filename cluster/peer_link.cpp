@@ -358,12 +358,13 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
   void on_frame(peer_frame& f) {
     if (const auto* h = std::get_if<peer_hello>(&f)) {
       if (admitted) return refuse("a second hello on an open link");
-      auto welcome = owner->admit_(*h);
-      if (!welcome) return refuse(welcome.error());
+      auto admitted_as = owner->admit_(*h);
+      if (!admitted_as) return refuse(admitted_as.error());
       admitted = true;
       hello = *h;
+      tag = admitted_as->tag;
       owner->up_.fetch_add(1, std::memory_order_relaxed);
-      send(encode_peer_frame(*welcome));
+      send(encode_peer_frame(admitted_as->welcome));
       watch();
       return;
     }
@@ -373,7 +374,7 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
     if (std::holds_alternative<peer_pong>(f)) return;
     if (std::holds_alternative<peer_welcome>(f) || std::holds_alternative<peer_refused>(f))
       return refuse("a welcome or refusal sent to the listening side of a link");
-    if (owner->on_data_) owner->on_data_(hello, f);
+    if (owner->on_data_) owner->on_data_(hello, tag, f);
   }
 
   /// Three heartbeats without a frame: the dialler is gone.
@@ -436,7 +437,8 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
   bool closed = false;
   bool close_after_write = false;
   clock_type::time_point last_rx{};
-  peer_hello hello;  // the admitted dialler's
+  peer_hello hello;       // the admitted dialler's
+  std::uint32_t tag = 0;  // the admission's
 };
 
 peer_listener::peer_listener(asio::io_context& io, const asio::ip::tcp::endpoint& at,

@@ -190,11 +190,18 @@ struct peer_link_options {
 /// The listening side: accepts links and admits each by its hello.
 class peer_listener {
  public:
-  /// The welcome to send, or why the link is refused.
-  using admit_fn = std::function<result<peer_welcome, std::string>(const peer_hello&)>;
-  /// A data frame on an admitted link, with the hello that opened it. Frames
-  /// of one link arrive in the order they were sent.
-  using data_fn = std::function<void(const peer_hello&, peer_frame&)>;
+  /// What the listening side makes of a hello: the welcome to send, and a
+  /// tag of its own (e.g. which node this is) handed back with every data
+  /// frame of the link, so that nothing is looked up per frame.
+  struct admission {
+    peer_welcome welcome;
+    std::uint32_t tag = 0;
+  };
+  /// The admission, or why the link is refused.
+  using admit_fn = std::function<result<admission, std::string>(const peer_hello&)>;
+  /// A data frame on an admitted link, with the hello that opened it and the
+  /// admission's tag. Frames of one link arrive in the order they were sent.
+  using data_fn = std::function<void(const peer_hello&, std::uint32_t tag, peer_frame&)>;
 
   /// Binds `at` (port 0: any free port) and accepts until close().
   peer_listener(asio::io_context& io, const asio::ip::tcp::endpoint& at, admit_fn admit,

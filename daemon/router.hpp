@@ -165,8 +165,9 @@ class router final : public core::worker_handler, public worker_services {
   std::uint32_t send_interest(const std::vector<sub_spec>& changes);
   void link_up(std::uint32_t node);
   void link_down(std::uint32_t node, const std::string& why);
-  result<cluster::peer_welcome, std::string> admit_peer(const cluster::peer_hello& h);
-  void on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f);
+  /// Admits a link from another node, tagged with that node's index.
+  result<cluster::peer_listener::admission, std::string> admit_peer(const cluster::peer_hello& h);
+  void on_peer_frame(const cluster::peer_hello& h, std::uint32_t node, cluster::peer_frame& f);
   /// A message from another node has subjects this node would accept from a client.
   bool valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message& m);
   void bad_peer_frame(const cluster::peer_hello& h, const std::string& why);

@@ -148,10 +148,13 @@ void router::start_peer_listener() {
   listener_ = std::make_unique<cluster::peer_listener>(
       w_.io(), std::move(*ctx_.peer_acceptor),
       [this](const cluster::peer_hello& h) { return admit_peer(h); }, ctx_.cluster->link_options(),
-      [this](const cluster::peer_hello& h, cluster::peer_frame& f) { on_peer_frame(h, f); });
+      [this](const cluster::peer_hello& h, std::uint32_t node, cluster::peer_frame& f) {
+        on_peer_frame(h, node, f);
+      });
 }
 
-result<cluster::peer_welcome, std::string> router::admit_peer(const cluster::peer_hello& h) {
+result<cluster::peer_listener::admission, std::string> router::admit_peer(
+    const cluster::peer_hello& h) {
   cluster_node& cn = *ctx_.cluster;
   if (cn.generation() != map_generation_) refresh_cluster();
   if (h.cluster != cn.cluster_name())
@@ -179,7 +182,8 @@ result<cluster::peer_welcome, std::string> router::admit_peer(const cluster::pee
   else
     forget_remote(p->index, h.worker, false);
   remote_leases_[p->index] = p->lease;
-  return cluster::peer_welcome{cn.self_id(), cn.lease(), map_->epoch, workers_};
+  return cluster::peer_listener::admission{
+      cluster::peer_welcome{cn.self_id(), cn.lease(), map_->epoch, workers_}, p->index};
 }
 
 void router::link_up(std::uint32_t node) {
@@ -333,16 +337,16 @@ bool router::valid_from_peer(const cluster::peer_hello& h, const cluster::peer_m
   return true;
 }
 
-void router::on_peer_frame(const cluster::peer_hello& h, cluster::peer_frame& f) {
+void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
+                           cluster::peer_frame& f) {
   KEYWAY_ASSERT(w_.id() == 0);
-  const cluster_peer* p = nullptr;
-  for (const auto& q : map_->peers)
-    if (q.id == h.node_id && q.lease == h.incarnation) p = &q;
-  if (p == nullptr) {
+  // `node` is the index admit_peer() tagged the link with: only check the
+  // node is still this incarnation of a member (a few integer compares).
+  const cluster_peer* p = map_->peer(node);
+  if (p == nullptr || p->lease != h.incarnation) {
     probe_.dropped(drop_reason::peer_link_down);  // a link of a node no longer in the cluster
     return;
   }
-  const std::uint32_t node = p->index;
   auto make = [&](const cluster::peer_message& m) {
     std::vector<header_view> headers;
     headers.reserve(m.headers.size());

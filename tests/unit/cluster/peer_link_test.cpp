@@ -61,9 +61,9 @@ peer_hello hello_from(const std::string& cluster, const std::string& node) {
 }
 
 /// Admits hellos of cluster "c".
-keyway::result<peer_welcome, std::string> admit_c(const peer_hello& h) {
+keyway::result<peer_listener::admission, std::string> admit_c(const peer_hello& h) {
   if (h.cluster != "c") return "cluster \"" + h.cluster + "\" is not this node's cluster \"c\"";
-  return peer_welcome{"n2", 43, h.epoch, 2};
+  return peer_listener::admission{peer_welcome{"n2", 43, h.epoch, 2}, 7};
 }
 
 struct recorder {
@@ -307,9 +307,12 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   // Over a link: frames queued while up arrive in order, tagged with the hello.
   asio::io_context io;
   std::vector<std::pair<std::string, std::uint64_t>> seen;  // (node, seq)
-  peer_listener l(io, loopback(0), admit_c, fast(), [&](const peer_hello& h, peer_frame& f) {
-    if (auto* dv = std::get_if<peer_deliver>(&f)) seen.emplace_back(h.node_id, dv->seq);
-  });
+  peer_listener l(io, loopback(0), admit_c, fast(),
+                  [&](const peer_hello& h, std::uint32_t tag, peer_frame& f) {
+                    CHECK(tag == 7);  // the admission's, on every frame of the link
+                    if (auto* dv = std::get_if<peer_deliver>(&f))
+                      seen.emplace_back(h.node_id, dv->seq);
+                  });
   recorder rec;
   auto dialer =
       peer_dialer::start(io, loopback(l.port()), hello_from("c", "n1"), rec.events(), fast());
