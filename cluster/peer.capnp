@@ -16,6 +16,14 @@
 # replies) on its own FIFO link. Frames are written back to back, as many per
 # write as are queued.
 #
+# Since protocol 2, forwarded publishes and deliveries travel in batches
+# (`forwards`, `delivers`): a worker gathers what one turn of its loop has
+# for a node and sends it as one frame of each (more if large), before any
+# other frame to that node, so a fence or barrier still follows the data it
+# fences. Order holds within each list; the two lists carry unrelated
+# streams (publishes for the node's owners; copies for its subscribers).
+# Nodes of different protocol versions refuse each other's links.
+#
 # Evolution rules: as in proto/keyway.capnp (frozen ordinals, add at the end).
 
 @0xf02c737562061e2d;
@@ -23,7 +31,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("keyway::cluster::wire");
 
-const peerProtocolVersion :UInt32 = 1;
+const peerProtocolVersion :UInt32 = 2;
 
 struct PeerFrame {
   union {
@@ -32,13 +40,15 @@ struct PeerFrame {
     refused @2 :PeerRefused;  # listener -> dialler, then the listener closes
     ping    @3 :UInt64;       # either way
     pong    @4 :UInt64;       # either way, answers ping with its id
-    forward @5 :Forward;      # a publish, to the node that owns its key
-    deliver @6 :Deliver;      # an ordered message, to a node with interest
+    forward @5 :Forward;      # protocol 1 only: one publish (now `forwards`)
+    deliver @6 :Deliver;      # protocol 1 only: one delivery (now `delivers`)
     interest @7 :Interest;    # subscriptions added or removed on the dialler
     interestApplied @8 :InterestApplied;  # every worker applied an interest change
     reply   @9 :Reply;        # the owner's answer to a forwarded publish
     fence   @10 :Fence;       # a step of a ring change's hand-off
     barrier @11 :Barrier;     # a client's ping: were its forwarded publishes routed?
+    forwards @12 :List(Forward);  # publishes, in order, to the node that owns their keys
+    delivers @13 :List(Deliver);  # ordered messages, in order, to a node with interest
   }
 }
 

@@ -37,10 +37,6 @@ bool fired_late(clock_type::time_point armed, std::chrono::milliseconds heartbea
   return clock_type::now() - armed > 2 * heartbeat;
 }
 
-std::string data(capnp::Data::Reader d) {
-  return std::string(reinterpret_cast<const char*>(d.begin()), d.size());
-}
-
 capnp::Data::Reader bytes_of(std::span<const std::byte> b) {
   return {reinterpret_cast<const capnp::byte*>(b.data()), b.size()};
 }
@@ -58,21 +54,24 @@ void set_message(wire::Message::Builder o, const peer_message_view& m) {
   }
 }
 
-peer_message_view view_of(const peer_message& m) {
-  peer_message_view v{m.subject,
-                      std::as_bytes(std::span(m.key)),
-                      std::as_bytes(std::span(m.payload)),
-                      m.reply_to,
-                      {}};
-  for (const auto& [name, value] : m.headers)
-    v.headers.emplace_back(name, std::as_bytes(std::span(value)));
-  return v;
+std::string_view text_view(capnp::Text::Reader t) {
+  return {t.begin(), t.size()};
 }
 
-peer_message read_message(wire::Message::Reader r) {
-  peer_message m{
-      text(r.getSubject()), data(r.getKey()), data(r.getPayload()), text(r.getReplyTo()), {}};
-  for (const auto h : r.getHeaders()) m.headers.emplace_back(text(h.getName()), data(h.getValue()));
+std::span<const std::byte> data_view(capnp::Data::Reader d) {
+  return std::as_bytes(std::span(d.begin(), d.size()));
+}
+
+/// Views of the frame's bytes: no copy.
+peer_message_view read_message(wire::Message::Reader r) {
+  peer_message_view m{text_view(r.getSubject()),
+                      data_view(r.getKey()),
+                      data_view(r.getPayload()),
+                      text_view(r.getReplyTo()),
+                      {}};
+  if (r.hasHeaders())
+    for (const auto h : r.getHeaders())
+      m.headers.emplace_back(text_view(h.getName()), data_view(h.getValue()));
   return m;
 }
 
@@ -100,51 +99,68 @@ void append_flat(std::string& out, capnp::MessageBuilder& msg) {
   }
 }
 
-/// A first segment sized for `m` (the default is 1024 words, zeroed per
-/// message: most of a small frame's cost).
-unsigned words_for(const peer_message_view& m) {
-  std::size_t bytes = m.subject.size() + m.key.size() + m.payload.size() + m.reply_to.size();
-  for (const auto& [name, value] : m.headers) bytes += name.size() + value.size() + 32;
-  return static_cast<unsigned>(bytes / 8 + 48);
+/// Words for a frame's first segment, so that a batch is built in one (the
+/// default is 1024 words, zeroed per message: most of a small frame's cost).
+unsigned words_for(std::size_t bytes, std::size_t items) {
+  return static_cast<unsigned>(bytes / 8 + items * 16 + 16);
 }
 
 }  // namespace
 
-void encode_forward(std::string& out, const peer_message_view& m, std::uint64_t conn,
-                    std::uint64_t ack_id) {
-  capnp::MallocMessageBuilder msg(words_for(m));
-  auto o = msg.initRoot<wire::PeerFrame>().initForward();
-  set_message(o.initMessage(), m);
-  o.setConn(conn);
-  o.setAckId(ack_id);
+std::uint32_t peer_protocol_version() noexcept {
+  return wire::PEER_PROTOCOL_VERSION;
+}
+
+std::size_t encoded_size(const peer_message_view& m) {
+  // Blobs round up to words, and each header is a struct with two pointers.
+  std::size_t bytes = m.subject.size() + m.key.size() + m.payload.size() + m.reply_to.size() + 32;
+  for (const auto& [name, value] : m.headers) bytes += name.size() + value.size() + 40;
+  return bytes;
+}
+
+void encode_forwards(std::string& out, std::span<const peer_forward> items) {
+  std::size_t bytes = 0;
+  for (const auto& f : items) bytes += encoded_size(f.msg);
+  capnp::MallocMessageBuilder msg(words_for(bytes, items.size()));
+  auto list = msg.initRoot<wire::PeerFrame>().initForwards(static_cast<unsigned>(items.size()));
+  for (unsigned i = 0; i < items.size(); ++i) {
+    auto o = list[i];
+    set_message(o.initMessage(), items[i].msg);
+    o.setConn(items[i].conn);
+    o.setAckId(items[i].ack_id);
+  }
   append_flat(out, msg);
 }
 
-void encode_deliver(std::string& out, const peer_message_view& m, std::uint64_t seq,
-                    std::uint32_t owner_core, std::int64_t epoch,
-                    std::span<const peer_target> targets) {
-  capnp::MallocMessageBuilder msg(words_for(m) + static_cast<unsigned>(targets.size()) * 2);
-  auto o = msg.initRoot<wire::PeerFrame>().initDeliver();
-  set_message(o.initMessage(), m);
-  o.setSeq(seq);
-  o.setOwnerCore(owner_core);
-  o.setEpoch(epoch);
-  auto ts = o.initTargets(static_cast<unsigned>(targets.size()));
-  for (unsigned i = 0; i < targets.size(); ++i) {
-    ts[i].setConn(targets[i].conn);
-    ts[i].setSid(targets[i].sid);
+void encode_delivers(std::string& out, std::span<const peer_deliver> items) {
+  std::size_t bytes = 0;
+  for (const auto& d : items) bytes += encoded_size(d.msg) + d.targets.size() * 16;
+  capnp::MallocMessageBuilder msg(words_for(bytes, items.size()));
+  auto list = msg.initRoot<wire::PeerFrame>().initDelivers(static_cast<unsigned>(items.size()));
+  for (unsigned i = 0; i < items.size(); ++i) {
+    const peer_deliver& d = items[i];
+    auto o = list[i];
+    set_message(o.initMessage(), d.msg);
+    o.setSeq(d.seq);
+    o.setOwnerCore(d.owner_core);
+    o.setEpoch(d.epoch);
+    auto ts = o.initTargets(static_cast<unsigned>(d.targets.size()));
+    for (unsigned t = 0; t < d.targets.size(); ++t) {
+      ts[t].setConn(d.targets[t].conn);
+      ts[t].setSid(d.targets[t].sid);
+    }
   }
   append_flat(out, msg);
 }
 
 std::string encode_peer_frame(const peer_frame& f) {
   std::string out;
-  if (const auto* fw = std::get_if<peer_forward>(&f)) {
-    encode_forward(out, view_of(fw->msg), fw->conn, fw->ack_id);
+  if (const auto* fw = std::get_if<peer_forwards>(&f)) {
+    encode_forwards(out, fw->items);
     return out;
   }
-  if (const auto* d = std::get_if<peer_deliver>(&f)) {
-    encode_deliver(out, view_of(d->msg), d->seq, d->owner_core, d->epoch, d->targets);
+  if (const auto* d = std::get_if<peer_delivers>(&f)) {
+    encode_delivers(out, d->items);
     return out;
   }
   capnp::MallocMessageBuilder msg;
@@ -170,8 +186,8 @@ std::string encode_peer_frame(const peer_frame& f) {
                  [&](const peer_ping& p) { root.setPing(p.id); },
                  [&](const peer_pong& p) { root.setPong(p.id); },
                  // Data frames: encode_forward / encode_deliver, below.
-                 [](const peer_forward&) {},
-                 [](const peer_deliver&) {},
+                 [](const peer_forwards&) {},
+                 [](const peer_delivers&) {},
                  [&](const peer_interest& in) {
                    auto o = root.initInterest();
                    o.setSnapshotDone(in.snapshot_done);
@@ -269,19 +285,35 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
         return std::optional<peer_frame>(peer_ping{root.getPing()});
       case wire::PeerFrame::PONG:
         return std::optional<peer_frame>(peer_pong{root.getPong()});
-      case wire::PeerFrame::FORWARD: {
-        const auto f = root.getForward();
-        return std::optional<peer_frame>(
-            peer_forward{read_message(f.getMessage()), f.getConn(), f.getAckId()});
-      }
-      case wire::PeerFrame::DELIVER: {
-        const auto d = root.getDeliver();
-        peer_deliver out{
-            read_message(d.getMessage()), d.getSeq(), d.getOwnerCore(), d.getEpoch(), {}};
-        out.targets.reserve(d.getTargets().size());
-        for (const auto t : d.getTargets()) out.targets.push_back({t.getConn(), t.getSid()});
+      case wire::PeerFrame::FORWARDS: {
+        const auto list = root.getForwards();
+        peer_forwards out;
+        out.items.reserve(list.size());
+        for (const auto f : list)
+          out.items.push_back({read_message(f.getMessage()), f.getConn(), f.getAckId()});
         return std::optional<peer_frame>(std::move(out));
       }
+      case wire::PeerFrame::DELIVERS: {
+        const auto list = root.getDelivers();
+        peer_delivers out;
+        std::size_t targets = 0;
+        for (const auto d : list) targets += d.getTargets().size();
+        out.targets.reserve(targets);  // filled first: items point into it
+        for (const auto d : list)
+          for (const auto t : d.getTargets()) out.targets.push_back({t.getConn(), t.getSid()});
+        out.items.reserve(list.size());
+        std::size_t at = 0;
+        for (const auto d : list) {
+          const std::size_t n = d.getTargets().size();
+          out.items.push_back({read_message(d.getMessage()), d.getSeq(), d.getOwnerCore(),
+                               d.getEpoch(), std::span(out.targets).subspan(at, n)});
+          at += n;
+        }
+        return std::optional<peer_frame>(std::move(out));
+      }
+      case wire::PeerFrame::FORWARD:
+      case wire::PeerFrame::DELIVER:
+        return std::string("a peer frame of peer protocol 1 (single forward or deliver)");
       case wire::PeerFrame::INTEREST: {
         const auto in = root.getInterest();
         peer_interest out;
@@ -602,6 +634,7 @@ void peer_dialer::send_frames(std::string_view bytes) {
 }
 
 void peer_dialer::send(std::string_view bytes) {
+  if (pending_.empty()) pending_since_ = clock_type::now();  // once per write, not per frame
   pending_.append(bytes);
   if (!writing_) write_next();
 }
@@ -611,6 +644,7 @@ void peer_dialer::write_next() {
   if (pending_.empty()) return;
   writing_ = true;
   inflight_.swap(pending_);
+  inflight_since_ = pending_since_;
   asio::async_write(socket_, asio::buffer(inflight_),
                     [self = shared_from_this(), a = attempt_](std::error_code ec, std::size_t) {
                       if (a != self->attempt_) return;

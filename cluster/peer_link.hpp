@@ -15,9 +15,9 @@
 // Threads: a peer_listener or peer_dialer, and every callback it makes, run
 // on the io_context it was given (one thread). state(), links_up() and
 // port() may be read from any thread.
-// Cost: one small frame per heartbeat per link. A data frame is encoded into a
-// fresh Cap'n Proto message and appended to the link's output (one copy of
-// the payload), decoded into owning strings on the other side (one more).
+// Cost: one small frame per heartbeat per link. A batch of data is encoded
+// into a fresh Cap'n Proto message and appended to the link's output (one
+// copy of each payload); the other side reads it in place (no copy).
 #pragma once
 
 #include <asio/io_context.hpp>
@@ -71,15 +71,9 @@ struct peer_pong {
   std::uint64_t id = 0;
 };
 
-/// A message as it crosses a link (decoded: owning copies).
-struct peer_message {
-  std::string subject;
-  std::string key;
-  std::string payload;
-  std::string reply_to;
-  std::vector<std::pair<std::string, std::string>> headers;
-};
-/// The same, for encoding from bytes someone else owns.
+/// A message as it crosses a link: views of bytes someone else owns. When
+/// encoding, the sender's; when decoded by peer_frame_reader, the reader's
+/// buffer, valid until the reader is next appended to.
 struct peer_message_view {
   std::string_view subject;
   std::span<const std::byte> key;
@@ -88,7 +82,7 @@ struct peer_message_view {
   std::vector<std::pair<std::string_view, std::span<const std::byte>>> headers;
 };
 struct peer_forward {
-  peer_message msg;
+  peer_message_view msg;
   std::uint64_t conn = 0;
   std::uint64_t ack_id = 0;
 };
@@ -97,11 +91,26 @@ struct peer_target {
   std::uint32_t sid = 0;
 };
 struct peer_deliver {
-  peer_message msg;
+  peer_message_view msg;
   std::uint64_t seq = 0;
   std::uint32_t owner_core = 0;
   std::int64_t epoch = 0;
+  std::span<const peer_target> targets;
+};
+/// Forwarded publishes in one frame, in order.
+struct peer_forwards {
+  std::vector<peer_forward> items;
+};
+/// Deliveries in one frame, in order; their targets point into `targets`.
+/// Move-only, so that no copy points into another's targets.
+struct peer_delivers {
+  std::vector<peer_deliver> items;
   std::vector<peer_target> targets;
+  peer_delivers() = default;
+  peer_delivers(peer_delivers&&) = default;
+  peer_delivers& operator=(peer_delivers&&) = default;
+  peer_delivers(const peer_delivers&) = delete;
+  peer_delivers& operator=(const peer_delivers&) = delete;
 };
 struct peer_interest_change {
   bool add = true;
@@ -142,17 +151,20 @@ struct peer_barrier {
   bool answer = false;
 };
 using peer_frame = std::variant<peer_hello, peer_welcome, peer_refused, peer_ping, peer_pong,
-                                peer_forward, peer_deliver, peer_interest, peer_interest_applied,
+                                peer_forwards, peer_delivers, peer_interest, peer_interest_applied,
                                 peer_reply, peer_fence, peer_barrier>;
 
+/// The peer protocol this build speaks (peer.capnp's peerProtocolVersion);
+/// a link between nodes of different versions is refused.
+std::uint32_t peer_protocol_version() noexcept;
 /// One PeerFrame per Cap'n Proto framed message.
 std::string encode_peer_frame(const peer_frame& f);
-/// Data frames from borrowed bytes, appended to `out`.
-void encode_forward(std::string& out, const peer_message_view& m, std::uint64_t conn,
-                    std::uint64_t ack_id);
-void encode_deliver(std::string& out, const peer_message_view& m, std::uint64_t seq,
-                    std::uint32_t owner_core, std::int64_t epoch,
-                    std::span<const peer_target> targets);
+/// Batches of data frames from borrowed bytes, appended to `out` as one
+/// frame each.
+void encode_forwards(std::string& out, std::span<const peer_forward> items);
+void encode_delivers(std::string& out, std::span<const peer_deliver> items);
+/// The bytes a message adds to a data frame, near enough to size batches.
+std::size_t encoded_size(const peer_message_view& m);
 
 /// Splits a byte stream into peer frames. A frame larger than `max_frame`
 /// bytes, or one that does not parse, is an error naming what was wrong.
@@ -169,7 +181,8 @@ class peer_frame_reader {
   }
   /// The next complete frame, nothing yet, or why the stream is unusable.
   /// Frames are read in place (a frame is whole words, so every frame
-  /// starts word-aligned in the buffer).
+  /// starts word-aligned in the buffer); a data frame's messages are views
+  /// of the buffer, valid until the next append().
   result<std::optional<peer_frame>, std::string> next();
 
  private:
@@ -258,6 +271,13 @@ class peer_dialer : public std::enable_shared_from_this<peer_dialer> {
   void send_frames(std::string_view bytes);
   /// Bytes queued and not yet written.
   std::size_t queued_bytes() const noexcept { return pending_.size() + inflight_.size(); }
+  /// When the oldest byte queued and not yet written was queued (the link's
+  /// lag is now minus this); the epoch when nothing is queued.
+  std::chrono::steady_clock::time_point oldest_queued() const noexcept {
+    if (!inflight_.empty()) return inflight_since_;
+    if (!pending_.empty()) return pending_since_;
+    return {};
+  }
   /// The peer's welcome, once up() (then until the link fails).
   const peer_welcome& welcome() const noexcept { return welcome_; }
 
@@ -282,8 +302,11 @@ class peer_dialer : public std::enable_shared_from_this<peer_dialer> {
   asio::steady_timer timer_;  // connect/handshake deadline, then the heartbeat
   peer_frame_reader reader_;
   std::array<char, 4096> read_buf_{};
-  std::string pending_;   // queued, written once inflight_ is
-  std::string inflight_;  // being written
+  std::string pending_;                                    // queued, written once inflight_ is
+  std::string inflight_;                                   // being written
+  std::chrono::steady_clock::time_point pending_since_{};  // when pending_ last became non-empty
+  std::chrono::steady_clock::time_point
+      inflight_since_{};  // pending_since_ of what inflight_ holds
   bool writing_ = false;
   peer_welcome welcome_;
   std::uint64_t attempt_ = 0;  // handlers of an older attempt do nothing

@@ -4,7 +4,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -117,8 +119,8 @@ void cluster_metrics(const server& s, const cluster_node& c, std::vector<MetricF
   };
   using t = probe::peer_traffic;
   per_peer("keyway_cluster_peer_sent_frames_total",
-           "Frames queued on the links to another node (forwarded publishes, deliveries, "
-           "interest, replies, hand-off steps)",
+           "Frames queued on the links to another node (batches of forwarded publishes or "
+           "deliveries, interest, replies, hand-off steps)",
            MetricType::Counter, [](const t& x) { return x.frames.get(); });
   per_peer("keyway_cluster_peer_sent_bytes_total",
            "Bytes of the frames queued on the links to another node", MetricType::Counter,
@@ -130,6 +132,25 @@ void cluster_metrics(const server& s, const cluster_node& c, std::vector<MetricF
            "Bytes queued on the links to another node and not yet written (the forwarding "
            "backlog), at the end of each worker's last turn",
            G, [](const t& x) { return x.queued.get(); });
+  // The lag: the longest any worker's oldest queued byte has waited (a
+  // worker asleep behind a stalled write still counts, as time goes on).
+  auto lag = family("keyway_cluster_peer_lag_seconds",
+                    "How long the oldest frame queued on a link to another node has waited to be "
+                    "written (0: nothing queued)",
+                    G);
+  const auto now_ns =
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now().time_since_epoch())
+                                     .count());
+  for (const auto& p : st.peers) {
+    std::uint64_t oldest = 0;
+    for (std::size_t w = 0; w < ctx.workers; ++w) {
+      const std::uint64_t since = ctx.stats[w]->peer(p.index).queued_since_ns.get();
+      if (since != 0 && since < now_ns) oldest = std::max(oldest, now_ns - since);
+    }
+    add(lag, static_cast<double>(oldest) / 1e9, {{"peer", p.id}});
+  }
+  out.push_back(std::move(lag));
   auto links = family("keyway_cluster_peer_links_up",
                       "Links up from this node's workers to another node (one per worker)", G);
   auto up = family("keyway_cluster_peer_up",

@@ -92,20 +92,25 @@ class alignas(core::cache_line) probe {
   /// beyond peer_slots share the last slot.
   static constexpr std::size_t peer_slots = 64;
   struct peer_traffic {
-    core::counter frames;    // queued on the link
-    core::counter bytes;     // of those frames
-    core::counter messages;  // forwarded publishes and delivered copies among them
-    core::counter queued;    // gauge: bytes queued and not yet written, at the end of a turn
+    core::counter frames;           // queued on the link
+    core::counter bytes;            // of those frames
+    core::counter messages;         // forwarded publishes and delivered copies among them
+    core::counter queued;           // gauge: bytes queued and not yet written, at the end of a turn
+    core::counter queued_since_ns;  // gauge: steady-clock ns of the oldest of them; 0: none
   };
-  /// A frame of `bytes` carrying `messages` messages queued on the link to node `node`.
-  void peer_sent(std::uint32_t node, std::size_t bytes, std::uint32_t messages) noexcept {
+  /// `frames` frames of `bytes` in all, carrying `messages` messages, queued
+  /// on the link to node `node`.
+  void peer_sent(std::uint32_t node, std::uint32_t frames, std::size_t bytes,
+                 std::uint32_t messages) noexcept {
     peer_traffic& t = peers_[std::min<std::size_t>(node, peer_slots - 1)];
-    t.frames.add();
+    t.frames.add(frames);
     t.bytes.add(bytes);
     if (messages != 0) t.messages.add(messages);
   }
-  void peer_queued(std::uint32_t node, std::size_t bytes) noexcept {
-    peers_[std::min<std::size_t>(node, peer_slots - 1)].queued.set(bytes);
+  void peer_queued(std::uint32_t node, std::size_t bytes, std::uint64_t since_ns) noexcept {
+    peer_traffic& t = peers_[std::min<std::size_t>(node, peer_slots - 1)];
+    t.queued.set(bytes);
+    t.queued_since_ns.set(since_ns);
   }
   const peer_traffic& peer(std::uint32_t node) const noexcept {
     return peers_[std::min<std::size_t>(node, peer_slots - 1)];

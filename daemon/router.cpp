@@ -108,8 +108,11 @@ void router::flush() {
   for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->flush();
   dirty_.clear();
   graveyard_.clear();
+  if (ctx_.cluster) {
+    for (std::uint32_t node = 1; node < peers_.size(); ++node) send_batch(node);
+    note_link_queues();
+  }
   ep_.flush();
-  if (ctx_.cluster) note_link_queues();
   turn_ns_ = 0;
   if (draining()) {
     // The drain waits for this to reach 0 on every worker. O(connections),

@@ -169,7 +169,7 @@ class router final : public core::worker_handler, public worker_services {
   result<cluster::peer_listener::admission, std::string> admit_peer(const cluster::peer_hello& h);
   void on_peer_frame(const cluster::peer_hello& h, std::uint32_t node, cluster::peer_frame& f);
   /// A message from another node has subjects this node would accept from a client.
-  bool valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message& m);
+  bool valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message_view& m);
   void bad_peer_frame(const cluster::peer_hello& h, const std::string& why);
   void on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
                         cluster::peer_interest& in);
@@ -198,10 +198,15 @@ class router final : public core::worker_handler, public worker_services {
   void check_node_handoff(std::int64_t epoch);
   /// Gives up on hand-offs older than cluster_node::handoff_timeout().
   void expire_handoffs();
-  /// Queues one encoded frame on `d`, the link to `node`, counted with the
-  /// messages (publishes, deliveries) it carries.
-  void send_peer(std::uint32_t node, cluster::peer_dialer& d, std::string_view frame,
-                 std::uint32_t messages = 0);
+  /// Queues one encoded frame on `d`, the link to `node`, behind the data
+  /// batched for the node (send_batch()).
+  void send_peer(std::uint32_t node, cluster::peer_dialer& d, std::string_view frame);
+  /// Sends what was batched for `node` (forwarded publishes, then
+  /// deliveries), counted as the messages it carries; drops it, counted,
+  /// if the link went down meanwhile.
+  void send_batch(std::uint32_t node);
+  /// After adding to `node`'s batch: sends it once it is large.
+  void batch_added(std::uint32_t node);
   /// Each link's queued bytes, for its gauge (end of a turn).
   void note_link_queues();
   void stop_cluster();
@@ -239,10 +244,23 @@ class router final : public core::worker_handler, public worker_services {
   std::uint32_t core_stamp_ = 0;  // Message.ownerCore of what this worker orders
   std::shared_ptr<const cluster_map> map_;
   std::uint64_t map_generation_ = 0;
+  /// Publishes and deliveries for one node, gathered over a turn and sent as
+  /// one frame of each (router_cluster.cpp, "Batches").
+  struct peer_batch {
+    std::vector<message_ref> held;  // keeps the views below valid
+    std::vector<cluster::peer_forward> forwards;
+    std::vector<cluster::peer_deliver> delivers;  // targets: set from `targets` when sent
+    std::vector<std::uint32_t> target_counts;     // per delivery
+    std::vector<cluster::peer_target> targets;
+    std::size_t bytes = 0;  // encoded size, near enough
+    bool empty() const noexcept { return held.empty(); }
+    void clear() noexcept;
+  };
   struct peer_out {
     std::string id;
     std::int64_t lease = 0;
     std::shared_ptr<cluster::peer_dialer> dialer;
+    peer_batch batch;
   };
   std::vector<peer_out> peers_;  // by node index
   std::int64_t dialed_as_ = 0;   // this node's lease, as the hellos of peers_ carry it

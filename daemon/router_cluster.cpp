@@ -12,6 +12,13 @@
 // the peer listener and takes in what every other node sends, handing each
 // frame to the worker it is for through the mesh, as it does a socket.
 //
+// Batches: forwarded publishes and deliveries for a node are gathered over a
+// worker's turn (peer_out::batch) and sent at its end, or once large, as one
+// `forwards` and one `delivers` frame: per-frame costs (a Cap'n Proto message
+// built and read, a dispatch on the receiving side) are paid per batch, not
+// per message. Any other frame to the node (interest, reply, fence, barrier)
+// sends the batch first, so it still follows the data it is about.
+//
 // Order: a key's messages are all ordered by one worker of one node, which
 // sends each subscriber node's copies on its one FIFO link; the receiving
 // worker 0 hands them to the subscribers' workers on FIFO rings. So every
@@ -39,15 +46,16 @@ using core::overloaded;
 constexpr std::size_t max_link_queue = 64u << 20;
 /// Subscription changes per interest frame in a snapshot.
 constexpr std::size_t snapshot_batch = 512;
+/// A node's batch is sent once it holds this many messages or bytes, before
+/// the turn ends (and stays well under a peer frame's 1 MiB limit unless one
+/// message alone is larger).
+constexpr std::size_t batch_max_messages = 1024;
+constexpr std::size_t batch_max_bytes = 256u << 10;
 
 cluster::peer_message_view view_of(const shared_message& m) {
   cluster::peer_message_view v{m.subject(), m.key(), m.payload(), m.reply_to(), {}};
   m.for_each_header([&](const header_view& h) { v.headers.emplace_back(h.name, h.value); });
   return v;
-}
-
-std::span<const std::byte> bytes_of(const std::string& s) {
-  return std::as_bytes(std::span(s.data(), s.size()));
 }
 
 cluster::peer_interest_change change_of(const sub_spec& s) {
@@ -61,15 +69,61 @@ cluster::peer_dialer* router::link_to(std::uint32_t node) noexcept {
   return peers_[node].dialer.get();
 }
 
-void router::send_peer(std::uint32_t node, cluster::peer_dialer& d, std::string_view frame,
-                       std::uint32_t messages) {
+void router::peer_batch::clear() noexcept {
+  held.clear();
+  forwards.clear();
+  delivers.clear();
+  target_counts.clear();
+  targets.clear();
+  bytes = 0;
+}
+
+void router::send_peer(std::uint32_t node, cluster::peer_dialer& d, std::string_view frame) {
+  if (!peers_[node].batch.empty()) send_batch(node);
   d.send_frames(frame);
-  probe_.peer_sent(node, frame.size(), messages);
+  probe_.peer_sent(node, 1, frame.size(), 0);
+}
+
+void router::send_batch(std::uint32_t node) {
+  peer_batch& b = peers_[node].batch;
+  if (b.empty()) return;
+  cluster::peer_dialer* d = link_to(node);
+  if (d == nullptr) {
+    // The link failed this turn: what it had queued went with it, and so does this.
+    probe_.dropped(drop_reason::peer_link_down, b.held.size());
+    b.clear();
+    return;
+  }
+  frames_.clear();
+  if (!b.forwards.empty()) cluster::encode_forwards(frames_, b.forwards);
+  if (!b.delivers.empty()) {
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < b.delivers.size(); ++i) {
+      b.delivers[i].targets = std::span(b.targets).subspan(at, b.target_counts[i]);
+      at += b.target_counts[i];
+    }
+    cluster::encode_delivers(frames_, b.delivers);
+  }
+  d->send_frames(frames_);
+  const auto frames = static_cast<std::uint32_t>(!b.forwards.empty()) + !b.delivers.empty();
+  probe_.peer_sent(node, frames, frames_.size(), static_cast<std::uint32_t>(b.held.size()));
+  b.clear();
+}
+
+void router::batch_added(std::uint32_t node) {
+  const peer_batch& b = peers_[node].batch;
+  if (b.held.size() >= batch_max_messages || b.bytes >= batch_max_bytes) send_batch(node);
 }
 
 void router::note_link_queues() {
-  for (std::uint32_t node = 1; node < peers_.size(); ++node)
-    if (peers_[node].dialer) probe_.peer_queued(node, peers_[node].dialer->queued_bytes());
+  for (std::uint32_t node = 1; node < peers_.size(); ++node) {
+    const cluster::peer_dialer* d = peers_[node].dialer.get();
+    if (d == nullptr) continue;
+    const auto since = d->oldest_queued().time_since_epoch();  // zero: nothing queued
+    probe_.peer_queued(node, d->queued_bytes(),
+                       static_cast<std::uint64_t>(
+                           std::chrono::duration_cast<std::chrono::nanoseconds>(since).count()));
+  }
 }
 
 void router::refresh_cluster() {
@@ -97,10 +151,11 @@ void router::refresh_cluster() {
     peer_out& out = peers_[p.index];
     if (out.dialer && out.lease == p.lease && !redial_all) continue;
     if (out.dialer) {
+      send_batch(p.index);  // on the old incarnation's link, whatever it still takes
       out.dialer->stop();
       cn.link_changed(w_.id(), p.index, false);
     }
-    out = {p.id, p.lease, nullptr};
+    out = {p.id, p.lease, nullptr, {}};
     if (!p.endpoint) continue;
     cluster::peer_hello hello;
     hello.cluster = cn.cluster_name();
@@ -117,6 +172,7 @@ void router::refresh_cluster() {
   }
   for (std::uint32_t i = 1; i < peers_.size(); ++i) {
     if (present[i] || !peers_[i].dialer) continue;
+    send_batch(i);
     peers_[i].dialer->stop();
     peers_[i].dialer.reset();
     cn.link_changed(w_.id(), i, false);
@@ -136,11 +192,13 @@ void router::refresh_cluster() {
 }
 
 void router::stop_cluster() {
-  for (auto& p : peers_)
+  for (auto& p : peers_) {
+    p.batch.clear();
     if (p.dialer) {
       p.dialer->stop();
       p.dialer.reset();
     }
+  }
   if (listener_) listener_->close();
 }
 
@@ -159,9 +217,9 @@ result<cluster::peer_listener::admission, std::string> router::admit_peer(
   if (cn.generation() != map_generation_) refresh_cluster();
   if (h.cluster != cn.cluster_name())
     return "cluster \"" + h.cluster + "\" is not this node's cluster \"" + cn.cluster_name() + "\"";
-  if (h.protocol_version != 1)
-    return "peer protocol version " + std::to_string(h.protocol_version) +
-           " is not this node's (1)";
+  if (h.protocol_version != cluster::peer_protocol_version())
+    return "peer protocol version " + std::to_string(h.protocol_version) + " is not this node's (" +
+           std::to_string(cluster::peer_protocol_version()) + ")";
   const cluster_peer* p = nullptr;
   for (const auto& q : map_->peers)
     if (q.id == h.node_id) p = &q;
@@ -212,6 +270,7 @@ void router::link_up(std::uint32_t node) {
 
 void router::link_down(std::uint32_t node, const std::string& why) {
   ctx_.cluster->link_changed(w_.id(), node, false);
+  send_batch(node);  // the link is down: dropped, counted
   // Barriers that went out on the link get no answer now: what they fenced
   // went down with it. Their pings are answered rather than left hanging.
   if (const auto it = node_barriers_.find(node); it != node_barriers_.end()) {
@@ -225,26 +284,31 @@ void router::link_down(std::uint32_t node, const std::string& why) {
 
 bool router::forward(publish_op& op, std::uint32_t node) {
   cluster::peer_dialer* d = link_to(node);
-  if (d == nullptr || d->queued_bytes() > max_link_queue) return false;
-  frames_.clear();
-  cluster::encode_forward(frames_, view_of(*op.msg), op.conn, op.ack_id);
-  send_peer(node, *d, frames_, 1);
-  op.msg = message_ref();
+  if (d == nullptr) return false;
+  peer_batch& b = peers_[node].batch;
+  if (d->queued_bytes() + b.bytes > max_link_queue) return false;
+  b.forwards.push_back({view_of(*op.msg), op.conn, op.ack_id});
+  b.bytes += cluster::encoded_size(b.forwards.back().msg);
+  b.held.push_back(std::move(op.msg));
+  batch_added(node);
   return true;
 }
 
 void router::deliver_remote(const shared_message& msg, std::uint64_t seq) {
-  const auto view = view_of(msg);
   for (std::uint32_t node = 1; node < per_node_.size(); ++node) {
     auto& targets = per_node_[node];
     if (targets.empty()) continue;
     cluster::peer_dialer* d = link_to(node);
-    if (d == nullptr || d->queued_bytes() > max_link_queue) {
+    peer_batch& b = peers_[node].batch;
+    if (d == nullptr || d->queued_bytes() + b.bytes > max_link_queue) {
       probe_.dropped(drop_reason::peer_link_down, targets.size());
     } else {
-      frames_.clear();
-      cluster::encode_deliver(frames_, view, seq, core_stamp_, map_->epoch, targets);
-      send_peer(node, *d, frames_, 1);
+      b.delivers.push_back({view_of(msg), seq, core_stamp_, map_->epoch, {}});
+      b.target_counts.push_back(static_cast<std::uint32_t>(targets.size()));
+      b.targets.insert(b.targets.end(), targets.begin(), targets.end());
+      b.bytes += cluster::encoded_size(b.delivers.back().msg) + targets.size() * 16;
+      b.held.push_back(message_ref::share(msg));
+      batch_added(node);
     }
     targets.clear();
   }
@@ -324,7 +388,7 @@ void router::bad_peer_frame(const cluster::peer_hello& h, const std::string& why
                  h.node_id, h.worker, why, n);
 }
 
-bool router::valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message& m) {
+bool router::valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message_view& m) {
   if (!proto::is_valid_publish_subject(m.subject, live_.limits)) {
     bad_peer_frame(h, proto::validate_publish_subject(m.subject, live_.limits).message());
     return false;
@@ -344,74 +408,82 @@ void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
   // node is still this incarnation of a member (a few integer compares).
   const cluster_peer* p = map_->peer(node);
   if (p == nullptr || p->lease != h.incarnation) {
-    probe_.dropped(drop_reason::peer_link_down);  // a link of a node no longer in the cluster
+    // A link of a node no longer in the cluster.
+    std::size_t messages = 1;
+    if (const auto* fw = std::get_if<cluster::peer_forwards>(&f)) messages = fw->items.size();
+    if (const auto* d = std::get_if<cluster::peer_delivers>(&f)) messages = d->items.size();
+    probe_.dropped(drop_reason::peer_link_down, messages);
     return;
   }
-  auto make = [&](const cluster::peer_message& m) {
+  // The frame's bytes are the link's read buffer: copied into the pool here.
+  auto make = [&](const cluster::peer_message_view& m) {
     std::vector<header_view> headers;
     headers.reserve(m.headers.size());
-    for (const auto& [name, value] : m.headers) headers.push_back({name, bytes_of(value)});
-    shared_message* msg = shared_message::make(pool_, m.subject, bytes_of(m.key),
-                                               bytes_of(m.payload), m.reply_to, headers);
+    for (const auto& [name, value] : m.headers) headers.push_back({name, value});
+    shared_message* msg =
+        shared_message::make(pool_, m.subject, m.key, m.payload, m.reply_to, headers);
     msg->set_received_ns(turn_ns(1));  // one clock read per loop turn
     return message_ref(msg);
   };
-  std::visit(overloaded{
-                 [&](cluster::peer_forward& fw) {
-                   if (!valid_from_peer(h, fw.msg)) return;
-                   publish_op op;
-                   op.msg = make(fw.msg);
-                   op.conn = fw.conn;
-                   op.ack_id = fw.ack_id;
-                   op.from = 0;
-                   op.origin = node;
-                   probe_.published(1);
-                   const std::uint32_t owner = owner_of(*op.msg);
-                   if (owner == 0)
-                     on_publish(op);
-                   else
-                     ep_.send(owner, route_msg(std::move(op)));
-                 },
-                 [&](cluster::peer_deliver& d) {
-                   if (!valid_from_peer(h, d.msg)) return;
-                   message_ref msg = make(d.msg);
-                   // One deliver_op per subscriber worker, as the owner would send.
-                   for (auto& t : d.targets) {
-                     const std::uint32_t wid = worker_of_conn(t.conn);
-                     if (wid >= workers_) continue;
-                     per_worker_[wid].push_back({t.conn, t.sid});
-                   }
-                   for (std::uint32_t wid = 0; wid < workers_; ++wid) {
-                     auto& targets = per_worker_[wid];
-                     if (targets.empty()) continue;
-                     deliver_op op{msg, d.seq, d.owner_core, targets.front(), {}, remote_publisher};
-                     if (targets.size() > 1)
-                       op.more = target_list(pool_, std::span(targets).subspan(1));
-                     targets.clear();
-                     submit(wid, route_msg(std::move(op)));
-                   }
-                 },
-                 [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
-                 [&](cluster::peer_fence& fe) { on_peer_fence(node, fe); },
-                 [&](cluster::peer_barrier& b) { on_peer_barrier(node, b); },
-                 [&](cluster::peer_interest_applied& a) {
-                   const std::uint32_t wid = worker_of_conn(a.conn);
-                   if (wid >= workers_) return;
-                   submit(wid,
-                          route_msg(sub_applied_op{
-                              a.conn, 0, a.request_id, a.sid, a.uid,
-                              a.refused.empty() ? nullptr
-                                                : std::make_shared<const std::string>(a.refused)}));
-                 },
-                 [&](cluster::peer_reply& r) {
-                   const std::uint32_t wid = worker_of_conn(r.conn);
-                   if (wid >= workers_) return;
-                   message_ref msg(shared_message::make(pool_, r.subject, {}, {}, r.reply_to, {}));
-                   submit(wid, route_msg(reply_op{std::move(msg), r.conn, r.ack_id, r.delivered}));
-                 },
-                 [](auto&) {},  // handshake and heartbeat frames: peer_link's
-             },
-             f);
+  std::visit(
+      overloaded{
+          [&](cluster::peer_forwards& batch) {
+            for (const cluster::peer_forward& fw : batch.items) {
+              if (!valid_from_peer(h, fw.msg)) continue;
+              publish_op op;
+              op.msg = make(fw.msg);
+              op.conn = fw.conn;
+              op.ack_id = fw.ack_id;
+              op.from = 0;
+              op.origin = node;
+              probe_.published(1);
+              const std::uint32_t owner = owner_of(*op.msg);
+              if (owner == 0)
+                on_publish(op);
+              else
+                ep_.send(owner, route_msg(std::move(op)));
+            }
+          },
+          [&](cluster::peer_delivers& batch) {
+            for (const cluster::peer_deliver& d : batch.items) {
+              if (!valid_from_peer(h, d.msg)) continue;
+              message_ref msg = make(d.msg);
+              // One deliver_op per subscriber worker, as the owner would send.
+              for (const auto& t : d.targets) {
+                const std::uint32_t wid = worker_of_conn(t.conn);
+                if (wid >= workers_) continue;
+                per_worker_[wid].push_back({t.conn, t.sid});
+              }
+              for (std::uint32_t wid = 0; wid < workers_; ++wid) {
+                auto& targets = per_worker_[wid];
+                if (targets.empty()) continue;
+                deliver_op op{msg, d.seq, d.owner_core, targets.front(), {}, remote_publisher};
+                if (targets.size() > 1) op.more = target_list(pool_, std::span(targets).subspan(1));
+                targets.clear();
+                submit(wid, route_msg(std::move(op)));
+              }
+            }
+          },
+          [&](cluster::peer_interest& in) { on_peer_interest(node, h, in); },
+          [&](cluster::peer_fence& fe) { on_peer_fence(node, fe); },
+          [&](cluster::peer_barrier& b) { on_peer_barrier(node, b); },
+          [&](cluster::peer_interest_applied& a) {
+            const std::uint32_t wid = worker_of_conn(a.conn);
+            if (wid >= workers_) return;
+            submit(wid, route_msg(sub_applied_op{
+                            a.conn, 0, a.request_id, a.sid, a.uid,
+                            a.refused.empty() ? nullptr
+                                              : std::make_shared<const std::string>(a.refused)}));
+          },
+          [&](cluster::peer_reply& r) {
+            const std::uint32_t wid = worker_of_conn(r.conn);
+            if (wid >= workers_) return;
+            message_ref msg(shared_message::make(pool_, r.subject, {}, {}, r.reply_to, {}));
+            submit(wid, route_msg(reply_op{std::move(msg), r.conn, r.ack_id, r.delivered}));
+          },
+          [](auto&) {},  // handshake and heartbeat frames: peer_link's
+      },
+      f);
 }
 
 void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,

@@ -363,6 +363,13 @@ TEST_CASE(
       CHECK(metric_value(metrics, "keyway_cluster_peer_up" + peer) == 1);
       CHECK(metric_value(metrics, "keyway_cluster_peer_sent_messages_total" + peer) > 0);
       CHECK(metric_value(metrics, "keyway_cluster_peer_sent_bytes_total" + peer) > 0);
+      // Batches: far fewer frames than messages (interest frames are among them).
+      CHECK(metric_value(metrics, "keyway_cluster_peer_sent_frames_total" + peer) <
+            metric_value(metrics, "keyway_cluster_peer_sent_messages_total" + peer));
+      // Everything was delivered: nothing waits on the links (the lag is shown, and small).
+      const double lag = metric_value(metrics, "keyway_cluster_peer_lag_seconds" + peer);
+      CHECK(lag >= 0);
+      CHECK(lag < 1);
     }
   }
 }

@@ -82,11 +82,12 @@ tcp::endpoint loopback(std::uint16_t port) {
 }  // namespace
 
 TEST_CASE("peer frames round-trip, and a reader refuses oversized or malformed ones") {
-  std::vector<peer_frame> frames{hello_from("c", "n1"), peer_welcome{"n2", 43, 7, 2},
-                                 keyway::cluster::peer_refused{"why"},
-                                 keyway::cluster::peer_ping{5}, keyway::cluster::peer_pong{5}};
   std::string stream;
-  for (const auto& f : frames) stream += encode_peer_frame(f);
+  stream += encode_peer_frame(hello_from("c", "n1"));
+  stream += encode_peer_frame(peer_welcome{"n2", 43, 7, 2});
+  stream += encode_peer_frame(keyway::cluster::peer_refused{"why"});
+  stream += encode_peer_frame(keyway::cluster::peer_ping{5});
+  stream += encode_peer_frame(keyway::cluster::peer_pong{5});
   peer_frame_reader r(1 << 20);
   // Byte by byte: frames come out whole, in order.
   std::vector<peer_frame> got;
@@ -94,16 +95,16 @@ TEST_CASE("peer frames round-trip, and a reader refuses oversized or malformed o
     r.append(&c, 1);
     auto f = r.next();
     REQUIRE(f.has_value());
-    if (*f) got.push_back(**f);
+    if (*f) got.push_back(std::move(**f));
   }
-  REQUIRE(got.size() == frames.size());
+  REQUIRE(got.size() == 5);
   const auto& h = std::get<peer_hello>(got[0]);
   CHECK(h.cluster == "c");
   CHECK(h.node_id == "n1");
   CHECK(h.incarnation == 42);
   CHECK(h.epoch == 7);
   CHECK(h.worker == 1);
-  CHECK(h.protocol_version == 1);
+  CHECK(h.protocol_version == keyway::cluster::peer_protocol_version());
   CHECK(std::get<peer_welcome>(got[1]).workers == 2);
   CHECK(std::get<keyway::cluster::peer_refused>(got[2]).reason == "why");
   CHECK(std::get<keyway::cluster::peer_pong>(got[4]).id == 5);
@@ -185,7 +186,7 @@ TEST_CASE("peer link: a dialler that sends no hello is refused, naming the timeo
     r.append(got.data(), got.size());
     got.clear();
     auto f = r.next();
-    if (f && *f) frame = **f;
+    if (f && *f) frame = std::move(**f);
     return frame.has_value();
   }));
   REQUIRE(std::holds_alternative<keyway::cluster::peer_refused>(*frame));
@@ -251,21 +252,32 @@ TEST_CASE("peer link: a peer that never welcomes, or goes silent after, is decla
 
 TEST_CASE("peer link: data frames round-trip and reach the listener in order, with the hello") {
   using namespace keyway::cluster;
-  // The codec, every data frame once.
-  peer_message m{"orders.eu", "k1", std::string("pay\0load", 8), "inbox.1", {{"h", "v"}}};
-  const std::vector<peer_frame> frames{
-      peer_forward{m, 7, 9},
-      peer_deliver{m, 12, (5u << 8) | 1, 33, {{1, 2}, {3, 4}}},
-      peer_interest{{{true, "orders.>", "g", 5, 6, 7, 8}, {false, "", "", 5, 6, 7, 0}}, true},
-      peer_interest_applied{6, 8, 7, 5, "full"},
-      peer_reply{6, 3, 0, "orders.eu", "inbox.1"},
-      peer_fence{fence_stage::drained, 77, 3},
-      peer_barrier{9, 4, true}};
+  // The codec, every data frame once; batches of two for the lists.
+  const std::string payload("pay\0load", 8);
+  const std::string key = "k1";
+  const std::string hval = "v";
+  const peer_message_view m{"orders.eu",
+                            std::as_bytes(std::span(key)),
+                            std::as_bytes(std::span(payload)),
+                            "inbox.1",
+                            {{"h", std::as_bytes(std::span(hval))}}};
+  const peer_message_view bare{"s", {}, {}, "", {}};
+  const std::vector<peer_target> targets{{1, 2}, {3, 4}, {5, 6}};
+  peer_delivers delivers;
+  delivers.items.push_back({m, 12, (5u << 8) | 1, 33, std::span(targets).first(2)});
+  delivers.items.push_back({bare, 13, 1, 33, std::span(targets).last(1)});
   std::string stream;
-  for (const auto& f : frames) stream += encode_peer_frame(f);
+  stream += encode_peer_frame(peer_forwards{{{m, 7, 9}, {bare, 8, 0}}});
+  encode_delivers(stream, delivers.items);
+  stream += encode_peer_frame(
+      peer_interest{{{true, "orders.>", "g", 5, 6, 7, 8}, {false, "", "", 5, 6, 7, 0}}, true});
+  stream += encode_peer_frame(peer_interest_applied{6, 8, 7, 5, "full"});
+  stream += encode_peer_frame(peer_reply{6, 3, 0, "orders.eu", "inbox.1"});
+  stream += encode_peer_frame(peer_fence{fence_stage::drained, 77, 3});
+  stream += encode_peer_frame(peer_barrier{9, 4, true});
   peer_frame_reader r(1 << 20);
   r.append(stream.data(), stream.size());
-  std::vector<peer_frame> got;
+  std::vector<peer_frame> got;  // views of r's buffer: read before the next append
   while (true) {
     auto f = r.next();
     REQUIRE(f.has_value());
@@ -276,20 +288,33 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   CHECK(std::get<peer_barrier>(got[6]).conn == 9);
   CHECK(std::get<peer_barrier>(got[6]).round == 4);
   CHECK(std::get<peer_barrier>(got[6]).answer);
-  const auto& fw = std::get<peer_forward>(got[0]);
+  const auto& fws = std::get<peer_forwards>(got[0]).items;
+  REQUIRE(fws.size() == 2);
+  const auto& fw = fws[0];
   CHECK(fw.msg.subject == "orders.eu");
-  CHECK(fw.msg.payload == std::string("pay\0load", 8));
+  CHECK(std::string_view(reinterpret_cast<const char*>(fw.msg.payload.data()),
+                         fw.msg.payload.size()) == payload);
+  CHECK(fw.msg.key.size() == 2);
   CHECK(fw.msg.reply_to == "inbox.1");
   REQUIRE(fw.msg.headers.size() == 1);
-  CHECK(fw.msg.headers[0].second == "v");
+  CHECK(fw.msg.headers[0].first == "h");
+  CHECK(fw.msg.headers[0].second.size() == 1);
   CHECK(fw.ack_id == 9);
-  const auto& d = std::get<peer_deliver>(got[1]);
-  CHECK(d.seq == 12);
-  CHECK(d.owner_core == ((5u << 8) | 1));
-  CHECK(d.epoch == 33);
-  REQUIRE(d.targets.size() == 2);
-  CHECK(d.targets[1].conn == 3);
-  CHECK(d.targets[1].sid == 4);
+  CHECK(fws[1].msg.subject == "s");
+  CHECK(fws[1].msg.payload.empty());
+  CHECK(fws[1].msg.headers.empty());
+  CHECK(fws[1].conn == 8);
+  const auto& ds = std::get<peer_delivers>(got[1]).items;
+  REQUIRE(ds.size() == 2);
+  CHECK(ds[0].seq == 12);
+  CHECK(ds[0].owner_core == ((5u << 8) | 1));
+  CHECK(ds[0].epoch == 33);
+  REQUIRE(ds[0].targets.size() == 2);
+  CHECK(ds[0].targets[1].conn == 3);
+  CHECK(ds[0].targets[1].sid == 4);
+  CHECK(ds[1].seq == 13);
+  REQUIRE(ds[1].targets.size() == 1);
+  CHECK(ds[1].targets[0].conn == 5);
   const auto& in = std::get<peer_interest>(got[2]);
   CHECK(in.snapshot_done);
   REQUIRE(in.changes.size() == 2);
@@ -304,26 +329,27 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   CHECK(std::get<peer_fence>(got[5]).epoch == 77);
   CHECK(std::get<peer_fence>(got[5]).worker == 3);
 
-  // Over a link: frames queued while up arrive in order, tagged with the hello.
+  // Over a link: batches queued while up arrive in order, tagged with the hello.
   asio::io_context io;
   std::vector<std::pair<std::string, std::uint64_t>> seen;  // (node, seq)
   peer_listener l(io, loopback(0), admit_c, fast(),
                   [&](const peer_hello& h, std::uint32_t tag, peer_frame& f) {
                     CHECK(tag == 7);  // the admission's, on every frame of the link
-                    if (auto* dv = std::get_if<peer_deliver>(&f))
-                      seen.emplace_back(h.node_id, dv->seq);
+                    if (auto* dv = std::get_if<peer_delivers>(&f))
+                      for (const auto& d : dv->items) seen.emplace_back(h.node_id, d.seq);
                   });
   recorder rec;
   auto dialer =
       peer_dialer::start(io, loopback(l.port()), hello_from("c", "n1"), rec.events(), fast());
   REQUIRE(run_until(io, [&] { return dialer->up(); }));
-  std::string batch;
-  const peer_message_view v{"s", {}, std::as_bytes(std::span(m.payload)), "", {}};
+  const peer_message_view v{"s", {}, std::as_bytes(std::span(payload)), "", {}};
+  std::vector<peer_deliver> batch;
   for (std::uint64_t i = 1; i <= 100; ++i) {
-    const peer_target t{1, 1};
-    encode_deliver(batch, v, i, 1, 1, std::span(&t, 1));
+    batch.push_back({v, i, 1, 1, std::span(targets).first(1)});
     if (i % 10 == 0) {
-      dialer->send_frames(batch);
+      std::string bytes;
+      encode_delivers(bytes, batch);
+      dialer->send_frames(bytes);
       batch.clear();
     }
   }
@@ -333,4 +359,35 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
     CHECK(seen[i].second == i + 1);
   }
   dialer->stop();
+}
+
+TEST_CASE("peer link: a peer that stops reading leaves bytes queued, and their age is the lag") {
+  asio::io_context io;
+  tcp::acceptor deaf(io, loopback(0));
+  std::shared_ptr<tcp::socket> held;
+  const std::string welcome = encode_peer_frame(peer_welcome{"n2", 1, 1, 1});
+  deaf.async_accept([&](std::error_code ec, tcp::socket s) {
+    if (ec) return;
+    held = std::make_shared<tcp::socket>(std::move(s));  // welcomes, then never reads
+    asio::async_write(*held, asio::buffer(welcome), [](std::error_code, std::size_t) {});
+  });
+  recorder rec;
+  auto opt = fast();
+  opt.heartbeat = 5s;  // not declared dead while the test looks
+  auto d = peer_dialer::start(io, loopback(deaf.local_endpoint().port()), hello_from("c", "n1"),
+                              rec.events(), opt);
+  REQUIRE(run_until(io, [&] { return d->up(); }));
+  CHECK(d->queued_bytes() == 0);
+  CHECK(d->oldest_queued() == std::chrono::steady_clock::time_point{});
+  const auto first = std::chrono::steady_clock::now();
+  const std::string chunk(1 << 20, 'x');  // not frames: the peer never reads them anyway
+  for (int i = 0; i < 64; ++i) d->send_frames(chunk);
+  io.restart();
+  io.run_for(200ms);
+  REQUIRE(d->queued_bytes() > 0);  // more than the kernel's socket buffers take
+  const auto since = d->oldest_queued();
+  CHECK(since >= first);
+  CHECK(std::chrono::steady_clock::now() - since >= 200ms);
+  CHECK(rec.downs.empty());
+  d->stop();
 }
