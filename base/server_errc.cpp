@@ -40,6 +40,8 @@ class category final : public std::error_category {
         return "invalid key";
       case errc::too_many_connections:
         return "too many connections";
+      case errc::owner_lost:
+        return "the key's owner node was lost";
       case errc::count_:
         break;
     }
@@ -86,6 +88,8 @@ std::string_view to_string(errc e) noexcept {
       return "invalid_key";
     case errc::too_many_connections:
       return "too_many_connections";
+    case errc::owner_lost:
+      return "owner_lost";
     case errc::count_:
       break;
   }

@@ -170,7 +170,7 @@ result<void, std::string> membership::register_self(etcd_client& etcd) {
     lease_ = *lease;
     self_ = std::move(joining);
   }
-  last_renewed_ = steady_clock::now();
+  last_renewed_.store(steady_clock::now().time_since_epoch().count(), std::memory_order_release);
   incarnation_.fetch_add(1, std::memory_order_release);
   lease_held_.store(true, std::memory_order_release);
   etcd_reachable_.store(true, std::memory_order_release);
@@ -288,7 +288,12 @@ void membership::keepalive() {
   auto ttl = keepalive_->lease_keepalive(lease_id);
   etcd_reachable_.store(ttl.has_value(), std::memory_order_release);
   if (ttl && *ttl > 0) {
-    last_renewed_ = now;
+    last_renewed_.store(now.time_since_epoch().count(), std::memory_order_release);
+    if (outage_logged_) {
+      spdlog::warn("cluster: etcd answers again; node \"{}\" kept its lease {:x}", cfg_.self.id,
+                   lease_id);
+      outage_logged_ = false;
+    }
     return;
   }
   if (ttl) {
@@ -299,13 +304,17 @@ void membership::keepalive() {
     lease_held_.store(false, std::memory_order_release);
     return;
   }
-  const auto since = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_renewed_);
+  const auto since = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_renewed());
   if (since >= cfg_.lease_ttl) {
-    spdlog::error(
-        "cluster: no keepalive succeeded for {} ms (cluster.lease_ttl {} ms): this node's lease "
-        "has expired, node \"{}\" is out of the ring; last error: {}",
-        since.count(), cfg_.lease_ttl.count(), cfg_.self.id, ttl.error());
-    lease_held_.store(false, std::memory_order_release);
+    // etcd is unreachable (from here): the lease is not known to be gone.
+    // The node routes with the last ring while its links say the cluster is
+    // whole (cluster_node::may_order); etcd says "gone" when it is back, if so.
+    if (!outage_logged_)
+      spdlog::error(
+          "cluster: no keepalive succeeded for {} ms (cluster.lease_ttl {} ms): etcd is "
+          "unreachable; node \"{}\" keeps the ring etcd last gave it; last error: {}",
+          since.count(), cfg_.lease_ttl.count(), cfg_.self.id, ttl.error());
+    outage_logged_ = true;
     return;
   }
   spdlog::warn(

@@ -118,12 +118,21 @@ class membership {
 
   /// The latest view; never null after join().
   std::shared_ptr<const cluster_view> view() const;
-  /// False once the lease is known to be gone: etcd said so, or no keepalive
-  /// succeeded for lease_ttl (steady clock). The node is then out of the
-  /// ring for every other node. The control thread registers it again as a
-  /// new incarnation (a new lease, state joining) as soon as etcd lets it;
-  /// set_state() then makes it active again.
+  /// False once the lease is known to be gone: etcd said so (a keepalive
+  /// answered with no TTL left). The node is then out of the ring for every
+  /// other node. The control thread registers it again as a new incarnation
+  /// (a new lease, state joining) as soon as etcd lets it; set_state() then
+  /// makes it active again. While etcd does not answer at all, the lease is
+  /// not known to be gone (an etcd outage keeps every lease: etcd renews
+  /// them when it is back), so it stays held; last_renewed() tells for how
+  /// long nothing was confirmed, and the caller decides what that means.
   bool lease_held() const noexcept { return lease_held_.load(std::memory_order_acquire); }
+  /// When a keepalive last succeeded (or the lease was granted).
+  std::chrono::steady_clock::time_point last_renewed() const noexcept {
+    return std::chrono::steady_clock::time_point(
+        std::chrono::steady_clock::duration(last_renewed_.load(std::memory_order_acquire)));
+  }
+  std::chrono::milliseconds lease_ttl() const noexcept { return cfg_.lease_ttl; }
   /// 1 after join(), one more per new registration after a lost lease.
   std::uint64_t incarnation() const noexcept {
     return incarnation_.load(std::memory_order_acquire);
@@ -163,7 +172,8 @@ class membership {
   std::atomic<bool> etcd_reachable_{false};
   std::atomic<std::uint64_t> incarnation_{0};
   std::atomic<bool> stop_{false};
-  std::chrono::steady_clock::time_point last_renewed_{};
+  std::atomic<std::chrono::steady_clock::rep> last_renewed_{0};  // last_renewed()
+  bool outage_logged_ = false;  // the control thread's: one error line per etcd outage
   std::thread thread_;
 };
 

@@ -140,6 +140,8 @@ struct Reply {
   delivered @2 :UInt32;  # local deliveries made; 0 with replyTo set: noResponders
   subject   @3 :Text;
   replyTo   @4 :Text;
+  refused   @5 :Text;    # non-empty: the owner did not order it, and says why (it may not
+                         # order now: docs/cluster.md, "Failures"); the ack becomes ownerLost
 }
 
 struct PeerHello {

@@ -230,6 +230,7 @@ std::string encode_peer_frame(const peer_frame& f) {
                    o.setDelivered(r.delivered);
                    o.setSubject(r.subject);
                    o.setReplyTo(r.reply_to);
+                   o.setRefused(r.refused);
                  },
              },
              f);
@@ -344,7 +345,8 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
       case wire::PeerFrame::REPLY: {
         const auto r = root.getReply();
         return std::optional<peer_frame>(peer_reply{r.getConn(), r.getAckId(), r.getDelivered(),
-                                                    text(r.getSubject()), text(r.getReplyTo())});
+                                                    text(r.getSubject()), text(r.getReplyTo()),
+                                                    text(r.getRefused())});
       }
     }
     return "a peer frame of an unknown kind " + std::to_string(static_cast<unsigned>(root.which()));

@@ -138,6 +138,7 @@ struct peer_reply {
   std::uint32_t delivered = 0;
   std::string subject;
   std::string reply_to;
+  std::string refused;  // non-empty: not ordered, and why
 };
 enum class fence_stage : std::uint8_t { ingress, ordered, drained };
 struct peer_fence {

@@ -176,9 +176,11 @@ void cluster_node::on_view(const cluster::cluster_view& v) {
   m->client_urls = cfg_.self.client_urls;
   std::vector<cluster_peer> peers;
   cluster::node_state self_state = cluster::node_state::joining;
+  std::int64_t self_lease = 0;
   for (const auto& mem : v.members) {
     if (mem.info.id == cfg_.self.id) {
       self_state = mem.info.state;
+      self_lease = mem.lease;
       continue;
     }
     cluster_peer p;
@@ -205,6 +207,7 @@ void cluster_node::on_view(const cluster::cluster_view& v) {
   {
     std::lock_guard lock(mutex_);
     for (auto& p : peers) p.index = index_of(p.id);
+    self_lease_in_view_ = self_lease;
     m->peers = std::move(peers);
     if (m->placement)
       for (const auto& id : m->placement->nodes()) m->ring_index.push_back(index_of(id));
@@ -244,7 +247,79 @@ void cluster_node::snapshot_received(std::uint32_t index, std::int64_t lease,
 }
 
 bool cluster_node::ready_locked() const {
-  return state_ == cluster::node_state::active && peers_ready_locked();
+  return state_ == cluster::node_state::active && peers_ready_locked() && may_order_locked();
+}
+
+void cluster_node::refresh_order_deadline() {
+  const auto now = std::chrono::steady_clock::now();
+  // This thread not running for half a lease means the process was not (a
+  // stop, a stalled VM): its view of the links is as old as that.
+  if (last_look_ != std::chrono::steady_clock::time_point{} &&
+      now - last_look_ > cfg_.lease_ttl / 2)
+    woke_at_ = now;
+  last_look_ = now;
+  std::string why;
+  const auto until = order_deadline_locked(now, &why);
+  order_until_ns_.store(
+      until ? static_cast<std::uint64_t>(
+                  std::chrono::duration_cast<std::chrono::nanoseconds>(until->time_since_epoch())
+                      .count())
+            : 0,
+      std::memory_order_relaxed);
+  const bool order = until.has_value();
+  if (order == ordering_) return;
+  ordering_ = order;
+  if (order)
+    spdlog::warn("cluster: node \"{}\" orders publishes again", cfg_.self.id);
+  else
+    spdlog::error("cluster: node \"{}\" stops ordering publishes: {}", cfg_.self.id, why);
+}
+
+bool cluster_node::may_order_locked(std::string* why) const {
+  return order_deadline_locked(std::chrono::steady_clock::now(), why).has_value();
+}
+
+std::optional<std::chrono::steady_clock::time_point> cluster_node::order_deadline_locked(
+    std::chrono::steady_clock::time_point now, std::string* why) const {
+  using std::chrono::milliseconds;
+  if (!membership_ || !membership_->lease_held()) {
+    if (why) *why = "the lease is gone: not registered in etcd";
+    return std::nullopt;
+  }
+  if (self_lease_in_view_ != membership_->lease()) {
+    // Registered again (a new incarnation) but the map is still the old
+    // one's: routing by it could order keys this incarnation does not own.
+    if (why) *why = "waiting for etcd's view to show this incarnation";
+    return std::nullopt;
+  }
+  const auto renewed = membership_->last_renewed();
+  auto until = renewed + cfg_.lease_ttl;
+  std::string unlinked;
+  for (const auto& p : map_->peers)
+    if (p.state == cluster::node_state::active && links_up_to(p.index) < links_up_.size())
+      unlinked += (unlinked.empty() ? "" : ", ") + p.id;
+  const bool just_woke = now - woke_at_ < milliseconds(1000);
+  // Every link up: the cluster is whole, so good until a little past the
+  // activator's next look even if etcd says nothing (an etcd outage), with
+  // no gap between looks. Not right after a stall: the links may be dead
+  // and not noticed yet.
+  if (unlinked.empty() && !just_woke) until = std::max(until, now + milliseconds(600));
+  const auto unconfirmed = std::chrono::duration_cast<milliseconds>(now - renewed);
+  if (why && unconfirmed >= cfg_.lease_ttl) {
+    *why = "etcd unreachable for " + std::to_string(unconfirmed.count()) + " ms (lease_ttl " +
+           std::to_string(cfg_.lease_ttl.count()) + " ms): ";
+    if (!unlinked.empty())
+      *why +=
+          "no link to " + unlinked + ": not ordering (the others may have taken this node's keys)";
+    else if (just_woke)
+      *why +=
+          "this process was not running for a while: not ordering until etcd or the links answer";
+    else
+      *why += "routing with the ring of epoch " + std::to_string(map_->epoch) +
+              " while every link is up; joins and leaves wait for etcd";
+  }
+  if (until <= now) return std::nullopt;
+  return until;
 }
 
 std::size_t cluster_node::links_up_to(std::uint32_t index) const {
@@ -276,9 +351,10 @@ std::string cluster_node::readiness_report() const {
   const bool active = state_ == cluster::node_state::active;
   out += std::string(active ? "[+]" : "[-]") + "cluster state " +
          std::string(cluster::to_string(state_)) + "\n";
-  const bool lease = membership_ && membership_->lease_held();
-  out += std::string(lease ? "[+]" : "[-]") + "cluster lease " +
-         (lease ? "held" : "not held: not registered in etcd") + "\n";
+  std::string why;
+  const bool order = may_order_locked(&why);
+  out += std::string(order ? "[+]" : "[-]") + "cluster lease " +
+         (why.empty() ? "held, confirmed by etcd within lease_ttl" : why) + "\n";
   for (const auto& p : map_->peers) {
     const std::size_t up = links_up_to(p.index);
     out += std::string(up == links_up_.size() ? "[+]" : "[-]") + "cluster links to " + p.id + ": " +
@@ -339,6 +415,7 @@ void cluster_node::activate_when_ready() {
   while (!stop_) {
     wake_.wait_for(lock, std::chrono::milliseconds(200));
     if (stop_) return;
+    refresh_order_deadline();
     const std::uint64_t inc = membership_->incarnation();
     if (inc == activated || !peers_ready_locked()) continue;
     lock.unlock();

@@ -141,6 +141,18 @@ class cluster_node {
   bool ready() const;
   /// One line per condition, [+] or [-], for /readyz?verbose.
   std::string readiness_report() const;
+  /// Whether this node may order publishes at `now_ns` (steady clock, as
+  /// worker_services::turn_ns; docs/cluster.md, "Failures"): its lease is
+  /// held, and etcd confirmed it within lease_ttl or, etcd being
+  /// unreachable, every local worker's link to every other active node is up
+  /// (the cluster is whole: an etcd outage). Cut off from etcd and from a
+  /// peer it is false: the others may have taken this node's keys. The
+  /// activator thread turns those facts into a deadline every 200 ms; a
+  /// process that was stopped past it (SIGSTOP, a stalled VM) finds it
+  /// passed on its first turn after waking, before anything refreshes it.
+  bool may_order(std::uint64_t now_ns) const noexcept {
+    return now_ns < order_until_ns_.load(std::memory_order_relaxed);
+  }
   /// The "cluster" object of /status.
   std::string status_json() const;
   /// What /metrics reports of the cluster.
@@ -163,6 +175,14 @@ class cluster_node {
   void on_view(const cluster::cluster_view& v);
   std::uint32_t index_of(const std::string& id);  // under mutex_
   bool ready_locked() const;
+  /// may_order() as of now, under mutex_; `why` (if given) says what is
+  /// missing, or that etcd is unreachable while the links keep it going.
+  bool may_order_locked(std::string* why = nullptr) const;
+  /// Until when this node may order, as of `now`; none: not now.
+  std::optional<std::chrono::steady_clock::time_point> order_deadline_locked(
+      std::chrono::steady_clock::time_point now, std::string* why) const;
+  /// Under mutex_: sets order_until_ns_ from the lease and the links.
+  void refresh_order_deadline();
   /// The links and snapshots of ready(), without the state: what activation waits for.
   bool peers_ready_locked() const;
   /// Under mutex_: local workers with their link to node `index` up, and
@@ -197,6 +217,14 @@ class cluster_node {
   std::map<std::uint32_t, snapshot_record> snapshots_;
   cluster::node_state state_ = cluster::node_state::joining;  // this node's, as etcd shows it
 
+  /// may_order()'s deadline: the lease's confirmation plus lease_ttl, or a
+  /// short while past the activator's last look during an etcd outage with
+  /// every link up; 0 without the lease.
+  std::atomic<std::uint64_t> order_until_ns_{~std::uint64_t{0}};
+  bool ordering_ = true;                 // the activator's last verdict, for its log lines
+  std::int64_t self_lease_in_view_ = 0;  // this node's lease as the latest view shows it
+  std::chrono::steady_clock::time_point last_look_{};  // refresh_order_deadline's last run
+  std::chrono::steady_clock::time_point woke_at_{};    // when it last found a gap (a stall)
   std::condition_variable wake_;
   bool stop_ = false;
   std::thread activator_;

@@ -27,6 +27,7 @@ enum class drop_reason : std::size_t {
   connection_gone,
   encode_failed,
   peer_link_down,
+  stale_peer,
   count_
 };
 

@@ -121,6 +121,9 @@ struct reply_op {
   std::uint64_t conn = 0;
   std::uint64_t ack_id = 0;
   std::uint32_t delivered = 0;
+  std::uint32_t node = 0;  // the node that answered (a forwarded publish); 0: this one
+  /// Set: that node did not order the publish, and says why (ownerLost).
+  std::shared_ptr<const std::string> refused;
 };
 
 struct sub_spec {

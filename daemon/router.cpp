@@ -103,15 +103,17 @@ std::size_t router::poll() {
 
 void router::flush() {
   KEYWAY_ASSERT_OWNER(w_);
+  // Deliveries to other nodes go out before this turn's acks do, so that an
+  // ack rarely precedes the copies it vouches for (a crash in between loses them).
+  if (ctx_.cluster) {
+    for (std::uint32_t node = 1; node < peers_.size(); ++node) send_batch(node);
+    note_link_queues();
+  }
   // Writing may close connections (a fatal error was queued), which may
   // append to dirty_ again via closed(); iterate by index.
   for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->flush();
   dirty_.clear();
   graveyard_.clear();
-  if (ctx_.cluster) {
-    for (std::uint32_t node = 1; node < peers_.size(); ++node) send_batch(node);
-    note_link_queues();
-  }
   ep_.flush();
   turn_ns_ = 0;
   if (draining()) {
@@ -154,6 +156,8 @@ bool router::has_interest(std::string_view subject) {
 std::optional<std::uint32_t> router::route(publish_op& op, std::uint32_t owner) {
   KEYWAY_ASSERT_OWNER(w_);
   if (ctx_.cluster) {
+    // Cut off from etcd and a peer: hold every publish (the publisher waits).
+    if (!ctx_.cluster->may_order(turn_ns(1))) return std::nullopt;
     const auto key = op.msg->routing_key();
     const std::uint32_t node = map_->owner({reinterpret_cast<const char*>(key.data()), key.size()});
     if (!transitions_.empty() && held(key)) return std::nullopt;
@@ -305,9 +309,17 @@ void router::on_deliver(deliver_op& op) {
 }
 
 void router::on_reply(reply_op& op) {
+  // An answer from another node: the publish is no longer in doubt. (One
+  // already answered owner_lost, after a link flap, finds nothing here, and
+  // its ack still goes out: the client ignores an ack id it no longer waits for.)
+  if (op.node != 0 && op.ack_id != 0) forwarded_acks_.erase({op.node, op.conn, op.ack_id});
   connection* found = find_conn(op.conn);
   if (found == nullptr) return;
   connection& c = *found;
+  if (op.refused)
+    return c.send_error(proto::errc::owner_lost,
+                        "the key's owner did not order the publish: " + *op.refused, op.ack_id,
+                        false);
   const shared_message& msg = *op.msg;
   if (op.delivered == 0 && !msg.reply_to().empty()) {
     return c.send_no_responders(msg.subject(), msg.reply_to(), op.ack_id);

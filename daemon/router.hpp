@@ -28,6 +28,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -155,8 +156,15 @@ class router final : public core::worker_handler, public worker_services {
   void refresh_cluster();
   void start_peer_listener();
   /// Hands a publish whose key another node owns to that node; false (op
-  /// intact) while the link is down or over its queue limit.
+  /// intact) while the link is down or over its queue limit. An acked one is
+  /// remembered until the node answers (forwarded_acks_).
   bool forward(publish_op& op, std::uint32_t node);
+  /// The link to `node` failed, or the node left: every publish forwarded
+  /// to it and not yet answered gets owner_lost (it may have been delivered).
+  void fail_forwarded(std::uint32_t node, const std::string& why);
+  /// Worker 0, while this node may not order: drops forwarded publishes from
+  /// `node`, answering the acked ones `refused` (their publishers get ownerLost).
+  void refuse_forwards(std::uint32_t node, const cluster::peer_forwards& batch);
   /// One copy per node with matching subscribers (per_node_).
   void deliver_remote(const shared_message& msg, std::uint64_t seq);
   void reply_remote(const publish_op& op, std::uint32_t delivered);
@@ -190,6 +198,8 @@ class router final : public core::worker_handler, public worker_services {
   bool held(std::span<const std::byte> key) const noexcept;
   void on_fence(const fence_op& op);
   void on_peer_fence(std::uint32_t node, const cluster::peer_fence& f);
+  /// Drops from the hand-offs in progress the nodes the latest map shows gone.
+  void prune_handoffs();
   /// Sends a fence frame on every link up.
   void fence_peers(cluster::fence_stage stage, std::int64_t epoch);
   void fence_workers(fence_op::step what, std::int64_t epoch);
@@ -266,10 +276,13 @@ class router final : public core::worker_handler, public worker_services {
   std::int64_t dialed_as_ = 0;   // this node's lease, as the hellos of peers_ carry it
   std::unordered_map<std::uint32_t, sub_spec> own_subs_;     // this worker's connections', by uid
   std::vector<std::vector<cluster::peer_target>> per_node_;  // scratch for on_publish
-  std::string frames_;                                       // scratch: encoded peer frames
+  /// Acked publishes forwarded and not answered yet: (node, conn, ack id).
+  std::set<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>> forwarded_acks_;
+  std::string frames_;  // scratch: encoded peer frames
   // Worker 0: the listener, and the other nodes' subscriptions.
   std::unique_ptr<cluster::peer_listener> listener_;
   std::uint64_t bad_peer_frames_ = 0;
+  std::uint64_t stale_peer_frames_ = 0;
   struct remote_sub {
     std::uint32_t local_uid = 0;
     std::uint64_t conn = 0;

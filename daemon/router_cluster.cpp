@@ -135,6 +135,7 @@ void router::refresh_cluster() {
     map_ = m;
     map_generation_ = m->generation;
   }
+  if (!transitions_.empty()) prune_handoffs();
   connect_urls_ = map_->client_urls;
   std::uint32_t top = 0;
   for (const auto& p : map_->peers) top = std::max(top, p.index);
@@ -154,6 +155,7 @@ void router::refresh_cluster() {
       send_batch(p.index);  // on the old incarnation's link, whatever it still takes
       out.dialer->stop();
       cn.link_changed(w_.id(), p.index, false);
+      fail_forwarded(p.index, "its link is redialled for a new incarnation");
     }
     out = {p.id, p.lease, nullptr, {}};
     if (!p.endpoint) continue;
@@ -173,6 +175,7 @@ void router::refresh_cluster() {
   for (std::uint32_t i = 1; i < peers_.size(); ++i) {
     if (present[i] || !peers_[i].dialer) continue;
     send_batch(i);
+    fail_forwarded(i, "it left the cluster");
     peers_[i].dialer->stop();
     peers_[i].dialer.reset();
     cn.link_changed(w_.id(), i, false);
@@ -271,6 +274,7 @@ void router::link_up(std::uint32_t node) {
 void router::link_down(std::uint32_t node, const std::string& why) {
   ctx_.cluster->link_changed(w_.id(), node, false);
   send_batch(node);  // the link is down: dropped, counted
+  fail_forwarded(node, "the link to it failed: " + why);
   // Barriers that went out on the link get no answer now: what they fenced
   // went down with it. Their pings are answered rather than left hanging.
   if (const auto it = node_barriers_.find(node); it != node_barriers_.end()) {
@@ -287,11 +291,53 @@ bool router::forward(publish_op& op, std::uint32_t node) {
   if (d == nullptr) return false;
   peer_batch& b = peers_[node].batch;
   if (d->queued_bytes() + b.bytes > max_link_queue) return false;
+  if (op.ack_id != 0) forwarded_acks_.emplace(node, op.conn, op.ack_id);
   b.forwards.push_back({view_of(*op.msg), op.conn, op.ack_id});
   b.bytes += cluster::encoded_size(b.forwards.back().msg);
   b.held.push_back(std::move(op.msg));
   batch_added(node);
   return true;
+}
+
+void router::fail_forwarded(std::uint32_t node, const std::string& why) {
+  const auto first = forwarded_acks_.lower_bound({node, 0, 0});
+  const auto last = forwarded_acks_.lower_bound({node + 1, 0, 0});
+  if (first == last) return;
+  const std::string message = "the key's owner node \"" + peers_[node].id +
+                              "\" was lost before it acknowledged (" + why +
+                              "); the publish may or may not have been delivered";
+  std::size_t failed = 0;
+  for (auto it = first; it != last; ++it) {
+    const auto& [n, conn, ack_id] = *it;
+    if (connection* c = find_conn(conn)) {
+      c->send_error(proto::errc::owner_lost, message, ack_id, false);
+      ++failed;
+    }
+  }
+  forwarded_acks_.erase(first, last);
+  spdlog::warn(
+      "cluster: worker {}: {} acked publish(es) forwarded to node \"{}\" answered "
+      "owner_lost: {}",
+      w_.id(), failed, peers_[node].id, why);
+}
+
+void router::refuse_forwards(std::uint32_t node, const cluster::peer_forwards& batch) {
+  // This node may not order now (it woke past its lease, or is cut off):
+  // ordering these could contradict the keys' new owners. Dropped and
+  // counted; an acked one is answered, so its publisher hears ownerLost
+  // rather than nothing.
+  probe_.dropped(drop_reason::stale_peer, batch.items.size());
+  cluster::peer_dialer* d = link_to(node);
+  if (d == nullptr) return;  // the sender's link failed too: it answered its publishers
+  const std::string why = "node \"" + ctx_.cluster->self_id() +
+                          "\" may not order now (it lost touch with etcd and a peer, or was "
+                          "not running past its lease)";
+  for (const cluster::peer_forward& fw : batch.items)
+    if (fw.ack_id != 0)
+      send_peer(node, *d,
+                cluster::encode_peer_frame(cluster::peer_reply{fw.conn, fw.ack_id, 0,
+                                                               std::string(fw.msg.subject),
+                                                               std::string(fw.msg.reply_to), why}));
 }
 
 void router::deliver_remote(const shared_message& msg, std::uint64_t seq) {
@@ -408,11 +454,19 @@ void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
   // node is still this incarnation of a member (a few integer compares).
   const cluster_peer* p = map_->peer(node);
   if (p == nullptr || p->lease != h.incarnation) {
-    // A link of a node no longer in the cluster.
+    // A link of an incarnation no longer in the cluster (its lease expired:
+    // it crashed, stalled or was cut off, and the others took its keys).
+    // What it ordered meanwhile is stale: dropped, counted, logged sparingly.
     std::size_t messages = 1;
     if (const auto* fw = std::get_if<cluster::peer_forwards>(&f)) messages = fw->items.size();
     if (const auto* d = std::get_if<cluster::peer_delivers>(&f)) messages = d->items.size();
-    probe_.dropped(drop_reason::peer_link_down, messages);
+    probe_.dropped(drop_reason::stale_peer, messages);
+    const std::uint64_t n = (stale_peer_frames_ += 1);
+    if ((n & (n - 1)) == 0)
+      spdlog::warn(
+          "cluster: dropped a frame of {} message(s) from node \"{}\" incarnation {:x}, which is "
+          "no longer in the cluster ({} such frames so far)",
+          messages, h.node_id, h.incarnation, n);
     return;
   }
   // The frame's bytes are the link's read buffer: copied into the pool here.
@@ -428,6 +482,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
   std::visit(
       overloaded{
           [&](cluster::peer_forwards& batch) {
+            if (!ctx_.cluster->may_order(turn_ns(1))) return refuse_forwards(node, batch);
             for (const cluster::peer_forward& fw : batch.items) {
               if (!valid_from_peer(h, fw.msg)) continue;
               publish_op op;
@@ -479,7 +534,10 @@ void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
             const std::uint32_t wid = worker_of_conn(r.conn);
             if (wid >= workers_) return;
             message_ref msg(shared_message::make(pool_, r.subject, {}, {}, r.reply_to, {}));
-            submit(wid, route_msg(reply_op{std::move(msg), r.conn, r.ack_id, r.delivered}));
+            submit(wid, route_msg(reply_op{std::move(msg), r.conn, r.ack_id, r.delivered, node,
+                                           r.refused.empty()
+                                               ? nullptr
+                                               : std::make_shared<const std::string>(r.refused)}));
           },
           [](auto&) {},  // handshake and heartbeat frames: peer_link's
       },
@@ -592,12 +650,16 @@ void router::remote_sub_applied(const sub_applied_op& op) {
 //  4. drained: worker 0, once all its workers are fenced, tells every other
 //     node. When every node (this one too) is drained, worker 0 tells its
 //     workers `done`: they route the moved keys again, to their E1 owners.
-// The nodes taking part are those in either ring: every node computes the
-// same set. A node in neither (joining, or draining since an earlier change)
-// routes by the new ring at once and sends no fence; its clients (it is not
-// ready) get no order across the change. A node that dies meanwhile would
-// hold the moved keys forever: a worker gives up after
-// cluster_node::handoff_timeout() (logged and counted).
+// The nodes taking part are those in either ring that are still registered,
+// as the same incarnation, in the new map: every node computes the same set.
+// A node in neither (joining, or draining since an earlier change) routes by
+// the new ring at once and sends no fence; its clients (it is not ready) get
+// no order across the change. A node whose lease expired (it crashed, or was
+// cut off) is not waited for: what it had not delivered is lost with it. One
+// that goes the same way during a hand-off is dropped from it when the map
+// shows it gone (prune_handoffs). A hand-off still stuck (a node registered
+// but not answering) is given up after cluster_node::handoff_timeout()
+// (logged and counted).
 
 void router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
                            const std::shared_ptr<const cluster_map>& after) {
@@ -610,9 +672,11 @@ void router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
         self_in = true;
         continue;
       }
-      const cluster_peer* p = after->peer(node);
-      if (p == nullptr) p = before->peer(node);
-      if (p != nullptr) others[node] = p->workers;
+      // The incarnation in m's ring, if the new map still has it.
+      const cluster_peer* then = m->peer(node);
+      const cluster_peer* now = after->peer(node);
+      if (then != nullptr && now != nullptr && now->lease == then->lease)
+        others[node] = now->workers;
     }
   if (!self_in) return;
   transition& t = transitions_[epoch];
@@ -624,6 +688,27 @@ void router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
   fence_peers(cluster::fence_stage::ingress, epoch);
   fence_workers(fence_op::step::ingress, epoch);
   if (w_.id() == 0) check_node_handoff(epoch);
+}
+
+void router::prune_handoffs() {
+  for (auto& [epoch, t] : transitions_) {
+    if (!t.seen) continue;
+    std::vector<std::uint32_t> gone;
+    for (const auto& [node, workers] : t.others) {
+      const cluster_peer* was = t.after->peer(node);
+      const cluster_peer* now = map_->peer(node);
+      if (was == nullptr || now == nullptr || now->lease != was->lease) gone.push_back(node);
+    }
+    if (gone.empty()) continue;
+    for (const std::uint32_t node : gone) t.others.erase(node);
+    if (w_.id() == 0) {
+      spdlog::warn(
+          "cluster: hand-off to ring epoch {}: {} node(s) left etcd meanwhile; not "
+          "waiting for them",
+          epoch, gone.size());
+      check_node_handoff(epoch);
+    }
+  }
 }
 
 bool router::held(std::span<const std::byte> key) const noexcept {

@@ -50,6 +50,8 @@ wire::ErrorCode to_wire(errc e) noexcept {
       return W::INVALID_KEY;
     case errc::too_many_connections:
       return W::TOO_MANY_CONNECTIONS;
+    case errc::owner_lost:
+      return W::OWNER_LOST;
     case errc::count_:
     case errc::ok:
     case errc::internal:
@@ -89,6 +91,8 @@ errc from_wire(wire::ErrorCode code) noexcept {
       return errc::invalid_key;
     case W::TOO_MANY_CONNECTIONS:
       return errc::too_many_connections;
+    case W::OWNER_LOST:
+      return errc::owner_lost;
   }
   return errc::internal;
 }

@@ -159,6 +159,9 @@ enum ErrorCode {
   internal             @11;
   invalidKey           @12;     # key longer than maxKey
   tooManyConnections   @13;     # over limits.max_connections (fatal); an older client reads it as internal
+  ownerLost            @14;     # cluster: the key's owner node was lost before it acknowledged this
+                                # publish (requestId = its ackId); it may or may not have been
+                                # delivered. Retriable; an older client reads it as internal
 }
 
 struct Error {

@@ -215,6 +215,31 @@ TEST_CASE("membership: a node's lease outlives a short etcd outage; the watch re
 }
 
 TEST_CASE(
+    "membership: an etcd outage longer than the lease keeps the lease: same incarnation after") {
+  etcd_process etcd;
+  const std::vector<std::string> eps{etcd.endpoint()};
+  node a(eps, "a", 2s);
+  join_active(a);
+  const auto lease = a.m->lease();
+  const auto renewed = a.m->last_renewed();
+  etcd.kill();
+  std::this_thread::sleep_for(4s);  // twice the TTL
+  // Not known to be gone: etcd did not answer at all.
+  CHECK(a.m->lease_held());
+  CHECK_FALSE(a.m->etcd_reachable());
+  CHECK(clock_type::now() - a.m->last_renewed() >= 2s);
+  etcd.restart();
+  // etcd restores leases with their TTL renewed: the next keepalive succeeds.
+  const auto deadline = clock_type::now() + 6s;
+  while (a.m->last_renewed() <= renewed + 4s && clock_type::now() < deadline)
+    std::this_thread::sleep_for(50ms);
+  CHECK(a.m->last_renewed() > renewed + 4s);
+  CHECK(a.m->lease_held());
+  CHECK(a.m->lease() == lease);
+  CHECK(a.m->incarnation() == 1);
+}
+
+TEST_CASE(
     "membership: a node whose lease is revoked behind its back rejoins as a new incarnation") {
   etcd_process etcd;
   const std::vector<std::string> eps{etcd.endpoint()};

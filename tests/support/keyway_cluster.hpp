@@ -140,6 +140,8 @@ class keyway_cluster {
   const std::string& id(std::size_t i) const { return at(i).id(); }
   keywayd_process& process(std::size_t i) { return *nodes_.at(i).process; }
   const etcd_process& etcd() const { return etcd_; }
+  /// The cluster's etcd, to kill and restart (chaos tests).
+  etcd_process& etcd() { return etcd_; }
   const std::string& name() const { return options_.name; }
   std::string log(std::size_t i) const { return at(i).process->log(); }
 
@@ -162,6 +164,37 @@ class keyway_cluster {
     node& n = nodes_.at(i);
     n.stopped = true;
     return n.process->stop(SIGTERM, limit);
+  }
+
+  /// SIGKILL to node i, as a crash would; reaps it. The others see it leave
+  /// when its lease expires.
+  void kill_node(std::size_t i) {
+    node& n = nodes_.at(i);
+    n.stopped = true;
+    n.process->stop(SIGKILL, std::chrono::seconds(5));
+  }
+
+  /// Starts one more node expecting it to fail (e.g. etcd is away): returns
+  /// why it did (its exit status and log), or "" if it still runs after
+  /// `limit` (it then stays, as start_node(false) would leave it).
+  std::string try_start_node(std::chrono::milliseconds limit = std::chrono::seconds(15)) {
+    std::size_t i = 0;
+    try {
+      i = launch_node();
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    node& n = nodes_.at(i);
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (const auto code = exit_code_now(n)) {
+        n.stopped = true;
+        return "node " + n.id() + " exited with status " + std::to_string(*code) + "; its log:\n" +
+               n.process->log();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return "";
   }
 
   /// Starts one more node (the next id) and, with `wait`, waits until every

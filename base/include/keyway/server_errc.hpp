@@ -28,7 +28,8 @@ enum class errc {
   internal,              // a handler failed; the connection carries on
   invalid_key,           // key over limits.max_key
   too_many_connections,  // over limits.max_connections (fatal)
-  count_,                // sentinel: the number of codes, for arrays indexed by errc
+  owner_lost,  // a cluster node owning the key was lost before it acknowledged (retriable)
+  count_,      // sentinel: the number of codes, for arrays indexed by errc
 };
 
 KEYWAY_API const std::error_category& proto_category() noexcept;

@@ -272,7 +272,7 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   stream += encode_peer_frame(
       peer_interest{{{true, "orders.>", "g", 5, 6, 7, 8}, {false, "", "", 5, 6, 7, 0}}, true});
   stream += encode_peer_frame(peer_interest_applied{6, 8, 7, 5, "full"});
-  stream += encode_peer_frame(peer_reply{6, 3, 0, "orders.eu", "inbox.1"});
+  stream += encode_peer_frame(peer_reply{6, 3, 0, "orders.eu", "inbox.1", "may not order"});
   stream += encode_peer_frame(peer_fence{fence_stage::drained, 77, 3});
   stream += encode_peer_frame(peer_barrier{9, 4, true});
   peer_frame_reader r(1 << 20);
@@ -324,6 +324,7 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   CHECK_FALSE(in.changes[1].add);
   CHECK(std::get<peer_interest_applied>(got[3]).refused == "full");
   CHECK(std::get<peer_reply>(got[4]).reply_to == "inbox.1");
+  CHECK(std::get<peer_reply>(got[4]).refused == "may not order");
   REQUIRE(got[5].index() == 10);
   CHECK(std::get<peer_fence>(got[5]).stage == fence_stage::drained);
   CHECK(std::get<peer_fence>(got[5]).epoch == 77);
