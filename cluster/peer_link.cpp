@@ -510,6 +510,16 @@ void peer_listener::accept_next() {
   });
 }
 
+std::size_t peer_listener::close_if(const std::function<bool(const peer_hello&)>& stale) {
+  std::size_t closed = 0;
+  for (auto& w : sessions_)
+    if (auto s = w.lock(); s && s->admitted && !s->closed && stale(s->hello)) {
+      s->close();
+      ++closed;
+    }
+  return closed;
+}
+
 void peer_listener::close() {
   std::error_code ignored;
   acceptor_.close(ignored);

@@ -232,6 +232,9 @@ class peer_listener {
   std::size_t links_up() const noexcept { return up_.load(std::memory_order_relaxed); }
   /// Stops accepting and closes every link (on the io_context's thread).
   void close();
+  /// Closes the admitted links whose hello `stale` says no longer belongs
+  /// (on the io_context's thread); returns how many.
+  std::size_t close_if(const std::function<bool(const peer_hello&)>& stale);
 
   struct session;
 

@@ -181,6 +181,19 @@ void router::refresh_cluster() {
     cn.link_changed(w_.id(), i, false);
   }
   if (w_.id() != 0) return;
+  // Worker 0: close the links of incarnations no longer in the cluster. A node
+  // whose lease expired while it still ran (cut off from etcd only) then sees
+  // its links fail, and with etcd silent too it stops ordering.
+  if (listener_) {
+    const std::size_t closed = listener_->close_if([&](const cluster::peer_hello& h) {
+      for (const auto& p : map_->peers)
+        if (p.id == h.node_id) return p.lease != h.incarnation;
+      return true;
+    });
+    if (closed != 0)
+      spdlog::info("cluster: closed {} link(s) of node incarnations no longer in the cluster",
+                   closed);
+  }
   // Worker 0: forget the subscriptions of nodes gone, or back as a new incarnation.
   std::vector<std::uint32_t> gone;
   for (const auto& [node, lease] : remote_leases_) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "tests/cluster/cluster_clients.hpp"
+#include "tests/support/cuttable_proxy.hpp"
 #include "tests/support/keyway_cluster.hpp"
 #include "tests/support/numbered.hpp"
 
@@ -243,6 +244,21 @@ std::string describe(const chaos_report& r) {
          (r.first_error.empty() ? "" : " (first: " + r.first_error + ")");
 }
 
+/// What every case asserts: nothing duplicated or reordered, one order per
+/// key at every subscriber, and losses only where the case allows them.
+void check_order_kept(const chaos_report& r) {
+  CHECK(r.duplicated == 0);
+  CHECK(r.reordered == 0);
+  CHECK(r.keys_in_other_order == 0);
+  CHECK_MESSAGE(r.lost_outside == 0, r.first_lost_outside);
+}
+
+/// Node i came back as a new incarnation (its log says so).
+void check_rejoined(keyway_cluster& cluster, std::size_t i) {
+  INFO(cluster.id(i) << "'s log:\n" << cluster.log(i));
+  CHECK(cluster.log(i).find("rejoined as a new incarnation") != std::string::npos);
+}
+
 /// The node's owner_core_tag as its /status gives it (Message.ownerCore >> 8).
 std::uint32_t owner_tag(keyway_cluster& cluster, std::size_t i) {
   const auto status = cluster.status(i);  // a local: ranging over a temporary's member dangles
@@ -314,10 +330,7 @@ TEST_CASE("cluster chaos: kill -9 an owner node under load") {
 
     MESSAGE("kill -9 n3, run " << run << ": failover " << failover << " s (ready after "
                                << seconds(ready - killed) << " s); " << describe(r));
-    CHECK(r.duplicated == 0);
-    CHECK(r.reordered == 0);
-    CHECK(r.keys_in_other_order == 0);
-    CHECK_MESSAGE(r.lost_outside == 0, r.first_lost_outside);
+    check_order_kept(r);
     // Every error names the lost owner and is retriable (owner_lost).
     for (const auto& p : l.publishers())
       for (const auto& s : p.log)
@@ -438,10 +451,7 @@ TEST_CASE(
       return dead_keys.count(s.key) != 0 && s.end >= killed - 500ms;
     });
     MESSAGE("etcd and n3 lost, run " << run << ": " << describe(r));
-    CHECK(r.duplicated == 0);
-    CHECK(r.reordered == 0);
-    CHECK(r.keys_in_other_order == 0);
-    CHECK_MESSAGE(r.lost_outside == 0, r.first_lost_outside);
+    check_order_kept(r);
   }
 }
 
@@ -490,12 +500,8 @@ TEST_CASE(
     MESSAGE("SIGSTOP n3 for " << seconds(3 * ttl) << " s, run " << run << ": rejoined " << rejoin
                               << " s after SIGCONT; stale messages dropped " << stale << "; "
                               << describe(r));
-    CHECK(r.duplicated == 0);
-    CHECK(r.reordered == 0);
-    CHECK(r.keys_in_other_order == 0);
-    CHECK_MESSAGE(r.lost_outside == 0, r.first_lost_outside);
-    INFO(cluster.id(2) << "'s log:\n" << cluster.log(2));
-    CHECK(cluster.log(2).find("rejoined as a new incarnation") != std::string::npos);
+    check_order_kept(r);
+    check_rejoined(cluster, 2);
     CHECK_MESSAGE(rejoin <= seconds(2 * ttl) + (sanitized ? 6.0 : 0.0),
                   "rejoined " << rejoin << " s after SIGCONT; at most 2 x TTL");
   }
@@ -503,4 +509,62 @@ TEST_CASE(
   MESSAGE("SIGSTOP 3 x TTL: rejoin over " << rejoins.size() << " runs: median "
                                           << rejoins[rejoins.size() / 2] << " s, max "
                                           << rejoins.back() << " s");
+}
+
+TEST_CASE(
+    "cluster chaos: a node cut off from etcd only stops ordering once the others drop it, and "
+    "rejoins") {
+  for (int run = 1; run <= runs(); ++run) {
+    INFO("run " << run);
+    // n3 reaches etcd through a relay the test cuts: etcd and the other
+    // nodes stay up, and n3 still reaches them (a one-sided partition).
+    std::unique_ptr<keyway::test::cuttable_proxy> relay;
+    keyway::test::cluster_options o;
+    o.etcd_for = [&](std::size_t node, const std::string& etcd) {
+      if (node != 2) return std::vector<std::string>{etcd};
+      relay = std::make_unique<keyway::test::cuttable_proxy>(
+          static_cast<std::uint16_t>(std::stoi(etcd.substr(etcd.rfind(':') + 1))));
+      return std::vector<std::string>{relay->http_url()};
+    };
+    keyway_cluster cluster(o);
+    // A publisher on n3 as well: once n3 may not order, its publishes wait.
+    load l(cluster, {cluster.tcp_url(0), cluster.tcp_url(1), cluster.tcp_url(2)},
+           {cluster.tcp_url(0), cluster.unix_url(1)});
+    const std::set<std::string> cut_keys = keys_of(l, cluster, 2);
+    const auto cut = steady::now();
+    relay->cut();
+    // Its lease expires in etcd; n1 and n2 drop it and close its links; n3,
+    // with neither etcd nor links, stops ordering.
+    bool stopped = false;
+    std::string last;
+    for (int i = 0; i < 100 && !stopped; ++i) {
+      std::this_thread::sleep_for(100ms);
+      const auto r =
+          keyway::test::http_get(cluster.admin_port(2), "/readyz?verbose", std::chrono::seconds(2));
+      last = r.body;
+      stopped = r.status == 503 && r.body.find("not ordering") != std::string::npos;
+    }
+    CHECK_MESSAGE(stopped, "n3's /readyz?verbose 10 s after the cut: " << last);
+    const double stop_after = seconds(steady::now() - cut);
+    // The others carry on without it.
+    const std::size_t acked_before = l.acked();
+    std::this_thread::sleep_for(1s);
+    CHECK(l.acked() > acked_before);
+    // Back in touch: etcd says its lease is gone, and it rejoins.
+    relay->restore();
+    cluster.wait_ready(20s);
+    std::this_thread::sleep_for(1s);
+    // Lost: n3's keys, and n3's publisher's publishes, from the cut until the
+    // others took over (n3 ordered them meanwhile, or they were refused), and
+    // publishes answered ownerLost.
+    const auto r = chaos_check(l, cluster, [&](std::size_t, const sent& s) {
+      if (s.end < cut - 500ms) return false;
+      if (!s.acked && s.error.find("owner_lost") != std::string::npos) return true;
+      return cut_keys.count(s.key) != 0 || s.publisher == 2;
+    });
+    MESSAGE("n3 cut off from etcd, run " << run << ": it stopped ordering " << stop_after
+                                         << " s after the cut; " << describe(r));
+    check_order_kept(r);
+    check_rejoined(cluster, 2);
+  }
 }

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -97,6 +98,9 @@ struct cluster_options {
   /// Empty: the cluster's own etcd. Otherwise every node is given these
   /// endpoints instead (e.g. one nobody listens on); etcd is still started.
   std::vector<std::string> etcd_endpoints;
+  /// If set, node i's endpoints are etcd_for(i, the cluster etcd's endpoint)
+  /// (e.g. one node through a proxy the test can cut); overrides the above.
+  std::function<std::vector<std::string>(std::size_t, const std::string&)> etcd_for;
   /// For each keywayd to log that it started (or to exit).
   std::chrono::milliseconds node_startup{20'000};
   /// For the whole cluster to be ready after the last node started.
@@ -272,7 +276,8 @@ class keyway_cluster {
     n.config.id = "n" + std::to_string(index + 1);
     n.config.cluster_name = options_.name;
     n.config.unix_path = (dir_.path() / ("kw-" + n.config.id + ".sock")).string();
-    n.config.etcd_endpoints = options_.etcd_endpoints.empty()
+    n.config.etcd_endpoints = options_.etcd_for ? options_.etcd_for(index, etcd_.endpoint())
+                              : options_.etcd_endpoints.empty()
                                   ? std::vector<std::string>{etcd_.endpoint()}
                                   : options_.etcd_endpoints;
     n.config.lease_ttl = options_.lease_ttl;
