@@ -12,6 +12,7 @@
 
 #include "cluster/peer.capnp.h"
 #include "core/overloaded.hpp"
+#include "proto/capnp_views.hpp"
 
 namespace keyway::cluster {
 
@@ -54,24 +55,16 @@ void set_message(wire::Message::Builder o, const peer_message_view& m) {
   }
 }
 
-std::string_view text_view(capnp::Text::Reader t) {
-  return {t.begin(), t.size()};
-}
-
-std::span<const std::byte> data_view(capnp::Data::Reader d) {
-  return std::as_bytes(std::span(d.begin(), d.size()));
-}
-
 /// Views of the frame's bytes: no copy.
 peer_message_view read_message(wire::Message::Reader r) {
-  peer_message_view m{text_view(r.getSubject()),
-                      data_view(r.getKey()),
-                      data_view(r.getPayload()),
-                      text_view(r.getReplyTo()),
+  peer_message_view m{proto::as_string_view(r.getSubject()),
+                      proto::as_bytes(r.getKey()),
+                      proto::as_bytes(r.getPayload()),
+                      proto::as_string_view(r.getReplyTo()),
                       {}};
   if (r.hasHeaders())
     for (const auto h : r.getHeaders())
-      m.headers.emplace_back(text_view(h.getName()), data_view(h.getValue()));
+      m.headers.emplace_back(proto::as_string_view(h.getName()), proto::as_bytes(h.getValue()));
   return m;
 }
 

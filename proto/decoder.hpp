@@ -34,6 +34,7 @@
 #pragma once
 
 #include <keyway/result.hpp>
+#include "proto/capnp_views.hpp"
 #include "proto/errc.hpp"
 #include "proto/fields.hpp"
 #include "proto/keyway.capnp.h"
@@ -50,14 +51,6 @@
 #include <vector>
 
 namespace keyway::proto {
-
-/// Views of Cap'n Proto blobs as standard types. No copy.
-inline std::string_view as_string_view(capnp::Text::Reader t) noexcept {
-  return {t.begin(), t.size()};
-}
-inline std::span<const std::byte> as_bytes(capnp::Data::Reader d) noexcept {
-  return {reinterpret_cast<const std::byte*>(d.begin()), d.size()};
-}
 
 /// "publish", "welcome", ... ; "unknown" for a kind this build does not know.
 std::string_view kind_name(wire::Frame::Which kind) noexcept;
