@@ -24,6 +24,13 @@
 # streams (publishes for the node's owners; copies for its subscribers).
 # Nodes of different protocol versions refuse each other's links.
 #
+# Since protocol 3, every forwarded publish and every delivery carries the
+# ring epoch it was routed by (fencing, docs/cluster.md "Failures"): the
+# receiving node takes it only from the key's owner under that epoch, waits
+# while the epoch is newer than its own, and drops it (counted) once the
+# epoch is stale: the key moved away from its sender and the hand-off that
+# moved it is over.
+#
 # Evolution rules: as in proto/keyway.capnp (frozen ordinals, add at the end).
 
 @0xf02c737562061e2d;
@@ -31,7 +38,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("keyway::cluster::wire");
 
-const peerProtocolVersion :UInt32 = 2;
+const peerProtocolVersion :UInt32 = 3;
 
 struct PeerFrame {
   union {
@@ -96,6 +103,7 @@ struct Forward {
   message @0 :Message;
   conn    @1 :UInt64;  # the publishing connection, on the dialler
   ackId   @2 :UInt64;  # 0: no ack wanted
+  epoch   @3 :Int64;   # the ring epoch the dialler routed it by (protocol 3)
 }
 
 struct Target {
@@ -107,7 +115,8 @@ struct Deliver {
   message @0 :Message;
   seq     @1 :UInt64;  # rises strictly per ownerCore
   ownerCore @2 :UInt32;  # cluster-unique: the owner node's tag and core
-  epoch   @3 :Int64;   # the owner's ring epoch
+  epoch   @3 :Int64;   # the ring epoch under which the sender owned the key
+                       # (the one its publish was routed by)
   targets @4 :List(Target);
 }
 

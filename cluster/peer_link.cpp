@@ -121,6 +121,7 @@ void encode_forwards(std::string& out, std::span<const peer_forward> items) {
     set_message(o.initMessage(), items[i].msg);
     o.setConn(items[i].conn);
     o.setAckId(items[i].ack_id);
+    o.setEpoch(items[i].epoch);
   }
   append_flat(out, msg);
 }
@@ -284,7 +285,8 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
         peer_forwards out;
         out.items.reserve(list.size());
         for (const auto f : list)
-          out.items.push_back({read_message(f.getMessage()), f.getConn(), f.getAckId()});
+          out.items.push_back(
+              {read_message(f.getMessage()), f.getConn(), f.getAckId(), f.getEpoch()});
         return std::optional<peer_frame>(std::move(out));
       }
       case wire::PeerFrame::DELIVERS: {
@@ -352,7 +354,7 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
 
 struct peer_listener::session : std::enable_shared_from_this<session> {
   session(peer_listener& l, asio::ip::tcp::socket s)
-      : owner(&l), socket(std::move(s)), timer(l.io_), reader(l.opt_.max_frame) {}
+      : owner(&l), socket(std::move(s)), timer(l.io_), retry(l.io_), reader(l.opt_.max_frame) {}
 
   void start() {
     last_rx = clock_type::now();
@@ -371,15 +373,50 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
                              if (ec) return self->close();
                              self->last_rx = clock_type::now();
                              self->reader.append(self->buf.data(), n);
-                             // Nothing more is read once a refusal is on its way.
-                             while (!self->closed && !self->close_after_write) {
-                               auto f = self->reader.next();
-                               if (!f) return self->refuse(f.error());
-                               if (!*f) break;
-                               self->on_frame(**f);
-                             }
-                             if (!self->closed && !self->close_after_write) self->read_more();
+                             self->drain();
                            });
+  }
+
+  /// Hands on every complete frame read, then reads more; stops at a frame
+  /// the owner takes `later` (held, offered again) and reads nothing behind it
+  /// until it is taken: the reader's buffer, which held's views point into, is
+  /// not appended to meanwhile.
+  void drain() {
+    // Nothing more is read once a refusal is on its way.
+    while (!closed && !close_after_write) {
+      auto f = reader.next();
+      if (!f) return refuse(f.error());
+      if (!*f) break;
+      on_frame(**f);
+      if (held) return offer_later();
+    }
+    if (!closed && !close_after_write) read_more();
+  }
+
+  void offer_later() {
+    retry.expires_after(owner->opt_.retry);
+    retry.async_wait([self = shared_from_this()](std::error_code ec) {
+      if (ec || self->closed) return;
+      peer_frame f = std::move(*self->held);
+      self->held.reset();
+      self->hand_on(f);
+      if (self->held)
+        self->offer_later();
+      else
+        self->drain();
+    });
+  }
+
+  void hand_on(peer_frame& f) {
+    switch (owner->on_data_(hello, tag, f)) {
+      case taken::yes:
+        return;
+      case taken::later:
+        held.emplace(std::move(f));
+        return;
+      case taken::close:
+        return close();
+    }
   }
 
   void on_frame(peer_frame& f) {
@@ -401,7 +438,7 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
     if (std::holds_alternative<peer_pong>(f)) return;
     if (std::holds_alternative<peer_welcome>(f) || std::holds_alternative<peer_refused>(f))
       return refuse("a welcome or refusal sent to the listening side of a link");
-    if (owner->on_data_) owner->on_data_(hello, tag, f);
+    if (owner->on_data_) hand_on(f);
   }
 
   /// Three heartbeats without a frame: the dialler is gone.
@@ -450,14 +487,17 @@ struct peer_listener::session : std::enable_shared_from_this<session> {
     if (admitted) owner->up_.fetch_sub(1, std::memory_order_relaxed);
     std::error_code ignored;
     timer.cancel();
+    retry.cancel();
     socket.close(ignored);
   }
 
   peer_listener* owner;
   asio::ip::tcp::socket socket;
   asio::steady_timer timer;
+  asio::steady_timer retry;  // offers `held` again
   peer_frame_reader reader;
-  std::array<char, 65536> buf{};  // data frames arrive here, many per read
+  std::optional<peer_frame> held;  // taken `later`: its views point into reader's buffer
+  std::array<char, 65536> buf{};   // data frames arrive here, many per read
   std::deque<std::shared_ptr<std::string>> out;
   bool writing = false;
   bool admitted = false;

@@ -85,6 +85,7 @@ struct peer_forward {
   peer_message_view msg;
   std::uint64_t conn = 0;
   std::uint64_t ack_id = 0;
+  std::int64_t epoch = 0;  // the ring epoch the sender routed it by
 };
 struct peer_target {
   std::uint64_t conn = 0;
@@ -199,6 +200,8 @@ struct peer_link_options {
   std::chrono::milliseconds backoff_min{100};
   std::chrono::milliseconds backoff_max{2000};
   std::size_t max_frame = 1 << 20;
+  /// How often the listening side offers again a frame its owner took `later`.
+  std::chrono::milliseconds retry{1};
 };
 
 /// The listening side: accepts links and admits each by its hello.
@@ -213,9 +216,16 @@ class peer_listener {
   };
   /// The admission, or why the link is refused.
   using admit_fn = std::function<result<admission, std::string>(const peer_hello&)>;
+  /// What became of a data frame handed to data_fn.
+  enum class taken : std::uint8_t {
+    yes,    // handled
+    later,  // not yet: offered again shortly (every `retry`); nothing behind it on the link is
+            // read meanwhile, so the link's order holds
+    close,  // the owner gave up on the link: it is closed
+  };
   /// A data frame on an admitted link, with the hello that opened it and the
   /// admission's tag. Frames of one link arrive in the order they were sent.
-  using data_fn = std::function<void(const peer_hello&, std::uint32_t tag, peer_frame&)>;
+  using data_fn = std::function<taken(const peer_hello&, std::uint32_t tag, peer_frame&)>;
 
   /// Binds `at` (port 0: any free port) and accepts until close().
   peer_listener(asio::io_context& io, const asio::ip::tcp::endpoint& at, admit_fn admit,

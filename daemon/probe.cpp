@@ -38,8 +38,9 @@ std::size_t latency_histogram::bucket_of(std::uint64_t ns) noexcept {
 namespace {
 
 constexpr std::array<std::string_view, 2> transports{"tcp", "unix"};
-constexpr std::array<std::string_view, 5> drop_reasons{
-    "slow_consumer", "connection_gone", "encode_failed", "peer_link_down", "stale_peer"};
+constexpr std::array<std::string_view, 6> drop_reasons{"slow_consumer", "connection_gone",
+                                                       "encode_failed", "peer_link_down",
+                                                       "stale_peer",    "stale_owner"};
 static_assert(drop_reasons.size() == static_cast<std::size_t>(drop_reason::count_));
 
 /// Every error code's wire name, by value (0, none, included: never sent).

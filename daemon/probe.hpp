@@ -28,6 +28,7 @@ enum class drop_reason : std::size_t {
   encode_failed,
   peer_link_down,
   stale_peer,
+  stale_owner,
   count_
 };
 

@@ -39,6 +39,8 @@ struct publish_op {
   std::uint64_t ack_id = 0;  // 0: no ack wanted
   std::uint32_t from = 0;    // ingress worker
   std::uint32_t origin = 0;  // ingress node (cluster_node's index; 0: this one)
+  std::int64_t epoch = 0;    // in a cluster: the ring epoch it was routed by (stamped on its
+                             // forward and on its deliveries to other nodes)
 };
 
 /// The publisher of a delivery that came from another node: not throttled

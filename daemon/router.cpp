@@ -160,6 +160,7 @@ std::optional<std::uint32_t> router::route(publish_op& op, std::uint32_t owner) 
     if (!ctx_.cluster->may_order(turn_ns(1))) return std::nullopt;
     const auto key = op.msg->routing_key();
     const std::uint32_t node = map_->owner({reinterpret_cast<const char*>(key.data()), key.size()});
+    op.epoch = map_->epoch;
     if (!transitions_.empty() && held(key)) return std::nullopt;
     if (node != 0) {
       if (!forward(op, node)) return std::nullopt;
@@ -249,7 +250,7 @@ void router::on_publish(publish_op& op) {
     last = std::max(last, r.worker);
   }
   // Other nodes first: the last local delivery may take the publish's reference.
-  if (remote) deliver_remote(msg, seq);
+  if (remote) deliver_remote(msg, seq, op.epoch);
 
   const auto delivered = static_cast<std::uint32_t>(matches_.size());
   const bool wants_reply = op.ack_id != 0 || (delivered == 0 && !msg.reply_to().empty());

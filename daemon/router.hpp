@@ -25,6 +25,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -164,9 +165,14 @@ class router final : public core::worker_handler, public worker_services {
   void fail_forwarded(std::uint32_t node, const std::string& why);
   /// Worker 0, while this node may not order: drops forwarded publishes from
   /// `node`, answering the acked ones `refused` (their publishers get ownerLost).
-  void refuse_forwards(std::uint32_t node, const cluster::peer_forwards& batch);
-  /// One copy per node with matching subscribers (per_node_).
-  void deliver_remote(const shared_message& msg, std::uint64_t seq);
+  void refuse_forwards(std::uint32_t node, const cluster::peer_forwards& batch,
+                       const std::string& why);
+  /// Worker 0: answers an acked publish forwarded from `node` that this node
+  /// does not order `refused`, saying why.
+  void refuse_forward(std::uint32_t node, const cluster::peer_forward& fw, const std::string& why);
+  /// One copy per node with matching subscribers (per_node_), stamped with
+  /// the epoch the publish was routed by.
+  void deliver_remote(const shared_message& msg, std::uint64_t seq, std::int64_t epoch);
   void reply_remote(const publish_op& op, std::uint32_t delivered);
   /// Sends this worker's subscription changes to every peer with a link up;
   /// returns how many.
@@ -175,7 +181,18 @@ class router final : public core::worker_handler, public worker_services {
   void link_down(std::uint32_t node, const std::string& why);
   /// Admits a link from another node, tagged with that node's index.
   result<cluster::peer_listener::admission, std::string> admit_peer(const cluster::peer_hello& h);
-  void on_peer_frame(const cluster::peer_hello& h, std::uint32_t node, cluster::peer_frame& f);
+  cluster::peer_listener::taken on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
+                                              cluster::peer_frame& f);
+  /// Fencing (router_cluster.cpp): whether node `node` (0: this one) owned
+  /// `key` under ring `epoch`, older than this worker's, and may still order
+  /// it: it owns it now too, or the hand-off that moved it is not over here.
+  bool still_owner(std::uint32_t node, std::span<const std::byte> key, std::int64_t epoch) const;
+  /// Fencing: a data frame from `node`'s worker `h.worker` stamped with a ring
+  /// epoch newer than this worker's waits for the watch to catch up (the
+  /// link reads nothing behind it); past the wait limit the link is closed.
+  cluster::peer_listener::taken wait_for_epoch(const cluster::peer_hello& h, std::uint32_t node,
+                                               std::int64_t epoch, std::size_t messages);
+  void stale_owner(const cluster::peer_hello& h, std::int64_t epoch, std::size_t messages);
   /// A message from another node has subjects this node would accept from a client.
   bool valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message_view& m);
   void bad_peer_frame(const cluster::peer_hello& h, const std::string& why);
@@ -192,7 +209,8 @@ class router final : public core::worker_handler, public worker_services {
   cluster::peer_dialer* link_to(std::uint32_t node) noexcept;
   /// Hand-off (router_cluster.cpp, "Ring changes"): starts this worker's part
   /// of the change from `before` to `after`.
-  void begin_handoff(const std::shared_ptr<const cluster_map>& before,
+  /// Returns whether this node takes part (it is in either ring).
+  bool begin_handoff(const std::shared_ptr<const cluster_map>& before,
                      const std::shared_ptr<const cluster_map>& after);
   /// Whether a ring change in progress moved `key` (its publishes wait).
   bool held(std::span<const std::byte> key) const noexcept;
@@ -283,6 +301,23 @@ class router final : public core::worker_handler, public worker_services {
   std::unique_ptr<cluster::peer_listener> listener_;
   std::uint64_t bad_peer_frames_ = 0;
   std::uint64_t stale_peer_frames_ = 0;
+  std::uint64_t stale_owner_messages_ = 0;
+  /// Rings this worker routed by before map_, newest last (a few): what
+  /// fencing checks an older epoch's owner against.
+  struct past_ring {
+    std::shared_ptr<const cluster_map> map;
+    /// This node took no part in the change away from it (in neither ring):
+    /// it takes that ring's owners until then, as a hand-off would last.
+    bool passive = false;
+    std::chrono::steady_clock::time_point passive_until{};
+  };
+  std::deque<past_ring> past_rings_;
+  /// Links holding a frame stamped with a newer epoch, by (node, worker):
+  /// since when, and when it was last offered.
+  struct epoch_wait {
+    std::chrono::steady_clock::time_point since, last;
+  };
+  std::map<std::pair<std::uint32_t, std::uint32_t>, epoch_wait> epoch_waits_;
   struct remote_sub {
     std::uint32_t local_uid = 0;
     std::uint64_t conn = 0;

@@ -26,7 +26,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
+#include <string>
 
 #include "core/assert.hpp"
 #include "core/overloaded.hpp"
@@ -51,6 +53,9 @@ constexpr std::size_t snapshot_batch = 512;
 /// message alone is larger).
 constexpr std::size_t batch_max_messages = 1024;
 constexpr std::size_t batch_max_bytes = 256u << 10;
+/// Older rings worker 0 keeps for fencing: a frame stamped with an epoch
+/// older than these is stale.
+constexpr std::size_t max_past_rings = 8;
 
 cluster::peer_message_view view_of(const shared_message& m) {
   cluster::peer_message_view v{m.subject(), m.key(), m.payload(), m.reply_to(), {}};
@@ -131,7 +136,15 @@ void router::refresh_cluster() {
   // Every map published since the last look, in order: a ring change in any
   // of them starts a hand-off.
   for (const auto& m : cn.maps_since(map_generation_)) {
-    if (map_ && m->epoch != map_->epoch) begin_handoff(map_, m);
+    if (map_ && m->epoch != map_->epoch) {
+      const bool took_part = begin_handoff(map_, m);
+      if (w_.id() == 0) {
+        // Worker 0 fences what other nodes send by the rings before this one.
+        past_rings_.push_back(
+            {map_, !took_part, std::chrono::steady_clock::now() + cn.handoff_timeout()});
+        if (past_rings_.size() > max_past_rings) past_rings_.pop_front();
+      }
+    }
     map_ = m;
     map_generation_ = m->generation;
   }
@@ -223,7 +236,7 @@ void router::start_peer_listener() {
       w_.io(), std::move(*ctx_.peer_acceptor),
       [this](const cluster::peer_hello& h) { return admit_peer(h); }, ctx_.cluster->link_options(),
       [this](const cluster::peer_hello& h, std::uint32_t node, cluster::peer_frame& f) {
-        on_peer_frame(h, node, f);
+        return on_peer_frame(h, node, f);
       });
 }
 
@@ -305,7 +318,7 @@ bool router::forward(publish_op& op, std::uint32_t node) {
   peer_batch& b = peers_[node].batch;
   if (d->queued_bytes() + b.bytes > max_link_queue) return false;
   if (op.ack_id != 0) forwarded_acks_.emplace(node, op.conn, op.ack_id);
-  b.forwards.push_back({view_of(*op.msg), op.conn, op.ack_id});
+  b.forwards.push_back({view_of(*op.msg), op.conn, op.ack_id, op.epoch});
   b.bytes += cluster::encoded_size(b.forwards.back().msg);
   b.held.push_back(std::move(op.msg));
   batch_added(node);
@@ -334,26 +347,28 @@ void router::fail_forwarded(std::uint32_t node, const std::string& why) {
       w_.id(), failed, peers_[node].id, why);
 }
 
-void router::refuse_forwards(std::uint32_t node, const cluster::peer_forwards& batch) {
+void router::refuse_forwards(std::uint32_t node, const cluster::peer_forwards& batch,
+                             const std::string& why) {
   // This node may not order now (it woke past its lease, or is cut off):
   // ordering these could contradict the keys' new owners. Dropped and
   // counted; an acked one is answered, so its publisher hears ownerLost
   // rather than nothing.
   probe_.dropped(drop_reason::stale_peer, batch.items.size());
-  cluster::peer_dialer* d = link_to(node);
-  if (d == nullptr) return;  // the sender's link failed too: it answered its publishers
-  const std::string why = "node \"" + ctx_.cluster->self_id() +
-                          "\" may not order now (it lost touch with etcd and a peer, or was "
-                          "not running past its lease)";
-  for (const cluster::peer_forward& fw : batch.items)
-    if (fw.ack_id != 0)
-      send_peer(node, *d,
-                cluster::encode_peer_frame(cluster::peer_reply{fw.conn, fw.ack_id, 0,
-                                                               std::string(fw.msg.subject),
-                                                               std::string(fw.msg.reply_to), why}));
+  for (const cluster::peer_forward& fw : batch.items) refuse_forward(node, fw, why);
 }
 
-void router::deliver_remote(const shared_message& msg, std::uint64_t seq) {
+void router::refuse_forward(std::uint32_t node, const cluster::peer_forward& fw,
+                            const std::string& why) {
+  if (fw.ack_id == 0) return;
+  cluster::peer_dialer* d = link_to(node);
+  if (d == nullptr) return;  // the sender's link failed too: it answered its publishers
+  send_peer(
+      node, *d,
+      cluster::encode_peer_frame(cluster::peer_reply{
+          fw.conn, fw.ack_id, 0, std::string(fw.msg.subject), std::string(fw.msg.reply_to), why}));
+}
+
+void router::deliver_remote(const shared_message& msg, std::uint64_t seq, std::int64_t epoch) {
   for (std::uint32_t node = 1; node < per_node_.size(); ++node) {
     auto& targets = per_node_[node];
     if (targets.empty()) continue;
@@ -362,7 +377,7 @@ void router::deliver_remote(const shared_message& msg, std::uint64_t seq) {
     if (d == nullptr || d->queued_bytes() + b.bytes > max_link_queue) {
       probe_.dropped(drop_reason::peer_link_down, targets.size());
     } else {
-      b.delivers.push_back({view_of(msg), seq, core_stamp_, map_->epoch, {}});
+      b.delivers.push_back({view_of(msg), seq, core_stamp_, epoch, {}});
       b.target_counts.push_back(static_cast<std::uint32_t>(targets.size()));
       b.targets.insert(b.targets.end(), targets.begin(), targets.end());
       b.bytes += cluster::encoded_size(b.delivers.back().msg) + targets.size() * 16;
@@ -460,8 +475,80 @@ bool router::valid_from_peer(const cluster::peer_hello& h, const cluster::peer_m
   return true;
 }
 
-void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
-                           cluster::peer_frame& f) {
+// ---- fencing -----------------------------------------------------------------
+//
+// Every forwarded publish and every delivery carries the ring epoch its
+// publish was routed by: the epoch under which its owner owns the key. Worker
+// 0 checks what other nodes send against its own rings:
+//  - the same epoch as its own: the sender computed the same ring, so it is
+//    the key's owner (a forward's receiver is) by construction;
+//  - a newer epoch: this node's watch lags; the frame waits (the link reads
+//    nothing behind it) until the map catches up, for at most a heartbeat,
+//    after which the link is closed (its sender answers and redials);
+//  - an older epoch: taken only if the sender owned the key under that ring
+//    and still owns it, or the hand-off that moved it is not over here (the
+//    old owner still orders what was routed by the old ring). Otherwise it is
+//    a stale owner's: dropped, counted (stale_owner) and logged sparingly; a
+//    stale forwarded publish with an ack is answered refused (ownerLost).
+
+bool router::still_owner(std::uint32_t node, std::span<const std::byte> key,
+                         std::int64_t epoch) const {
+  const std::string_view k(reinterpret_cast<const char*>(key.data()), key.size());
+  const past_ring* then = nullptr;
+  for (const past_ring& r : past_rings_)
+    if (r.map->epoch == epoch) then = &r;
+  if (then == nullptr || then->map->owner(k) != node) return false;
+  if (map_->owner(k) == node) return true;
+  if (then->passive) return std::chrono::steady_clock::now() < then->passive_until;
+  for (const auto& [to, t] : transitions_)
+    if (t.before->epoch == epoch) return true;  // the hand-off out of that ring goes on
+  return false;
+}
+
+cluster::peer_listener::taken router::wait_for_epoch(const cluster::peer_hello& h,
+                                                     std::uint32_t node, std::int64_t epoch,
+                                                     std::size_t messages) {
+  using taken = cluster::peer_listener::taken;
+  if (ctx_.cluster->generation() != map_generation_) refresh_cluster();
+  const std::pair<std::uint32_t, std::uint32_t> link{node, h.worker};
+  if (epoch <= map_->epoch) {
+    epoch_waits_.erase(link);
+    return taken::yes;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  auto [it, first] = epoch_waits_.try_emplace(link, epoch_wait{now, now});
+  // Offered again every link_options().retry while it waits: an older entry
+  // is of a link that closed meanwhile.
+  if (now - it->second.last > std::chrono::milliseconds(100)) it->second.since = now;
+  it->second.last = now;
+  const auto limit = ctx_.cluster->link_options().heartbeat;
+  if (now - it->second.since < limit) return taken::later;
+  epoch_waits_.erase(it);
+  probe_.dropped(drop_reason::peer_link_down, messages);
+  spdlog::warn(
+      "cluster: node \"{}\" (worker {}) sent messages routed by ring epoch {}, and this node's "
+      "etcd watch is still at epoch {} after {} ms: closing the link (its sender answers its "
+      "publishers and dials again)",
+      h.node_id, h.worker, epoch, map_->epoch, limit.count());
+  return taken::close;
+}
+
+void router::stale_owner(const cluster::peer_hello& h, std::int64_t epoch, std::size_t messages) {
+  probe_.dropped(drop_reason::stale_owner, messages);
+  const std::uint64_t before = stale_owner_messages_;
+  stale_owner_messages_ += messages;
+  // Logged when the count passes a power of two: sparse under a flood.
+  if (std::bit_width(before) != std::bit_width(stale_owner_messages_))
+    spdlog::warn(
+        "cluster: dropped {} message(s) from node \"{}\" routed by ring epoch {}: it no longer "
+        "owns their keys at epoch {} and the hand-off that moved them is over ({} such "
+        "messages so far)",
+        messages, h.node_id, epoch, map_->epoch, stale_owner_messages_);
+}
+
+cluster::peer_listener::taken router::on_peer_frame(const cluster::peer_hello& h,
+                                                    std::uint32_t node, cluster::peer_frame& f) {
+  using taken = cluster::peer_listener::taken;
   KEYWAY_ASSERT(w_.id() == 0);
   // `node` is the index admit_peer() tagged the link with: only check the
   // node is still this incarnation of a member (a few integer compares).
@@ -480,8 +567,26 @@ void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
           "cluster: dropped a frame of {} message(s) from node \"{}\" incarnation {:x}, which is "
           "no longer in the cluster ({} such frames so far)",
           messages, h.node_id, h.incarnation, n);
-    return;
+    return taken::yes;
   }
+  // A batch is routed by one ring (its sender's, over one turn), but each
+  // item says so: the newest decides whether the frame waits.
+  std::int64_t newest = 0;
+  std::size_t items = 0;
+  if (const auto* fw = std::get_if<cluster::peer_forwards>(&f)) {
+    for (const auto& i : fw->items) newest = std::max(newest, i.epoch);
+    items = fw->items.size();
+  } else if (const auto* d = std::get_if<cluster::peer_delivers>(&f)) {
+    for (const auto& i : d->items) newest = std::max(newest, i.epoch);
+    items = d->items.size();
+  }
+  if (newest > map_->epoch) {
+    const taken t = wait_for_epoch(h, node, newest, items);
+    if (t != taken::yes) return t;
+  } else if (!epoch_waits_.empty()) {
+    epoch_waits_.erase({node, h.worker});
+  }
+  const std::int64_t epoch = map_->epoch;
   // The frame's bytes are the link's read buffer: copied into the pool here.
   auto make = [&](const cluster::peer_message_view& m) {
     std::vector<header_view> headers;
@@ -495,15 +600,31 @@ void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
   std::visit(
       overloaded{
           [&](cluster::peer_forwards& batch) {
-            if (!ctx_.cluster->may_order(turn_ns(1))) return refuse_forwards(node, batch);
+            if (!ctx_.cluster->may_order(turn_ns(1)))
+              return refuse_forwards(
+                  node, batch,
+                  "node \"" + ctx_.cluster->self_id() +
+                      "\" may not order now (it lost touch with etcd and a peer, or was not "
+                      "running past its lease)");
             for (const cluster::peer_forward& fw : batch.items) {
               if (!valid_from_peer(h, fw.msg)) continue;
+              if (fw.epoch < epoch && !still_owner(0, fw.msg.key, fw.epoch)) {
+                stale_owner(h, fw.epoch, 1);
+                refuse_forward(node, fw,
+                               "node \"" + ctx_.cluster->self_id() +
+                                   "\" no longer owns the key: the publish was routed by ring "
+                                   "epoch " +
+                                   std::to_string(fw.epoch) + ", and the ring is at epoch " +
+                                   std::to_string(epoch));
+                continue;
+              }
               publish_op op;
               op.msg = make(fw.msg);
               op.conn = fw.conn;
               op.ack_id = fw.ack_id;
               op.from = 0;
               op.origin = node;
+              op.epoch = fw.epoch;
               probe_.published(1);
               const std::uint32_t owner = owner_of(*op.msg);
               if (owner == 0)
@@ -515,6 +636,10 @@ void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
           [&](cluster::peer_delivers& batch) {
             for (const cluster::peer_deliver& d : batch.items) {
               if (!valid_from_peer(h, d.msg)) continue;
+              if (d.epoch < epoch && !still_owner(node, d.msg.key, d.epoch)) {
+                stale_owner(h, d.epoch, 1);
+                continue;
+              }
               message_ref msg = make(d.msg);
               // One deliver_op per subscriber worker, as the owner would send.
               for (const auto& t : d.targets) {
@@ -555,6 +680,7 @@ void router::on_peer_frame(const cluster::peer_hello& h, std::uint32_t node,
           [](auto&) {},  // handshake and heartbeat frames: peer_link's
       },
       f);
+  return taken::yes;
 }
 
 void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
@@ -674,7 +800,7 @@ void router::remote_sub_applied(const sub_applied_op& op) {
 // but not answering) is given up after cluster_node::handoff_timeout()
 // (logged and counted).
 
-void router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
+bool router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
                            const std::shared_ptr<const cluster_map>& after) {
   const std::int64_t epoch = after->epoch;
   std::map<std::uint32_t, std::uint32_t> others;
@@ -691,7 +817,7 @@ void router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
       if (then != nullptr && now != nullptr && now->lease == then->lease)
         others[node] = now->workers;
     }
-  if (!self_in) return;
+  if (!self_in) return false;
   transition& t = transitions_[epoch];
   t.others = std::move(others);
   t.seen = true;
@@ -701,6 +827,7 @@ void router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
   fence_peers(cluster::fence_stage::ingress, epoch);
   fence_workers(fence_op::step::ingress, epoch);
   if (w_.id() == 0) check_node_handoff(epoch);
+  return true;
 }
 
 void router::prune_handoffs() {

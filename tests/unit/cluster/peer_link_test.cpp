@@ -267,7 +267,7 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   delivers.items.push_back({m, 12, (5u << 8) | 1, 33, std::span(targets).first(2)});
   delivers.items.push_back({bare, 13, 1, 33, std::span(targets).last(1)});
   std::string stream;
-  stream += encode_peer_frame(peer_forwards{{{m, 7, 9}, {bare, 8, 0}}});
+  stream += encode_peer_frame(peer_forwards{{{m, 7, 9, 31}, {bare, 8, 0, 32}}});
   encode_delivers(stream, delivers.items);
   stream += encode_peer_frame(
       peer_interest{{{true, "orders.>", "g", 5, 6, 7, 8}, {false, "", "", 5, 6, 7, 0}}, true});
@@ -300,6 +300,8 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   CHECK(fw.msg.headers[0].first == "h");
   CHECK(fw.msg.headers[0].second.size() == 1);
   CHECK(fw.ack_id == 9);
+  CHECK(fw.epoch == 31);
+  CHECK(fws[1].epoch == 32);
   CHECK(fws[1].msg.subject == "s");
   CHECK(fws[1].msg.payload.empty());
   CHECK(fws[1].msg.headers.empty());
@@ -338,6 +340,7 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
                     CHECK(tag == 7);  // the admission's, on every frame of the link
                     if (auto* dv = std::get_if<peer_delivers>(&f))
                       for (const auto& d : dv->items) seen.emplace_back(h.node_id, d.seq);
+                    return peer_listener::taken::yes;
                   });
   recorder rec;
   auto dialer =
@@ -359,6 +362,51 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
     CHECK(seen[i].first == "n1");
     CHECK(seen[i].second == i + 1);
   }
+  dialer->stop();
+}
+
+TEST_CASE("peer link: a frame taken later is offered again and holds back what follows it") {
+  using namespace keyway::cluster;
+  asio::io_context io;
+  std::vector<std::uint64_t> seen;  // delivery seqs, in the order taken
+  std::size_t offers_of_2 = 0;
+  bool take_2 = false;
+  bool close_at_5 = true;
+  peer_listener l(io, loopback(0), admit_c, fast(),
+                  [&](const peer_hello&, std::uint32_t, peer_frame& f) {
+                    const auto& d = std::get<peer_delivers>(f).items.at(0);
+                    if (d.seq == 2 && !take_2) {
+                      ++offers_of_2;
+                      return peer_listener::taken::later;
+                    }
+                    if (d.seq == 5 && close_at_5) return peer_listener::taken::close;
+                    seen.push_back(d.seq);
+                    return peer_listener::taken::yes;
+                  });
+  recorder rec;
+  auto dialer =
+      peer_dialer::start(io, loopback(l.port()), hello_from("c", "n1"), rec.events(), fast());
+  REQUIRE(run_until(io, [&] { return dialer->up(); }));
+  const peer_message_view v{"s", {}, {}, "", {}};
+  auto send = [&](std::uint64_t seq) {
+    std::string bytes;
+    const peer_deliver one{v, seq, 1, 1, {}};
+    encode_delivers(bytes, std::span(&one, 1));
+    dialer->send_frames(bytes);
+  };
+  for (std::uint64_t seq = 1; seq <= 4; ++seq) send(seq);
+  // 1 is taken; 2 is offered again and again, and 3 and 4 wait behind it.
+  REQUIRE(run_until(io, [&] { return offers_of_2 >= 5; }));
+  CHECK(seen == std::vector<std::uint64_t>{1});
+  take_2 = true;
+  REQUIRE(run_until(io, [&] { return seen.size() == 4; }));
+  CHECK(seen == std::vector<std::uint64_t>{1, 2, 3, 4});
+  // `close`: the listener closes the link, and the dialler hears it.
+  send(5);
+  send(6);
+  REQUIRE(run_until(io, [&] { return !rec.downs.empty(); }));
+  CHECK(seen == std::vector<std::uint64_t>{1, 2, 3, 4});
+  close_at_5 = false;
   dialer->stop();
 }
 
