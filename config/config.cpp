@@ -737,25 +737,41 @@ void reader::read_cluster(server_options& o) {
   };
   named("name", c.name, false);
   named("node_id", c.node_id, true);  // "": the host name
-  if (const auto* n = find("cluster", "peer_listen")) {
-    if (auto v = string("cluster.peer_listen", *n)) {
-      const auto addr = [&]() -> std::optional<listen_address> {
-        try {
-          return daemon::parse_listen_url(*v);
-        } catch (const std::invalid_argument& e) {
-          fail("cluster.peer_listen = " + show(*n) + " is not a valid URL: " +
-               listen_url_reason(*v, e.what()) + "; write tcp://IP:PORT, e.g. tcp://10.0.0.1:7402");
-          return std::nullopt;
-        }
-      }();
-      if (addr && addr->type != listen_address::kind::tcp)
-        fail("cluster.peer_listen = " + show(*n) +
-             " is a Unix path; peers connect over TCP: write tcp://IP:PORT");
-      else if (addr && !is_ip_literal(addr->host))
-        fail("cluster.peer_listen = " + show(*n) + " has host " + toml_string(addr->host) +
-             ", not an IP address; keywayd does not resolve names when it binds");
-      else if (addr)
-        c.peer_listen = *addr;
+  // A peer URL, tcp://IP:PORT: peers bind and dial addresses, not names or paths.
+  const auto peer_url = [&](const std::string& name, const toml::node& n,
+                            const std::string& v) -> std::optional<listen_address> {
+    std::optional<listen_address> addr;
+    try {
+      addr = daemon::parse_listen_url(v);
+    } catch (const std::invalid_argument& e) {
+      fail(name + " = " + show(n) + " is not a valid URL: " + listen_url_reason(v, e.what()) +
+           "; write tcp://IP:PORT, e.g. tcp://10.0.0.1:7402");
+      return std::nullopt;
+    }
+    if (addr->type != listen_address::kind::tcp) {
+      fail(name + " = " + show(n) + " is a Unix path; peers connect over TCP: write tcp://IP:PORT");
+      return std::nullopt;
+    }
+    if (!is_ip_literal(addr->host)) {
+      fail(name + " = " + show(n) + " has host " + toml_string(addr->host) +
+           ", not an IP address; keywayd does not resolve names for peers");
+      return std::nullopt;
+    }
+    return addr;
+  };
+  if (const auto* n = find("cluster", "peer_listen"))
+    if (auto v = string("cluster.peer_listen", *n))
+      if (auto addr = peer_url("cluster.peer_listen", *n, *v)) c.peer_listen = *addr;
+  if (const auto* n = find("cluster", "peer_advertise")) {
+    if (auto v = string("cluster.peer_advertise", *n); v && !v->empty()) {
+      if (auto addr = peer_url("cluster.peer_advertise", *n, *v)) {
+        if (addr->port == 0 || addr->host == "0.0.0.0" || addr->host == "::")
+          fail("cluster.peer_advertise = " + show(*n) +
+               " cannot be dialled (port 0 or a wildcard address); give the address and port "
+               "other nodes reach this one at");
+        else
+          c.peer_advertise = addr->to_string();
+      }
     }
   }
   if (const auto* n = find("cluster", "advertise")) {

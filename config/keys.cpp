@@ -148,6 +148,9 @@ constexpr key_info table[] = {
      +[](const server_options& a, const server_options& b) {
        return cluster_of(a).peer_listen.to_string() == cluster_of(b).peer_listen.to_string();
      }},
+    {"cluster.peer_advertise", "URL", "\"\"", "(peer_listen)", "`tcp://IP:PORT`, not port 0",
+     R::restart, "", "the peer URL the other nodes dial for this one",
+     KEYWAY_SAME_CLUSTER(peer_advertise)},
     {"cluster.advertise", "URL", "\"\"", "(the first listener)",
      "`tcp://HOST:PORT` or `unix:///absolute/path`", R::restart, "",
      "the client URL the other nodes announce for this one", KEYWAY_SAME_CLUSTER(advertise)},

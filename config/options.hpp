@@ -57,6 +57,10 @@ struct cluster_options {
   /// The client URL other nodes announce for this one. Empty: the first
   /// listen.tcp address.
   std::string advertise;
+  /// The peer URL other nodes dial for this one (tcp://IP:PORT), when it is
+  /// not peer_listen: behind NAT or a port forward, or with peer_listen on
+  /// 0.0.0.0 or ::. Empty: peer_listen.
+  std::string peer_advertise;
   /// etcd's client URLs (http://HOST:PORT), tried in turn.
   std::vector<std::string> etcd_endpoints{"http://127.0.0.1:2379"};
   /// This node's etcd lease: it leaves the ring this long after it stops

@@ -455,7 +455,14 @@ result<cluster::membership_config, std::string> membership_config_of(const serve
              ", is not an address other nodes can give their clients; set cluster.advertise";
     m.self.client_urls.push_back(first.to_string());
   }
-  m.self.peer_url = c.peer_listen.to_string();
+  if (!c.peer_advertise.empty()) {
+    m.self.peer_url = c.peer_advertise;
+  } else if (c.peer_listen.host == "0.0.0.0" || c.peer_listen.host == "::") {
+    return "cluster.peer_advertise is empty and cluster.peer_listen, " + c.peer_listen.to_string() +
+           ", is not an address other nodes can dial; set cluster.peer_advertise";
+  } else {
+    m.self.peer_url = c.peer_listen.to_string();
+  }
   m.self.workers = o.workers;  // 0 (one per CPU) until the server has resolved it
   m.etcd_endpoints = c.etcd_endpoints;
   m.lease_ttl = c.lease_ttl;

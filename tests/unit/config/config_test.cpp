@@ -659,6 +659,7 @@ TEST_CASE("[cluster]: absent means a single node; present, its keys default") {
   CHECK(c.node_id.empty());
   CHECK(c.peer_listen.to_string() == "tcp://127.0.0.1:7402");
   CHECK(c.advertise.empty());
+  CHECK(c.peer_advertise.empty());
   CHECK(c.etcd_endpoints == std::vector<std::string>{"http://127.0.0.1:2379"});
   CHECK(c.lease_ttl == 3s);
 
@@ -666,6 +667,7 @@ TEST_CASE("[cluster]: absent means a single node; present, its keys default") {
 name = "blue"
 node_id = "n-1.a_b"
 peer_listen = "tcp://[::1]:0"
+peer_advertise = "tcp://[::1]:7402"
 advertise = "tcp://kw1.example:7400"
 etcd_endpoints = ["http://127.0.0.1:2379", "http://[::1]:2379", "http://etcd-2:2379"]
 lease_ttl = "2s"
@@ -675,6 +677,7 @@ lease_ttl = "2s"
   CHECK(d.node_id == "n-1.a_b");
   CHECK(d.peer_listen.to_string() == "tcp://[::1]:0");
   CHECK(d.advertise == "tcp://kw1.example:7400");
+  CHECK(d.peer_advertise == "tcp://[::1]:7402");
   CHECK(d.etcd_endpoints.size() == 3);
   CHECK(d.lease_ttl == 2s);
 }
@@ -697,6 +700,12 @@ TEST_CASE("[cluster]: bad values are refused with the key, the value and the rul
                  "\"tcp://127.0.0.1:7501\"\n"),
       {"cluster.peer_listen", "admin listener"});
   has(problem_of("[cluster]\nadvertise = \"tcp://10.0.0.1:0\"\n"), {"cluster.advertise", "port 0"});
+  has(problem_of("[cluster]\npeer_advertise = \"tcp://peer.example:7402\"\n"),
+      {"cluster.peer_advertise", "IP address"});
+  has(problem_of("[cluster]\npeer_advertise = \"tcp://0.0.0.0:7402\"\n"),
+      {"cluster.peer_advertise", "wildcard"});
+  has(problem_of("[cluster]\npeer_advertise = \"tcp://10.0.0.1:0\"\n"),
+      {"cluster.peer_advertise", "port 0"});
   has(problem_of("[cluster]\netcd_endpoints = []\n"),
       {"cluster.etcd_endpoints", "0 URLs", "1..16"});
   has(problem_of("[cluster]\netcd_endpoints = [\"https://127.0.0.1:2379\"]\n"),

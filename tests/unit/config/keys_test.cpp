@@ -77,6 +77,7 @@ const std::map<std::string, std::string>& examples() {
       {"cluster.name", "name = \"blue\""},
       {"cluster.node_id", "node_id = \"n1\""},
       {"cluster.peer_listen", "peer_listen = \"tcp://127.0.0.1:7602\""},
+      {"cluster.peer_advertise", "peer_advertise = \"tcp://10.0.0.2:7402\""},
       {"cluster.advertise", "advertise = \"tcp://10.0.0.2:7400\""},
       {"cluster.etcd_endpoints", "etcd_endpoints = [\"http://127.0.0.1:2479\"]"},
       {"cluster.lease_ttl", "lease_ttl = \"5s\""},
