@@ -111,6 +111,7 @@ class cluster_node {
   std::int64_t lease() const;
   std::int64_t epoch() const { return map()->epoch; }
   const cluster::peer_link_options& link_options() const noexcept { return link_options_; }
+  std::chrono::milliseconds lease_ttl() const noexcept { return cfg_.lease_ttl; }
 
   std::shared_ptr<const cluster_map> map() const;
   std::uint64_t generation() const noexcept { return generation_.load(std::memory_order_acquire); }

@@ -163,7 +163,11 @@ std::optional<std::uint32_t> router::route(publish_op& op, std::uint32_t owner) 
     op.epoch = map_->epoch;
     if (!transitions_.empty() && held(key)) return std::nullopt;
     if (node != 0) {
-      if (!forward(op, node)) return std::nullopt;
+      if (forward(op, node)) return node;
+      if (!unreachable(node,
+                       std::chrono::steady_clock::time_point(std::chrono::nanoseconds(turn_ns(1)))))
+        return std::nullopt;  // the publisher waits for the link
+      refuse_unreachable(op, node);
       return node;
     }
   }

@@ -198,15 +198,25 @@ class router final : public core::worker_handler, public worker_services {
   void bad_peer_frame(const cluster::peer_hello& h, const std::string& why);
   void on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
                         cluster::peer_interest& in);
-  /// Worker 0: removes node `node`'s subscriptions (those of worker `worker`
-  /// of it only, unless all_workers).
-  void forget_remote(std::uint32_t node, std::uint32_t worker, bool all_workers);
+  /// Worker 0: removes node `node`'s subscriptions for which `which(their
+  /// uid)` holds.
+  void forget_remote(std::uint32_t node, const std::function<bool(std::uint32_t)>& which);
   void remote_sub_applied(const sub_applied_op& op);
   /// Worker 0: a barrier frame from node `node`, and its workers' answers.
   void on_peer_barrier(std::uint32_t node, const cluster::peer_barrier& b);
   void remote_barrier_answered(const barrier_op& op);
   /// The link to `node` if it is up.
   cluster::peer_dialer* link_to(std::uint32_t node) noexcept;
+  /// Whether this worker's link to `node` has been down for longer than
+  /// unreachable_after() (docs/cluster.md, "Failures"): the node is treated
+  /// as dead until the link is back or etcd drops it. Its keys' publishes
+  /// fail rather than wait, and hand-offs stop waiting for it.
+  bool unreachable(std::uint32_t node, std::chrono::steady_clock::time_point now) const noexcept;
+  /// Twice the lease.
+  std::chrono::milliseconds unreachable_after() const noexcept;
+  /// A publish of a key owned by an unreachable node: an acked one is
+  /// answered ownerLost (not delivered), any other dropped and counted.
+  void refuse_unreachable(const publish_op& op, std::uint32_t node);
   /// Hand-off (router_cluster.cpp, "Ring changes"): starts this worker's part
   /// of the change from `before` to `after`.
   /// Returns whether this node takes part (it is in either ring).
@@ -289,6 +299,8 @@ class router final : public core::worker_handler, public worker_services {
     std::int64_t lease = 0;
     std::shared_ptr<cluster::peer_dialer> dialer;
     peer_batch batch;
+    /// Since when the link has not been up (the epoch while it is).
+    std::chrono::steady_clock::time_point down_since{};
   };
   std::vector<peer_out> peers_;  // by node index
   std::int64_t dialed_as_ = 0;   // this node's lease, as the hellos of peers_ carry it
@@ -302,6 +314,7 @@ class router final : public core::worker_handler, public worker_services {
   std::uint64_t bad_peer_frames_ = 0;
   std::uint64_t stale_peer_frames_ = 0;
   std::uint64_t stale_owner_messages_ = 0;
+  std::uint64_t unreachable_refused_ = 0;
   /// Rings this worker routed by before map_, newest last (a few): what
   /// fencing checks an older epoch's owner against.
   struct past_ring {
@@ -325,6 +338,9 @@ class router final : public core::worker_handler, public worker_services {
   };
   std::unordered_map<std::uint64_t, remote_sub> remote_subs_;      // (node << 32 | their uid) →
   std::unordered_map<std::uint32_t, std::int64_t> remote_leases_;  // node → incarnation held
+  /// A link from (node, worker) came up again: the uids its earlier links
+  /// announced that its new snapshot has not announced yet.
+  std::map<std::pair<std::uint32_t, std::uint32_t>, std::set<std::uint32_t>> unconfirmed_;
   struct remote_ack {
     std::uint32_t left = 0;
     std::uint32_t sid = 0;

@@ -74,6 +74,40 @@ cluster::peer_dialer* router::link_to(std::uint32_t node) noexcept {
   return peers_[node].dialer.get();
 }
 
+bool router::unreachable(std::uint32_t node,
+                         std::chrono::steady_clock::time_point now) const noexcept {
+  if (node >= peers_.size() || !peers_[node].dialer || peers_[node].dialer->up()) return false;
+  const auto since = peers_[node].down_since;
+  return since != std::chrono::steady_clock::time_point{} && now - since > unreachable_after();
+}
+
+std::chrono::milliseconds router::unreachable_after() const noexcept {
+  // Longer than the lease, with the margin a dead node's lease needs to
+  // expire in etcd and the new ring to arrive: a crashed node is handled by
+  // the ring change (its keys move, nothing refused), and this only applies
+  // to a node that etcd still holds.
+  return 2 * ctx_.cluster->lease_ttl();
+}
+
+void router::refuse_unreachable(const publish_op& op, std::uint32_t node) {
+  const auto down = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - peers_[node].down_since);
+  const std::string why = "the key's owner node \"" + peers_[node].id +
+                          "\" has been unreachable for " + std::to_string(down.count()) +
+                          " ms, over twice its lease (cluster.lease_ttl " +
+                          std::to_string(ctx_.cluster->lease_ttl().count()) +
+                          " ms) while etcd still lists it; the publish was not delivered";
+  if (op.ack_id != 0) {
+    if (connection* c = find_conn(op.conn))
+      c->send_error(proto::errc::owner_lost, why, op.ack_id, false);
+  } else {
+    probe_.dropped(drop_reason::peer_link_down, 1);
+  }
+  const std::uint64_t n = ++unreachable_refused_;
+  if ((n & (n - 1)) == 0)
+    spdlog::warn("cluster: worker {}: refused a publish: {} ({} so far)", w_.id(), why, n);
+}
+
 void router::peer_batch::clear() noexcept {
   held.clear();
   forwards.clear();
@@ -170,7 +204,7 @@ void router::refresh_cluster() {
       cn.link_changed(w_.id(), p.index, false);
       fail_forwarded(p.index, "its link is redialled for a new incarnation");
     }
-    out = {p.id, p.lease, nullptr, {}};
+    out = {p.id, p.lease, nullptr, {}, std::chrono::steady_clock::now()};
     if (!p.endpoint) continue;
     cluster::peer_hello hello;
     hello.cluster = cn.cluster_name();
@@ -214,7 +248,8 @@ void router::refresh_cluster() {
     if (p == nullptr || p->lease != lease) gone.push_back(node);
   }
   for (const std::uint32_t node : gone) {
-    forget_remote(node, 0, true);
+    forget_remote(node, [](std::uint32_t) { return true; });
+    std::erase_if(unconfirmed_, [&](const auto& u) { return u.first.first == node; });
     remote_leases_.erase(node);
     std::erase_if(remote_barriers_, [&](const auto& b) { return std::get<0>(b.first) == node; });
   }
@@ -261,13 +296,23 @@ result<cluster::peer_listener::admission, std::string> router::admit_peer(
   if (h.worker >= p->workers)
     return "node \"" + h.node_id + "\" dialled from worker " + std::to_string(h.worker) +
            ", but registered " + std::to_string(p->workers) + " workers";
-  // A new link from that worker: what its earlier links announced is stale
-  // (the snapshot that follows says it all again).
+  // A new incarnation: what its earlier one announced is gone. A new link
+  // from the same incarnation's worker: the snapshot that follows says it all
+  // again. Its subscriptions stay meanwhile (removing them until the snapshot
+  // is in would miss their deliveries); those the snapshot leaves out go
+  // when it ends (on_peer_interest).
   const auto held = remote_leases_.find(p->index);
-  if (held != remote_leases_.end() && held->second != p->lease)
-    forget_remote(p->index, 0, true);
-  else
-    forget_remote(p->index, h.worker, false);
+  if (held != remote_leases_.end() && held->second != p->lease) {
+    forget_remote(p->index, [](std::uint32_t) { return true; });
+    std::erase_if(unconfirmed_, [&](const auto& u) { return u.first.first == p->index; });
+  } else {
+    auto& unconfirmed = unconfirmed_[{p->index, h.worker}];
+    unconfirmed.clear();
+    for (const auto& [key, sub] : remote_subs_) {
+      const auto their_uid = static_cast<std::uint32_t>(key);
+      if ((key >> 32) == p->index && (their_uid >> 24) == h.worker) unconfirmed.insert(their_uid);
+    }
+  }
   remote_leases_[p->index] = p->lease;
   return cluster::peer_listener::admission{
       cluster::peer_welcome{cn.self_id(), cn.lease(), map_->epoch, workers_}, p->index};
@@ -275,6 +320,7 @@ result<cluster::peer_listener::admission, std::string> router::admit_peer(
 
 void router::link_up(std::uint32_t node) {
   ctx_.cluster->link_changed(w_.id(), node, true);
+  peers_[node].down_since = {};
   spdlog::info("cluster: worker {}: link to node \"{}\" is up", w_.id(), peers_[node].id);
   // The snapshot: every subscription of this worker's connections, in
   // batches, then the end marker.
@@ -299,6 +345,8 @@ void router::link_up(std::uint32_t node) {
 
 void router::link_down(std::uint32_t node, const std::string& why) {
   ctx_.cluster->link_changed(w_.id(), node, false);
+  if (peers_[node].down_since == std::chrono::steady_clock::time_point{})
+    peers_[node].down_since = std::chrono::steady_clock::now();
   send_batch(node);  // the link is down: dropped, counted
   fail_forwarded(node, "the link to it failed: " + why);
   // Barriers that went out on the link get no answer now: what they fenced
@@ -687,8 +735,10 @@ void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
                               cluster::peer_interest& in) {
   std::vector<sub_spec> changes;
   changes.reserve(in.changes.size());
+  const auto resync = unconfirmed_.find({node, h.worker});
   for (auto& c : in.changes) {
     const std::uint64_t key = (std::uint64_t{node} << 32) | c.uid;
+    if (resync != unconfirmed_.end()) resync->second.erase(c.uid);
     sub_spec s;
     s.add = c.add;
     s.request_id = c.request_id;
@@ -724,14 +774,23 @@ void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
   }
   if (!changes.empty())
     broadcast_local(std::make_shared<const std::vector<sub_spec>>(std::move(changes)));
-  if (in.snapshot_done) ctx_.cluster->snapshot_received(node, h.incarnation, h.worker);
+  if (in.snapshot_done) {
+    if (resync != unconfirmed_.end()) {
+      // Announced on an earlier link and not again: gone meanwhile.
+      const std::set<std::uint32_t> gone = std::move(resync->second);
+      unconfirmed_.erase(resync);
+      forget_remote(node, [&](std::uint32_t their_uid) { return gone.count(their_uid) != 0; });
+    }
+    ctx_.cluster->snapshot_received(node, h.incarnation, h.worker);
+  }
 }
 
-void router::forget_remote(std::uint32_t node, std::uint32_t worker, bool all_workers) {
+void router::forget_remote(std::uint32_t node,
+                           const std::function<bool(std::uint32_t their_uid)>& which) {
   std::vector<sub_spec> changes;
   for (auto it = remote_subs_.begin(); it != remote_subs_.end();) {
     const auto their_uid = static_cast<std::uint32_t>(it->first);
-    if ((it->first >> 32) != node || (!all_workers && (their_uid >> 24) != worker)) {
+    if ((it->first >> 32) != node || !which(their_uid)) {
       ++it;
       continue;
     }
@@ -831,21 +890,28 @@ bool router::begin_handoff(const std::shared_ptr<const cluster_map>& before,
 }
 
 void router::prune_handoffs() {
+  const auto now = std::chrono::steady_clock::now();
   for (auto& [epoch, t] : transitions_) {
     if (!t.seen) continue;
     std::vector<std::uint32_t> gone;
+    std::size_t unreached = 0;
     for (const auto& [node, workers] : t.others) {
       const cluster_peer* was = t.after->peer(node);
-      const cluster_peer* now = map_->peer(node);
-      if (was == nullptr || now == nullptr || now->lease != was->lease) gone.push_back(node);
+      const cluster_peer* is = map_->peer(node);
+      if (was == nullptr || is == nullptr || is->lease != was->lease) {
+        gone.push_back(node);
+      } else if (unreachable(node, now)) {
+        gone.push_back(node);
+        ++unreached;
+      }
     }
     if (gone.empty()) continue;
     for (const std::uint32_t node : gone) t.others.erase(node);
     if (w_.id() == 0) {
       spdlog::warn(
-          "cluster: hand-off to ring epoch {}: {} node(s) left etcd meanwhile; not "
-          "waiting for them",
-          epoch, gone.size());
+          "cluster: hand-off to ring epoch {}: {} node(s) left etcd meanwhile and {} have been "
+          "unreachable for over twice the lease; not waiting for them",
+          epoch, gone.size() - unreached, unreached);
       check_node_handoff(epoch);
     }
   }
@@ -975,6 +1041,7 @@ void router::check_node_handoff(std::int64_t epoch) {
 }
 
 void router::expire_handoffs() {
+  prune_handoffs();  // nodes unreachable for longer than the lease meanwhile
   const auto now = std::chrono::steady_clock::now();
   const auto limit = ctx_.cluster->handoff_timeout();
   for (auto it = transitions_.begin(); it != transitions_.end();) {

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -293,6 +294,45 @@ std::set<std::string> keys_of(load& l, keyway_cluster& cluster, std::size_t i) {
   return out;
 }
 
+/// Relays the test can cut in front of node n3 (index 2): between it and
+/// etcd, and in front of its peer listener (what the others dial: n3
+/// advertises the relay as its peer URL).
+struct relays {
+  std::unique_ptr<keyway::test::cuttable_proxy> etcd, peer;
+
+  void etcd_through_relay(keyway::test::cluster_options& o) {
+    o.etcd_for = [this](std::size_t node, const std::string& url) {
+      if (node != 2) return std::vector<std::string>{url};
+      etcd = std::make_unique<keyway::test::cuttable_proxy>(
+          static_cast<std::uint16_t>(std::stoi(url.substr(url.rfind(':') + 1))));
+      return std::vector<std::string>{etcd->http_url()};
+    };
+  }
+  void peers_through_relay(keyway::test::cluster_options& o) {
+    o.peer_advertise_for = [this](std::size_t node, std::uint16_t port) -> std::string {
+      if (node != 2) return {};
+      peer = std::make_unique<keyway::test::cuttable_proxy>(port);
+      return peer->tcp_url();
+    };
+  }
+};
+
+/// Polls node i's /readyz?verbose for up to 10 s until it says the node is
+/// not ordering; returns how long that took, or nullopt (then `last` has
+/// the last answer).
+std::optional<double> wait_not_ordering(keyway_cluster& cluster, std::size_t i,
+                                        steady::time_point since, std::string& last) {
+  for (int k = 0; k < 100; ++k) {
+    std::this_thread::sleep_for(100ms);
+    const auto r =
+        keyway::test::http_get(cluster.admin_port(i), "/readyz?verbose", std::chrono::seconds(2));
+    last = r.body;
+    if (r.status == 503 && r.body.find("not ordering") != std::string::npos)
+      return seconds(steady::now() - since);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 TEST_CASE("cluster chaos: kill -9 an owner node under load") {
@@ -301,6 +341,16 @@ TEST_CASE("cluster chaos: kill -9 an owner node under load") {
     INFO("run " << run);
     keyway_cluster cluster;
     load l(cluster);
+    // A client of n3 with reconnect on (the default), given only n3's URL:
+    // it learns the others from n3's welcome.
+    collector roamer_got;
+    auto roamer = kc::connect(cluster.tcp_url(2), [] {
+      kc::connect_options o;
+      o.client_name = "chaos-roamer";
+      return o;
+    }());
+    REQUIRE_MESSAGE(roamer.has_value(), roamer.error().to_string());
+    must_subscribe(**roamer, "chaos.>", roamer_got);
     const std::set<std::string> dead_keys = keys_of(l, cluster, 2);
     const std::int64_t epoch_before = epoch_of(cluster, 0);
 
@@ -308,6 +358,24 @@ TEST_CASE("cluster chaos: kill -9 an owner node under load") {
     cluster.kill_node(2);
     cluster.wait_ready(20s);  // n1 and n2 list only each other, active
     const auto ready = steady::now();
+    // The roamer moved to n1 or n2 and gets deliveries there.
+    REQUIRE_MESSAGE(
+        roamer_got.wait_until(
+            [&](const std::vector<kc::message>&) {
+              return (*roamer)->status() == kc::connection_status::connected &&
+                     (*roamer)->info().url != cluster.tcp_url(2);
+            },
+            10s),
+        "the client of n3 did not reconnect elsewhere; it is at " << (*roamer)->info().url);
+    const std::string moved_to = (*roamer)->info().url;
+    CHECK((moved_to == cluster.tcp_url(0) || moved_to == cluster.tcp_url(1)));
+    CHECK((*roamer)->stats().reconnects >= 1);
+    const std::size_t roamer_had = roamer_got.size();
+    CHECK_MESSAGE(
+        roamer_got.wait_until(
+            [&](const std::vector<kc::message>& ms) { return ms.size() > roamer_had; }, 10s),
+        "the client of n3 got nothing at " << moved_to);
+    const double reconnected = seconds(steady::now() - killed);
     CHECK(epoch_of(cluster, 0) > epoch_before);
     CHECK(epoch_of(cluster, 1) == epoch_of(cluster, 0));
     std::this_thread::sleep_for(1s);  // load on the new ring
@@ -329,7 +397,8 @@ TEST_CASE("cluster chaos: kill -9 an owner node under load") {
     failovers.push_back(failover);
 
     MESSAGE("kill -9 n3, run " << run << ": failover " << failover << " s (ready after "
-                               << seconds(ready - killed) << " s); " << describe(r));
+                               << seconds(ready - killed) << " s; n3's client delivered to at "
+                               << moved_to << " " << reconnected << " s after); " << describe(r));
     check_order_kept(r);
     // Every error names the lost owner and is retriable (owner_lost).
     for (const auto& p : l.publishers())
@@ -518,15 +587,11 @@ TEST_CASE(
     INFO("run " << run);
     // n3 reaches etcd through a relay the test cuts: etcd and the other
     // nodes stay up, and n3 still reaches them (a one-sided partition).
-    std::unique_ptr<keyway::test::cuttable_proxy> relay;
+    relays n3;
     keyway::test::cluster_options o;
-    o.etcd_for = [&](std::size_t node, const std::string& etcd) {
-      if (node != 2) return std::vector<std::string>{etcd};
-      relay = std::make_unique<keyway::test::cuttable_proxy>(
-          static_cast<std::uint16_t>(std::stoi(etcd.substr(etcd.rfind(':') + 1))));
-      return std::vector<std::string>{relay->http_url()};
-    };
+    n3.etcd_through_relay(o);
     keyway_cluster cluster(o);
+    const auto& relay = n3.etcd;
     // A publisher on n3 as well: once n3 may not order, its publishes wait.
     load l(cluster, {cluster.tcp_url(0), cluster.tcp_url(1), cluster.tcp_url(2)},
            {cluster.tcp_url(0), cluster.unix_url(1)});
@@ -535,17 +600,10 @@ TEST_CASE(
     relay->cut();
     // Its lease expires in etcd; n1 and n2 drop it and close its links; n3,
     // with neither etcd nor links, stops ordering.
-    bool stopped = false;
     std::string last;
-    for (int i = 0; i < 100 && !stopped; ++i) {
-      std::this_thread::sleep_for(100ms);
-      const auto r =
-          keyway::test::http_get(cluster.admin_port(2), "/readyz?verbose", std::chrono::seconds(2));
-      last = r.body;
-      stopped = r.status == 503 && r.body.find("not ordering") != std::string::npos;
-    }
-    CHECK_MESSAGE(stopped, "n3's /readyz?verbose 10 s after the cut: " << last);
-    const double stop_after = seconds(steady::now() - cut);
+    const auto stopped = wait_not_ordering(cluster, 2, cut, last);
+    CHECK_MESSAGE(stopped.has_value(), "n3's /readyz?verbose 10 s after the cut: " << last);
+    const double stop_after = stopped.value_or(-1);
     // The others carry on without it.
     const std::size_t acked_before = l.acked();
     std::this_thread::sleep_for(1s);
@@ -566,5 +624,124 @@ TEST_CASE(
                                          << " s after the cut; " << describe(r));
     check_order_kept(r);
     check_rejoined(cluster, 2);
+  }
+}
+
+TEST_CASE(
+    "cluster chaos: a node partitioned from etcd and its peers stops ordering; the others take "
+    "its keys") {
+  std::vector<double> stops, failovers;
+  for (int run = 1; run <= runs(); ++run) {
+    INFO("run " << run);
+    // n3 behind two relays: to etcd, and in front of its peer listener. The
+    // cut closes the links the others dial to n3 and n3's etcd; n3's own
+    // links to them are closed by them once its lease expires (they refuse
+    // a stale incarnation), so then it reaches nobody.
+    relays n3;
+    keyway::test::cluster_options o;
+    n3.etcd_through_relay(o);
+    n3.peers_through_relay(o);
+    keyway_cluster cluster(o);
+    load l(cluster, {cluster.tcp_url(0), cluster.tcp_url(1), cluster.tcp_url(2)},
+           {cluster.tcp_url(0), cluster.unix_url(1)});
+    const std::set<std::string> cut_keys = keys_of(l, cluster, 2);
+    const std::int64_t epoch_before = epoch_of(cluster, 0);
+    const auto cut = steady::now();
+    n3.etcd->cut();
+    n3.peer->cut();
+    std::string last;
+    const auto stopped = wait_not_ordering(cluster, 2, cut, last);
+    CHECK_MESSAGE(stopped.has_value(), "n3's /readyz?verbose 10 s after the cut: " << last);
+    // The majority side moved to a ring without n3, and goes on.
+    CHECK(epoch_of(cluster, 0) > epoch_before);
+    CHECK(epoch_of(cluster, 1) == epoch_of(cluster, 0));
+    const std::size_t acked_before = l.acked();
+    std::this_thread::sleep_for(1s);
+    CHECK(l.acked() > acked_before);
+    n3.etcd->restore();
+    n3.peer->restore();
+    cluster.wait_ready(20s);
+    std::this_thread::sleep_for(1s);
+    const auto r = chaos_check(l, cluster, [&](std::size_t, const sent& s) {
+      if (s.end < cut - 500ms) return false;
+      if (!s.acked && s.error.find("owner_lost") != std::string::npos) return true;
+      return cut_keys.count(s.key) != 0 || s.publisher == 2;
+    });
+    // Failover: the cut to the first acked publish on one of n3's keys, from
+    // n1's or n2's publisher, that started once the cut links were seen down
+    // (the relay closes them at once; what n3 acked just before is excluded).
+    std::optional<steady::time_point> first;
+    for (const auto& p : l.publishers())
+      for (const auto& s : p.log)
+        if (s.publisher != 2 && s.acked && s.start >= cut + 200ms && cut_keys.count(s.key) &&
+            (!first || s.end < *first))
+          first = s.end;
+    CHECK_MESSAGE(first.has_value(), "no publish on n3's keys was acked on n1 or n2 after the cut");
+    if (stopped) stops.push_back(*stopped);
+    if (first) failovers.push_back(seconds(*first - cut));
+    MESSAGE("n3 partitioned, run " << run << ": it stopped ordering " << stopped.value_or(-1)
+                                   << " s after the cut; n3's keys acked elsewhere after "
+                                   << (first ? seconds(*first - cut) : -1.0) << " s; "
+                                   << describe(r));
+    check_order_kept(r);
+    check_rejoined(cluster, 2);
+  }
+  std::sort(stops.begin(), stops.end());
+  std::sort(failovers.begin(), failovers.end());
+  if (!stops.empty() && !failovers.empty())
+    MESSAGE("partition: over " << runs() << " runs, n3 stopped ordering after median "
+                               << stops[stops.size() / 2] << " s, max " << stops.back()
+                               << " s; its keys failed over after median "
+                               << failovers[failovers.size() / 2] << " s, max " << failovers.back()
+                               << " s");
+}
+
+TEST_CASE(
+    "cluster chaos: a peer unreachable for over twice the lease is treated as dead: its keys' "
+    "publishes fail instead of waiting, and resume once it is back") {
+  for (int run = 1; run <= runs(); ++run) {
+    INFO("run " << run);
+    // The links the others dial to n3 go through a relay the test cuts; n3
+    // keeps etcd, so it stays registered and the ring does not change.
+    relays n3;
+    keyway::test::cluster_options o;
+    n3.peers_through_relay(o);
+    keyway_cluster cluster(o);
+    load l(cluster);
+    const std::set<std::string> cut_keys = keys_of(l, cluster, 2);
+    const std::int64_t epoch_before = epoch_of(cluster, 0);
+    const auto cut = steady::now();
+    n3.peer->cut();
+    std::this_thread::sleep_for(2 * ttl + 1s);  // unreachable after twice the lease
+    CHECK(epoch_of(cluster, 0) == epoch_before);
+    // The publishers are not stuck behind n3's keys: acks keep coming.
+    const std::size_t acked_before = l.acked();
+    std::this_thread::sleep_for(1s);
+    CHECK(l.acked() > acked_before);
+    const auto restored = steady::now();
+    n3.peer->restore();
+    cluster.wait_ready(20s);
+    std::this_thread::sleep_for(1s);
+    // Lost: only what was refused (ownerLost), on n3's keys.
+    const auto r = chaos_check(l, cluster, [&](std::size_t, const sent& s) {
+      return !s.acked && cut_keys.count(s.key) != 0 && s.end >= cut;
+    });
+    std::size_t unreachable = 0, acked_after = 0;
+    for (const auto& p : l.publishers())
+      for (const auto& s : p.log) {
+        if (!s.acked) {
+          CHECK_MESSAGE(s.error.find("owner_lost") != std::string::npos, s.error);
+          CHECK_MESSAGE(cut_keys.count(s.key) != 0, s.key << ": " << s.error);
+          if (s.error.find("unreachable") != std::string::npos) ++unreachable;
+        }
+        if (s.acked && s.start > restored && cut_keys.count(s.key) != 0) ++acked_after;
+      }
+    MESSAGE("n3's links cut for " << seconds(restored - cut) << " s, run " << run << ": "
+                                  << unreachable << " publishes refused as unreachable, "
+                                  << acked_after << " acked on its keys after; " << describe(r));
+    CHECK(unreachable > 0);
+    CHECK(acked_after > 0);
+    check_order_kept(r);
+    CHECK(cluster.log(2).find("rejoined as a new incarnation") == std::string::npos);
   }
 }

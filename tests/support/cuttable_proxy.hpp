@@ -1,4 +1,4 @@
-// cuttable_proxy: a TCP relay on 127.0.0.1 between one client and one
+// cuttable_proxy: a TCP relay on 127.0.0.1 between its clients and one
 // upstream port, that a test can cut (every relayed connection closed, new
 // ones closed at once) and restore: a partition of one node from
 // one service, without touching the machine's network. One thread of its own.
@@ -43,6 +43,7 @@ class cuttable_proxy {
 
   std::uint16_t port() const { return port_; }
   std::string http_url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string tcp_url() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
 
   /// Closes every relayed connection, and each new one as soon as it is
   /// accepted (the port stays bound, so nothing else can take it meanwhile).

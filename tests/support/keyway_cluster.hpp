@@ -56,6 +56,7 @@ struct cluster_node_config {
   std::string unix_path;           // listen.unix = [unix_path]
   std::uint16_t admin_port = 0;    // admin.listen = "127.0.0.1:admin_port"
   std::uint16_t peer_port = 0;     // cluster.peer_listen = "tcp://127.0.0.1:peer_port"
+  std::string peer_advertise;      // cluster.peer_advertise, if not empty
   std::vector<std::string> etcd_endpoints;
   std::string lease_ttl = "2s";
 
@@ -74,6 +75,7 @@ struct cluster_node_config {
       << "name = \"" << cluster_name << "\"\n"
       << "node_id = \"" << id << "\"\n"
       << "peer_listen = \"" << peer_url() << "\"\n"
+      << (peer_advertise.empty() ? "" : "peer_advertise = \"" + peer_advertise + "\"\n")
       << "advertise = \"" << tcp_url() << "\"\n"
       << "etcd_endpoints = [";
     for (std::size_t i = 0; i < etcd_endpoints.size(); ++i)
@@ -101,6 +103,10 @@ struct cluster_options {
   /// If set, node i's endpoints are etcd_for(i, the cluster etcd's endpoint)
   /// (e.g. one node through a proxy the test can cut); overrides the above.
   std::function<std::vector<std::string>(std::size_t, const std::string&)> etcd_for;
+  /// If set, node i advertises peer_advertise_for(i, its peer port) as the
+  /// URL the others dial ("": its peer_listen), e.g. a relay the test can
+  /// cut; called again if the node is started on new ports.
+  std::function<std::string(std::size_t, std::uint16_t)> peer_advertise_for;
   /// For each keywayd to log that it started (or to exit).
   std::chrono::milliseconds node_startup{20'000};
   /// For the whole cluster to be ready after the last node started.
@@ -286,6 +292,8 @@ class keyway_cluster {
       n.config.tcp_port = fresh_port();
       n.config.admin_port = fresh_port();
       n.config.peer_port = fresh_port();
+      if (options_.peer_advertise_for)
+        n.config.peer_advertise = options_.peer_advertise_for(index, n.config.peer_port);
       n.config.write(n.config_path);
       try {
         n.process = std::make_unique<keywayd_process>(

@@ -1,14 +1,14 @@
-// Fencing (docs/cluster.md, "Failures"): a node takes a delivery for a key
-// only from the key's owner under the epoch the delivery carries. A real
-// etcd and two keywayd nodes (n1, n2), and node "f1" played by this test with
-// the cluster library: it registers in etcd like a keywayd (membership),
-// admits the real nodes' links and learns n1's subscription from the
-// interest they send, and dials n1 to send it deliveries stamped with the
-// epochs the test chooses. A second played node, "f2", joins to move the
-// ring on when the test wants.
+// Cluster nodes against a node played by this test with the cluster
+// library: "f1" registers in etcd like a keywayd (membership), admits the
+// real nodes' links and sees what they send, and dials node n1 to send it
+// frames a keywayd would not send on cue. A real etcd and two keywayd nodes
+// (n1, n2).
 //
-// What n1 must do with them, one case each:
-//  - stamped with its epoch, from the owner: delivered;
+// Fencing (docs/cluster.md, "Failures"): n1 takes a delivery for a key only
+// from the key's owner under the epoch the delivery carries. f1 sends
+// deliveries stamped with the epochs the test chooses; a second played
+// node, "f2", joins to move the ring on when the test wants. One case each:
+//  - stamped with n1's epoch, from the owner: delivered;
 //  - stamped with an older ring under which f1 owned nothing: dropped as
 //    stale_owner, logged;
 //  - stamped with a newer epoch: held, and what follows on the link behind it,
@@ -17,10 +17,14 @@
 //    that hand-off is open (the old owner drains), dropped once it is over;
 //  - stamped with an epoch n1 never reaches: the link is closed after a
 //    heartbeat's wait, and nothing of it delivered.
+//
+// Links that come back: a peer's subscriptions stay while its new link's
+// snapshot is on its way, and those the snapshot leaves out go when it ends.
 #include <doctest/doctest.h>
 
 #include <asio/io_context.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -94,6 +98,8 @@ class fake_node {
               if (const auto* in = std::get_if<cl::peer_interest>(&f))
                 for (const auto& ch : in->changes)
                   if (ch.add && h.node_id == "n1") n1_subs_[ch.pattern] = {ch.conn, ch.sid};
+              if (const auto* d = std::get_if<cl::peer_delivers>(&f))
+                for (const auto& item : d->items) received_.emplace_back(item.msg.subject);
               return cl::peer_listener::taken::yes;
             }) {
     cl::membership_config cfg;
@@ -137,7 +143,19 @@ class fake_node {
         {[this](const cl::peer_welcome&) { ++ups_; },
          [this](const std::string& why) { downs_.push_back(why); }});
   }
+  /// Closes the link to n1 (dial() opens a new one).
+  void hang_up() {
+    link_->stop();
+    link_.reset();
+  }
   bool up() const { return link_ && link_->up(); }
+  /// Announces subscriptions of this node to n1, as a worker's snapshot does
+  /// (`done`: the snapshot ends here).
+  void announce(const std::vector<cl::peer_interest_change>& subs, bool done) {
+    link_->send_frames(cl::encode_peer_frame(cl::peer_interest{subs, done}));
+  }
+  /// The subjects of the deliveries other nodes sent this node, in order.
+  const std::vector<std::string>& received() const { return received_; }
   std::size_t ups() const { return ups_; }
   const std::vector<std::string>& downs() const { return downs_; }
 
@@ -165,8 +183,42 @@ class fake_node {
   std::shared_ptr<cl::peer_dialer> link_;
   std::size_t ups_ = 0;
   std::vector<std::string> downs_;
+  std::vector<std::string> received_;
   std::uint64_t seq_ = 0;
 };
+
+/// Makes `f` active and waits (running `io`) until n1's ring moved past
+/// epoch `after` and `also()` holds; then dials n1 from `f` at that epoch
+/// and waits for the link. Returns n1's new epoch.
+std::int64_t join_and_dial(asio::io_context& io, const keyway_cluster& c, fake_node& f,
+                           std::int64_t after, const std::function<bool()>& also) {
+  f.activate();
+  std::int64_t epoch = 0;
+  REQUIRE_MESSAGE(pump_until(
+                      io,
+                      [&] {
+                        epoch = static_cast<std::int64_t>(metric(c, 0, "keyway_cluster_epoch"));
+                        return epoch > after && also();
+                      },
+                      10s),
+                  "n1 did not move to a ring with the played node, or did not announce its "
+                  "subscriptions to it");
+  f.dial(c.at(0).config.peer_port, epoch);
+  REQUIRE(pump_until(
+      io, [&] { return f.up(); }, 5s));
+  return epoch;
+}
+
+/// Publishes `subject` with key `key` on `c` and waits for the ack: the
+/// number of subscriptions it reached (another node's count as one each).
+std::uint32_t publish_reached(kc::connection& c, const std::string& subject,
+                              const std::string& key) {
+  kc::publish_options o;
+  o.key = key;
+  auto a = c.publish_ack(subject, "x", o);
+  REQUIRE_MESSAGE(a.has_value(), subject << ": " << a.error().to_string());
+  return *a;
+}
 
 /// A key whose owner is `first` in ring `a` and `second` in ring `b`.
 std::string key_owned(const std::vector<std::string>& a, const std::string& first,
@@ -210,19 +262,7 @@ TEST_CASE(
   asio::io_context io;
   fake_node f1(io, cluster, "f1");
   fake_node f2(io, cluster, "f2");  // joining: not in the ring yet
-  f1.activate();
-  std::int64_t e1 = 0;
-  REQUIRE_MESSAGE(pump_until(
-                      io,
-                      [&] {
-                        e1 = static_cast<std::int64_t>(metric(cluster, 0, "keyway_cluster_epoch"));
-                        return e1 > e0 && f1.knows("fence.>");
-                      },
-                      10s),
-                  "n1 did not move to a ring with f1, or did not announce its subscription");
-  f1.dial(cluster.at(0).config.peer_port, e1);
-  REQUIRE(pump_until(
-      io, [&] { return f1.up(); }, 5s));
+  const std::int64_t e1 = join_and_dial(io, cluster, f1, e0, [&] { return f1.knows("fence.>"); });
 
   const std::vector<std::string> ring1{"f1", "n1", "n2"};
   const std::vector<std::string> ring2{"f1", "f2", "n1", "n2"};
@@ -285,4 +325,52 @@ TEST_CASE(
   CHECK(metric(cluster, 0, link_down) == down_before + 1);
   CHECK(got.size() == 5);
   CHECK(cluster.log(0).find("etcd watch is still at epoch") != std::string::npos);
+}
+
+TEST_CASE(
+    "cluster links: a link that comes back keeps the peer's subscriptions until its snapshot ends, "
+    "then drops those it left out") {
+  keyway::test::cluster_options opt;
+  opt.nodes = 2;
+  keyway_cluster cluster(opt);
+  const auto e0 = static_cast<std::int64_t>(metric(cluster, 0, "keyway_cluster_epoch"));
+  asio::io_context io;
+  fake_node f1(io, cluster, "f1");
+  const std::int64_t e1 = join_and_dial(io, cluster, f1, e0, [] { return true; });
+  const std::uint16_t n1_peer_port = cluster.at(0).config.peer_port;
+  // Keys n1 orders itself: the acks below count what n1 matched.
+  const std::vector<std::string> ring{"f1", "n1", "n2"};
+  const std::string key = key_owned(ring, "n1", ring, "n1");
+  auto pub = must_connect(cluster.tcp_url(0), "relink-pub");
+
+  const cl::peer_interest_change kept{true, "kept.>", "", 1, 11, 1, 0};
+  const cl::peer_interest_change gone{true, "gone.>", "", 2, 11, 2, 0};
+  f1.announce({kept, gone}, true);
+  REQUIRE(pump_until(
+      io, [&] { return publish_reached(*pub, "kept.a", key) == 1; }, 5s));
+  CHECK(publish_reached(*pub, "gone.a", key) == 1);
+
+  // A new link from the same worker of the same incarnation. Until its
+  // snapshot ends, what the earlier link announced still holds.
+  f1.hang_up();
+  f1.dial(n1_peer_port, e1);
+  REQUIRE(pump_until(
+      io, [&] { return f1.up(); }, 5s));
+  pump(io, 100ms);
+  CHECK(publish_reached(*pub, "kept.b", key) == 1);
+  CHECK(publish_reached(*pub, "gone.b", key) == 1);
+  // The snapshot names only "kept.>": "gone.>" was removed while the link was down.
+  f1.announce({kept}, true);
+  REQUIRE(pump_until(
+      io, [&] { return publish_reached(*pub, "gone.c", key) == 0; }, 5s));
+  // (Until n1 applied the snapshot, gone.c still reached f1: a new subject now.)
+  CHECK(publish_reached(*pub, "gone.d", key) == 0);
+  CHECK(publish_reached(*pub, "kept.d", key) == 1);
+  REQUIRE(pump_until(
+      io, [&] { return !f1.received().empty() && f1.received().back() == "kept.d"; }, 5s));
+  const auto& got = f1.received();
+  for (const std::string subject : {"kept.a", "gone.a", "kept.b", "gone.b", "kept.d"})
+    CHECK_MESSAGE(std::find(got.begin(), got.end(), subject) != got.end(),
+                  subject << " did not reach f1");
+  CHECK(std::find(got.begin(), got.end(), "gone.d") == got.end());
 }
