@@ -628,8 +628,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "cluster chaos: a node partitioned from etcd and its peers stops ordering; the others take "
-    "its keys") {
+    "cluster chaos: a node partitioned from etcd and its peers stops ordering, and the others "
+    "take its keys") {
   std::vector<double> stops, failovers;
   for (int run = 1; run <= runs(); ++run) {
     INFO("run " << run);

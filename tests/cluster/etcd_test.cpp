@@ -89,7 +89,7 @@ TEST_CASE("etcd: a granted lease is kept alive with its TTL left") {
   CHECK(c.last_endpoint() == etcd.endpoint());
 }
 
-TEST_CASE("etcd: create_if_absent creates once; a second create sees the first value") {
+TEST_CASE("etcd: create_if_absent creates once, and a second create sees the first value") {
   etcd_process etcd;
   etcd_client c({etcd.endpoint()}, 2s);
   const auto lease = must(c.lease_grant(10s));

@@ -197,7 +197,7 @@ TEST_CASE("membership: etcd unreachable at start is an error naming the endpoint
   CHECK_FALSE(n.m->lease_held());
 }
 
-TEST_CASE("membership: a node's lease outlives a short etcd outage; the watch resumes") {
+TEST_CASE("membership: a node's lease outlives a short etcd outage, and the watch resumes") {
   etcd_process etcd;
   const std::vector<std::string> eps{etcd.endpoint()};
   node a(eps, "a", 6s), b(eps, "b", 6s);

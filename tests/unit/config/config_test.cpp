@@ -650,7 +650,7 @@ TEST_CASE("server.advertise takes client URLs and names the bad one, its value a
   CHECK(problems.size() == 2);
 }
 
-TEST_CASE("[cluster]: absent means a single node; present, its keys default") {
+TEST_CASE("[cluster]: absent means a single node, and present, its keys default") {
   CHECK_FALSE(parse_ok("[server]\nworkers = 1\n").options->cluster.has_value());
   const auto r = parse_ok("[cluster]\n");
   REQUIRE(r.options->cluster.has_value());
