@@ -284,9 +284,11 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
         const auto list = root.getForwards();
         peer_forwards out;
         out.items.reserve(list.size());
-        for (const auto f : list)
+        for (const auto f : list) {
           out.items.push_back(
               {read_message(f.getMessage()), f.getConn(), f.getAckId(), f.getEpoch()});
+          out.newest_epoch = std::max(out.newest_epoch, out.items.back().epoch);
+        }
         return std::optional<peer_frame>(std::move(out));
       }
       case wire::PeerFrame::DELIVERS: {
@@ -303,6 +305,7 @@ result<std::optional<peer_frame>, std::string> peer_frame_reader::next() {
           const std::size_t n = d.getTargets().size();
           out.items.push_back({read_message(d.getMessage()), d.getSeq(), d.getOwnerCore(),
                                d.getEpoch(), std::span(out.targets).subspan(at, n)});
+          out.newest_epoch = std::max(out.newest_epoch, out.items.back().epoch);
           at += n;
         }
         return std::optional<peer_frame>(std::move(out));

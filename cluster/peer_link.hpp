@@ -101,12 +101,14 @@ struct peer_deliver {
 /// Forwarded publishes in one frame, in order.
 struct peer_forwards {
   std::vector<peer_forward> items;
+  std::int64_t newest_epoch = 0;  // decoded: the largest of the items' epochs
 };
 /// Deliveries in one frame, in order; their targets point into `targets`.
 /// Move-only, so that no copy points into another's targets.
 struct peer_delivers {
   std::vector<peer_deliver> items;
   std::vector<peer_target> targets;
+  std::int64_t newest_epoch = 0;  // decoded: the largest of the items' epochs
   peer_delivers() = default;
   peer_delivers(peer_delivers&&) = default;
   peer_delivers& operator=(peer_delivers&&) = default;

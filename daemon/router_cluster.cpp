@@ -617,15 +617,16 @@ cluster::peer_listener::taken router::on_peer_frame(const cluster::peer_hello& h
           messages, h.node_id, h.incarnation, n);
     return taken::yes;
   }
-  // A batch is routed by one ring (its sender's, over one turn), but each
-  // item says so: the newest decides whether the frame waits.
+  // A batch's items may have been routed by different rings (publishes in
+  // flight between workers across a change): the newest decides whether the
+  // frame waits.
   std::int64_t newest = 0;
   std::size_t items = 0;
   if (const auto* fw = std::get_if<cluster::peer_forwards>(&f)) {
-    for (const auto& i : fw->items) newest = std::max(newest, i.epoch);
+    newest = fw->newest_epoch;
     items = fw->items.size();
   } else if (const auto* d = std::get_if<cluster::peer_delivers>(&f)) {
-    for (const auto& i : d->items) newest = std::max(newest, i.epoch);
+    newest = d->newest_epoch;
     items = d->items.size();
   }
   if (newest > map_->epoch) {

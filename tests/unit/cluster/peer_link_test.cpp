@@ -302,6 +302,7 @@ TEST_CASE("peer link: data frames round-trip and reach the listener in order, wi
   CHECK(fw.ack_id == 9);
   CHECK(fw.epoch == 31);
   CHECK(fws[1].epoch == 32);
+  CHECK(std::get<peer_forwards>(got[0]).newest_epoch == 32);
   CHECK(fws[1].msg.subject == "s");
   CHECK(fws[1].msg.payload.empty());
   CHECK(fws[1].msg.headers.empty());
