@@ -152,6 +152,8 @@ struct sub_applied_op {
   /// by a change still in flight when the subscriber's worker checked it):
   /// why, for the error frame. Sent even without a request id.
   std::shared_ptr<const std::string> refused;
+  /// Set on another node's answer to this node's change: that node (cluster).
+  std::uint32_t answered_by = 0;
 };
 
 /// One congestion episode of one subscriber: `on` pauses reading from

@@ -376,6 +376,8 @@ void router::on_sub_change(const sub_change_op& op) {
 
 void router::on_sub_applied(const sub_applied_op& op) {
   if (op.node != 0) return remote_sub_applied(op);
+  // An answer that comes after release_interest_waits() counted it already.
+  if (op.answered_by != 0 && op.request_id != 0 && !interest_answered(op)) return;
   if (connection* c = find_conn(op.conn)) c->sub_applied(op);
 }
 

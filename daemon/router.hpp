@@ -177,6 +177,12 @@ class router final : public core::worker_handler, public worker_services {
   /// Sends this worker's subscription changes to every peer with a link up;
   /// returns how many.
   std::uint32_t send_interest(const std::vector<sub_spec>& changes);
+  /// Another node answered one of this worker's acked subscription changes:
+  /// false if that answer was already counted (release_interest_waits()).
+  bool interest_answered(const sub_applied_op& op);
+  /// Answers, as if `node` had, the acked subscription changes sent to it
+  /// and not answered yet (its link failed, or it left).
+  void release_interest_waits(std::uint32_t node);
   void link_up(std::uint32_t node);
   void link_down(std::uint32_t node, const std::string& why);
   /// Admits a link from another node, tagged with that node's index.
@@ -306,6 +312,9 @@ class router final : public core::worker_handler, public worker_services {
   std::int64_t dialed_as_ = 0;   // this node's lease, as the hellos of peers_ carry it
   std::unordered_map<std::uint32_t, sub_spec> own_subs_;     // this worker's connections', by uid
   std::vector<std::vector<cluster::peer_target>> per_node_;  // scratch for on_publish
+  /// Acked subscription changes sent to a node and not answered yet, by
+  /// node: (conn, request id).
+  std::map<std::uint32_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> interest_waits_;
   /// Acked publishes forwarded and not answered yet: (node, conn, ack id).
   std::set<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>> forwarded_acks_;
   std::string frames_;  // scratch: encoded peer frames

@@ -203,6 +203,7 @@ void router::refresh_cluster() {
       out.dialer->stop();
       cn.link_changed(w_.id(), p.index, false);
       fail_forwarded(p.index, "its link is redialled for a new incarnation");
+      release_interest_waits(p.index);
     }
     out = {p.id, p.lease, nullptr, {}, std::chrono::steady_clock::now()};
     if (!p.endpoint) continue;
@@ -223,6 +224,7 @@ void router::refresh_cluster() {
     if (present[i] || !peers_[i].dialer) continue;
     send_batch(i);
     fail_forwarded(i, "it left the cluster");
+    release_interest_waits(i);
     peers_[i].dialer->stop();
     peers_[i].dialer.reset();
     cn.link_changed(w_.id(), i, false);
@@ -349,6 +351,7 @@ void router::link_down(std::uint32_t node, const std::string& why) {
     peers_[node].down_since = std::chrono::steady_clock::now();
   send_batch(node);  // the link is down: dropped, counted
   fail_forwarded(node, "the link to it failed: " + why);
+  release_interest_waits(node);
   // Barriers that went out on the link get no answer now: what they fenced
   // went down with it. Their pings are answered rather than left hanging.
   if (const auto it = node_barriers_.find(node); it != node_barriers_.end()) {
@@ -461,9 +464,33 @@ std::uint32_t router::send_interest(const std::vector<sub_spec>& changes) {
     cluster::peer_dialer* d = link_to(node);
     if (d == nullptr) continue;  // its snapshot will carry these changes when the link comes up
     send_peer(node, *d, bytes);
+    for (const sub_spec& s : changes)
+      if (s.request_id != 0) interest_waits_[node].emplace_back(s.ref.conn, s.request_id);
     ++nodes;
   }
   return nodes;
+}
+
+bool router::interest_answered(const sub_applied_op& op) {
+  const auto it = interest_waits_.find(op.answered_by);
+  if (it == interest_waits_.end()) return false;
+  auto& waits = it->second;
+  const auto w = std::find(waits.begin(), waits.end(), std::make_pair(op.conn, op.request_id));
+  if (w == waits.end()) return false;
+  waits.erase(w);
+  return true;
+}
+
+void router::release_interest_waits(std::uint32_t node) {
+  // The node will not answer: its link failed, or it left. Its answer counts
+  // as given, so the subscribe is acked rather than left to time out; the
+  // node learns of the subscription from the snapshot when a link is up again.
+  const auto it = interest_waits_.find(node);
+  if (it == interest_waits_.end()) return;
+  const auto waits = std::move(it->second);
+  interest_waits_.erase(it);
+  for (const auto& [conn, request_id] : waits)
+    if (connection* c = find_conn(conn)) c->sub_applied(sub_applied_op{conn, 0, request_id});
 }
 
 bool router::barrier_node(std::uint32_t node, std::uint64_t conn, std::uint64_t round) {
@@ -712,10 +739,11 @@ cluster::peer_listener::taken router::on_peer_frame(const cluster::peer_hello& h
           [&](cluster::peer_interest_applied& a) {
             const std::uint32_t wid = worker_of_conn(a.conn);
             if (wid >= workers_) return;
-            submit(wid, route_msg(sub_applied_op{
-                            a.conn, 0, a.request_id, a.sid, a.uid,
-                            a.refused.empty() ? nullptr
-                                              : std::make_shared<const std::string>(a.refused)}));
+            submit(wid,
+                   route_msg(sub_applied_op{
+                       a.conn, 0, a.request_id, a.sid, a.uid,
+                       a.refused.empty() ? nullptr : std::make_shared<const std::string>(a.refused),
+                       node}));
           },
           [&](cluster::peer_reply& r) {
             const std::uint32_t wid = worker_of_conn(r.conn);

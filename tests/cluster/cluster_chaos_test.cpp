@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -344,9 +345,15 @@ TEST_CASE("cluster chaos: kill -9 an owner node under load") {
     // A client of n3 with reconnect on (the default), given only n3's URL:
     // it learns the others from n3's welcome.
     collector roamer_got;
-    auto roamer = kc::connect(cluster.tcp_url(2), [] {
+    std::mutex roamer_mu;
+    std::string roamer_errors;  // what the client reported, for the failure message
+    auto roamer = kc::connect(cluster.tcp_url(2), [&] {
       kc::connect_options o;
       o.client_name = "chaos-roamer";
+      o.on_error = [&](const kc::error& e) {
+        std::lock_guard lock(roamer_mu);
+        roamer_errors += e.to_string() + "\n";
+      };
       return o;
     }());
     REQUIRE_MESSAGE(roamer.has_value(), roamer.error().to_string());
@@ -374,7 +381,11 @@ TEST_CASE("cluster chaos: kill -9 an owner node under load") {
     CHECK_MESSAGE(
         roamer_got.wait_until(
             [&](const std::vector<kc::message>& ms) { return ms.size() > roamer_had; }, 10s),
-        "the client of n3 got nothing at " << moved_to);
+        "the client of n3 got nothing at " << moved_to << "; it reported:\n"
+                                           << [&] {
+                                                std::lock_guard lock(roamer_mu);
+                                                return roamer_errors;
+                                              }());
     const double reconnected = seconds(steady::now() - killed);
     CHECK(epoch_of(cluster, 0) > epoch_before);
     CHECK(epoch_of(cluster, 1) == epoch_of(cluster, 0));

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
@@ -95,9 +96,11 @@ class fake_node {
             },
             {},
             [this](const cl::peer_hello& h, std::uint32_t, cl::peer_frame& f) {
-              if (const auto* in = std::get_if<cl::peer_interest>(&f))
+              if (const auto* in = std::get_if<cl::peer_interest>(&f)) {
                 for (const auto& ch : in->changes)
                   if (ch.add && h.node_id == "n1") n1_subs_[ch.pattern] = {ch.conn, ch.sid};
+                if (in->snapshot_done && h.node_id == "n1") ++n1_snapshots_;
+              }
               if (const auto* d = std::get_if<cl::peer_delivers>(&f))
                 for (const auto& item : d->items) received_.emplace_back(item.msg.subject);
               return cl::peer_listener::taken::yes;
@@ -154,6 +157,11 @@ class fake_node {
   void announce(const std::vector<cl::peer_interest_change>& subs, bool done) {
     link_->send_frames(cl::encode_peer_frame(cl::peer_interest{subs, done}));
   }
+  /// Snapshots of n1's subscriptions received (one per link from n1).
+  std::size_t n1_snapshots() const { return n1_snapshots_; }
+  /// Closes every link the real nodes dialled to this node, and accepts no
+  /// more: this node answers nothing from now on.
+  void drop_links() { listener_.close(); }
   /// The subjects of the deliveries other nodes sent this node, in order.
   const std::vector<std::string>& received() const { return received_; }
   std::size_t ups() const { return ups_; }
@@ -184,6 +192,7 @@ class fake_node {
   std::size_t ups_ = 0;
   std::vector<std::string> downs_;
   std::vector<std::string> received_;
+  std::size_t n1_snapshots_ = 0;
   std::uint64_t seq_ = 0;
 };
 
@@ -373,4 +382,33 @@ TEST_CASE(
     CHECK_MESSAGE(std::find(got.begin(), got.end(), subject) != got.end(),
                   subject << " did not reach f1");
   CHECK(std::find(got.begin(), got.end(), "gone.d") == got.end());
+}
+
+TEST_CASE(
+    "cluster links: a subscribe waiting for a node that stops answering is acked once the link "
+    "to it fails") {
+  keyway::test::cluster_options opt;
+  opt.nodes = 2;
+  keyway_cluster cluster(opt);
+  const auto e0 = static_cast<std::int64_t>(metric(cluster, 0, "keyway_cluster_epoch"));
+  asio::io_context io;
+  fake_node f1(io, cluster, "f1");
+  // f1 never answers interest with interestApplied: a subscribe on n1 waits for it.
+  (void)join_and_dial(io, cluster, f1, e0, [&] { return f1.n1_snapshots() > 0; });
+  auto sub = must_connect(cluster.tcp_url(0), "silent-peer-sub");
+  collector got;
+  const auto started = std::chrono::steady_clock::now();
+  auto subscribed = std::async(std::launch::async, [&] {
+    return sub->subscribe("waits.>", got.handler(), kc::subscribe_options{});
+  });
+  pump(io, 300ms);
+  REQUIRE(subscribed.wait_for(0s) == std::future_status::timeout);  // waiting for f1
+  f1.drop_links();
+  pump_until(
+      io, [&] { return subscribed.wait_for(0s) == std::future_status::ready; }, 15s);
+  const auto took = std::chrono::steady_clock::now() - started;
+  const auto r = subscribed.get();
+  CHECK_MESSAGE(r.has_value(), (r ? "" : r.error().to_string()));
+  // Well before the client's own 10 s deadline (must_connect's op_timeout).
+  CHECK(took < 5s);
 }
