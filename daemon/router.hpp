@@ -207,6 +207,9 @@ class router final : public core::worker_handler, public worker_services {
   /// Worker 0: removes node `node`'s subscriptions for which `which(their
   /// uid)` holds.
   void forget_remote(std::uint32_t node, const std::function<bool(std::uint32_t)>& which);
+  /// Worker 0: forgets all of node `node`'s subscriptions (it left, or came
+  /// back as a new incarnation), and any snapshot of it in progress.
+  void forget_node(std::uint32_t node);
   void remote_sub_applied(const sub_applied_op& op);
   /// Worker 0: a barrier frame from node `node`, and its workers' answers.
   void on_peer_barrier(std::uint32_t node, const cluster::peer_barrier& b);

@@ -57,6 +57,14 @@ constexpr std::size_t batch_max_bytes = 256u << 10;
 /// older than these is stale.
 constexpr std::size_t max_past_rings = 8;
 
+/// Adds `n` to `count`; true when the count passes a power of two, so that a
+/// line logged then stays sparse under a flood.
+bool passes_power_of_two(std::uint64_t& count, std::uint64_t n = 1) {
+  const std::uint64_t before = count;
+  count += n;
+  return std::bit_width(before) != std::bit_width(count);
+}
+
 cluster::peer_message_view view_of(const shared_message& m) {
   cluster::peer_message_view v{m.subject(), m.key(), m.payload(), m.reply_to(), {}};
   m.for_each_header([&](const header_view& h) { v.headers.emplace_back(h.name, h.value); });
@@ -90,6 +98,11 @@ std::chrono::milliseconds router::unreachable_after() const noexcept {
 }
 
 void router::refuse_unreachable(const publish_op& op, std::uint32_t node) {
+  const bool log = passes_power_of_two(unreachable_refused_);
+  if (op.ack_id == 0) probe_.dropped(drop_reason::peer_link_down, 1);
+  // The reason is written only for an error frame or a log line, not for
+  // every un-acked publish dropped.
+  if (op.ack_id == 0 && !log) return;
   const auto down = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - peers_[node].down_since);
   const std::string why = "the key's owner node \"" + peers_[node].id +
@@ -97,15 +110,12 @@ void router::refuse_unreachable(const publish_op& op, std::uint32_t node) {
                           " ms, over twice its lease (cluster.lease_ttl " +
                           std::to_string(ctx_.cluster->lease_ttl().count()) +
                           " ms) while etcd still lists it; the publish was not delivered";
-  if (op.ack_id != 0) {
+  if (op.ack_id != 0)
     if (connection* c = find_conn(op.conn))
       c->send_error(proto::errc::owner_lost, why, op.ack_id, false);
-  } else {
-    probe_.dropped(drop_reason::peer_link_down, 1);
-  }
-  const std::uint64_t n = ++unreachable_refused_;
-  if ((n & (n - 1)) == 0)
-    spdlog::warn("cluster: worker {}: refused a publish: {} ({} so far)", w_.id(), why, n);
+  if (log)
+    spdlog::warn("cluster: worker {}: refused a publish: {} ({} so far)", w_.id(), why,
+                 unreachable_refused_);
 }
 
 void router::peer_batch::clear() noexcept {
@@ -250,8 +260,7 @@ void router::refresh_cluster() {
     if (p == nullptr || p->lease != lease) gone.push_back(node);
   }
   for (const std::uint32_t node : gone) {
-    forget_remote(node, [](std::uint32_t) { return true; });
-    std::erase_if(unconfirmed_, [&](const auto& u) { return u.first.first == node; });
+    forget_node(node);
     remote_leases_.erase(node);
     std::erase_if(remote_barriers_, [&](const auto& b) { return std::get<0>(b.first) == node; });
   }
@@ -305,8 +314,7 @@ result<cluster::peer_listener::admission, std::string> router::admit_peer(
   // when it ends (on_peer_interest).
   const auto held = remote_leases_.find(p->index);
   if (held != remote_leases_.end() && held->second != p->lease) {
-    forget_remote(p->index, [](std::uint32_t) { return true; });
-    std::erase_if(unconfirmed_, [&](const auto& u) { return u.first.first == p->index; });
+    forget_node(p->index);
   } else {
     auto& unconfirmed = unconfirmed_[{p->index, h.worker}];
     unconfirmed.clear();
@@ -531,10 +539,9 @@ void router::remote_barrier_answered(const barrier_op& op) {
 
 void router::bad_peer_frame(const cluster::peer_hello& h, const std::string& why) {
   // Another node's bug, or not a node at all: dropped, and logged sparingly.
-  const std::uint64_t n = ++bad_peer_frames_;
-  if ((n & (n - 1)) == 0)
+  if (passes_power_of_two(bad_peer_frames_))
     spdlog::warn("cluster: dropped a frame from node \"{}\" (worker {}): {} ({} dropped so far)",
-                 h.node_id, h.worker, why, n);
+                 h.node_id, h.worker, why, bad_peer_frames_);
 }
 
 bool router::valid_from_peer(const cluster::peer_hello& h, const cluster::peer_message_view& m) {
@@ -610,10 +617,7 @@ cluster::peer_listener::taken router::wait_for_epoch(const cluster::peer_hello& 
 
 void router::stale_owner(const cluster::peer_hello& h, std::int64_t epoch, std::size_t messages) {
   probe_.dropped(drop_reason::stale_owner, messages);
-  const std::uint64_t before = stale_owner_messages_;
-  stale_owner_messages_ += messages;
-  // Logged when the count passes a power of two: sparse under a flood.
-  if (std::bit_width(before) != std::bit_width(stale_owner_messages_))
+  if (passes_power_of_two(stale_owner_messages_, messages))
     spdlog::warn(
         "cluster: dropped {} message(s) from node \"{}\" routed by ring epoch {}: it no longer "
         "owns their keys at epoch {} and the hand-off that moved them is over ({} such "
@@ -627,37 +631,34 @@ cluster::peer_listener::taken router::on_peer_frame(const cluster::peer_hello& h
   KEYWAY_ASSERT(w_.id() == 0);
   // `node` is the index admit_peer() tagged the link with: only check the
   // node is still this incarnation of a member (a few integer compares).
+  // A data frame's messages, and the newest ring they were routed by (a
+  // batch's items may have been routed by different rings: publishes in
+  // flight between workers across a change). Other frames: one, none.
+  std::size_t messages = 1;
+  std::int64_t newest = 0;
+  if (const auto* fw = std::get_if<cluster::peer_forwards>(&f)) {
+    messages = fw->items.size();
+    newest = fw->newest_epoch;
+  } else if (const auto* d = std::get_if<cluster::peer_delivers>(&f)) {
+    messages = d->items.size();
+    newest = d->newest_epoch;
+  }
   const cluster_peer* p = map_->peer(node);
   if (p == nullptr || p->lease != h.incarnation) {
     // A link of an incarnation no longer in the cluster (its lease expired:
     // it crashed, stalled or was cut off, and the others took its keys).
     // What it ordered meanwhile is stale: dropped, counted, logged sparingly.
-    std::size_t messages = 1;
-    if (const auto* fw = std::get_if<cluster::peer_forwards>(&f)) messages = fw->items.size();
-    if (const auto* d = std::get_if<cluster::peer_delivers>(&f)) messages = d->items.size();
     probe_.dropped(drop_reason::stale_peer, messages);
-    const std::uint64_t n = (stale_peer_frames_ += 1);
-    if ((n & (n - 1)) == 0)
+    if (passes_power_of_two(stale_peer_frames_))
       spdlog::warn(
           "cluster: dropped a frame of {} message(s) from node \"{}\" incarnation {:x}, which is "
           "no longer in the cluster ({} such frames so far)",
-          messages, h.node_id, h.incarnation, n);
+          messages, h.node_id, h.incarnation, stale_peer_frames_);
     return taken::yes;
   }
-  // A batch's items may have been routed by different rings (publishes in
-  // flight between workers across a change): the newest decides whether the
-  // frame waits.
-  std::int64_t newest = 0;
-  std::size_t items = 0;
-  if (const auto* fw = std::get_if<cluster::peer_forwards>(&f)) {
-    newest = fw->newest_epoch;
-    items = fw->items.size();
-  } else if (const auto* d = std::get_if<cluster::peer_delivers>(&f)) {
-    newest = d->newest_epoch;
-    items = d->items.size();
-  }
+  // The newest ring decides whether the frame waits.
   if (newest > map_->epoch) {
-    const taken t = wait_for_epoch(h, node, newest, items);
+    const taken t = wait_for_epoch(h, node, newest, messages);
     if (t != taken::yes) return t;
   } else if (!epoch_waits_.empty()) {
     epoch_waits_.erase({node, h.worker});
@@ -812,6 +813,11 @@ void router::on_peer_interest(std::uint32_t node, const cluster::peer_hello& h,
     }
     ctx_.cluster->snapshot_received(node, h.incarnation, h.worker);
   }
+}
+
+void router::forget_node(std::uint32_t node) {
+  forget_remote(node, [](std::uint32_t) { return true; });
+  std::erase_if(unconfirmed_, [&](const auto& u) { return u.first.first == node; });
 }
 
 void router::forget_remote(std::uint32_t node,

@@ -250,17 +250,26 @@ std::vector<std::string> payloads(const collector& got) {
   return out;
 }
 
+/// Two real nodes, n1 and n2, with etcd; n1's epoch before a played node
+/// joins; the io_context the played nodes run on.
+struct two_nodes {
+  keyway_cluster cluster{[] {
+    keyway::test::cluster_options o;
+    o.nodes = 2;
+    return o;
+  }()};
+  std::int64_t e0 = static_cast<std::int64_t>(metric(cluster, 0, "keyway_cluster_epoch"));
+  asio::io_context io;
+};
+
 }  // namespace
 
-TEST_CASE(
+TEST_CASE_FIXTURE(
+    two_nodes,
     "cluster fencing: a node takes a delivery only from the key's owner under its epoch: a newer "
     "epoch waits, a stale owner's is dropped and counted") {
-  keyway::test::cluster_options opt;
-  opt.nodes = 2;
-  keyway_cluster cluster(opt);
   const std::string stale = "keyway_dropped_messages_total{reason=\"stale_owner\"}";
   const std::string link_down = "keyway_dropped_messages_total{reason=\"peer_link_down\"}";
-  const auto e0 = static_cast<std::int64_t>(metric(cluster, 0, "keyway_cluster_epoch"));
   REQUIRE(e0 > 0);
   CHECK(metric(cluster, 0, stale) == 0);
 
@@ -268,7 +277,6 @@ TEST_CASE(
   collector got;
   must_subscribe(*sub, "fence.>", got);
 
-  asio::io_context io;
   fake_node f1(io, cluster, "f1");
   fake_node f2(io, cluster, "f2");  // joining: not in the ring yet
   const std::int64_t e1 = join_and_dial(io, cluster, f1, e0, [&] { return f1.knows("fence.>"); });
@@ -336,14 +344,10 @@ TEST_CASE(
   CHECK(cluster.log(0).find("etcd watch is still at epoch") != std::string::npos);
 }
 
-TEST_CASE(
+TEST_CASE_FIXTURE(
+    two_nodes,
     "cluster links: a link that comes back keeps the peer's subscriptions until its snapshot ends, "
     "then drops those it left out") {
-  keyway::test::cluster_options opt;
-  opt.nodes = 2;
-  keyway_cluster cluster(opt);
-  const auto e0 = static_cast<std::int64_t>(metric(cluster, 0, "keyway_cluster_epoch"));
-  asio::io_context io;
   fake_node f1(io, cluster, "f1");
   const std::int64_t e1 = join_and_dial(io, cluster, f1, e0, [] { return true; });
   const std::uint16_t n1_peer_port = cluster.at(0).config.peer_port;
@@ -384,14 +388,10 @@ TEST_CASE(
   CHECK(std::find(got.begin(), got.end(), "gone.d") == got.end());
 }
 
-TEST_CASE(
+TEST_CASE_FIXTURE(
+    two_nodes,
     "cluster links: a subscribe waiting for a node that stops answering is acked once the link "
     "to it fails") {
-  keyway::test::cluster_options opt;
-  opt.nodes = 2;
-  keyway_cluster cluster(opt);
-  const auto e0 = static_cast<std::int64_t>(metric(cluster, 0, "keyway_cluster_epoch"));
-  asio::io_context io;
   fake_node f1(io, cluster, "f1");
   // f1 never answers interest with interestApplied: a subscribe on n1 waits for it.
   (void)join_and_dial(io, cluster, f1, e0, [&] { return f1.n1_snapshots() > 0; });
